@@ -1,0 +1,10 @@
+"""Composition root of the auth service."""
+
+from starlette.applications import Starlette
+
+from shared.app import build_service_app
+from shared.config import Settings
+
+
+def create_app(settings: Settings) -> Starlette:
+    return build_service_app(settings, title="APGMS auth service")

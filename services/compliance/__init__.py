@@ -1,0 +1,1 @@
+"""The compliance service: compliance reports, evidence packs, monitoring snapshots and the audit trail."""

@@ -1,0 +1,1 @@
+"""The core service: bank lines, alerts, BAS, obligations and designated accounts."""

@@ -1,0 +1,2 @@
+-- The core service owns this schema and is its only writer.
+CREATE SCHEMA IF NOT EXISTS core;

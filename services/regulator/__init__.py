@@ -1,0 +1,1 @@
+"""The regulator service: the regulator API and HTML portal."""

@@ -1,0 +1,1 @@
+"""The common package every APGMS service and the proxy import. Services never import each other."""

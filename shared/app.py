@@ -1,0 +1,115 @@
+"""What every service's `create_app(settings)` is built on: the middleware stack, the operational routes and
+the lifespan that opens and closes the pool and the Redis client.
+
+Middleware order, outermost first: request context (request ID on every response) → metrics and access log →
+error boundary (an unexpected exception becomes a counted, logged 500 problem) → Starlette's routing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import orjson
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from shared.cache import create_redis, ping_redis
+from shared.config import Settings
+from shared.context import InFlight, RequestContextMiddleware
+from shared.db import Database
+from shared.errors import EXCEPTION_HANDLERS, ErrorBoundaryMiddleware
+from shared.health import Check, Health
+from shared.metrics import MetricsMiddleware, metrics_endpoint
+from shared.openapi import openapi_document
+
+API_VERSION = "0.1.0"
+
+Hook = Callable[["Runtime"], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    """The process-wide resources of one service, reachable as `request.app.state.runtime`."""
+
+    settings: Settings
+    health: Health
+    in_flight: InFlight
+    db: Database | None = None
+    redis: aioredis.Redis | None = None
+    on_startup: list[Hook] = field(default_factory=list)
+    on_shutdown: list[Hook] = field(default_factory=list)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    db = Database.from_settings(settings) if settings.database_url else None
+    redis = create_redis(settings.redis_url) if settings.redis_url else None
+    checks: dict[str, Check] = {}
+    if db is not None:
+        checks["postgres"] = db.ping
+    if redis is not None:
+        client = redis
+
+        async def redis_check(timeout_s: float) -> float:
+            return await ping_redis(client, timeout_s)
+
+        checks["redis"] = redis_check
+    health = Health(settings.service, checks, settings.ready_timeout_s)
+    return Runtime(settings=settings, health=health, in_flight=InFlight(), db=db, redis=redis)
+
+
+def build_service_app(
+    settings: Settings,
+    routes: Sequence[BaseRoute] = (),
+    *,
+    title: str,
+    runtime: Runtime | None = None,
+) -> Starlette:
+    """A Starlette app with `/health`, `/ready`, `/metrics`, `/openapi.json` and the shared middleware."""
+    runtime = runtime or build_runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if runtime.db is not None:
+            await runtime.db.start()
+        for hook in runtime.on_startup:
+            await hook(runtime)
+        try:
+            yield
+        finally:
+            for hook in reversed(runtime.on_shutdown):
+                await hook(runtime)
+            if runtime.redis is not None:
+                await runtime.redis.aclose()
+            if runtime.db is not None:
+                await runtime.db.close()
+
+    operational = [
+        Route("/health", runtime.health.health_endpoint, methods=["GET"], name="health"),
+        Route("/ready", runtime.health.ready_endpoint, methods=["GET"], name="ready"),
+        Route("/metrics", metrics_endpoint, methods=["GET"], name="metrics", include_in_schema=False),
+    ]
+    all_routes = [*operational, *routes]
+    document = orjson.dumps(openapi_document(title, API_VERSION, all_routes))
+
+    async def openapi(_: Request) -> Response:
+        return Response(document, media_type="application/json")
+
+    all_routes.append(Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False))
+    app = Starlette(
+        routes=all_routes,
+        middleware=[
+            Middleware(RequestContextMiddleware, trusted_hops=settings.trusted_hops, in_flight=runtime.in_flight),
+            Middleware(MetricsMiddleware),
+            Middleware(ErrorBoundaryMiddleware),
+        ],
+        exception_handlers=dict(EXCEPTION_HANDLERS),
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    return app

@@ -1,0 +1,192 @@
+"""Typed configuration read once from the environment at start-up.
+
+Precedence is environment > `.env` file (dev and test only) > default. A missing or malformed variable raises
+`ConfigError` naming the variable; the runner turns that into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast
+from urllib.parse import urlsplit
+
+Environment = Literal["dev", "test", "production"]
+ENVIRONMENTS: tuple[Environment, ...] = ("dev", "test", "production")
+
+SERVICE_PORTS = {"auth": 3001, "core": 3002, "compliance": 3003, "regulator": 3004}
+PROXY_PORT = 3000
+
+DEFAULT_HOST = "127.0.0.1"
+DB_CONNECT_TIMEOUT_S = 3.0
+DB_STATEMENT_TIMEOUT_MS = 5_000
+DB_POOL_MAX_SIZE = 10
+READY_CHECK_TIMEOUT_S = 1.0
+GRACEFUL_TIMEOUT_S = 15.0
+SHUTDOWN_DELAY_S = 1.0
+
+
+class ConfigError(Exception):
+    """A variable is missing or malformed; the message names it and never contains its value if secret."""
+
+
+class Secret:
+    """A value that must never be printed: its repr and str are masked."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a `.env` file of `NAME=value` lines (comments and blank lines ignored, optional quotes)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, _, value = line.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[name.strip().removeprefix("export ").strip()] = value
+    return values
+
+
+_MISSING = object()
+
+
+class Env:
+    """Reads and casts variables, raising `ConfigError` with the variable's name on any problem."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def _raw(self, name: str, default: object) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value == "":
+            if default is _MISSING:
+                raise ConfigError(f"{name} is required but not set")
+            return None
+        return value
+
+    def text(self, name: str, default: object = _MISSING) -> str:
+        value = self._raw(name, default)
+        return cast("str", default) if value is None else value
+
+    def optional_str(self, name: str) -> str | None:
+        return self._raw(name, None)
+
+    def integer(self, name: str, default: object = _MISSING, *, minimum: int | None = None) -> int:
+        value = self._raw(name, default)
+        if value is None:
+            return cast("int", default)
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        if minimum is not None and number < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {number}")
+        return number
+
+    def number(self, name: str, default: object = _MISSING, *, minimum: float = 0.0) -> float:
+        value = self._raw(name, default)
+        if value is None:
+            return cast("float", default)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        if number < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {number}")
+        return number
+
+    def choice(self, name: str, choices: tuple[str, ...], default: object = _MISSING) -> str:
+        value = self.text(name, default)
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def url(self, name: str, schemes: tuple[str, ...], *, required: bool) -> Secret | None:
+        """A connection URL; it may hold a password, so it is wrapped and never echoed in errors."""
+        value = self._raw(name, _MISSING if required else None)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not (parts.hostname or "host=" in parts.query):
+            raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL with a host")
+        return Secret(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every service and the proxy read at start-up."""
+
+    service: str
+    env: Environment
+    host: str
+    port: int
+    database_url: Secret | None
+    redis_url: Secret | None
+    log_level: str
+    db_connect_timeout_s: float
+    db_statement_timeout_ms: int
+    db_pool_max_size: int
+    ready_timeout_s: float
+    graceful_timeout_s: float
+    shutdown_delay_s: float
+    trusted_hops: int
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+
+def environ_with_dotenv(environ: Mapping[str, str] | None = None, dotenv: Path = Path(".env")) -> dict[str, str]:
+    """The process environment over the `.env` file; the file is ignored in production."""
+    base = dict(os.environ if environ is None else environ)
+    if base.get("APGMS_ENV") == "production":
+        return base
+    return {**read_dotenv(dotenv), **base}
+
+
+def load_settings(
+    service: str, environ: Mapping[str, str] | None = None, *, database_required: bool = True
+) -> Settings:
+    """Read and validate every variable once; raises `ConfigError` naming the first bad one."""
+    env = Env(environ_with_dotenv(environ))
+    return Settings(
+        service=service,
+        env=cast("Environment", env.choice("APGMS_ENV", ENVIRONMENTS, "dev")),
+        host=env.text("HOST", DEFAULT_HOST),
+        port=env.integer("PORT", SERVICE_PORTS.get(service, PROXY_PORT), minimum=0),
+        database_url=env.url("DATABASE_URL", ("postgres", "postgresql"), required=database_required),
+        redis_url=env.url("REDIS_URL", ("redis", "rediss", "unix"), required=False),
+        log_level=env.choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),
+        db_connect_timeout_s=env.number("DB_CONNECT_TIMEOUT_S", DB_CONNECT_TIMEOUT_S),
+        db_statement_timeout_ms=env.integer("DB_STATEMENT_TIMEOUT_MS", DB_STATEMENT_TIMEOUT_MS, minimum=1),
+        db_pool_max_size=env.integer("DB_POOL_MAX_SIZE", DB_POOL_MAX_SIZE, minimum=1),
+        ready_timeout_s=env.number("READY_CHECK_TIMEOUT_S", READY_CHECK_TIMEOUT_S),
+        graceful_timeout_s=env.number("GRACEFUL_TIMEOUT_S", GRACEFUL_TIMEOUT_S),
+        shutdown_delay_s=env.number("SHUTDOWN_DELAY_S", SHUTDOWN_DELAY_S),
+        trusted_hops=env.integer("TRUSTED_PROXY_HOPS", 0, minimum=0),
+    )

@@ -1,0 +1,132 @@
+"""Request context: request ID, W3C traceparent and client address, bound for the life of one request.
+
+The pure functions decide what to accept; `RequestContextMiddleware` is the thin ASGI adapter that applies them,
+binds the values to contextvars (so every log line and every outgoing call carries them) and echoes
+`x-request-id` on every response, errors included.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import structlog
+
+from shared.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = "x-request-id"
+TRACEPARENT_HEADER = "traceparent"
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+TRACEPARENT_PATTERN = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+current_traceparent: ContextVar[str | None] = ContextVar("current_traceparent", default=None)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    request_id: str
+    traceparent: str
+    client: str | None
+
+
+def accept_request_id(value: str | None) -> str:
+    """The incoming ID when it is 1-128 chars of `[A-Za-z0-9._:-]`, else a fresh UUID4."""
+    if value is not None and REQUEST_ID_PATTERN.fullmatch(value):
+        return value
+    return str(uuid.uuid4())
+
+
+def is_valid_traceparent(value: str) -> bool:
+    match = TRACEPARENT_PATTERN.fullmatch(value)
+    if match is None:
+        return False
+    version, trace_id, parent_id, _ = match.groups()
+    return version != "ff" and trace_id != "0" * 32 and parent_id != "0" * 16
+
+
+def new_traceparent() -> str:
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def accept_traceparent(value: str | None) -> str:
+    """The incoming W3C traceparent when valid (version 00 shape, non-zero ids), else a new sampled one."""
+    if value is not None and is_valid_traceparent(value):
+        return value
+    return new_traceparent()
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted_hops: int) -> str | None:
+    """The client address, taking `X-Forwarded-For` into account only through `trusted_hops` proxies."""
+    if trusted_hops <= 0 or not forwarded_for:
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    if not hops:
+        return peer
+    return hops[-min(trusted_hops, len(hops))]
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header, decoded as latin-1 (ASGI headers are bytes)."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def build_context(scope: Scope, trusted_hops: int) -> RequestContext:
+    peer = scope.get("client")
+    return RequestContext(
+        request_id=accept_request_id(header(scope, b"x-request-id")),
+        traceparent=accept_traceparent(header(scope, b"traceparent")),
+        client=client_address(peer[0] if peer else None, header(scope, b"x-forwarded-for"), trusted_hops),
+    )
+
+
+class InFlight:
+    """Counts requests being served, so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, trusted_hops: int = 0, in_flight: InFlight | None = None) -> None:
+        self.app = app
+        self.trusted_hops = trusted_hops
+        self.in_flight = in_flight or InFlight()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        context = build_context(scope, self.trusted_hops)
+        scope.setdefault("state", {})["context"] = context
+        id_token = current_request_id.set(context.request_id)
+        trace_token = current_traceparent.set(context.traceparent)
+        structlog.contextvars.bind_contextvars(request_id=context.request_id, traceparent=context.traceparent)
+        echo = (REQUEST_ID_HEADER.encode(), context.request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != echo[0]]
+                message = {**message, "headers": [*headers, echo]}
+            await send(message)
+
+        self.in_flight.count += 1
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.in_flight.count -= 1
+            structlog.contextvars.unbind_contextvars("request_id", "traceparent")
+            current_request_id.reset(id_token)
+            current_traceparent.reset(trace_token)
+
+
+def request_context(scope: Scope) -> RequestContext:
+    """The context bound by `RequestContextMiddleware` for this request."""
+    context: RequestContext = scope["state"]["context"]
+    return context

@@ -1,0 +1,117 @@
+"""The asyncpg pool every service uses.
+
+The pool is created without connecting (min_size=0), so a service starts, answers `/health` and reports
+`/ready` 503 while PostgreSQL is unreachable, instead of crash-looping. A background task retries with backoff
+and logs once the database answers; after an outage the pool reconnects on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import asyncpg
+
+from shared.config import Secret, Settings
+from shared.log import get_logger
+
+CONNECT_BACKOFF_INITIAL_S = 0.5
+CONNECT_BACKOFF_MAX_S = 10.0
+POOL_MAX_INACTIVE_S = 60.0
+
+log = get_logger(__name__)
+
+# Errors that mean "the connection is gone", after which one immediate retry gets a fresh connection.
+CONNECTION_LOST = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    ConnectionError,
+)
+
+
+def backoff_delays(initial_s: float = CONNECT_BACKOFF_INITIAL_S, cap_s: float = CONNECT_BACKOFF_MAX_S) -> Iterator[float]:
+    """0.5, 1, 2, 4, 8, 10, 10, ... seconds."""
+    delay = initial_s
+    while True:
+        yield delay
+        delay = min(delay * 2, cap_s)
+
+
+class Database:
+    """A lazily connecting asyncpg pool with a readiness probe."""
+
+    def __init__(
+        self,
+        dsn: Secret,
+        *,
+        connect_timeout_s: float,
+        statement_timeout_ms: int,
+        max_size: int,
+    ) -> None:
+        self._dsn = dsn
+        self._connect_timeout_s = connect_timeout_s
+        self._statement_timeout_ms = statement_timeout_ms
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        assert settings.database_url is not None
+        return cls(
+            settings.database_url,
+            connect_timeout_s=settings.db_connect_timeout_s,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+            max_size=settings.db_pool_max_size,
+        )
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("Database.start() has not been called")
+        return self._pool
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn.reveal(),
+            min_size=0,
+            max_size=self._max_size,
+            timeout=self._connect_timeout_s,
+            command_timeout=self._statement_timeout_ms / 1000,
+            max_inactive_connection_lifetime=POOL_MAX_INACTIVE_S,
+            server_settings={"statement_timeout": str(self._statement_timeout_ms)},
+        )
+        self._watcher = asyncio.create_task(self._wait_until_reachable())
+
+    async def _wait_until_reachable(self) -> None:
+        for delay in backoff_delays():
+            try:
+                await self.ping(self._connect_timeout_s)
+            except Exception as exc:
+                log.warning("database_unreachable", error=type(exc).__name__, retry_in_s=delay)
+                await asyncio.sleep(delay)
+            else:
+                log.info("database_connected")
+                return
+
+    async def ping(self, timeout_s: float) -> float:
+        """Run `SELECT 1`; returns the round trip in milliseconds, raises on failure or timeout."""
+        started = time.perf_counter()
+        async with asyncio.timeout(timeout_s):
+            try:
+                await self.pool.fetchval("SELECT 1")
+            except CONNECTION_LOST:
+                await self.pool.fetchval("SELECT 1")
+        return (time.perf_counter() - started) * 1000
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout=5)
+            except TimeoutError:
+                self._pool.terminate()

@@ -1,0 +1,180 @@
+"""RFC 9457 problem details from one error table.
+
+    ApiError(code)                 raised by handlers; rendered with the table's status and title
+      └─ ValidationFailed          `invalid_body` / `invalid_query` with `errors: [{path, message}]`
+    HTTPException (Starlette)      mapped by status: 404 not_found, 405 method_not_allowed, ...
+    any other exception            500 internal_error, logged once with the request ID
+
+Every body carries `type`, `title`, `status`, `detail`, `code` and `request_id`; none carries a stack trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.context import current_request_id
+from shared.log import get_logger
+from shared.types import ASGIApp, Message, Receive, Scope, Send
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://apgms.example/problems/"
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    status: int
+    title: str
+
+
+ERRORS: dict[str, ErrorKind] = {
+    "bad_request": ErrorKind(400, "Bad request"),
+    "invalid_body": ErrorKind(400, "Request body is invalid"),
+    "invalid_query": ErrorKind(400, "Query parameters are invalid"),
+    "unauthorized": ErrorKind(401, "Authentication required"),
+    "bad_credentials": ErrorKind(401, "Email or password is incorrect"),
+    "invalid_token": ErrorKind(401, "Token is invalid or expired"),
+    "mfa_required": ErrorKind(401, "Recent multi-factor authentication required"),
+    "forbidden": ErrorKind(403, "Not allowed"),
+    "cors_forbidden": ErrorKind(403, "Origin not allowed"),
+    "not_found": ErrorKind(404, "Not found"),
+    "method_not_allowed": ErrorKind(405, "Method not allowed"),
+    "not_acceptable": ErrorKind(406, "Not acceptable"),
+    "conflict": ErrorKind(409, "Conflict"),
+    "idempotency_conflict": ErrorKind(409, "Idempotency key reused with a different request"),
+    "payload_too_large": ErrorKind(413, "Request body too large"),
+    "unsupported_media_type": ErrorKind(415, "Unsupported media type"),
+    "rate_limited": ErrorKind(429, "Too many requests"),
+    "internal_error": ErrorKind(500, "Internal server error"),
+    "audit_failed": ErrorKind(500, "Audit trail could not be written"),
+    "upstream_unavailable": ErrorKind(502, "Upstream service unavailable"),
+    "service_unavailable": ErrorKind(503, "Service unavailable"),
+    "upstream_timeout": ErrorKind(504, "Upstream service timed out"),
+}
+
+_CODE_BY_STATUS = {kind.status: code for code, kind in reversed(ERRORS.items())}
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str
+    message: str
+
+
+class ApiError(Exception):
+    """An error a client can act on; `code` must be a key of `ERRORS`."""
+
+    def __init__(
+        self,
+        code: str,
+        detail: str | None = None,
+        *,
+        errors: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        if code not in ERRORS:
+            raise ValueError(f"unknown error code {code!r}")
+        self.code = code
+        self.kind = ERRORS[code]
+        self.detail = detail or self.kind.title
+        self.errors = tuple(errors)
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+        super().__init__(f"{code}: {self.detail}")
+
+
+def code_for_status(status: int) -> str:
+    if status in _CODE_BY_STATUS:
+        return _CODE_BY_STATUS[status]
+    return "bad_request" if status < 500 else "internal_error"
+
+
+def problem_body(code: str, detail: str | None = None, *, errors: Sequence[FieldError] = (), **extra: Any) -> bytes:
+    """The RFC 9457 JSON document for `code`, stamped with the current request ID."""
+    kind = ERRORS[code]
+    document: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": kind.title,
+        "status": kind.status,
+        "detail": detail or kind.title,
+        "code": code,
+        "request_id": current_request_id.get(),
+        **extra,
+    }
+    if errors:
+        document["errors"] = [{"path": e.path, "message": e.message} for e in errors]
+    return orjson.dumps(document)
+
+
+def problem_response(
+    code: str,
+    detail: str | None = None,
+    *,
+    errors: Sequence[FieldError] = (),
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    return Response(
+        problem_body(code, detail, errors=errors, **extra),
+        status_code=ERRORS[code].status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=dict(headers or {}),
+    )
+
+
+async def handle_api_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return problem_response(exc.code, exc.detail, errors=exc.errors, headers=exc.headers, **exc.extra)
+
+
+async def handle_http_exception(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = code_for_status(exc.status_code)
+    # Starlette fills `detail` with the reason phrase; ours is the title, so only a real explanation is kept.
+    detail = exc.detail if exc.detail and exc.detail != HTTPStatus(exc.status_code).phrase else None
+    response = problem_response(code, detail, headers=exc.headers)
+    response.status_code = exc.status_code
+    return response
+
+
+EXCEPTION_HANDLERS = {ApiError: handle_api_error, HTTPException: handle_http_exception}
+
+
+class ErrorBoundaryMiddleware:
+    """Turns an unexpected exception into one logged line and a 500 `internal_error` problem.
+
+    It sits inside the request-context and metrics middleware, so the 500 is counted and carries `x-request-id`;
+    Starlette's own ServerErrorMiddleware would re-raise past them and let the server print a traceback.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled_error", path=scope.get("path"), method=scope.get("method"))
+            if not started:
+                await problem_response("internal_error")(scope, receive, send)

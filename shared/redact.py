@@ -1,0 +1,67 @@
+"""PII and secret redaction applied to every log event before it is written.
+
+Two passes: a field whose *name* says it holds a secret (password, token, authorization, ...) is masked whole;
+every other string value is scanned for emails, bearer tokens and JWTs, TFNs, ABNs and bank account numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+REDACTED = "[REDACTED]"
+
+SECRET_FIELD = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|authori[sz]ation|cookie|api[_-]?key|access[_-]?code|"
+    r"recovery[_-]?codes?|totp|otp[_-]?secret|private[_-]?key|dsn|database[_-]?url|redis[_-]?url",
+    re.IGNORECASE,
+)
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [REDACTED]"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[REDACTED:jwt]"),
+    (re.compile(r"(?i)\b(password|passwd|pwd|secret|token)=[^\s&]+"), r"\1=[REDACTED]"),
+    (re.compile(r"(?i)(?<=://)[^/\s:@]+:[^/\s@]+@"), "[REDACTED]@"),
+    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[REDACTED:email]"),
+    # BSB (6 digits, usually NNN-NNN) followed by an account number of 4-10 digits.
+    (re.compile(r"\b\d{3}-?\d{3}[ -]\d{4,10}\b"), "[REDACTED:bank_account]"),
+    # ABN: 11 digits, commonly grouped 2-3-3-3.
+    (re.compile(r"\b\d{2} ?\d{3} ?\d{3} ?\d{3}\b"), "[REDACTED:abn]"),
+    # TFN: 8 or 9 digits, commonly grouped 3-3-3.
+    (re.compile(r"\b\d{3}[ -]?\d{3}[ -]?\d{2,3}\b"), "[REDACTED:tfn]"),
+    # Any other long run of digits is taken as an account number.
+    (re.compile(r"\b\d{6,}\b"), "[REDACTED:number]"),
+)
+
+# Values of these fields are ours and never PII; scanning them would mangle ids, timings and status codes.
+_TRUSTED_FIELDS = frozenset(
+    {"time", "level", "service", "request_id", "traceparent", "status", "duration_ms", "route", "method", "pid"}
+)
+
+
+def redact_text(text: str) -> str:
+    """Mask every PII or secret pattern found in a free-text value."""
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact_value(key: str, value: Any) -> Any:
+    """Redact one field: masked whole when its name is secret-like, else scanned recursively."""
+    if key in _TRUSTED_FIELDS:
+        return value
+    if SECRET_FIELD.search(key) and value not in (None, "", False):
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value(key, item) for item in value]
+    return value
+
+
+def redact_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a log event with every field redacted."""
+    return {key: redact_value(key, value) for key, value in event.items()}

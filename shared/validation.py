@@ -1,0 +1,53 @@
+"""Request bodies and query strings validated by pydantic models, failing as RFC 9457 problems."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from shared.errors import ApiError, FieldError
+
+M = TypeVar("M", bound=BaseModel)
+
+MiB = 1024 * 1024
+MAX_JSON_BODY_BYTES = 1 * MiB
+
+
+def field_errors(error: ValidationError) -> list[FieldError]:
+    """Pydantic's errors as `{path, message}` pairs, the path written `items.0.amount`."""
+    return [FieldError(".".join(str(part) for part in e["loc"]) or "$", e["msg"]) for e in error.errors()]
+
+
+def validate(model: type[M], data: object, *, code: str = "invalid_body") -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(code, "The request does not match the expected shape", errors=field_errors(exc)) from None
+
+
+async def read_json(request: Request, max_bytes: int = MAX_JSON_BODY_BYTES) -> object:
+    """The request body parsed as JSON; 415 for another media type, 413 past `max_bytes`, 400 when malformed."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError("unsupported_media_type", "Send the body as application/json")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise ApiError("payload_too_large", f"The body exceeds {max_bytes} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError("invalid_body", "The body is not valid JSON") from None
+
+
+async def parse_body(request: Request, model: type[M], max_bytes: int = MAX_JSON_BODY_BYTES) -> M:
+    return validate(model, await read_json(request, max_bytes))
+
+
+def parse_query(query: Mapping[str, str], model: type[M]) -> M:
+    return validate(model, dict(query), code="invalid_query")
