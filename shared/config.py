@@ -28,6 +28,11 @@ GRACEFUL_TIMEOUT_S = 15.0
 SHUTDOWN_DELAY_S = 1.0
 
 
+# Dev-only credentials shipped in the repo (docker-compose.yml, .env examples) contain this marker;
+# production refuses any secret that does.
+DEV_ONLY_MARKER = "dev-only"
+
+
 class ConfigError(Exception):
     """A variable is missing or malformed; the message names it and never contains its value if secret."""
 
@@ -131,6 +136,8 @@ class Env:
         value = self._raw(name, _MISSING if required else None)
         if value is None:
             return None
+        if DEV_ONLY_MARKER in value and self._environ.get("APGMS_ENV") == "production":
+            raise ConfigError(f"{name} uses a dev-only default credential, refused when APGMS_ENV=production")
         parts = urlsplit(value)
         if parts.scheme not in schemes or not (parts.hostname or "host=" in parts.query):
             raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL with a host")

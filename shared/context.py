@@ -7,6 +7,7 @@ binds the values to contextvars (so every log line and every outgoing call carri
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import uuid
@@ -91,6 +92,17 @@ class InFlight:
 
     def __init__(self) -> None:
         self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
 
 
 class RequestContextMiddleware:
@@ -116,11 +128,11 @@ class RequestContextMiddleware:
                 message = {**message, "headers": [*headers, echo]}
             await send(message)
 
-        self.in_flight.count += 1
+        self.in_flight.enter()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self.in_flight.count -= 1
+            self.in_flight.leave()
             structlog.contextvars.unbind_contextvars("request_id", "traceparent")
             current_request_id.reset(id_token)
             current_traceparent.reset(trace_token)

@@ -32,7 +32,9 @@ CONNECTION_LOST = (
 )
 
 
-def backoff_delays(initial_s: float = CONNECT_BACKOFF_INITIAL_S, cap_s: float = CONNECT_BACKOFF_MAX_S) -> Iterator[float]:
+def backoff_delays(
+    initial_s: float = CONNECT_BACKOFF_INITIAL_S, cap_s: float = CONNECT_BACKOFF_MAX_S
+) -> Iterator[float]:
     """0.5, 1, 2, 4, 8, 10, 10, ... seconds."""
     delay = initial_s
     while True:

@@ -77,9 +77,7 @@ class Health:
     async def readiness(self) -> tuple[int, dict[str, Any]]:
         if self.draining:
             return readiness_body(self.service, [], draining=True)
-        results = await asyncio.gather(
-            *(run_check(name, check, self.timeout_s) for name, check in self.checks.items())
-        )
+        results = await asyncio.gather(*(run_check(name, check, self.timeout_s) for name, check in self.checks.items()))
         status, body = readiness_body(self.service, list(results), draining=False)
         if status != 200:
             record_security_event("readiness.fail", checks=body["checks"])

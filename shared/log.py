@@ -66,7 +66,12 @@ def configure_logging(service: str, level: str = "info", stream: TextIO | None =
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared_processors, lambda _, __, event: {"service": service, **event}],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _redact, _ordered, _render],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _redact,
+                _ordered,
+                _render,
+            ],
         )
     )
     root = logging.getLogger()

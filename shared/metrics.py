@@ -10,7 +10,14 @@ import re
 import time
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -34,7 +41,9 @@ SECURITY_EVENTS = (
 )
 
 REQUESTS = Counter(
-    "apgms_api_requests_total", "HTTP requests served, by route template and exact status.", ["method", "route", "status"]
+    "apgms_api_requests_total",
+    "HTTP requests served, by route template and exact status.",
+    ["method", "route", "status"],
 )
 REQUEST_DURATION = Histogram(
     "apgms_api_request_duration_seconds",

@@ -127,7 +127,9 @@ def summarise(
             ServiceStatus(
                 service=service,
                 applied=[f"{row.version:04d}_{row.name}.sql" for row in rows],
-                pending=[f.label.split("/", 1)[1] for f in files if f.service == service and (service, f.version) not in done],
+                pending=[
+                    f.label.split("/", 1)[1] for f in files if f.service == service and (service, f.version) not in done
+                ],
                 changed=changed,
             )
         )
@@ -144,9 +146,9 @@ async def _applied(connection: asyncpg.Connection) -> list[AppliedMigration]:
     return [AppliedMigration(r["service"], r["version"], r["name"], r["checksum"]) for r in rows]
 
 
-async def migrate(dsn: str, services: Iterable[str] = SERVICES) -> list[MigrationFile]:
+async def migrate(dsn: str, services: Iterable[str] = SERVICES, root: Path = MIGRATIONS_ROOT) -> list[MigrationFile]:
     """Apply every pending migration in one transaction; returns what was applied (empty when up to date)."""
-    files = discover(services)
+    files = discover(services, root)
     connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     try:
         async with connection.transaction():
@@ -168,10 +170,10 @@ async def migrate(dsn: str, services: Iterable[str] = SERVICES) -> list[Migratio
         await connection.close()
 
 
-async def status(dsn: str, services: Iterable[str] = SERVICES) -> list[ServiceStatus]:
+async def status(dsn: str, services: Iterable[str] = SERVICES, root: Path = MIGRATIONS_ROOT) -> list[ServiceStatus]:
     """Applied, pending and changed files per service; raises when the database cannot be reached."""
     service_list = list(services)
-    files = discover(service_list)
+    files = discover(service_list, root)
     connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     try:
         return summarise(files, await _applied(connection), service_list)

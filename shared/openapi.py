@@ -29,7 +29,10 @@ _PROBLEM_SCHEMA = {
         "request_id": {"type": "string"},
         "errors": {
             "type": "array",
-            "items": {"type": "object", "properties": {"path": {"type": "string"}, "message": {"type": "string"}}},
+            "items": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
+            },
         },
     },
 }
@@ -64,7 +67,12 @@ def _operation(route: Route, method: str, schemas: dict[str, Any]) -> dict[str, 
     operation: dict[str, Any] = {
         "summary": doc.summary or route.name,
         "operationId": f"{method.lower()}_{route.name}",
-        "responses": {"default": {"description": "Problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}},
+        "responses": {
+            "default": {
+                "description": "Problem",
+                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            }
+        },
     }
     if doc.tags:
         operation["tags"] = list(doc.tags)
@@ -82,9 +90,7 @@ def _operation(route: Route, method: str, schemas: dict[str, Any]) -> dict[str, 
     success: dict[str, Any] = {"description": "OK"}
     if doc.response is not None:
         schemas[doc.response.__name__] = doc.response.model_json_schema(ref_template="#/components/schemas/{model}")
-        success["content"] = {
-            "application/json": {"schema": {"$ref": f"#/components/schemas/{doc.response.__name__}"}}
-        }
+        success["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{doc.response.__name__}"}}}
     operation["responses"][str(doc.status)] = success
     return operation
 

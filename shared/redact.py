@@ -22,21 +22,35 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [REDACTED]"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[REDACTED:jwt]"),
     (re.compile(r"(?i)\b(password|passwd|pwd|secret|token)=[^\s&]+"), r"\1=[REDACTED]"),
-    (re.compile(r"(?i)(?<=://)[^/\s:@]+:[^/\s@]+@"), "[REDACTED]@"),
-    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[REDACTED:email]"),
+    (re.compile(r"(?i)(?<=://)[^/\s:@]+:[^/\s]*@"), "[REDACTED]@"),
+    # Local part: RFC 5322 atext and dots, so `o'brien+tax@example.com` is caught whole.
+    (re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[REDACTED:email]"),
+    # Digit patterns are bounded by "no word char, hyphen or decimal part" rather than \b, so the all-digit
+    # groups of a UUID (`12345678-...`) and money (`1250000.00`) are not mistaken for TFNs or accounts.
     # BSB (6 digits, usually NNN-NNN) followed by an account number of 4-10 digits.
-    (re.compile(r"\b\d{3}-?\d{3}[ -]\d{4,10}\b"), "[REDACTED:bank_account]"),
+    (re.compile(r"(?<![\w-])(?<!\d\.)\d{3}-?\d{3}[ -]\d{4,10}(?![\w-]|\.\d)"), "[REDACTED:bank_account]"),
     # ABN: 11 digits, commonly grouped 2-3-3-3.
-    (re.compile(r"\b\d{2} ?\d{3} ?\d{3} ?\d{3}\b"), "[REDACTED:abn]"),
+    (re.compile(r"(?<![\w-])(?<!\d\.)\d{2} ?\d{3} ?\d{3} ?\d{3}(?![\w-]|\.\d)"), "[REDACTED:abn]"),
     # TFN: 8 or 9 digits, commonly grouped 3-3-3.
-    (re.compile(r"\b\d{3}[ -]?\d{3}[ -]?\d{2,3}\b"), "[REDACTED:tfn]"),
+    (re.compile(r"(?<![\w-])(?<!\d\.)\d{3}[ -]?\d{3}[ -]?\d{2,3}(?![\w-]|\.\d)"), "[REDACTED:tfn]"),
     # Any other long run of digits is taken as an account number.
-    (re.compile(r"\b\d{6,}\b"), "[REDACTED:number]"),
+    (re.compile(r"(?<![\w-])(?<!\d\.)\d{6,}(?![\w-]|\.\d)"), "[REDACTED:number]"),
 )
 
 # Values of these fields are ours and never PII; scanning them would mangle ids, timings and status codes.
 _TRUSTED_FIELDS = frozenset(
-    {"time", "level", "service", "request_id", "traceparent", "status", "duration_ms", "route", "method", "pid"}
+    {
+        "time",
+        "level",
+        "service",
+        "request_id",
+        "traceparent",
+        "status",
+        "duration_ms",
+        "route",
+        "method",
+        "pid",
+    }
 )
 
 

@@ -24,16 +24,13 @@ from shared.app import Runtime
 from shared.config import ConfigError, Settings, load_settings
 from shared.log import configure_logging, get_logger
 
-DRAIN_POLL_S = 0.05
-HYPERCORN_FINAL_GRACE_S = 2.0
-
 log = get_logger(__name__)
 
 
 def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
-    config.graceful_timeout = HYPERCORN_FINAL_GRACE_S
+    config.graceful_timeout = settings.graceful_timeout_s
     config.accesslog = None
     # Its own "Running on" lines would bypass our JSON logging; we log `listening` instead.
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -44,13 +41,12 @@ def hypercorn_config(settings: Settings) -> Config:
 
 async def drain(runtime: Runtime, stop: asyncio.Event) -> None:
     """Keep serving while `/ready` says 503, until in-flight requests are done or the grace period ends."""
-    loop = asyncio.get_running_loop()
     settings = runtime.settings
-    deadline = loop.time() + settings.graceful_timeout_s
     await asyncio.sleep(settings.shutdown_delay_s)
-    while runtime.in_flight.count > 0 and loop.time() < deadline:
-        await asyncio.sleep(DRAIN_POLL_S)
-    if runtime.in_flight.count:
+    try:
+        remaining_s = max(settings.graceful_timeout_s - settings.shutdown_delay_s, 0.0)
+        await asyncio.wait_for(runtime.in_flight.idle.wait(), timeout=remaining_s)
+    except TimeoutError:
         log.warning("drain_timeout", in_flight=runtime.in_flight.count)
     stop.set()
 
@@ -85,9 +81,7 @@ def load_or_exit(service: str, *, database_required: bool = True) -> Settings:
         raise SystemExit(2) from None
 
 
-def run_service(
-    service: str, create_app: Callable[[Settings], Starlette], *, log_name: str | None = None
-) -> None:
+def run_service(service: str, create_app: Callable[[Settings], Starlette], *, log_name: str | None = None) -> None:
     """The `python -m services.<name>` entry point."""
     settings = load_or_exit(service)
     configure_logging(log_name or service, settings.log_level)
