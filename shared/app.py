@@ -69,6 +69,7 @@ def build_service_app(
     *,
     title: str,
     runtime: Runtime | None = None,
+    extra_middleware: Sequence[Middleware] = (),
 ) -> Starlette:
     """A Starlette app with `/health`, `/ready`, `/metrics`, `/openapi.json` and the shared middleware."""
     runtime = runtime or build_runtime(settings)
@@ -107,6 +108,7 @@ def build_service_app(
             Middleware(RequestContextMiddleware, trusted_hops=settings.trusted_hops, in_flight=runtime.in_flight),
             Middleware(MetricsMiddleware),
             Middleware(ErrorBoundaryMiddleware),
+            *extra_middleware,
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,

@@ -101,7 +101,9 @@ class Env:
     def optional_str(self, name: str) -> str | None:
         return self._raw(name, None)
 
-    def integer(self, name: str, default: object = _MISSING, *, minimum: int | None = None) -> int:
+    def integer(
+        self, name: str, default: object = _MISSING, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
         value = self._raw(name, default)
         if value is None:
             return cast("int", default)
@@ -111,6 +113,8 @@ class Env:
             raise ConfigError(f"{name} must be an integer, got {value!r}") from None
         if minimum is not None and number < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {number}")
+        if maximum is not None and number > maximum:
+            raise ConfigError(f"{name} must be at most {maximum}, got {number}")
         return number
 
     def number(self, name: str, default: object = _MISSING, *, minimum: float = 0.0) -> float:
@@ -138,9 +142,14 @@ class Env:
             return None
         if DEV_ONLY_MARKER in value and self._environ.get("APGMS_ENV") == "production":
             raise ConfigError(f"{name} uses a dev-only default credential, refused when APGMS_ENV=production")
-        parts = urlsplit(value)
-        if parts.scheme not in schemes or not (parts.hostname or "host=" in parts.query):
-            raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL with a host")
+        problem = ConfigError(f"{name} must be a {' or '.join(schemes)} URL with a host")
+        try:
+            parts = urlsplit(value)
+            located = parts.hostname or "host=" in parts.query or (parts.scheme == "unix" and parts.path)
+        except ValueError:
+            raise problem from None
+        if parts.scheme not in schemes or not located:
+            raise problem
         return Secret(value)
 
 
@@ -185,7 +194,7 @@ def load_settings(
         service=service,
         env=cast("Environment", env.choice("APGMS_ENV", ENVIRONMENTS, "dev")),
         host=env.text("HOST", DEFAULT_HOST),
-        port=env.integer("PORT", SERVICE_PORTS.get(service, PROXY_PORT), minimum=0),
+        port=env.integer("PORT", SERVICE_PORTS.get(service, PROXY_PORT), minimum=0, maximum=65535),
         database_url=env.url("DATABASE_URL", ("postgres", "postgresql"), required=database_required),
         redis_url=env.url("REDIS_URL", ("redis", "rediss", "unix"), required=False),
         log_level=env.choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),

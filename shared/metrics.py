@@ -65,6 +65,10 @@ def route_template(path_format: str) -> str:
 
 
 def route_label(scope: Scope) -> str:
+    """The matched route's template; a handler that routes by itself (the proxy) sets `state["route_label"]`."""
+    override = scope.get("state", {}).get("route_label")
+    if override is not None:
+        return str(override)
     route = scope.get("route")
     path = getattr(route, "path", None)
     if not isinstance(path, str):

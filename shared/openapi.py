@@ -62,6 +62,14 @@ def documented(
     return mark
 
 
+def _register(model: type[BaseModel], schemas: dict[str, Any]) -> str:
+    """Put the model (and the models it nests, which pydantic keeps under `$defs`) into components."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    schemas[model.__name__] = schema
+    return f"#/components/schemas/{model.__name__}"
+
+
 def _operation(route: Route, method: str, schemas: dict[str, Any]) -> dict[str, Any]:
     doc: Doc = getattr(route.endpoint, "__apgms_doc__", Doc(summary=(route.endpoint.__doc__ or "").strip()))
     operation: dict[str, Any] = {
@@ -82,15 +90,13 @@ def _operation(route: Route, method: str, schemas: dict[str, Any]) -> dict[str, 
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in params
         ]
     if doc.request is not None:
-        schemas[doc.request.__name__] = doc.request.model_json_schema(ref_template="#/components/schemas/{model}")
         operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{doc.request.__name__}"}}},
+            "content": {"application/json": {"schema": {"$ref": _register(doc.request, schemas)}}},
         }
     success: dict[str, Any] = {"description": "OK"}
     if doc.response is not None:
-        schemas[doc.response.__name__] = doc.response.model_json_schema(ref_template="#/components/schemas/{model}")
-        success["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{doc.response.__name__}"}}}
+        success["content"] = {"application/json": {"schema": {"$ref": _register(doc.response, schemas)}}}
     operation["responses"][str(doc.status)] = success
     return operation
 

@@ -25,16 +25,16 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)(?<=://)[^/\s:@]+:[^/\s]*@"), "[REDACTED]@"),
     # Local part: RFC 5322 atext and dots, so `o'brien+tax@example.com` is caught whole.
     (re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[REDACTED:email]"),
-    # Digit patterns are bounded by "no word char, hyphen or decimal part" rather than \b, so the all-digit
-    # groups of a UUID (`12345678-...`) and money (`1250000.00`) are not mistaken for TFNs or accounts.
+    # Digit patterns are bounded by "no word character or decimal part" rather than \b, so money
+    # (`1250000.00`) is not mistaken for an account; UUIDs are set aside before these run (see redact_text).
     # BSB (6 digits, usually NNN-NNN) followed by an account number of 4-10 digits.
-    (re.compile(r"(?<![\w-])(?<!\d\.)\d{3}-?\d{3}[ -]\d{4,10}(?![\w-]|\.\d)"), "[REDACTED:bank_account]"),
+    (re.compile(r"(?<!\w)(?<!\d\.)\d{3}-?\d{3}[ -]\d{4,10}(?!\w|\.\d)"), "[REDACTED:bank_account]"),
     # ABN: 11 digits, commonly grouped 2-3-3-3.
-    (re.compile(r"(?<![\w-])(?<!\d\.)\d{2} ?\d{3} ?\d{3} ?\d{3}(?![\w-]|\.\d)"), "[REDACTED:abn]"),
+    (re.compile(r"(?<!\w)(?<!\d\.)\d{2} ?\d{3} ?\d{3} ?\d{3}(?!\w|\.\d)"), "[REDACTED:abn]"),
     # TFN: 8 or 9 digits, commonly grouped 3-3-3.
-    (re.compile(r"(?<![\w-])(?<!\d\.)\d{3}[ -]?\d{3}[ -]?\d{2,3}(?![\w-]|\.\d)"), "[REDACTED:tfn]"),
+    (re.compile(r"(?<!\w)(?<!\d\.)\d{3}[ -]?\d{3}[ -]?\d{2,3}(?!\w|\.\d)"), "[REDACTED:tfn]"),
     # Any other long run of digits is taken as an account number.
-    (re.compile(r"(?<![\w-])(?<!\d\.)\d{6,}(?![\w-]|\.\d)"), "[REDACTED:number]"),
+    (re.compile(r"(?<!\w)(?<!\d\.)\d{6,}(?!\w|\.\d)"), "[REDACTED:number]"),
 )
 
 # Values of these fields are ours and never PII; scanning them would mangle ids, timings and status codes.
@@ -54,11 +54,25 @@ _TRUSTED_FIELDS = frozenset(
 )
 
 
-def redact_text(text: str) -> str:
-    """Mask every PII or secret pattern found in a free-text value."""
+_UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
+
+
+def _redact_piece(text: str) -> str:
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def redact_text(text: str) -> str:
+    """Mask every PII or secret pattern found in a free-text value; UUIDs (our identifiers) are kept whole."""
+    pieces: list[str] = []
+    position = 0
+    for match in _UUID.finditer(text):
+        pieces.append(_redact_piece(text[position : match.start()]))
+        pieces.append(match.group())
+        position = match.end()
+    pieces.append(_redact_piece(text[position:]))
+    return "".join(pieces)
 
 
 def redact_value(key: str, value: Any) -> Any:

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import uvloop
 from hypercorn.asyncio import serve
@@ -25,6 +26,7 @@ from shared.config import ConfigError, Settings, load_settings
 from shared.log import configure_logging, get_logger
 
 log = get_logger(__name__)
+S = TypeVar("S", bound=Settings)
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -72,19 +74,23 @@ async def serve_app(app: Starlette, settings: Settings) -> None:
     await serve(app, hypercorn_config(settings), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
-def load_or_exit(service: str, *, database_required: bool = True) -> Settings:
+def load_or_exit(
+    service: str, load: Callable[[], Settings] | None = None, *, database_required: bool = True
+) -> Settings:
     """Settings, or one line on stderr naming the bad variable and exit code 2 (no traceback)."""
     try:
-        return load_settings(service, database_required=database_required)
+        return load() if load else load_settings(service, database_required=database_required)
     except ConfigError as exc:
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def run_service(service: str, create_app: Callable[[Settings], Starlette], *, log_name: str | None = None) -> None:
-    """The `python -m services.<name>` entry point."""
-    settings = load_or_exit(service)
-    configure_logging(log_name or service, settings.log_level)
+def run_service(
+    service: str, create_app: Callable[[Any], Starlette], load: Callable[[], Settings] | None = None
+) -> None:
+    """The `python -m <service>` entry point: settings, logging, app, serve, and the shut-down line."""
+    settings = load_or_exit(service, load)
+    configure_logging(service, settings.log_level)
     app = create_app(settings)
     uvloop.run(serve_app(app, settings))
-    log.info(f"{log_name or service} shut down cleanly")
+    log.info(f"{service} shut down cleanly")

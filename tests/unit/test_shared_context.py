@@ -1,0 +1,164 @@
+"""What the request context accepts from clients: request IDs, W3C traceparents and forwarded addresses."""
+
+from __future__ import annotations
+
+import re
+import string
+import uuid
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.context import accept_request_id, accept_traceparent, build_context, client_address
+
+ALLOWED_ID_CHARS = string.ascii_letters + string.digits + "._:-"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+VALID_TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+NEW_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01")
+
+
+def is_uuid4(value: str) -> bool:
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return False
+    return parsed.version == 4 and str(parsed) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a", "x" * 128, ALLOWED_ID_CHARS, "req-123", "2f1c9a7e-1b7e-4a53-9b43-9d2f0b1a6c11", "svc:auth.v1_2"],
+)
+def test_valid_request_id_is_kept(value: str) -> None:
+    assert accept_request_id(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "x" * 129,
+        "has space",
+        "line\nbreak",
+        "trailing-newline\n",
+        "carriage\rreturn",
+        "caf\u00e9",
+        b"caf\xc3\xa9".decode("latin-1"),
+        "semi;colon",
+        "path/traversal",
+        "tab\there",
+        "<script>",
+    ],
+)
+def test_invalid_request_id_is_replaced_with_a_uuid4(value: str | None) -> None:
+    accepted = accept_request_id(value)
+    assert accepted != value
+    assert is_uuid4(accepted)
+
+
+def test_replacement_ids_are_unique() -> None:
+    assert len({accept_request_id("") for _ in range(50)}) == 50
+
+
+@settings(database=None, deadline=None)
+@given(st.text(max_size=200))
+def test_property_accepted_request_id_is_always_safe_to_echo(value: str) -> None:
+    accepted = accept_request_id(value)
+    assert 1 <= len(accepted) <= 128
+    assert set(accepted) <= set(ALLOWED_ID_CHARS)
+    assert accepted == value or is_uuid4(accepted)
+
+
+def test_valid_traceparent_is_kept() -> None:
+    assert accept_traceparent(VALID_TRACEPARENT) == VALID_TRACEPARENT
+    unsampled = f"00-{TRACE_ID}-{PARENT_ID}-00"
+    assert accept_traceparent(unsampled) == unsampled
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "garbage",
+        f"00-{'0' * 32}-{PARENT_ID}-01",
+        f"00-{TRACE_ID}-{'0' * 16}-01",
+        f"ff-{TRACE_ID}-{PARENT_ID}-01",
+        f"00-{TRACE_ID.upper()}-{PARENT_ID}-01",
+        f"00-{TRACE_ID}-{PARENT_ID.upper()}-01",
+        f"00-{TRACE_ID[:-1]}-{PARENT_ID}-01",
+        f"00-{TRACE_ID}0-{PARENT_ID}-01",
+        f"00-{TRACE_ID}-{PARENT_ID[:-1]}-01",
+        f"0-{TRACE_ID}-{PARENT_ID}-01",
+        f"00-{TRACE_ID}-{PARENT_ID}-1",
+        f"00-{TRACE_ID}-{PARENT_ID}",
+        f"00_{TRACE_ID}_{PARENT_ID}_01",
+        f" {VALID_TRACEPARENT}",
+        f"{VALID_TRACEPARENT}\n",
+        f"00-{TRACE_ID[:-1]}g-{PARENT_ID}-01",
+    ],
+)
+def test_invalid_traceparent_is_regenerated(value: str | None) -> None:
+    accepted = accept_traceparent(value)
+    assert accepted != value
+    assert NEW_TRACEPARENT.fullmatch(accepted)
+    _, trace_id, parent_id, _ = accepted.split("-")
+    assert trace_id != "0" * 32
+    assert parent_id != "0" * 16
+
+
+def test_regenerated_traceparents_are_unique() -> None:
+    assert len({accept_traceparent("garbage") for _ in range(50)}) == 50
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "hops", "expected"),
+    [
+        # No trusted proxy: X-Forwarded-For is whatever the client typed, so it is ignored.
+        ("203.0.113.7", "6.6.6.6", 0, "203.0.113.7"),
+        ("203.0.113.7", None, 0, "203.0.113.7"),
+        # One trusted proxy appends the address it saw; anything to its left is client-supplied.
+        ("10.0.0.2", "203.0.113.7", 1, "203.0.113.7"),
+        ("10.0.0.2", "6.6.6.6, 203.0.113.7", 1, "203.0.113.7"),
+        ("10.0.0.2", "6.6.6.6,7.7.7.7,203.0.113.7", 1, "203.0.113.7"),
+        # Two trusted proxies: the second-to-last entry was written by the outer one.
+        ("10.0.0.3", "203.0.113.7, 10.0.0.2", 2, "203.0.113.7"),
+        ("10.0.0.3", "6.6.6.6, 203.0.113.7, 10.0.0.2", 2, "203.0.113.7"),
+        # A trusted hop but no header: the peer is the client.
+        ("10.0.0.2", None, 1, "10.0.0.2"),
+        ("10.0.0.2", "", 1, "10.0.0.2"),
+        ("10.0.0.2", " , ", 1, "10.0.0.2"),
+        (None, None, 0, None),
+    ],
+)
+def test_client_address_trusts_only_the_configured_hops(
+    peer: str | None, forwarded_for: str | None, hops: int, expected: str | None
+) -> None:
+    assert client_address(peer, forwarded_for, hops) == expected
+
+
+def test_build_context_reads_raw_asgi_headers() -> None:
+    scope = {
+        "type": "http",
+        "client": ("10.0.0.2", 5000),
+        "headers": [
+            (b"x-request-id", b"req-1"),
+            (b"traceparent", VALID_TRACEPARENT.encode()),
+            (b"x-forwarded-for", b"6.6.6.6, 203.0.113.7"),
+        ],
+    }
+    context = build_context(scope, trusted_hops=1)
+    assert context.request_id == "req-1"
+    assert context.traceparent == VALID_TRACEPARENT
+    assert context.client == "203.0.113.7"
+
+
+def test_build_context_replaces_non_ascii_request_id_bytes() -> None:
+    scope = {"type": "http", "client": None, "headers": [(b"x-request-id", b"caf\xe9")]}
+    context = build_context(scope, trusted_hops=0)
+    assert is_uuid4(context.request_id)
+    assert NEW_TRACEPARENT.fullmatch(context.traceparent)
+    assert context.client is None

@@ -1,0 +1,152 @@
+"""RFC 9457 problem documents from the one error table."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from shared.context import current_request_id
+from shared.errors import (
+    ERRORS,
+    PROBLEM_MEDIA_TYPE,
+    ApiError,
+    ErrorBoundaryMiddleware,
+    FieldError,
+    code_for_status,
+    handle_http_exception,
+    problem_body,
+)
+from shared.types import Message, Receive, Scope, Send
+
+
+@pytest.fixture
+def request_id() -> Iterator[str]:
+    token = current_request_id.set("req-problem")
+    try:
+        yield "req-problem"
+    finally:
+        current_request_id.reset(token)
+
+
+def test_problem_body_shape(request_id: str) -> None:
+    body = orjson.loads(problem_body("idempotency_conflict"))
+    assert body == {
+        "type": "https://apgms.example/problems/idempotency_conflict",
+        "title": "Idempotency key reused with a different request",
+        "status": 409,
+        "detail": "Idempotency key reused with a different request",
+        "code": "idempotency_conflict",
+        "request_id": request_id,
+    }
+
+
+def test_problem_body_with_detail_errors_and_extra(request_id: str) -> None:
+    errors = [FieldError("items.0.amount", "Input should be a valid integer")]
+    body = orjson.loads(problem_body("invalid_body", "Bad shape", errors=errors, retry_after_s=3))
+    assert body["detail"] == "Bad shape"
+    assert body["status"] == 400
+    assert body["errors"] == [{"path": "items.0.amount", "message": "Input should be a valid integer"}]
+    assert body["retry_after_s"] == 3
+    assert body["request_id"] == request_id
+
+
+def test_problem_body_outside_a_request_has_a_null_request_id() -> None:
+    body = orjson.loads(problem_body("not_found"))
+    assert body["request_id"] is None
+    assert "errors" not in body
+
+
+def test_api_error_with_an_unknown_code_raises() -> None:
+    with pytest.raises(ValueError, match="no_such_code"):
+        ApiError("no_such_code")
+
+
+def test_api_error_takes_status_and_title_from_the_table() -> None:
+    error = ApiError("mfa_required", headers={"www-authenticate": "Bearer"})
+    assert error.kind.status == 401
+    assert error.detail == "Recent multi-factor authentication required"
+    assert error.headers == {"www-authenticate": "Bearer"}
+    assert ApiError("forbidden", "Only org admins may resolve alerts").detail == "Only org admins may resolve alerts"
+
+
+def test_error_table_codes_are_snake_case_client_or_server_errors() -> None:
+    for code, kind in ERRORS.items():
+        assert re.fullmatch(r"[a-z]+(_[a-z]+)*", code), code
+        assert 400 <= kind.status <= 599, code
+        assert kind.title, code
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, "bad_request"),
+        (401, "unauthorized"),
+        (404, "not_found"),
+        (405, "method_not_allowed"),
+        (409, "conflict"),
+        (413, "payload_too_large"),
+        (500, "internal_error"),
+        (418, "bad_request"),
+        (599, "internal_error"),
+    ],
+)
+def test_code_for_status_picks_the_generic_code(status: int, code: str) -> None:
+    assert code_for_status(status) == code
+
+
+async def test_http_exception_keeps_a_real_detail_but_not_the_reason_phrase() -> None:
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
+    explained = await handle_http_exception(request, HTTPException(404, "Alert 7 does not exist"))
+    assert explained.media_type == PROBLEM_MEDIA_TYPE
+    assert orjson.loads(explained.body)["detail"] == "Alert 7 does not exist"
+    plain = await handle_http_exception(request, HTTPException(404))
+    assert orjson.loads(plain.body)["detail"] == "Not found"
+
+
+async def test_error_boundary_does_not_send_a_second_response_after_the_first_started() -> None:
+    async def half_sent(_: Scope, __: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("broken mid-stream")
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/stream", "headers": []}
+    with structlog.testing.capture_logs() as logs:
+        await ErrorBoundaryMiddleware(half_sent)(scope, receive, send)
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    assert [entry["event"] for entry in logs] == ["unhandled_error"]
+
+
+async def test_error_boundary_turns_an_exception_into_a_500_problem(request_id: str) -> None:
+    async def broken(_: Scope, __: Receive, ___: Send) -> None:
+        raise KeyError("secret-key-name")
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
+    with structlog.testing.capture_logs():
+        await ErrorBoundaryMiddleware(broken)(scope, receive, send)
+    assert sent[0]["status"] == 500
+    assert (b"content-type", PROBLEM_MEDIA_TYPE.encode()) in sent[0]["headers"]
+    body = orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert body["code"] == "internal_error"
+    assert body["request_id"] == request_id
+    assert b"secret-key-name" not in b"".join(m.get("body", b"") for m in sent[1:])

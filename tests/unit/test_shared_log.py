@@ -1,0 +1,134 @@
+"""JSON-lines logging: field order, request context, redaction, and the stdlib `logging` tree."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+import structlog
+
+from shared.log import configure_logging, get_logger
+
+HEAD = ["time", "level", "service", "event", "request_id"]
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    level = root.level
+    stream = io.StringIO()
+    configure_logging("auth", "info", stream)
+    ours = root.handlers[0]
+    try:
+        yield stream
+    finally:
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()
+        root.removeHandler(ours)
+        root.setLevel(level)
+        logging.getLogger("hypercorn.access").disabled = False
+        for noisy in ("asyncio", "hypercorn.error"):
+            logging.getLogger(noisy).setLevel(logging.NOTSET)
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_line_is_json_with_the_fixed_fields_first(log_stream: io.StringIO) -> None:
+    get_logger("t").info("user_login", org_id="org-1", attempts=2)
+    [line] = lines(log_stream)
+    assert list(line)[:5] == HEAD
+    assert line["level"] == "info"
+    assert line["service"] == "auth"
+    assert line["event"] == "user_login"
+    assert line["request_id"] is None
+    assert line["org_id"] == "org-1"
+    assert line["attempts"] == 2
+    assert line["time"].endswith("Z")
+    assert datetime.fromisoformat(line["time"]).utcoffset() is not None
+
+
+def test_one_json_object_per_line_even_with_a_traceback(log_stream: io.StringIO) -> None:
+    log = get_logger("t")
+    log.info("first")
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        log.exception("failed")
+    log.info("third")
+    written = lines(log_stream)
+    assert [line["event"] for line in written] == ["first", "failed", "third"]
+    assert written[1]["level"] == "error"
+    assert "ZeroDivisionError" in written[1]["exception"]
+
+
+def test_bound_request_id_appears_on_every_line(log_stream: io.StringIO) -> None:
+    structlog.contextvars.bind_contextvars(request_id="req-42", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+    get_logger("t").info("one")
+    get_logger("other").warning("two")
+    written = lines(log_stream)
+    assert [line["request_id"] for line in written] == ["req-42", "req-42"]
+    assert written[0]["traceparent"] == "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+
+
+def test_unbound_request_id_no_longer_appears(log_stream: io.StringIO) -> None:
+    structlog.contextvars.bind_contextvars(request_id="req-1")
+    structlog.contextvars.unbind_contextvars("request_id")
+    get_logger("t").info("after")
+    assert lines(log_stream)[0]["request_id"] is None
+
+
+def test_password_and_email_fields_are_redacted_before_writing(log_stream: io.StringIO) -> None:
+    get_logger("t").info(
+        "signup for jane@example.com",
+        password="hunter2",
+        new_password="hunter3",
+        email="jane@example.com",
+        profile={"tfn": "123 456 782"},
+    )
+    raw = log_stream.getvalue()
+    for secret in ("hunter2", "hunter3", "jane@example.com", "123 456 782"):
+        assert secret not in raw
+    [line] = lines(log_stream)
+    assert line["password"] == "[REDACTED]"
+    assert line["new_password"] == "[REDACTED]"
+    assert line["email"] == "[REDACTED:email]"
+    assert line["event"] == "signup for [REDACTED:email]"
+
+
+def test_stdlib_logging_comes_out_as_the_same_json(log_stream: io.StringIO) -> None:
+    structlog.contextvars.bind_contextvars(request_id="req-7")
+    logging.getLogger("x").warning("disk nearly full on %s", "vol1")
+    [line] = lines(log_stream)
+    assert list(line)[:5] == HEAD
+    assert line["level"] == "warning"
+    assert line["service"] == "auth"
+    assert line["event"] == "disk nearly full on vol1"
+    assert line["request_id"] == "req-7"
+
+
+def test_stdlib_messages_are_redacted(log_stream: io.StringIO) -> None:
+    logging.getLogger("x").warning("reset link sent to %s with Bearer abc.def", "jane@example.com")
+    raw = log_stream.getvalue()
+    assert "jane@example.com" not in raw
+    assert "abc.def" not in raw
+    assert lines(log_stream)[0]["event"] == "reset link sent to [REDACTED:email] with Bearer [REDACTED]"
+
+
+def test_level_filters_both_structlog_and_stdlib(log_stream: io.StringIO) -> None:
+    get_logger("t").debug("hidden")
+    logging.getLogger("x").debug("hidden too")
+    get_logger("t").info("shown")
+    assert [line["event"] for line in lines(log_stream)] == ["shown"]
+
+
+def test_hypercorn_access_log_is_silenced(log_stream: io.StringIO) -> None:
+    logging.getLogger("hypercorn.access").info("GET / 200")
+    logging.getLogger("hypercorn.error").info("Running on http://127.0.0.1:3001")
+    assert log_stream.getvalue() == ""

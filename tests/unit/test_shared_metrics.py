@@ -1,0 +1,70 @@
+"""Route labels in the runbook's form, and the closed set of security events."""
+
+from __future__ import annotations
+
+import pytest
+import structlog
+from prometheus_client import REGISTRY
+from starlette.routing import Route
+
+from shared.metrics import SECURITY_EVENTS, UNMATCHED_ROUTE, record_security_event, route_label, route_template
+
+
+@pytest.mark.parametrize(
+    ("path_format", "expected"),
+    [
+        ("/alerts/{id}/resolve", "/alerts/:id/resolve"),
+        ("/x/{id:int}", "/x/:id"),
+        ("/orgs/{org_id}/files/{name:path}", "/orgs/:org_id/files/:name"),
+        ("/v1/bas/{period:str}/lodge", "/v1/bas/:period/lodge"),
+        ("/health", "/health"),
+    ],
+)
+def test_route_template_uses_the_runbook_form(path_format: str, expected: str) -> None:
+    assert route_template(path_format) == expected
+
+
+def test_route_label_is_the_matched_template() -> None:
+    route = Route("/alerts/{id:int}/resolve", lambda _: None)
+    assert route_label({"type": "http", "route": route}) == "/alerts/:id/resolve"
+    assert route_label({"type": "http", "route": route, "root_path": "/core"}) == "/core/alerts/:id/resolve"
+
+
+def test_route_label_is_unmatched_without_a_route() -> None:
+    assert route_label({"type": "http", "path": "/random/123"}) == UNMATCHED_ROUTE == "unmatched"
+
+
+def security_events(event: str) -> float:
+    return REGISTRY.get_sample_value("security_events_total", {"event": event}) or 0.0
+
+
+@pytest.mark.parametrize("event", ["mfa.denied", "auth.failure", "rate_limited"])
+def test_record_security_event_counts_and_logs(event: str) -> None:
+    before = security_events(event)
+    with structlog.testing.capture_logs() as logs:
+        record_security_event(event, org_id="org-1", principal="user-9")
+    assert security_events(event) == before + 1
+    assert logs == [
+        {
+            "event": "security_event",
+            "security.event": event,
+            "org_id": "org-1",
+            "principal": "user-9",
+            "log_level": "warning",
+        }
+    ]
+
+
+def test_unknown_security_event_is_rejected_and_not_counted() -> None:
+    with structlog.testing.capture_logs() as logs, pytest.raises(ValueError, match=r"made\.up"):
+        record_security_event("made.up", org_id="org-1")
+    assert REGISTRY.get_sample_value("security_events_total", {"event": "made.up"}) is None
+    assert logs == []
+
+
+def test_every_security_event_series_exists_from_start() -> None:
+    for event in SECURITY_EVENTS:
+        assert REGISTRY.get_sample_value("security_events_total", {"event": event}) is not None
+    assert {"anomaly.auth", "audit_failed", "auth.failure", "mfa.denied", "rate_limited", "cors.reject"} <= set(
+        SECURITY_EVENTS
+    )

@@ -1,0 +1,208 @@
+"""PII and secrets are masked before a log line is written; our own fields and ordinary text are not."""
+
+from __future__ import annotations
+
+import string
+import uuid
+from decimal import Decimal
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from shared.redact import REDACTED, redact_event, redact_text, redact_value
+
+# Free text: no "@" (so a surviving "@" can only come from the email) and no digits (so the surrounding text
+# cannot itself look like a TFN or an account number).
+FILLER = st.text(alphabet=string.ascii_letters + " .,:;!?()[]\n\t-_/", max_size=40)
+
+COMMON_LOCAL = st.text(alphabet=string.ascii_letters + string.digits + "._%+-", min_size=1, max_size=30)
+COMMON_LABEL = st.text(alphabet=string.ascii_lowercase + string.digits, min_size=1, max_size=15)
+COMMON_TLD = st.sampled_from(["com", "au", "com.au", "gov.au", "io", "org", "example"])
+
+
+@st.composite
+def common_emails(draw: st.DrawFn) -> str:
+    labels = draw(st.lists(COMMON_LABEL, min_size=1, max_size=3))
+    return f"{draw(COMMON_LOCAL)}@{'.'.join(labels)}.{draw(COMMON_TLD)}"
+
+
+PII_CASES = [
+    pytest.param("contact jane.citizen@example.com.au today", "jane.citizen@example.com.au", id="email"),
+    pytest.param("TFN 123 456 782 on file", "456 782", id="tfn-grouped"),
+    pytest.param("TFN 123456782 on file", "123456782", id="tfn-plain"),
+    pytest.param("ABN 51 824 753 556 registered", "824 753 556", id="abn-grouped"),
+    pytest.param("ABN 51824753556 registered", "51824753556", id="abn-plain"),
+    pytest.param("pay to 062-000 12345678 now", "12345678", id="bank-bsb-dash"),
+    pytest.param("pay to 062000 12345678 now", "12345678", id="bank-bsb-plain"),
+    pytest.param("Authorization: Bearer abc.def", "abc.def", id="bearer"),
+    pytest.param(
+        "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJl seen",
+        "eyJhbGciOiJIUzI1NiJ9",
+        id="jwt",
+    ),
+    pytest.param("login failed password=hunter2 for user", "hunter2", id="password-in-text"),
+    pytest.param("dsn postgresql://apgms:s3cr3t-pw@db.internal:5432/apgms", "s3cr3t-pw", id="url-credentials"),
+]
+
+
+@pytest.mark.parametrize(("text", "secret"), PII_CASES)
+def test_pii_is_masked_in_free_text(text: str, secret: str) -> None:
+    redacted = redact_text(text)
+    assert secret not in redacted
+    assert "[REDACTED" in redacted
+
+
+@pytest.mark.parametrize(("text", "secret"), PII_CASES)
+def test_pii_is_masked_inside_nested_dicts_and_lists(text: str, secret: str) -> None:
+    event = {"event": "import", "payload": {"rows": [{"note": text}, ["x", text]], "meta": (text,)}}
+    redacted = redact_event(event)
+    assert secret not in repr(redacted)
+    assert redacted["payload"]["rows"][0]["note"] == redact_text(text)
+    assert redacted["payload"]["rows"][1] == ["x", redact_text(text)]
+    assert redacted["payload"]["meta"] == [redact_text(text)]
+
+
+def test_redacted_kinds_are_labelled() -> None:
+    assert redact_text("a@b.com") == "[REDACTED:email]"
+    assert redact_text("123 456 782") == "[REDACTED:tfn]"
+    assert redact_text("51 824 753 556") == "[REDACTED:abn]"
+    assert redact_text("062-000 12345678") == "[REDACTED:bank_account]"
+    assert redact_text("Authorization: Bearer abc.def") == "Authorization: Bearer [REDACTED]"
+    assert redact_text("password=hunter2&next=/home") == "password=[REDACTED]&next=/home"
+    assert redact_text("postgresql://user:pw@host/db") == "postgresql://[REDACTED]@host/db"
+
+
+@pytest.mark.parametrize(
+    "field", ["password", "new_password", "current_password", "Password", "client_secret", "api_key", "otp_secret"]
+)
+def test_secret_named_fields_are_masked_whole(field: str) -> None:
+    event = redact_event({"event": "change", field: "correct horse battery staple"})
+    assert event[field] == REDACTED
+
+
+def test_secret_named_field_is_masked_even_when_nested_or_not_a_string() -> None:
+    event = redact_event({"event": "x", "body": {"user": {"new_password": "pw-123"}, "recovery_codes": ["a", "b"]}})
+    assert event["body"]["user"]["new_password"] == REDACTED
+    assert event["body"]["recovery_codes"] == REDACTED
+
+
+def test_database_url_field_is_masked_whole() -> None:
+    assert redact_value("database_url", "postgresql://user:pw@host/db") == REDACTED
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("request_id", "123456789"),
+        ("request_id", "51824753556"),
+        ("status", 401),
+        ("status", "401"),
+        ("duration_ms", 123456.78),
+        ("time", "2025-11-27T07:14:00.123Z"),
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("route", "/alerts/:id/resolve"),
+    ],
+)
+def test_trusted_fields_are_left_untouched(field: str, value: object) -> None:
+    assert redact_event({field: value}) == {field: value}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1234.50",
+        "98765.43",
+        "-1234.50",
+        "2025-11-27T07:14:00.123Z",
+        "2025-11-27T07:14:00+10:00",
+        "/alerts/:id/resolve",
+        "GET /v1/bas/2025-Q3/lodge",
+        "client 203.0.113.7 sent 12 items",
+        "retry in 0.5s after 3 attempts",
+    ],
+)
+def test_ordinary_text_and_money_are_not_mangled(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_non_string_values_pass_through() -> None:
+    event = {"count": 123456789, "ok": True, "ratio": 0.25, "missing": None}
+    assert redact_event(event) == event
+
+
+def test_redact_event_does_not_mutate_its_input() -> None:
+    event = {"event": "x", "email": "a@b.com", "nested": {"password": "pw"}}
+    redact_event(event)
+    assert event == {"event": "x", "email": "a@b.com", "nested": {"password": "pw"}}
+
+
+@settings(database=None, deadline=None)
+@given(before=FILLER, email=common_emails(), after=FILLER)
+def test_property_common_email_embedded_in_text_never_survives(before: str, email: str, after: str) -> None:
+    redacted = redact_text(f"{before} {email} {after}")
+    assert email not in redacted
+    assert "@" not in redacted
+    assert "[REDACTED:email]" in redacted
+
+
+@settings(database=None, deadline=None)
+@given(before=FILLER, email=st.emails(), after=FILLER)
+@example(before="from", email="ab!@example.com", after="")
+def test_property_any_valid_email_embedded_in_text_never_survives(before: str, email: str, after: str) -> None:
+    # st.emails() generates RFC 5322 dot-atom addresses, e.g. "ab!@example.com" or "o'neil@example.com".
+    redacted = redact_text(f"{before} {email} {after}")
+    local, _, domain = email.rpartition("@")
+    assert email not in redacted
+    assert f"{local}@" not in redacted
+    assert f"@{domain}" not in redacted
+
+
+@settings(database=None, deadline=None)
+@given(amount=st.decimals(min_value=0, max_value=10**9, places=2, allow_nan=False, allow_infinity=False))
+@example(amount=Decimal("1250000.00"))
+def test_property_money_amounts_are_not_mangled(amount: Decimal) -> None:
+    text = f"{amount:.2f}"
+    assert redact_text(f"amount {text} AUD") == f"amount {text} AUD"
+
+
+@settings(database=None, deadline=None)
+@given(value=st.uuids())
+@example(value=uuid.UUID("12345678-aaaa-4bbb-8ccc-dddddddddddd"))
+def test_property_uuids_are_not_mangled(value: uuid.UUID) -> None:
+    # Ids such as org_id and principal are UUIDs in security events; a mangled id cannot be correlated.
+    assert redact_text(f"org {value} denied") == f"org {value} denied"
+
+
+def test_password_containing_at_sign_in_url_does_not_leak() -> None:
+    # asyncpg splits the netloc at the last "@", so this password is "p@ssw0rd" and the host is "postgres".
+    redacted = redact_text("connecting to postgresql://apgms:p@ssw0rd@postgres:5432/apgms")
+    assert "ssw0rd" not in redacted
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("TFN-123456782", "123456782"),
+        ("TFN-123 456 782", "456 782"),
+        ("ABN-51824753556", "51824753556"),
+        ("tfn 123456782-verified", "123456782"),
+        ("account 062-000 12345678-savings", "12345678"),
+    ],
+)
+def test_pii_next_to_a_hyphen_is_still_masked(text: str, secret: str) -> None:
+    # Labels such as "TFN-" are common in free text; only UUID digit groups should escape the digit patterns.
+    assert secret not in redact_text(text)
+
+
+@settings(database=None, deadline=None)
+@given(
+    before=FILLER,
+    digits=st.text(alphabet=string.digits, min_size=9, max_size=9),
+    grouped=st.booleans(),
+    after=FILLER,
+)
+def test_property_tfn_separated_by_spaces_never_survives(before: str, digits: str, grouped: bool, after: str) -> None:
+    tfn = f"{digits[:3]} {digits[3:6]} {digits[6:]}" if grouped else digits
+    redacted = redact_text(f"{before} {tfn} {after}")
+    assert digits[3:] not in redacted.replace(" ", "")
