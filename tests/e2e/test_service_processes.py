@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+from multidict import CIMultiDict
 
 from apgms.devservers import LocalPostgres, free_port
 from shared.migrations import migrate
@@ -34,9 +35,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def get(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, dict[str, str], dict]:
+async def get(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, CIMultiDict[str], dict]:
     async with http.get(url, headers=headers) as response:
-        return response.status, dict(response.headers), await response.json(content_type=None)
+        return response.status, response.headers.copy(), await response.json(content_type=None)
 
 
 async def poll_status(http: aiohttp.ClientSession, url: str, want: int, within_s: float) -> tuple[float, dict]:
@@ -162,9 +163,10 @@ async def test_database_outage_turns_ready_503_and_recovers_without_restart(star
 
 
 async def test_start_with_database_down_serves_503_then_recovers(start_service, http, own_postgres) -> None:
-    await migrate(own_postgres.dsn)
+    dsn = own_postgres.dsn
+    await migrate(dsn)
     own_postgres.stop()
-    service = start_service("auth", {"DATABASE_URL": own_postgres.dsn})
+    service = start_service("auth", {"DATABASE_URL": dsn})
     status, _, body = await get(http, f"{service.url}/ready")
     assert status == 503
     assert body["checks"]["postgres"]["status"] == "fail"
@@ -176,7 +178,7 @@ async def test_start_with_database_down_serves_503_then_recovers(start_service, 
 
 
 async def test_sigterm_drains_in_flight_request_then_exits_cleanly(start_service, http) -> None:
-    service = start_service("slow", {"SHUTDOWN_DELAY_S": "0.2"})
+    service = start_service("slow", {"SHUTDOWN_DELAY_S": "0.2"}, module="tests.e2e.echo_service")
     in_flight = asyncio.create_task(get(http, f"{service.url}/slow?s=2"))
     await asyncio.sleep(0.4)
 
@@ -189,11 +191,11 @@ async def test_sigterm_drains_in_flight_request_then_exits_cleanly(start_service
     status, _, body = await in_flight
     assert (status, body) == (200, {"slept_s": 2.0})
     assert service.popen.wait(timeout=10) == 0
-    assert service.wait_for_log(lambda line: line.get("event") == "slow shut down cleanly")
+    assert service.wait_for_log(lambda line: line.get("event") == "echo shut down cleanly")
 
 
 def test_second_signal_exits_at_once(start_service) -> None:
-    service = start_service("slow", {"SHUTDOWN_DELAY_S": "30"})
+    service = start_service("slow", {"SHUTDOWN_DELAY_S": "30"}, module="tests.e2e.echo_service")
     service.popen.send_signal(signal.SIGTERM)
     service.wait_for_log(lambda line: line.get("event") == "draining")
     started = time.monotonic()
@@ -223,4 +225,4 @@ def test_bad_configuration_exits_2_with_one_line_naming_the_variable(overrides, 
     assert variable in lines[0]
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stderr
-    assert "dev-only" not in result.stderr
+    assert "apgms-dev-only@" not in result.stderr

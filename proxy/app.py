@@ -1,0 +1,123 @@
+"""Composition root of the routing proxy (`api-gateway`): the one public port in front of every service."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+
+import aiohttp
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from proxy.config import ProxySettings
+from proxy.edge import EdgeMiddleware
+from proxy.federation import SelectorError, parse_exposition, parse_selector, render
+from proxy.forward import Forwarder
+from proxy.upstreams import Upstream, build_upstreams, run_health_checks
+from shared.app import Runtime, build_runtime, build_service_app
+from shared.errors import ApiError, FieldError
+from shared.health import Check
+from shared.metrics import metrics_text
+
+FEDERATE_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+KEEPALIVE_TIMEOUT_S = 30.0
+
+
+def upstream_check(upstream: Upstream) -> Check:
+    """A readiness check that passes when the service has a ready instance, per the last active checks."""
+
+    async def check(_: float) -> float:
+        if not upstream.ready:
+            raise ConnectionError(f"no ready instance of {upstream.service}")
+        return 0.0
+
+    return check
+
+
+def new_session(pool_size: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=pool_size, keepalive_timeout=KEEPALIVE_TIMEOUT_S, ttl_dns_cache=60)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+
+
+async def fetch_metrics(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str | None:
+    try:
+        async with session.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            return await response.text() if response.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+def federate_endpoint(
+    settings: ProxySettings, upstreams: Mapping[str, Upstream], sessions: dict[str, aiohttp.ClientSession]
+) -> Callable[[Request], Awaitable[Response]]:
+    own_labels = {"service": settings.service, "instance": f"{settings.host}:{settings.port}"}
+
+    async def federate(request: Request) -> Response:
+        raw = request.query_params.getlist("match[]")
+        if not raw:
+            raise ApiError("invalid_query", "At least one match[] selector is required")
+        selectors, errors = [], []
+        for index, text in enumerate(raw):
+            try:
+                selectors.append(parse_selector(text))
+            except SelectorError as exc:
+                errors.append(FieldError(f"match[].{index}", str(exc)))
+        if errors:
+            raise ApiError("invalid_query", "A match[] selector is malformed", errors=errors)
+        instances = [i for upstream in upstreams.values() for i in upstream.instances]
+        texts = await asyncio.gather(
+            *(fetch_metrics(sessions["_health"], i.url, settings.federate_timeout_s) for i in instances)
+        )
+        sources = [(own_labels, parse_exposition(metrics_text().decode()))]
+        sources += [
+            ({"service": i.service, "instance": i.label}, parse_exposition(text))
+            for i, text in zip(instances, texts, strict=True)
+            if text is not None
+        ]
+        return Response(render(sources, selectors), media_type=FEDERATE_MEDIA_TYPE)
+
+    return federate
+
+
+def create_app(settings: ProxySettings) -> Starlette:
+    upstreams = build_upstreams(settings.upstream_urls)
+    runtime = build_runtime(settings)
+    runtime.health.checks.update({name: upstream_check(upstream) for name, upstream in upstreams.items()})
+    sessions: dict[str, aiohttp.ClientSession] = {}
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(_: Runtime) -> None:
+        for service in upstreams:
+            sessions[service] = new_session(settings.pool_size)
+        sessions["_health"] = new_session(len(upstreams) * 4 + 8)
+        tasks.append(asyncio.create_task(run_health_checks(sessions["_health"], upstreams, settings.health)))
+
+    async def stop(_: Runtime) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(session.close() for session in sessions.values()))
+
+    runtime.on_startup.append(start)
+    runtime.on_shutdown.append(stop)
+    app = build_service_app(
+        settings,
+        [Route("/federate", federate_endpoint(settings, upstreams, sessions), methods=["GET"], name="federate")],
+        title="APGMS api-gateway",
+        runtime=runtime,
+        extra_middleware=[Middleware(EdgeMiddleware, allowed_origins=settings.cors_allowed_origins)],
+    )
+    app.router.redirect_slashes = False
+    app.router.default = Forwarder(
+        routes=settings.routes,
+        upstreams=upstreams,
+        sessions=sessions,
+        policy=settings.health,
+        trusted_hops=settings.trusted_hops,
+        regulator_slots=asyncio.Semaphore(settings.regulator_max_concurrency),
+        connect_timeout_s=settings.connect_timeout_s,
+    )
+    return app

@@ -1,0 +1,101 @@
+"""The proxy's settings: the shared ones plus upstreams, route limits, health checks and CORS."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from urllib.parse import urlsplit
+
+from proxy.routing import DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, MiB, RouteTable, build_route_table
+from proxy.upstreams import HealthPolicy
+from shared.config import SERVICE_PORTS, ConfigError, Env, Settings, environ_with_dotenv, load_settings
+
+SERVICE_NAME = "api-gateway"
+CONNECT_TIMEOUT_S = 2.0
+POOL_SIZE_PER_UPSTREAM = 100
+REGULATOR_MAX_CONCURRENCY = 32
+FEDERATE_TIMEOUT_S = 3.0
+# Bulk import takes files far above the default 1 MiB.
+DEFAULT_BODY_LIMITS = {"/bank-lines/import": 20 * MiB}
+DEFAULT_DEV_ORIGINS = ("http://localhost:3000", "http://127.0.0.1:3000")
+
+
+@dataclass(frozen=True)
+class ProxySettings(Settings):
+    upstream_urls: dict[str, list[str]]
+    routes: RouteTable
+    health: HealthPolicy
+    cors_allowed_origins: frozenset[str]
+    connect_timeout_s: float
+    pool_size: int
+    regulator_max_concurrency: int
+    federate_timeout_s: float
+
+
+def parse_overrides(env: Env, name: str, cast: type[float] | type[int]) -> dict[str, float] | dict[str, int]:
+    """`/prefix=value,/other=value` into a mapping, naming the variable on any malformed entry."""
+    raw = env.text(name, "")
+    result: dict[str, float] = {}
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        prefix, sep, value = entry.partition("=")
+        try:
+            if not sep or not prefix.startswith("/"):
+                raise ValueError
+            result[prefix.rstrip("/")] = cast(value)
+        except ValueError:
+            raise ConfigError(f"{name} entries must look like /prefix=number, got {entry!r}") from None
+    return result
+
+
+def parse_urls(env: Env, service: str) -> list[str]:
+    name = f"UPSTREAM_{service.upper()}_URLS"
+    raw = env.text(name, f"http://127.0.0.1:{SERVICE_PORTS[service]}")
+    urls = [url.strip().rstrip("/") for url in raw.split(",") if url.strip()]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port or parts.path:
+            raise ConfigError(f"{name} must be a comma-separated list of http://host:port URLs, got {url!r}")
+    if not urls:
+        raise ConfigError(f"{name} must name at least one instance")
+    return urls
+
+
+def load_proxy_settings(environ: Mapping[str, str] | None = None) -> ProxySettings:
+    merged = environ_with_dotenv(environ)
+    # The proxy keeps no state of its own: DATABASE_URL and REDIS_URL, when present for the services, are ignored.
+    base = replace(load_settings(SERVICE_NAME, merged, database_required=False), database_url=None, redis_url=None)
+    env = Env(merged)
+    body_limits = {**DEFAULT_BODY_LIMITS, **parse_overrides(env, "PROXY_BODY_LIMITS", int)}
+    timeouts = parse_overrides(env, "PROXY_TIMEOUTS", float)
+    try:
+        routes = build_route_table(
+            default_max_body_bytes=env.integer("PROXY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=0),
+            default_timeout_s=env.number("PROXY_TIMEOUT_S", DEFAULT_TIMEOUT_S, minimum=0.01),
+            body_limits={k: int(v) for k, v in body_limits.items()},
+            timeouts=timeouts,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"PROXY_BODY_LIMITS/PROXY_TIMEOUTS: {exc}") from None
+    default_origins = "" if base.is_production else ",".join(DEFAULT_DEV_ORIGINS)
+    origins = frozenset(
+        o.strip().rstrip("/") for o in env.text("CORS_ALLOWED_ORIGINS", default_origins).split(",") if o.strip()
+    )
+    return ProxySettings(
+        **{f.name: getattr(base, f.name) for f in fields(Settings)},
+        upstream_urls={service: parse_urls(env, service) for service in routes.services},
+        routes=routes,
+        health=HealthPolicy(
+            interval_s=env.number("PROXY_HEALTH_INTERVAL_S", HealthPolicy.interval_s, minimum=0.05),
+            timeout_s=env.number("PROXY_HEALTH_TIMEOUT_S", HealthPolicy.timeout_s, minimum=0.05),
+            unhealthy_threshold=env.integer("PROXY_UNHEALTHY_THRESHOLD", HealthPolicy.unhealthy_threshold, minimum=1),
+            healthy_threshold=env.integer("PROXY_HEALTHY_THRESHOLD", HealthPolicy.healthy_threshold, minimum=1),
+            eject_after_failures=env.integer(
+                "PROXY_EJECT_AFTER_FAILURES", HealthPolicy.eject_after_failures, minimum=1
+            ),
+        ),
+        cors_allowed_origins=origins,
+        connect_timeout_s=env.number("PROXY_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S, minimum=0.01),
+        pool_size=env.integer("PROXY_POOL_SIZE", POOL_SIZE_PER_UPSTREAM, minimum=1),
+        regulator_max_concurrency=env.integer("REGULATOR_MAX_CONCURRENCY", REGULATOR_MAX_CONCURRENCY, minimum=1),
+        federate_timeout_s=env.number("FEDERATE_TIMEOUT_S", FEDERATE_TIMEOUT_S, minimum=0.1),
+    )

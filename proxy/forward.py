@@ -1,0 +1,224 @@
+"""The forwarding handler: one request in, one upstream attempt (or a retry), the response streamed back.
+
+Bodies are streamed both ways, never buffered; content encodings pass through untouched (the client sessions
+are created with `auto_decompress=False` and add no `Accept-Encoding` of their own).
+
+Failures, each an RFC 9457 problem with the request ID:
+    400 bad_request           the path cannot be normalised safely, or Content-Length is malformed
+    404 not_found             no prefix matches, or the path is under /internal
+    413 payload_too_large     Content-Length over the route's limit (upstream never touched), or a streamed
+                              body that grows past it
+    502 upstream_unavailable  connection to the instance failed (idempotent methods were retried elsewhere)
+    503 service_unavailable   no healthy instance, or the regulator route is at its concurrency limit
+    504 upstream_timeout      no response headers within the route's timeout
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from prometheus_client import Counter, Histogram
+
+from proxy.headers import decode_asgi_headers, downstream_response_headers, upstream_request_headers
+from proxy.routing import BadPath, ProxyRoute, RouteTable, encode_path, normalise_path
+from proxy.upstreams import HealthPolicy, Instance, Upstream
+from shared.context import request_context
+from shared.errors import problem_response
+from shared.log import get_logger
+from shared.metrics import LATENCY_BUCKETS_S
+from shared.types import Receive, Scope, Send
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# Auto-headers aiohttp would otherwise invent; only what the client sent goes upstream.
+SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+
+UPSTREAM_REQUESTS = Counter(
+    "apgms_proxy_upstream_requests_total",
+    "Requests sent upstream, by service and upstream status (connect_error and timeout when none came back).",
+    ["service", "status"],
+)
+UPSTREAM_DURATION = Histogram(
+    "apgms_proxy_upstream_duration_seconds",
+    "Time from sending upstream to the response headers.",
+    ["service"],
+    buckets=LATENCY_BUCKETS_S,
+)
+
+log = get_logger(__name__)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+@dataclass
+class BodyReader:
+    """Streams the ASGI request body upstream, counting bytes against the route's limit."""
+
+    receive: Receive
+    limit: int
+    received: int = 0
+    started: bool = False
+    too_large: bool = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk = message.get("body", b"")
+            self.received += len(chunk)
+            if self.received > self.limit:
+                self.too_large = True
+                raise BodyTooLarge
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+
+@dataclass
+class Forwarder:
+    routes: RouteTable
+    upstreams: Mapping[str, Upstream]
+    sessions: Mapping[str, aiohttp.ClientSession]
+    policy: HealthPolicy
+    trusted_hops: int
+    regulator_slots: asyncio.Semaphore
+    connect_timeout_s: float
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        try:
+            path = normalise_path(raw_path.decode("latin-1"))
+        except BadPath as exc:
+            await problem_response("bad_request", f"Unacceptable path: {exc}")(scope, receive, send)
+            return
+        route = self.routes.match(path)
+        if route is None:
+            await problem_response("not_found", "No service serves this path")(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["route_label"] = route.prefix
+        if route.is_regulator:
+            state["log_fields"] = {"traffic": "regulator"}
+            if self.regulator_slots.locked():
+                await problem_response(
+                    "service_unavailable",
+                    "The regulator route is at its concurrency limit",
+                    headers={"retry-after": "1"},
+                )(scope, receive, send)
+                return
+            async with self.regulator_slots:
+                await self._forward(scope, receive, send, route, path)
+        else:
+            await self._forward(scope, receive, send, route, path)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute, path: str) -> None:
+        client_headers = decode_asgi_headers(scope["headers"])
+        declared = next((value for name, value in client_headers if name == "content-length"), None)
+        chunked = any(name == "transfer-encoding" for name, _ in client_headers)
+        if declared is not None and not declared.strip().isdigit():
+            await problem_response("bad_request", "Content-Length must be a number")(scope, receive, send)
+            return
+        length = int(declared) if declared is not None else None
+        if length is not None and length > route.max_body_bytes:
+            # The unread body is still on the wire: close the connection rather than parse it as a request.
+            await problem_response(
+                "payload_too_large",
+                f"The body exceeds {route.max_body_bytes} bytes for {route.prefix}",
+                headers={"connection": "close"},
+            )(scope, receive, send)
+            return
+
+        context = request_context(scope)
+        peer = scope.get("client")
+        headers = upstream_request_headers(
+            client_headers,
+            peer=peer[0] if peer else None,
+            scheme=scope.get("scheme", "http"),
+            request_id=context.request_id,
+            traceparent=context.traceparent,
+            trusted_hops=self.trusted_hops,
+        )
+        if length:
+            headers.append(("content-length", str(length)))
+        has_body = bool(length) or chunked
+        body = BodyReader(receive, route.max_body_bytes)
+        method = scope["method"]
+        query = scope.get("query_string", b"").decode("latin-1")
+        target = encode_path(path) + (f"?{query}" if query else "")
+        upstream = self.upstreams[route.service]
+        session = self.sessions[route.service]
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s, sock_read=route.timeout_s)
+
+        tried: list[Instance] = []
+        while True:
+            instance = upstream.pick(exclude=tried)
+            if instance is None:
+                code = "upstream_unavailable" if tried else "service_unavailable"
+                detail = f"No healthy instance of {route.service}" if not tried else f"{route.service} is unreachable"
+                await problem_response(code, detail)(scope, receive, send)
+                return
+            tried.append(instance)
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(route.timeout_s):
+                    response = await session.request(
+                        method,
+                        instance.url + target,
+                        headers=headers,
+                        data=body.chunks() if has_body else None,
+                        allow_redirects=False,
+                        timeout=timeout,
+                        skip_auto_headers=SKIP_AUTO_HEADERS,
+                    )
+            except TimeoutError:
+                UPSTREAM_REQUESTS.labels(service=route.service, status="timeout").inc()
+                await problem_response(
+                    "upstream_timeout", f"{route.service} did not answer within {route.timeout_s:g}s"
+                )(scope, receive, send)
+                return
+            except (aiohttp.ClientError, BodyTooLarge, ClientDisconnected) as exc:
+                if body.too_large:
+                    await problem_response(
+                        "payload_too_large", f"The body exceeds {route.max_body_bytes} bytes for {route.prefix}"
+                    )(scope, receive, send)
+                    return
+                if isinstance(exc, ClientDisconnected):
+                    return
+                UPSTREAM_REQUESTS.labels(service=route.service, status="connect_error").inc()
+                if isinstance(exc, aiohttp.ClientConnectorError):
+                    instance.record_connect_failure(self.policy)
+                log.warning("upstream_error", upstream=route.service, instance=instance.label, error=type(exc).__name__)
+                if method in IDEMPOTENT_METHODS and not body.started:
+                    continue
+                await problem_response("upstream_unavailable", f"{route.service} is unreachable")(scope, receive, send)
+                return
+            break
+
+        instance.record_success()
+        UPSTREAM_DURATION.labels(service=route.service).observe(time.perf_counter() - started)
+        UPSTREAM_REQUESTS.labels(service=route.service, status=str(response.status)).inc()
+        async with response:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": downstream_response_headers(
+                        [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.raw_headers]
+                    ),
+                }
+            )
+            async for chunk in response.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
