@@ -1,0 +1,38 @@
+# Every target uses the project virtualenv; `make install` does nothing when pyproject.toml and
+# constraints.txt have not changed since the last install (the stamp file records that).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint fmt
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+# The whole stack on this machine: project-local PostgreSQL (and Redis when installed) unless
+# DATABASE_URL / REDIS_URL are set. Ctrl+C stops everything.
+run: install
+	$(BIN)/apgms dev
+
+# The suite starts its own PostgreSQL and Redis (or uses TEST_DATABASE_URL / TEST_REDIS_URL);
+# `python -m apgms.devservers` installs their binaries when missing and allowed (root + apt-get).
+test: install
+	$(BIN)/python -m apgms.devservers
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .

@@ -1,0 +1,1 @@
+"""The `apgms` command line: dev stack, migrations and operations tooling."""

@@ -1,0 +1,5 @@
+"""`python -m apgms` is the `apgms` command."""
+
+from apgms.cli import main
+
+main()

@@ -1,0 +1,420 @@
+"""`apgms dev`: the whole stack on one machine, each service its own process, Ctrl+C stops it cleanly.
+
+Without DATABASE_URL a project-local PostgreSQL runs in `.devdb/pg` (data kept between runs); without REDIS_URL a
+local redis-server runs when the binary exists, else the stack runs without Redis. Migrations are applied, the
+processes of `DEV_PROCESSES` are started and supervised (restarted with backoff when they crash, except on exit
+code 2, a configuration error, which stops everything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from apgms.devservers import (
+    DATABASE_ERRORS,
+    DevServerError,
+    LocalPostgres,
+    LocalRedis,
+    die_with_parent,
+    find_redis_server,
+    read_pid_file,
+    redact_url,
+)
+from shared.config import SERVICE_PORTS, environ_with_dotenv
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DEV_DIR = PROJECT_ROOT / ".devdb"
+HOST = "127.0.0.1"
+
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 10.0
+# A process that stayed up this long is considered healthy again: its next crash restarts it after 0.5 s.
+BACKOFF_RESET_AFTER_S = 30.0
+CONFIG_ERROR_EXIT_CODE = 2
+READY_TIMEOUT_S = 30.0
+READY_POLL_INTERVAL_S = 0.2
+READY_REQUEST_TIMEOUT_S = 1.0
+# Children drain for SHUTDOWN_DELAY_S plus in-flight requests; past this they are killed.
+STOP_TIMEOUT_S = 20.0
+LOG_LINE_LIMIT_BYTES = 1024 * 1024
+PREFIX_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_red")
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One supervised process: `python -m <module>` serving on `port`."""
+
+    name: str
+    module: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def argv(self, python: str = sys.executable) -> list[str]:
+        return [python, "-m", self.module]
+
+
+# What `apgms dev` runs, in start order; the proxy joins as `ProcessSpec("proxy", "proxy", PROXY_PORT)`.
+DEV_PROCESSES: tuple[ProcessSpec, ...] = (
+    ProcessSpec("auth", "services.auth", SERVICE_PORTS["auth"]),
+    ProcessSpec("core", "services.core", SERVICE_PORTS["core"]),
+    ProcessSpec("compliance", "services.compliance", SERVICE_PORTS["compliance"]),
+    ProcessSpec("regulator", "services.regulator", SERVICE_PORTS["regulator"]),
+)
+
+
+# --- pure parts ------------------------------------------------------------------------------------------------
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds before restarting after the `failures`-th crash in a row: 0.5, 1, 2, 4, 8, 10, 10, ..."""
+    return float(min(BACKOFF_INITIAL_S * 2 ** max(failures - 1, 0), BACKOFF_MAX_S))
+
+
+def next_failure_count(failures: int, ran_for_s: float) -> int:
+    """Crashes in a row after one more; a run of BACKOFF_RESET_AFTER_S or longer starts the count again."""
+    return 1 if ran_for_s >= BACKOFF_RESET_AFTER_S else failures + 1
+
+
+def child_env(base: Mapping[str, str], spec: ProcessSpec, database_url: str, redis_url: str | None) -> dict[str, str]:
+    """The environment of one dev process: the caller's, with the stack's settings on top."""
+    env = dict(base)
+    env.update(
+        APGMS_ENV="dev",
+        HOST=HOST,
+        PORT=str(spec.port),
+        DATABASE_URL=database_url,
+        PYTHONUNBUFFERED="1",
+    )
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    else:
+        env.pop("REDIS_URL", None)
+    return env
+
+
+def dev_dir(environ: Mapping[str, str]) -> Path:
+    return Path(environ["APGMS_DEV_DIR"]).absolute() if environ.get("APGMS_DEV_DIR") else DEFAULT_DEV_DIR
+
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    """Whether a server could not listen on `port` now (TIME_WAIT leftovers do not count, as for the servers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+# --- supervision -----------------------------------------------------------------------------------------------
+
+Emit = Callable[[str, str], None]
+
+
+class Child:
+    """Runs one process until `stop` is set, streaming its output and restarting it with backoff."""
+
+    def __init__(self, spec: ProcessSpec, env: dict[str, str], stop: asyncio.Event, emit: Emit, *, cwd: Path) -> None:
+        self.spec = spec
+        self.env = env
+        self.stop = stop
+        self.emit = emit
+        self.cwd = cwd
+        self.process: asyncio.subprocess.Process | None = None
+        self.starts = 0
+        self.config_error = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while not self.stop.is_set():
+            started_at = loop.time()
+            self.process = await asyncio.create_subprocess_exec(
+                *self.spec.argv(),
+                env=self.env,
+                cwd=self.cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                limit=LOG_LINE_LIMIT_BYTES,
+                # Own session: the terminal's Ctrl+C reaches only us; we send one SIGTERM each.
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+            self.starts += 1
+            if self.stop.is_set():
+                self.terminate()
+            await self._stream_output(self.process)
+            code = await self.process.wait()
+            if self.stop.is_set():
+                return
+            if code == CONFIG_ERROR_EXIT_CODE:
+                self.config_error = True
+                self.emit(self.spec.name, f"{describe_exit(code)}: its configuration is invalid (see above)")
+                self.stop.set()
+                return
+            failures = next_failure_count(failures, loop.time() - started_at)
+            delay_s = restart_delay(failures)
+            self.emit(self.spec.name, f"{describe_exit(code)}; restarting in {delay_s:g} s")
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), delay_s)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with suppress(ProcessLookupError):
+                self.process.send_signal(signum)
+
+    async def _stream_output(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while True:
+            try:
+                line = await process.stdout.readline()
+            except ValueError:  # a line over LOG_LINE_LIMIT_BYTES; the reader skipped it
+                continue
+            if not line:
+                return
+            self.emit(self.spec.name, line.decode(errors="replace").rstrip("\r\n"))
+
+
+class Supervisor:
+    """Starts every process of a table, restarts crashed ones, and stops them all on request."""
+
+    def __init__(
+        self,
+        specs: Sequence[ProcessSpec],
+        env_for: Callable[[ProcessSpec], dict[str, str]],
+        stop: asyncio.Event,
+        emit: Emit,
+        *,
+        cwd: Path = PROJECT_ROOT,
+    ) -> None:
+        self.stop = stop
+        self.children = [Child(spec, env_for(spec), stop, emit, cwd=cwd) for spec in specs]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def config_error(self) -> bool:
+        return any(child.config_error for child in self.children)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(child.run(), name=child.spec.name) for child in self.children]
+
+    async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict[str, bool]:
+        """Poll every `/ready` until all answer 200, `stop` is set or the timeout passes; name -> ready."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        pending = {child.spec.name: child.spec.url for child in self.children}
+        timeout = aiohttp.ClientTimeout(total=READY_REQUEST_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while pending and not self.stop.is_set() and loop.time() < deadline:
+                for name, url in list(pending.items()):
+                    with suppress(aiohttp.ClientError, TimeoutError):
+                        async with session.get(url + "/ready") as response:
+                            if response.status == 200:
+                                del pending[name]
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), READY_POLL_INTERVAL_S)
+        return {child.spec.name: child.spec.name not in pending for child in self.children}
+
+    async def shutdown(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM every process, wait up to `timeout_s` for them to drain, then SIGKILL what is left.
+
+        Calling it again once everything has stopped does nothing."""
+        self.stop.set()
+        for child in self.children:
+            child.terminate()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=timeout_s)
+        if pending:
+            self.kill()
+            await asyncio.wait(pending)
+        for task in self._tasks:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
+
+    def kill(self) -> None:
+        for child in self.children:
+            child.kill()
+
+
+# --- the dev command -------------------------------------------------------------------------------------------
+
+
+def make_emitter(console: Console, names: Sequence[str]) -> Emit:
+    width = max((len(name) for name in names), default=0)
+    styles = {name: PREFIX_STYLES[i % len(PREFIX_STYLES)] for i, name in enumerate(names)}
+
+    def emit(name: str, line: str) -> None:
+        prefix = Text(f"{name:>{width}} | ", style=styles.get(name, "bold"))
+        console.print(prefix + Text(line), soft_wrap=True, highlight=False)
+
+    return emit
+
+
+def shown_path(path: Path) -> str:
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
+def stack_table(
+    supervisor: Supervisor,
+    ready: Mapping[str, bool],
+    database_url: str,
+    postgres: LocalPostgres | None,
+    redis_url: str | None,
+    redis: LocalRedis | None,
+) -> Table:
+    urls = [child.spec.url for child in supervisor.children] + [redact_url(database_url), redis_url or ""]
+    table = Table(title="APGMS dev stack")
+    table.add_column("Process", no_wrap=True)
+    table.add_column("URL", no_wrap=True, min_width=max(len(url) for url in urls))
+    table.add_column("PID", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    for child in supervisor.children:
+        status = "[green]ready[/]" if ready.get(child.spec.name) else "[red]not ready[/]"
+        table.add_row(child.spec.name, child.spec.url, str(child.pid or "-"), status)
+    postgres_pid = read_pid_file(postgres.data_dir / "postmaster.pid") if postgres else None
+    table.add_row("PostgreSQL", redact_url(database_url), str(postgres_pid or "-"), "local" if postgres else "external")
+    if redis_url:
+        redis_pid = redis.pid if redis else None
+        table.add_row("Redis", redact_url(redis_url), str(redis_pid or "-"), "local" if redis else "external")
+    else:
+        table.add_row("Redis", "not used", "-", "-")
+    if postgres or redis:
+        table.caption = "local data: " + ", ".join(
+            shown_path(server_dir) for server_dir in (postgres and postgres.data_dir, redis and redis.dir) if server_dir
+        )
+    return table
+
+
+async def run_dev(
+    processes: Sequence[ProcessSpec] = DEV_PROCESSES,
+    environ: Mapping[str, str] | None = None,
+    console: Console | None = None,
+) -> int:
+    """Run the stack until SIGINT/SIGTERM; the exit code: 0 clean, 1 could not start, 2 a configuration error."""
+    from shared.migrations import MigrationError, migrate
+
+    console = console or Console(highlight=False)
+    env = environ_with_dotenv(environ, PROJECT_ROOT / ".env")
+    busy = [spec for spec in processes if port_in_use(spec.port)]
+    if busy:
+        taken = ", ".join(f"{spec.port} ({spec.name})" for spec in busy)
+        console.print(f"[red]error:[/] port {taken} already in use; is another `apgms dev` running?")
+        return 1
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    supervisor: Supervisor | None = None
+    forced = False
+
+    def on_signal() -> None:
+        nonlocal forced
+        if stop.is_set():
+            forced = True
+            console.print("[yellow]Forcing shutdown.[/]")
+            if supervisor is not None:
+                supervisor.kill()
+            return
+        stop.set()
+        console.print("[yellow]Shutting down (Ctrl+C again to force)...[/]")
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    postgres: LocalPostgres | None = None
+    redis: LocalRedis | None = None
+    try:
+        database_url = env.get("DATABASE_URL")
+        if not database_url:
+            postgres = LocalPostgres(dev_dir(env) / "pg")
+            console.print(f"Starting PostgreSQL in {postgres.data_dir} ...")
+            await asyncio.to_thread(postgres.start)
+            database_url = postgres.dsn
+        redis_url = env.get("REDIS_URL")
+        if not redis_url and find_redis_server() is not None:
+            redis = LocalRedis(dev_dir(env) / "redis")
+            # On this thread (it takes ~15 ms): the kernel ties "die with parent" to the thread that forked.
+            redis.start()
+            redis_url = redis.url
+        elif not redis_url:
+            console.print("[yellow]No REDIS_URL and no redis-server binary: running without Redis.[/]")
+        if stop.is_set():
+            return 0
+
+        applied = await migrate(database_url)
+        for migration in applied:
+            console.print(f"Applied migration {migration.label}")
+        if not applied:
+            console.print("Database schema is up to date.")
+
+        base = dict(env)
+        supervisor = Supervisor(
+            processes,
+            lambda spec: child_env(base, spec, database_url, redis_url),
+            stop,
+            make_emitter(console, [spec.name for spec in processes]),
+        )
+        supervisor.start()
+        ready = await supervisor.wait_ready()
+        if not stop.is_set():
+            console.print(stack_table(supervisor, ready, database_url, postgres, redis_url, redis))
+            if not all(ready.values()):
+                console.print(f"[yellow]Not ready after {READY_TIMEOUT_S:g} s; see the logs above.[/]")
+            console.print("Press Ctrl+C to stop.")
+        await stop.wait()
+        await supervisor.shutdown()
+        if supervisor.config_error:
+            console.print("[red]A service has an invalid configuration; stopped everything.[/]")
+            return CONFIG_ERROR_EXIT_CODE
+        return 1 if forced else 0
+    except (DevServerError, MigrationError, *DATABASE_ERRORS) as error:
+        if stop.is_set():
+            return 1 if forced else 0
+        console.print(f"[red]error:[/] {error}")
+        return 1
+    finally:
+        if supervisor is not None:
+            await supervisor.shutdown()
+        if redis is not None:
+            redis.stop()
+        if postgres is not None:
+            await asyncio.to_thread(postgres.stop)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        console.print("Stopped.")
+
+
+def main() -> int:
+    return asyncio.run(run_dev())

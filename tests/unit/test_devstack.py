@@ -1,0 +1,106 @@
+"""The pure parts of `apgms dev`: restart backoff, the process table and each process's environment."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from apgms.devstack import (
+    BACKOFF_RESET_AFTER_S,
+    DEFAULT_DEV_DIR,
+    DEV_PROCESSES,
+    ProcessSpec,
+    child_env,
+    describe_exit,
+    dev_dir,
+    next_failure_count,
+    port_in_use,
+    restart_delay,
+)
+from shared.config import SERVICE_PORTS
+
+
+def delays_for(run_durations_s: list[float]) -> list[float]:
+    """The restart delays a supervisor waits after processes that crashed after these run times."""
+    failures, delays = 0, []
+    for ran_for_s in run_durations_s:
+        failures = next_failure_count(failures, ran_for_s)
+        delays.append(restart_delay(failures))
+    return delays
+
+
+def test_backoff_doubles_from_half_a_second_and_caps_at_ten() -> None:
+    assert [restart_delay(n) for n in range(1, 9)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
+
+
+def test_backoff_resets_after_a_process_ran_long_enough() -> None:
+    assert delays_for([0.1, 0.1, 0.1, BACKOFF_RESET_AFTER_S, 0.1, 5.0]) == [0.5, 1.0, 2.0, 0.5, 1.0, 2.0]
+    assert delays_for([BACKOFF_RESET_AFTER_S - 0.01]) == [0.5]
+    assert delays_for([0.1] * 3 + [BACKOFF_RESET_AFTER_S - 0.01]) == [0.5, 1.0, 2.0, 4.0]
+
+
+def test_process_table_runs_every_service_on_its_default_port() -> None:
+    assert {spec.name: spec.port for spec in DEV_PROCESSES} == SERVICE_PORTS
+    auth = next(spec for spec in DEV_PROCESSES if spec.name == "auth")
+    assert auth.argv("/venv/python") == ["/venv/python", "-m", "services.auth"]
+    assert auth.argv() == [sys.executable, "-m", "services.auth"]
+    assert auth.url == "http://127.0.0.1:3001"
+    assert all(spec.module == f"services.{spec.name}" for spec in DEV_PROCESSES)
+
+
+def test_child_env_sets_the_stack_settings_over_the_callers_environment() -> None:
+    base = {"PATH": "/usr/bin", "APGMS_ENV": "production", "PORT": "9", "REDIS_URL": "redis://elsewhere"}
+    spec = ProcessSpec("core", "services.core", 3002)
+
+    env = child_env(base, spec, "postgresql://postgres@127.0.0.1:5555/postgres", "redis://127.0.0.1:6666/0")
+
+    assert env == {
+        "PATH": "/usr/bin",
+        "APGMS_ENV": "dev",
+        "HOST": "127.0.0.1",
+        "PORT": "3002",
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:5555/postgres",
+        "REDIS_URL": "redis://127.0.0.1:6666/0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    assert base["APGMS_ENV"] == "production", "the caller's mapping is left alone"
+
+
+def test_child_env_without_redis_drops_any_inherited_redis_url() -> None:
+    env = child_env({"REDIS_URL": "redis://stale"}, DEV_PROCESSES[0], "postgresql://h/db", None)
+    assert "REDIS_URL" not in env
+
+
+def test_dev_dir_is_the_project_folder_unless_overridden(tmp_path: Path) -> None:
+    assert dev_dir({}) == DEFAULT_DEV_DIR
+    assert DEFAULT_DEV_DIR.name == ".devdb"
+    assert dev_dir({"APGMS_DEV_DIR": str(tmp_path)}) == tmp_path
+
+
+def test_exit_descriptions_name_the_signal() -> None:
+    assert describe_exit(1) == "exited with code 1"
+    assert describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
+
+
+def test_port_in_use_sees_a_listener() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert port_in_use(port)
+    assert not port_in_use(port)
+
+
+def test_port_in_use_ignores_time_wait_leftovers_of_a_stopped_server() -> None:
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server side closes first, so it is the side left in TIME_WAIT
+            client.recv(1)
+    assert not port_in_use(port)
