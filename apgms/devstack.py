@@ -32,7 +32,7 @@ from apgms.devservers import (
     read_pid_file,
     redact_url,
 )
-from shared.config import SERVICE_PORTS, environ_with_dotenv
+from shared.config import PROXY_PORT, SERVICE_PORTS, environ_with_dotenv
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEV_DIR = PROJECT_ROOT / ".devdb"
@@ -68,12 +68,13 @@ class ProcessSpec:
         return [python, "-m", self.module]
 
 
-# What `apgms dev` runs, in start order; the proxy joins as `ProcessSpec("proxy", "proxy", PROXY_PORT)`.
+# What `apgms dev` runs, in start order: the four services, then the proxy in front of them.
 DEV_PROCESSES: tuple[ProcessSpec, ...] = (
     ProcessSpec("auth", "services.auth", SERVICE_PORTS["auth"]),
     ProcessSpec("core", "services.core", SERVICE_PORTS["core"]),
     ProcessSpec("compliance", "services.compliance", SERVICE_PORTS["compliance"]),
     ProcessSpec("regulator", "services.regulator", SERVICE_PORTS["regulator"]),
+    ProcessSpec("api-gateway", "proxy", PROXY_PORT),
 )
 
 
@@ -392,6 +393,10 @@ async def run_dev(
             console.print(stack_table(supervisor, ready, database_url, postgres, redis_url, redis))
             if not all(ready.values()):
                 console.print(f"[yellow]Not ready after {READY_TIMEOUT_S:g} s; see the logs above.[/]")
+            console.print(
+                f"API, regulator route and Prometheus federation: [bold]http://localhost:{PROXY_PORT}[/]"
+                f"  (curl http://localhost:{PROXY_PORT}/ready)"
+            )
             console.print("Press Ctrl+C to stop.")
         await stop.wait()
         await supervisor.shutdown()

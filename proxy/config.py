@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from urllib.parse import urlsplit
 
-from proxy.routing import DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, MiB, RouteTable, build_route_table
+from proxy.routing import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_PREFIXES,
+    DEFAULT_TIMEOUT_S,
+    MiB,
+    RouteTable,
+    build_route_table,
+)
 from proxy.upstreams import HealthPolicy
 from shared.config import SERVICE_PORTS, ConfigError, Env, Settings, environ_with_dotenv, load_settings
 
@@ -41,10 +49,30 @@ def parse_overrides(env: Env, name: str, cast: type[float] | type[int]) -> dict[
         try:
             if not sep or not prefix.startswith("/"):
                 raise ValueError
-            result[prefix.rstrip("/")] = cast(value)
+            number = cast(value)
+            if not math.isfinite(number) or number < 0 or (cast is float and number == 0):
+                raise ValueError
+            result[prefix.rstrip("/")] = number
         except ValueError:
-            raise ConfigError(f"{name} entries must look like /prefix=number, got {entry!r}") from None
+            raise ConfigError(f"{name} entries must look like /prefix=positive-number, got {entry!r}") from None
     return result
+
+
+def parse_prefixes(env: Env) -> tuple[tuple[str, str], ...]:
+    """`PROXY_ROUTES=/auth=auth,/users=auth,...` replaces the whole prefix table; unset keeps SPEC's."""
+    raw = env.text("PROXY_ROUTES", "")
+    if not raw.strip():
+        return DEFAULT_PREFIXES
+    table = []
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        prefix, sep, service = entry.partition("=")
+        if not sep or not prefix.startswith("/") or service not in SERVICE_PORTS:
+            raise ConfigError(
+                f"PROXY_ROUTES entries must look like /prefix=service with a service among "
+                f"{', '.join(SERVICE_PORTS)}, got {entry!r}"
+            )
+        table.append((prefix.rstrip("/") or "/", service))
+    return tuple(table)
 
 
 def parse_urls(env: Env, service: str) -> list[str]:
@@ -52,9 +80,14 @@ def parse_urls(env: Env, service: str) -> list[str]:
     raw = env.text(name, f"http://127.0.0.1:{SERVICE_PORTS[service]}")
     urls = [url.strip().rstrip("/") for url in raw.split(",") if url.strip()]
     for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port or parts.path:
-            raise ConfigError(f"{name} must be a comma-separated list of http://host:port URLs, got {url!r}")
+        problem = ConfigError(f"{name} must be a comma-separated list of http://host:port URLs, got {url!r}")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise problem from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port or parts.path:
+            raise problem
     if not urls:
         raise ConfigError(f"{name} must name at least one instance")
     return urls
@@ -69,6 +102,7 @@ def load_proxy_settings(environ: Mapping[str, str] | None = None) -> ProxySettin
     timeouts = parse_overrides(env, "PROXY_TIMEOUTS", float)
     try:
         routes = build_route_table(
+            parse_prefixes(env),
             default_max_body_bytes=env.integer("PROXY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=0),
             default_timeout_s=env.number("PROXY_TIMEOUT_S", DEFAULT_TIMEOUT_S, minimum=0.01),
             body_limits={k: int(v) for k, v in body_limits.items()},

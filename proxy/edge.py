@@ -36,6 +36,16 @@ def with_security_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[
     return out
 
 
+def merge_vary(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """One `Vary` listing every value (an upstream's `Vary: Accept-Encoding` must survive our `Vary: Origin`)."""
+    values: list[bytes] = []
+    for name, value in headers:
+        if name.lower() == b"vary":
+            values.extend(v.strip() for v in value.split(b",") if v.strip() and v.strip() not in values)
+    others = [(name, value) for name, value in headers if name.lower() != b"vary"]
+    return [*others, (b"vary", b", ".join(values))] if values else others
+
+
 def is_same_origin(origin: str, host: str | None, scheme: str) -> bool:
     return host is not None and origin == f"{scheme}://{host}"
 
@@ -82,8 +92,9 @@ class EdgeMiddleware:
     def _decorating(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
         async def decorated(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in {n for n, _ in extra}]
-                message = {**message, "headers": with_security_headers([*headers, *extra])}
+                replaced = {name for name, _ in extra if name != b"vary"}
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in replaced]
+                message = {**message, "headers": with_security_headers(merge_vary([*headers, *extra]))}
             await send(message)
 
         return decorated

@@ -101,6 +101,8 @@ def parse_selector(text: str) -> Selector:
             pos = _skip_space(text, pos)
             if pos < len(text) and text[pos] == ",":
                 pos = _skip_space(text, pos + 1)
+            elif pos < len(text) and text[pos] != "}":
+                raise SelectorError(f'expected "," or "}}" at {pos}')
         if pos >= len(text):
             raise SelectorError("missing }")
         if _skip_space(text, pos + 1) != len(text):

@@ -182,7 +182,20 @@ class Forwarder:
                         timeout=timeout,
                         skip_auto_headers=SKIP_AUTO_HEADERS,
                     )
-            except TimeoutError:
+            except TimeoutError as exc:
+                if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                    # The handshake never completed: a connection failure (retry, eject), not a slow upstream.
+                    instance.record_connect_failure(self.policy)
+                    UPSTREAM_REQUESTS.labels(service=route.service, status="connect_error").inc()
+                    log.warning(
+                        "upstream_error", upstream=route.service, instance=instance.label, error="connect timeout"
+                    )
+                    if method in IDEMPOTENT_METHODS and not body.started:
+                        continue
+                    await problem_response("upstream_unavailable", f"{route.service} is unreachable")(
+                        scope, receive, send
+                    )
+                    return
                 UPSTREAM_REQUESTS.labels(service=route.service, status="timeout").inc()
                 await problem_response(
                     "upstream_timeout", f"{route.service} did not answer within {route.timeout_s:g}s"

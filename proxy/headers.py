@@ -60,7 +60,11 @@ def upstream_request_headers(
     """The headers sent upstream: hygiene applied, forwarding headers appended, request ID and trace set."""
     kept = strip_hop_by_hop(client_headers)
     trusted = trusted_hops > 0
-    incoming = {name: value for name, value in kept if name in FORWARDING}
+    incoming: dict[str, str] = {}
+    for name, value in kept:
+        if name in FORWARDING:
+            # Several lines of one header form one comma-separated list (RFC 9110 section 5.3).
+            incoming[name] = f"{incoming[name]}, {value}" if name in incoming else value
     out = [(name, value) for name, value in kept if name not in FORWARDING and name not in PROXY_OWNED]
 
     host = next((value for name, value in kept if name == "host"), "")

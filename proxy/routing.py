@@ -125,19 +125,20 @@ def build_route_table(
     body_limits: Mapping[str, int] | None = None,
     timeouts: Mapping[str, float] | None = None,
 ) -> RouteTable:
-    """The prefix table with per-route overrides; an override for a longer prefix adds a route of its own."""
-    base = [ProxyRoute(prefix, service, default_max_body_bytes, default_timeout_s) for prefix, service in prefixes]
-    table = RouteTable(base)
-    overrides: dict[str, ProxyRoute] = {}
-    for prefix in {*(body_limits or {}), *(timeouts or {})}:
-        parent = table.match(prefix)
+    """The prefix table with per-route overrides; an override for a longer prefix adds a route of its own,
+    inheriting whatever the prefix above it has (including that prefix's own overrides)."""
+    routes = {
+        prefix: ProxyRoute(prefix, service, default_max_body_bytes, default_timeout_s) for prefix, service in prefixes
+    }
+    limits, times = dict(body_limits or {}), dict(timeouts or {})
+    for prefix in sorted({*limits, *times}, key=len):
+        parent = RouteTable(routes.values()).match(prefix)
         if parent is None:
             raise ValueError(f"override {prefix} is not under any routed prefix")
-        route = overrides.get(prefix) or replace(parent, prefix=prefix)
-        if body_limits and prefix in body_limits:
-            route = replace(route, max_body_bytes=body_limits[prefix])
-        if timeouts and prefix in timeouts:
-            route = replace(route, timeout_s=timeouts[prefix])
-        overrides[prefix] = route
-    kept = [route for route in base if route.prefix not in overrides]
-    return RouteTable([*kept, *overrides.values()])
+        route = replace(parent, prefix=prefix)
+        if prefix in limits:
+            route = replace(route, max_body_bytes=limits[prefix])
+        if prefix in times:
+            route = replace(route, timeout_s=times[prefix])
+        routes[prefix] = route
+    return RouteTable(routes.values())

@@ -6,6 +6,7 @@ Precedence is environment > `.env` file (dev and test only) > default. A missing
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -123,8 +124,10 @@ class Env:
             return cast("float", default)
         try:
             number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
         except ValueError:
-            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+            raise ConfigError(f"{name} must be a finite number, got {value!r}") from None
         if number < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {number}")
         return number

@@ -26,6 +26,8 @@ from shared.log import get_logger
 from shared.types import ASGIApp, Message, Receive, Scope, Send
 
 UNMATCHED_ROUTE = "unmatched"
+# Any other verb is counted as OTHER, so a client cannot grow the label set (Traefik's EXTENSION_METHOD).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 
 SECURITY_EVENTS = (
@@ -89,6 +91,8 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Label lookups cost microseconds on every request; the label sets are bounded (route templates).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,10 +111,17 @@ class MetricsMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             elapsed = time.perf_counter() - started
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
             route = route_label(scope)
-            REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-            REQUEST_DURATION.labels(method=method, route=route).observe(elapsed)
+            key = (method, route, status)
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (
+                    REQUESTS.labels(method=method, route=route, status=str(status)),
+                    REQUEST_DURATION.labels(method=method, route=route),
+                )
+            children[0].inc()
+            children[1].observe(elapsed)
             state = scope.get("state", {})
             context = request_context(scope) if "context" in state else None
             log.info(

@@ -50,8 +50,14 @@ _TRUSTED_FIELDS = frozenset(
         "route",
         "method",
         "pid",
+        "client",
+        "traffic",
+        "upstream",
+        "instance",
     }
 )
+# A string with none of these cannot match any pattern; most log values (event names, paths) skip the scan.
+_MAYBE_SENSITIVE = re.compile(r"[0-9@=]|://|eyJ|(?i:bearer)")
 
 
 _UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
@@ -65,6 +71,8 @@ def _redact_piece(text: str) -> str:
 
 def redact_text(text: str) -> str:
     """Mask every PII or secret pattern found in a free-text value; UUIDs (our identifiers) are kept whole."""
+    if _MAYBE_SENSITIVE.search(text) is None:
+        return text
     pieces: list[str] = []
     position = 0
     for match in _UUID.finditer(text):

@@ -19,7 +19,7 @@ from apgms.devstack import (
     port_in_use,
     restart_delay,
 )
-from shared.config import SERVICE_PORTS
+from shared.config import PROXY_PORT, SERVICE_PORTS
 
 
 def delays_for(run_durations_s: list[float]) -> list[float]:
@@ -41,13 +41,14 @@ def test_backoff_resets_after_a_process_ran_long_enough() -> None:
     assert delays_for([0.1] * 3 + [BACKOFF_RESET_AFTER_S - 0.01]) == [0.5, 1.0, 2.0, 4.0]
 
 
-def test_process_table_runs_every_service_on_its_default_port() -> None:
-    assert {spec.name: spec.port for spec in DEV_PROCESSES} == SERVICE_PORTS
+def test_process_table_runs_every_service_on_its_default_port_then_the_proxy() -> None:
+    assert {spec.name: spec.port for spec in DEV_PROCESSES} == {**SERVICE_PORTS, "api-gateway": PROXY_PORT}
+    assert (DEV_PROCESSES[-1].name, DEV_PROCESSES[-1].module) == ("api-gateway", "proxy")
     auth = next(spec for spec in DEV_PROCESSES if spec.name == "auth")
     assert auth.argv("/venv/python") == ["/venv/python", "-m", "services.auth"]
     assert auth.argv() == [sys.executable, "-m", "services.auth"]
     assert auth.url == "http://127.0.0.1:3001"
-    assert all(spec.module == f"services.{spec.name}" for spec in DEV_PROCESSES)
+    assert all(spec.module == f"services.{spec.name}" for spec in DEV_PROCESSES[:-1])
 
 
 def test_child_env_sets_the_stack_settings_over_the_callers_environment() -> None:

@@ -1,0 +1,168 @@
+"""The proxy's front door: CORS allowlist, preflights and security headers, over a tiny ASGI app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import REGISTRY
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from proxy.edge import HTML_CSP, EdgeMiddleware
+
+ALLOWED = "https://app.example"
+SECURITY = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+
+
+async def data(request: Request) -> Response:
+    return JSONResponse({"method": request.method}, headers={"vary": "Accept-Encoding"})
+
+
+async def page(_: Request) -> Response:
+    return HTMLResponse("<p>hi</p>")
+
+
+async def strict_page(_: Request) -> Response:
+    return HTMLResponse("<p>portal</p>", headers={"content-security-policy": "default-src 'none'"})
+
+
+async def framed(_: Request) -> Response:
+    return Response("x", headers={"x-frame-options": "SAMEORIGIN"})
+
+
+inner = Starlette(
+    routes=[
+        Route("/data", data, methods=["GET", "POST", "OPTIONS"]),
+        Route("/page", page),
+        Route("/strict", strict_page),
+        Route("/framed", framed),
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(EdgeMiddleware(inner, allowed_origins=frozenset({ALLOWED}))) as client:
+        yield client
+
+
+def cors_rejections() -> float:
+    return REGISTRY.get_sample_value("security_events_total", {"event": "cors.reject"}) or 0.0
+
+
+def assert_security_headers(response) -> None:
+    for name, value in SECURITY.items():
+        assert response.headers.get(name) == value, name
+
+
+def test_no_origin_passes_without_cors_headers(client: TestClient) -> None:
+    response = client.get("/data")
+    assert response.status_code == 200
+    assert "access-control-allow-origin" not in response.headers
+    assert_security_headers(response)
+
+
+def test_same_origin_passes_without_cors_headers(client: TestClient) -> None:
+    response = client.get("/data", headers={"origin": "http://testserver"})
+    assert response.status_code == 200
+    assert response.json() == {"method": "GET"}
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_allowed_origin_gets_cors_headers(client: TestClient) -> None:
+    response = client.post("/data", headers={"origin": ALLOWED})
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == ALLOWED
+    assert response.headers["access-control-allow-credentials"] == "true"
+    assert "x-request-id" in response.headers["access-control-expose-headers"]
+    assert_security_headers(response)
+
+
+def test_allowed_origin_keeps_the_upstreams_vary(client: TestClient) -> None:
+    # The upstream varies on Accept-Encoding (gzip passes through); replacing its Vary with `Origin` lets a shared
+    # cache hand a gzip body to a client that never asked for one.
+    response = client.get("/data", headers={"origin": ALLOWED})
+    vary = {token.strip().lower() for value in response.headers.get_list("vary") for token in value.split(",")}
+    assert vary >= {"origin", "accept-encoding"}
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["https://evil.example", "http://app.example", "https://app.example.evil", "null", "http://testserver:81"],
+)
+def test_disallowed_origin_is_refused_and_counted(client: TestClient, origin: str) -> None:
+    before = cors_rejections()
+    response = client.post("/data", headers={"origin": origin}, json={"a": 1})
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert (body["code"], body["status"]) == ("cors_forbidden", 403)
+    assert "access-control-allow-origin" not in response.headers
+    assert_security_headers(response)
+    assert cors_rejections() == before + 1
+
+
+def test_disallowed_preflight_is_refused(client: TestClient) -> None:
+    before = cors_rejections()
+    response = client.options(
+        "/data", headers={"origin": "https://evil.example", "access-control-request-method": "POST"}
+    )
+    assert response.status_code == 403
+    assert cors_rejections() == before + 1
+
+
+def test_preflight_from_an_allowed_origin_is_answered_here(client: TestClient) -> None:
+    response = client.options(
+        "/data",
+        headers={
+            "origin": ALLOWED,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type, idempotency-key",
+        },
+    )
+    assert response.status_code == 204
+    assert response.content == b""
+    assert response.headers["access-control-allow-origin"] == ALLOWED
+    methods = {m.strip() for m in response.headers["access-control-allow-methods"].split(",")}
+    assert {"GET", "POST", "DELETE"} <= methods
+    allowed_headers = {h.strip() for h in response.headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "idempotency-key"} <= allowed_headers
+    assert int(response.headers["access-control-max-age"]) > 0
+    assert_security_headers(response)
+
+
+def test_options_without_request_method_is_not_a_preflight(client: TestClient) -> None:
+    response = client.options("/data", headers={"origin": ALLOWED})
+    assert response.status_code == 200
+    assert response.json() == {"method": "OPTIONS"}
+    assert response.headers["access-control-allow-origin"] == ALLOWED
+
+
+def test_csp_only_on_html(client: TestClient) -> None:
+    html = client.get("/page")
+    assert html.headers["content-security-policy"] == HTML_CSP.decode()
+    assert "frame-ancestors 'none'" in html.headers["content-security-policy"]
+    assert_security_headers(html)
+    assert "content-security-policy" not in client.get("/data").headers
+
+
+def test_an_upstream_csp_and_security_header_are_kept(client: TestClient) -> None:
+    strict = client.get("/strict")
+    assert strict.headers.get_list("content-security-policy") == ["default-src 'none'"]
+    framed = client.get("/framed")
+    assert framed.headers.get_list("x-frame-options") == ["SAMEORIGIN"]
+    assert framed.headers["x-content-type-options"] == "nosniff"
+
+
+def test_not_found_from_the_app_still_gets_security_headers(client: TestClient) -> None:
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert_security_headers(response)

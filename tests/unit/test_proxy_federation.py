@@ -1,0 +1,202 @@
+"""`/federate` selectors, exposition parsing and rendering, over real `prometheus_client` output."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.federation import Matcher, Selector, SelectorError, parse_exposition, parse_selector, relabel, render
+
+
+@pytest.mark.parametrize(
+    ("text", "matchers"),
+    [
+        ("up", [("__name__", "=", "up")]),
+        ("  up  ", [("__name__", "=", "up")]),
+        ("job:rate5m", [("__name__", "=", "job:rate5m")]),
+        ('{__name__="x"}', [("__name__", "=", "x")]),
+        (
+            'name{a="1",b!="2",c=~"x.*",d!~"y"}',
+            [("__name__", "=", "name"), ("a", "=", "1"), ("b", "!=", "2"), ("c", "=~", "x.*"), ("d", "!~", "y")],
+        ),
+        (
+            'name { a = "1" , b != "2" }',
+            [("__name__", "=", "name"), ("a", "=", "1"), ("b", "!=", "2")],
+        ),
+        ('name{a="1",}', [("__name__", "=", "name"), ("a", "=", "1")]),
+        (r'name{a="say \"hi\"\\"}', [("__name__", "=", "name"), ("a", "=", 'say "hi"\\')]),
+        (r"name{a='it\'s'}", [("__name__", "=", "name"), ("a", "=", "it's")]),
+        (r"name{a=~`\d+\.x`}", [("__name__", "=", "name"), ("a", "=~", r"\d+\.x")]),
+        ('{job=~"api.+"}', [("job", "=~", "api.+")]),
+        ('{a!=""}', [("a", "!=", "")]),
+    ],
+)
+def test_parse_selector_reads_prometheus_instant_vector_selectors(text: str, matchers: list[tuple]) -> None:
+    assert parse_selector(text) == Selector(tuple(Matcher(*m) for m in matchers))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{}",
+        "  {  }  ",
+        '{a=~".*"}',
+        '{a=""}',
+        '{a!~".+"}',
+        'name{a="1}',
+        "name{a='1}",
+        "name{a=`1}",
+        'name{a="1\\',
+        'name{a=~"("}',
+        '{a=~"[z-a]"}',
+        'name{a="1"} junk',
+        'name{a="1"}}',
+        'name{a="1"',
+        "name{",
+        "name junk",
+        "9name",
+        'name{1a="x"}',
+        'name{a=="x"}',
+        'name{a~"x"}',
+        "name{a=x}",
+    ],
+)
+def test_parse_selector_refuses_malformed_or_empty_matching_selectors(text: str) -> None:
+    with pytest.raises(SelectorError):
+        parse_selector(text)
+
+
+def test_parse_selector_requires_commas_between_matchers() -> None:
+    # Prometheus: `unexpected identifier "b" in label matching, expected "," or "}"`.
+    with pytest.raises(SelectorError):
+        parse_selector('name{a="1" b="2"}')
+
+
+def test_selector_semantics_treat_a_missing_label_as_empty() -> None:
+    selector = parse_selector('http_requests_total{code!="500",path=~"/a.*",missing=""}')
+    assert selector.matches("http_requests_total", {"code": "200", "path": "/alerts"})
+    assert not selector.matches("http_requests_total", {"code": "500", "path": "/alerts"})
+    assert not selector.matches("http_requests_total", {"code": "200", "path": "/bas"})
+    assert not selector.matches("http_requests_total", {"code": "200", "path": "/alerts", "missing": "x"})
+    assert not selector.matches("other_total", {"code": "200", "path": "/alerts"})
+    # Regexes are anchored at both ends, as in Prometheus.
+    assert not parse_selector('{path=~"/a"}').matches("x", {"path": "/alerts"})
+
+
+def exposition(service_label: str | None = None) -> str:
+    registry = CollectorRegistry()
+    requests = Counter("app_requests", "Requests.", ["route"], registry=registry)
+    requests.labels(route="/alerts").inc(3)
+    requests.labels(route='/odd "quoted" \\ path\nline').inc()
+    latency = Histogram("app_latency_seconds", "Latency.", ["route"], buckets=(0.1, 1.0), registry=registry)
+    latency.labels(route="/alerts").observe(0.05)
+    latency.labels(route="/bas").observe(2.0)
+    depth = Gauge("app_queue_depth", "Depth.", ["service"] if service_label else [], registry=registry)
+    (depth.labels(service=service_label) if service_label else depth).set(7)
+    return generate_latest(registry).decode()
+
+
+def test_parse_exposition_reads_families_kinds_and_samples() -> None:
+    families = {family.name: family for family in parse_exposition(exposition())}
+    # Text format 0.0.4 as prometheus_client writes it: `_total` and `_created` are families of their own.
+    assert {name: family.kind for name, family in families.items()} == {
+        "app_requests_total": "counter",
+        "app_requests_created": "gauge",
+        "app_latency_seconds": "histogram",
+        "app_latency_seconds_created": "gauge",
+        "app_queue_depth": "gauge",
+    }
+    totals = {s.labels: s.value for s in families["app_requests_total"].samples}
+    assert totals[(("route", "/alerts"),)] == "3.0"
+    assert totals[(("route", '/odd "quoted" \\ path\nline'),)] == "1.0"
+    buckets = [s for s in families["app_latency_seconds"].samples if s.name == "app_latency_seconds_bucket"]
+    assert {"route": "/bas", "le": "+Inf"} in [dict(s.labels) for s in buckets]
+    assert [s.value for s in families["app_queue_depth"].samples] == ["7.0"]
+
+
+def federated(text: str) -> dict[str, list]:
+    """The federated output re-parsed by prometheus_client: family name -> samples."""
+    return {family.name: list(family.samples) for family in text_string_to_metric_families(text)}
+
+
+def test_render_returns_only_selected_series_with_service_and_instance() -> None:
+    sources = [({"service": "core", "instance": "127.0.0.1:3002"}, parse_exposition(exposition()))]
+    selectors = [parse_selector('app_requests_total{route="/alerts"}'), parse_selector("app_queue_depth")]
+    text = render(sources, selectors)
+    families = federated(text)
+    assert set(families) == {"app_requests", "app_queue_depth"}
+    (request_sample,) = families["app_requests"]
+    assert request_sample.name == "app_requests_total"
+    assert request_sample.labels == {"route": "/alerts", "service": "core", "instance": "127.0.0.1:3002"}
+    assert request_sample.value == 3.0
+    (depth,) = families["app_queue_depth"]
+    assert depth.labels == {"service": "core", "instance": "127.0.0.1:3002"}
+    assert depth.value == 7.0
+    assert "app_latency" not in text
+
+
+def test_render_keeps_an_existing_service_label_as_exported_service() -> None:
+    sources = [({"service": "core", "instance": "h:1"}, parse_exposition(exposition(service_label="worker")))]
+    (sample,) = federated(render(sources, [parse_selector("app_queue_depth")]))["app_queue_depth"]
+    assert sample.labels == {"exported_service": "worker", "service": "core", "instance": "h:1"}
+
+
+def test_relabel_renames_clashing_labels_only() -> None:
+    added = {"service": "core", "instance": "h:1"}
+    assert relabel([("instance", "x"), ("route", "/a")], added) == [
+        ("exported_instance", "x"),
+        ("route", "/a"),
+        ("service", "core"),
+        ("instance", "h:1"),
+    ]
+
+
+def test_render_groups_each_family_under_one_type_line_across_sources() -> None:
+    sources = [
+        ({"service": "core", "instance": "h:1"}, parse_exposition(exposition())),
+        ({"service": "core", "instance": "h:2"}, parse_exposition(exposition())),
+        ({"service": "auth", "instance": "h:3"}, parse_exposition(exposition())),
+    ]
+    text = render(sources, [parse_selector('{__name__=~"app_.*"}')])
+    lines = text.splitlines()
+    type_lines = [line for line in lines if line.startswith("# TYPE")]
+    assert sorted(type_lines) == [
+        "# TYPE app_latency_seconds histogram",
+        "# TYPE app_latency_seconds_created gauge",
+        "# TYPE app_queue_depth gauge",
+        "# TYPE app_requests_created gauge",
+        "# TYPE app_requests_total counter",
+    ]
+    # Every sample line sits in one contiguous run under its family's TYPE line.
+    family_of_line: list[str] = []
+    current = ""
+    for line in lines:
+        if line.startswith("# TYPE"):
+            current = line.split()[2]
+            continue
+        assert line.startswith(current), (current, line)
+        family_of_line.append(current)
+    runs = [name for i, name in enumerate(family_of_line) if i == 0 or family_of_line[i - 1] != name]
+    assert len(runs) == len(set(runs)) == 5
+
+    families = federated(text)
+    latency = families["app_latency_seconds"]
+    instances = {s.labels["instance"] for s in latency}
+    assert instances == {"h:1", "h:2", "h:3"}
+    infinite = [s for s in latency if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
+    assert len(infinite) == 6  # two routes on three instances
+    quoted = [s for s in families["app_requests"] if s.labels["route"].startswith("/odd")]
+    assert {s.labels["route"] for s in quoted} == {'/odd "quoted" \\ path\nline'}
+
+
+def test_several_selectors_are_a_union_without_duplicates() -> None:
+    sources = [({"service": "core", "instance": "h:1"}, parse_exposition(exposition()))]
+    selectors = [parse_selector("app_queue_depth"), parse_selector('{__name__="app_queue_depth"}')]
+    assert len(federated(render(sources, selectors))["app_queue_depth"]) == 1
+
+
+def test_render_of_nothing_selected_is_empty() -> None:
+    sources = [({"service": "core", "instance": "h:1"}, parse_exposition(exposition()))]
+    assert render(sources, [parse_selector("no_such_metric")]) == ""

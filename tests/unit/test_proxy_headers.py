@@ -1,0 +1,171 @@
+"""Header hygiene between client, proxy and upstream, as plain functions over header lists."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from proxy.headers import (
+    HOP_BY_HOP,
+    connection_named,
+    decode_asgi_headers,
+    downstream_response_headers,
+    strip_hop_by_hop,
+    upstream_request_headers,
+)
+
+REQUEST_ID = "ours-123"
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def upstream(
+    client: Sequence[tuple[str, str]], *, peer: str | None = "10.0.0.9", scheme: str = "http", trusted_hops: int = 0
+) -> list[tuple[str, str]]:
+    return upstream_request_headers(
+        client, peer=peer, scheme=scheme, request_id=REQUEST_ID, traceparent=TRACEPARENT, trusted_hops=trusted_hops
+    )
+
+
+def values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
+    return [value for key, value in headers if key == name]
+
+
+def names(headers: Sequence[tuple[str, str]]) -> set[str]:
+    return {key for key, _ in headers}
+
+
+def test_hop_by_hop_headers_never_go_upstream() -> None:
+    client = [(name, "x") for name in sorted(HOP_BY_HOP)] + [("accept", "application/json")]
+    out = upstream(client)
+    assert not names(out) & HOP_BY_HOP
+    assert values(out, "accept") == ["application/json"]
+
+
+def test_headers_named_in_connection_are_dropped_but_our_forwarding_header_is_still_set() -> None:
+    client = [
+        ("host", "api.example"),
+        ("connection", "x-forwarded-for, X-Secret"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-secret", "must-not-cross"),
+        ("authorization", "Bearer t"),
+    ]
+    for trusted_hops in (0, 1):
+        out = upstream(client, trusted_hops=trusted_hops)
+        assert "x-secret" not in names(out)
+        assert "connection" not in names(out)
+        assert values(out, "x-forwarded-for") == ["10.0.0.9"]
+        assert values(out, "authorization") == ["Bearer t"]
+
+
+def test_connection_named_reads_every_connection_header_case_insensitively() -> None:
+    headers = [("Connection", "Keep-Alive, X-A"), ("connection", " x-b ,, "), ("x-a", "1")]
+    assert connection_named(headers) == {"keep-alive", "x-a", "x-b"}
+    assert strip_hop_by_hop([*headers, ("X-B", "2"), ("x-c", "3")]) == [("x-c", "3")]
+
+
+def test_untrusted_client_forwarding_headers_are_replaced_by_the_peer() -> None:
+    client = [
+        ("host", "api.example"),
+        ("x-forwarded-for", "1.2.3.4, 5.6.7.8"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("forwarded", "for=1.2.3.4"),
+    ]
+    out = upstream(client, trusted_hops=0)
+    assert values(out, "x-forwarded-for") == ["10.0.0.9"]
+    assert values(out, "x-forwarded-proto") == ["http"]
+    assert values(out, "x-forwarded-host") == ["api.example"]
+    assert values(out, "forwarded") == []
+
+
+def test_trusted_client_forwarding_headers_are_kept_and_the_peer_appended() -> None:
+    client = [
+        ("host", "internal-lb:3000"),
+        ("x-forwarded-for", "1.2.3.4, 5.6.7.8"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "api.example"),
+    ]
+    out = upstream(client, trusted_hops=1)
+    assert values(out, "x-forwarded-for") == ["1.2.3.4, 5.6.7.8, 10.0.0.9"]
+    assert values(out, "x-forwarded-proto") == ["https"]
+    assert values(out, "x-forwarded-host") == ["api.example"]
+
+
+def test_trusted_hop_without_forwarding_headers_falls_back_to_our_view() -> None:
+    out = upstream([("host", "api.example")], scheme="https", trusted_hops=1)
+    assert values(out, "x-forwarded-for") == ["10.0.0.9"]
+    assert values(out, "x-forwarded-proto") == ["https"]
+    assert values(out, "x-forwarded-host") == ["api.example"]
+
+
+def test_forwarded_for_split_over_several_lines_is_one_list() -> None:
+    # RFC 9110 section 5.3: several lines of a list header are one comma-joined value; none may be lost.
+    client = [("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]
+    out = upstream(client, trusted_hops=1)
+    assert values(out, "x-forwarded-for") == ["1.1.1.1, 2.2.2.2, 10.0.0.9"]
+
+
+def test_without_a_peer_no_forwarded_for_is_invented() -> None:
+    out = upstream([("x-forwarded-for", "1.2.3.4")], peer=None, trusted_hops=0)
+    assert values(out, "x-forwarded-for") == []
+    assert values(out, "x-forwarded-proto") == ["http"]
+
+
+def test_request_id_traceparent_host_and_length_are_always_ours() -> None:
+    client = [
+        ("host", "api.example"),
+        ("x-request-id", "client-chosen"),
+        ("traceparent", "00-11111111111111111111111111111111-2222222222222222-01"),
+        ("tracestate", "vendor=x"),
+        ("content-length", "999"),
+        ("content-type", "application/json"),
+    ]
+    for trusted_hops in (0, 2):
+        out = upstream(client, trusted_hops=trusted_hops)
+        assert values(out, "x-request-id") == [REQUEST_ID]
+        assert values(out, "traceparent") == [TRACEPARENT]
+        assert values(out, "tracestate") == []
+        assert values(out, "host") == []
+        assert values(out, "content-length") == []
+        assert values(out, "content-type") == ["application/json"]
+        assert len(out) == len(set(out))
+
+
+def test_end_to_end_headers_keep_their_order_and_duplicates() -> None:
+    client = [("accept", "a"), ("cookie", "c1"), ("x-custom", "1"), ("cookie", "c2")]
+    out = upstream(client)
+    assert [pair for pair in out if pair[0] in ("accept", "cookie", "x-custom")] == client
+
+
+def test_decode_asgi_headers_lowercases_names_and_keeps_latin1() -> None:
+    raw = [(b"X-Thing", b"caf\xe9"), (b"accept", b"*/*")]
+    assert decode_asgi_headers(raw) == [("x-thing", "caf\u00e9"), ("accept", "*/*")]
+
+
+def test_downstream_response_headers_drop_hop_by_hop_named_and_request_id() -> None:
+    upstream_headers = [
+        ("Content-Type", "application/json"),
+        ("Connection", "X-Upstream-Secret, close"),
+        ("X-Upstream-Secret", "must-not-cross"),
+        ("Keep-Alive", "timeout=5"),
+        ("Transfer-Encoding", "chunked"),
+        ("Upgrade", "h2c"),
+        ("Trailer", "x-checksum"),
+        ("X-Request-ID", "upstream-chosen"),
+        ("Content-Encoding", "gzip"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+    ]
+    out = downstream_response_headers(upstream_headers)
+    assert out == [
+        (b"content-type", b"application/json"),
+        (b"content-encoding", b"gzip"),
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["Date", "Server"])
+def test_downstream_response_headers_leave_date_and_server_to_our_server(name: str) -> None:
+    assert downstream_response_headers([(name, "x"), ("etag", '"1"')]) == [(b"etag", b'"1"')]
