@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint fmt
+.PHONY: install run test lint fmt bench bench-proxy
 
 install: $(STAMP)
 
@@ -36,3 +36,9 @@ lint: install
 fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Benchmarks print ratios against references measured in the same run; see docs/benchmarks.md.
+bench: bench-proxy
+
+bench-proxy: install
+	$(BIN)/python bench/proxy.py

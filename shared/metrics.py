@@ -26,6 +26,7 @@ from shared.log import get_logger
 from shared.types import ASGIApp, Message, Receive, Scope, Send
 
 UNMATCHED_ROUTE = "unmatched"
+PROBE_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 # Any other verb is counted as OTHER, so a client cannot grow the label set (Traefik's EXTENSION_METHOD).
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
@@ -124,7 +125,10 @@ class MetricsMiddleware:
             children[1].observe(elapsed)
             state = scope.get("state", {})
             context = request_context(scope) if "context" in state else None
-            log.info(
+            # Probes and scrapes arrive every few hundred ms from the proxy and Prometheus; their successes would
+            # drown the access log, so they are debug lines. Their failures stay info.
+            write = log.debug if route in PROBE_ROUTES and status < 400 else log.info
+            write(
                 "request",
                 method=method,
                 route=route,

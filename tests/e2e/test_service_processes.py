@@ -59,16 +59,18 @@ async def poll_status(http: aiohttp.ClientSession, url: str, want: int, within_s
 async def test_request_id_is_accepted_replaced_echoed_and_logged(start_service, http) -> None:
     service = start_service("auth")
 
-    status, headers, _ = await get(http, f"{service.url}/health", **{"x-request-id": "client-req.42:a_b"})
+    status, headers, _ = await get(http, f"{service.url}/openapi.json", **{"x-request-id": "client-req.42:a_b"})
     assert status == 200
     assert headers["x-request-id"] == "client-req.42:a_b"
 
     hostile = "x" * 129
-    status, headers, _ = await get(http, f"{service.url}/health", **{"x-request-id": hostile})
+    status, headers, _ = await get(http, f"{service.url}/openapi.json", **{"x-request-id": hostile})
     replaced = headers["x-request-id"]
     assert UUID4.fullmatch(replaced)
 
-    async with http.get(f"{service.url}/health", headers={"x-request-id": "caf\u00e9".encode().decode("latin-1")}) as r:
+    async with http.get(
+        f"{service.url}/openapi.json", headers={"x-request-id": "caf\u00e9".encode().decode("latin-1")}
+    ) as r:
         non_ascii_replacement = r.headers["x-request-id"]
     assert UUID4.fullmatch(non_ascii_replacement)
 
@@ -79,7 +81,7 @@ async def test_request_id_is_accepted_replaced_echoed_and_logged(start_service, 
 
     accepted = service.wait_for_log(lambda line: line.get("request_id") == "client-req.42:a_b")
     assert accepted["event"] == "request"
-    assert accepted["route"] == "/health"
+    assert accepted["route"] == "/openapi.json"
     assert accepted["service"] == "auth"
     assert set(accepted) >= {"time", "level", "service", "event", "request_id", "duration_ms", "client"}
     assert service.wait_for_log(lambda line: line.get("request_id") == replaced)["status"] == 200
