@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from shared.authz import http_jwks_fetcher, new_verifier
 from shared.cache import create_redis, ping_redis
 from shared.config import Settings
 from shared.context import InFlight, RequestContextMiddleware
@@ -27,6 +28,7 @@ from shared.errors import EXCEPTION_HANDLERS, ErrorBoundaryMiddleware
 from shared.health import Check, Health
 from shared.metrics import MetricsMiddleware, metrics_endpoint
 from shared.openapi import openapi_document
+from shared.tokens import USER_AUDIENCE, Verifier
 
 API_VERSION = "0.1.0"
 
@@ -42,6 +44,7 @@ class Runtime:
     in_flight: InFlight
     db: Database | None = None
     redis: aioredis.Redis | None = None
+    verifier: Verifier | None = None
     on_startup: list[Hook] = field(default_factory=list)
     on_shutdown: list[Hook] = field(default_factory=list)
 
@@ -60,7 +63,21 @@ def build_runtime(settings: Settings) -> Runtime:
 
         checks["redis"] = redis_check
     health = Health(settings.service, checks, settings.ready_timeout_s)
-    return Runtime(settings=settings, health=health, in_flight=InFlight(), db=db, redis=redis)
+    fetch_jwks, close_jwks = http_jwks_fetcher(settings.auth_url)
+    runtime = Runtime(
+        settings=settings,
+        health=health,
+        in_flight=InFlight(),
+        db=db,
+        redis=redis,
+        verifier=new_verifier(fetch_jwks, settings.token_issuer, USER_AUDIENCE),
+    )
+
+    async def close_jwks_session(_: Runtime) -> None:
+        await close_jwks()
+
+    runtime.on_shutdown.append(close_jwks_session)
+    return runtime
 
 
 def build_service_app(

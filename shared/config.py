@@ -6,6 +6,8 @@ Precedence is environment > `.env` file (dev and test only) > default. A missing
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import os
 from collections.abc import Mapping
@@ -27,6 +29,10 @@ DB_POOL_MAX_SIZE = 10
 READY_CHECK_TIMEOUT_S = 1.0
 GRACEFUL_TIMEOUT_S = 15.0
 SHUTDOWN_DELAY_S = 1.0
+DEFAULT_TOKEN_ISSUER = "urn:apgms:auth"  # noqa: S105 (an identifier, not a secret)
+MASTER_KEY_BYTES = 32
+# Dev-only: 32 bytes that say what they are. Production refuses it (it carries DEV_ONLY_MARKER).
+DEV_MASTER_KEY = base64.b64encode(b"apgms-dev-only-master-key-000000").decode()
 
 
 # Dev-only credentials shipped in the repo (docker-compose.yml, .env examples) contain this marker;
@@ -138,6 +144,20 @@ class Env:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
+    def master_key(self, name: str) -> Secret:
+        """32 bytes, base64; the dev default is refused (and required to be replaced) in production."""
+        production = self._environ.get("APGMS_ENV") == "production"
+        value = self._raw(name, _MISSING if production else DEV_MASTER_KEY) or DEV_MASTER_KEY
+        try:
+            key = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"{name} must be {MASTER_KEY_BYTES} bytes, base64-encoded") from None
+        if len(key) != MASTER_KEY_BYTES:
+            raise ConfigError(f"{name} must be {MASTER_KEY_BYTES} bytes, base64-encoded")
+        if production and DEV_ONLY_MARKER.encode() in key:
+            raise ConfigError(f"{name} is the dev-only default, refused when APGMS_ENV=production")
+        return Secret(value)
+
     def url(self, name: str, schemes: tuple[str, ...], *, required: bool) -> Secret | None:
         """A connection URL; it may hold a password, so it is wrapped and never echoed in errors."""
         value = self._raw(name, _MISSING if required else None)
@@ -174,6 +194,9 @@ class Settings:
     graceful_timeout_s: float
     shutdown_delay_s: float
     trusted_hops: int
+    master_key: Secret
+    token_issuer: str
+    auth_url: str
 
     @property
     def is_production(self) -> bool:
@@ -208,4 +231,7 @@ def load_settings(
         graceful_timeout_s=env.number("GRACEFUL_TIMEOUT_S", GRACEFUL_TIMEOUT_S),
         shutdown_delay_s=env.number("SHUTDOWN_DELAY_S", SHUTDOWN_DELAY_S),
         trusted_hops=env.integer("TRUSTED_PROXY_HOPS", 0, minimum=0),
+        master_key=env.master_key("APGMS_MASTER_KEY"),
+        token_issuer=env.text("TOKEN_ISSUER", DEFAULT_TOKEN_ISSUER),
+        auth_url=env.text("AUTH_URL", f"http://127.0.0.1:{SERVICE_PORTS['auth']}").rstrip("/"),
     )

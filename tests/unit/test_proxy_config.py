@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from proxy.config import DEFAULT_DEV_ORIGINS, SERVICE_NAME, load_proxy_settings
 from proxy.routing import DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, MiB
 from shared.config import ConfigError
+
+PRODUCTION_KEY = base64.b64encode(bytes(range(32))).decode()
 
 
 @pytest.fixture(autouse=True)
@@ -159,13 +162,17 @@ def test_bad_scalar_settings_name_the_variable(name: str, value: str) -> None:
 
 
 def test_production_has_no_default_cors_origins() -> None:
-    settings = load_proxy_settings(environ={"APGMS_ENV": "production"})
+    settings = load_proxy_settings(environ={"APGMS_ENV": "production", "APGMS_MASTER_KEY": PRODUCTION_KEY})
     assert settings.is_production
     assert settings.cors_allowed_origins == frozenset()
 
 
 def test_cors_origins_are_read_and_trailing_slashes_dropped() -> None:
     settings = load_proxy_settings(
-        environ={"APGMS_ENV": "production", "CORS_ALLOWED_ORIGINS": "https://app.example/, https://b.example"}
+        environ={
+            "APGMS_ENV": "production",
+            "APGMS_MASTER_KEY": PRODUCTION_KEY,
+            "CORS_ALLOWED_ORIGINS": "https://app.example/, https://b.example",
+        }
     )
     assert settings.cors_allowed_origins == frozenset({"https://app.example", "https://b.example"})

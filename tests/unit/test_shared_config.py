@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, Secret, environ_with_dotenv, load_settings, read_dotenv
+from shared.config import DEV_MASTER_KEY, ConfigError, Secret, environ_with_dotenv, load_settings, read_dotenv
 
 DB_PASSWORD = "hunter2-Sup3r"
+PRODUCTION_KEY = base64.b64encode(bytes(range(32))).decode()
 DATABASE_URL = f"postgresql://apgms:{DB_PASSWORD}@db.internal:5432/apgms"
 
 
@@ -44,6 +46,7 @@ def test_values_are_typed() -> None:
         {
             "DATABASE_URL": DATABASE_URL,
             "APGMS_ENV": "production",
+            "APGMS_MASTER_KEY": PRODUCTION_KEY,
             "PORT": "8080",
             "LOG_LEVEL": "warning",
             "READY_CHECK_TIMEOUT_S": "0.25",
@@ -171,7 +174,9 @@ def test_dotenv_is_ignored_in_production(empty_workdir: Path) -> None:
     dotenv.write_text(f"DATABASE_URL={DATABASE_URL}\nPORT=4000\n")
     assert environ_with_dotenv({"APGMS_ENV": "production"}, dotenv=dotenv) == {"APGMS_ENV": "production"}
     assert "DATABASE_URL" in config_error({"APGMS_ENV": "production"})
-    settings = load_settings("auth", {"APGMS_ENV": "production"}, database_required=False)
+    settings = load_settings(
+        "auth", {"APGMS_ENV": "production", "APGMS_MASTER_KEY": PRODUCTION_KEY}, database_required=False
+    )
     assert settings.port == 3001
     assert settings.database_url is None
 
@@ -207,3 +212,24 @@ def test_secret_compares_by_value_but_prints_masked() -> None:
     assert "hunter2" not in repr(Secret("hunter2"))
     assert "hunter2" not in str(Secret("hunter2"))
     assert Secret("hunter2").reveal() == "hunter2"
+
+
+def test_master_key_defaults_to_the_dev_key_outside_production() -> None:
+    settings = load_settings("auth", {"APGMS_ENV": "dev"}, database_required=False)
+    assert base64.b64decode(settings.master_key.reveal()) == b"apgms-dev-only-master-key-000000"
+    assert "apgms-dev-only" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({"APGMS_ENV": "production"}, "APGMS_MASTER_KEY is required"),
+        ({"APGMS_ENV": "production", "APGMS_MASTER_KEY": DEV_MASTER_KEY}, "dev-only default"),
+        ({"APGMS_MASTER_KEY": "not base64!"}, "32 bytes, base64"),
+        ({"APGMS_MASTER_KEY": base64.b64encode(b"short").decode()}, "32 bytes, base64"),
+    ],
+)
+def test_master_key_problems_name_the_variable(environ: dict[str, str], fragment: str) -> None:
+    message = config_error(environ, database_required=False)
+    assert "APGMS_MASTER_KEY" in message
+    assert fragment in message

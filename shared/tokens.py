@@ -1,0 +1,208 @@
+"""Access tokens: Ed25519 JWTs with a `kid`, verified against the auth service's JWKS.
+
+Verification pins the algorithm (so `alg: none` and HS256-with-the-public-key are refused), requires `iss`,
+`aud`, `exp`, `sub`, `org_id` and `jti`, and allows `LEEWAY_S` of clock skew on `exp`/`nbf`/`iat`. The JWKS is
+cached; an unknown `kid` triggers at most one refetch per `JWKS_REFETCH_INTERVAL_S`, and cached keys keep
+verifying while the auth service is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, OKPKey
+from joserfc.jwt import JWTClaimsRegistry
+
+from shared.log import get_logger
+
+ALGORITHMS = ["Ed25519"]
+ACCESS_TOKEN_TTL_S = 15 * 60
+LEEWAY_S = 30
+STEP_UP_MAX_AGE_S = 10 * 60
+JWKS_REFETCH_INTERVAL_S = 5.0
+USER_AUDIENCE = "urn:apgms:api"
+REGULATOR_AUDIENCE = "urn:apgms:regulator"
+MAX_TOKEN_CHARS = 8192
+
+log = get_logger(__name__)
+
+
+class TokenError(Exception):
+    """The token is not acceptable; the message is safe to show (it never echoes the token)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user (`kind="user"`) or an API client (`kind="client"`), always inside one org."""
+
+    subject: str
+    kind: str
+    org_id: str
+    role: str | None
+    scopes: frozenset[str]
+    amr: tuple[str, ...]
+    auth_time: int | None
+    token_id: str
+    audience: str
+
+    @property
+    def user_id(self) -> str | None:
+        return self.subject if self.kind == "user" else None
+
+    @property
+    def client_id(self) -> str | None:
+        return self.subject if self.kind == "client" else None
+
+    def stepped_up(self, now: float, max_age_s: int = STEP_UP_MAX_AGE_S) -> bool:
+        """Whether an `otp` step-up happened within `max_age_s`."""
+        return "otp" in self.amr and self.auth_time is not None and now - self.auth_time <= max_age_s
+
+
+def access_claims(
+    *,
+    issuer: str,
+    audience: str,
+    subject: str,
+    kind: str,
+    org_id: str,
+    role: str | None,
+    scopes: Sequence[str],
+    amr: Sequence[str],
+    auth_time: int | None,
+    now: float,
+    ttl_s: int = ACCESS_TOKEN_TTL_S,
+) -> dict[str, Any]:
+    issued = int(now)
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "aud": audience,
+        "sub": subject,
+        "kind": kind,
+        "org_id": org_id,
+        "scope": " ".join(scopes),
+        "amr": list(amr),
+        "jti": str(uuid.uuid4()),
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl_s,
+    }
+    if role is not None:
+        claims["role"] = role
+    if auth_time is not None:
+        claims["auth_time"] = auth_time
+    return claims
+
+
+def sign(claims: Mapping[str, Any], key: OKPKey) -> str:
+    return jwt.encode({"alg": ALGORITHMS[0], "kid": key.kid, "typ": "at+jwt"}, dict(claims), key, algorithms=ALGORITHMS)
+
+
+def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+    kind = claims.get("kind", "user")
+    if kind not in ("user", "client", "regulator"):
+        raise TokenError("unknown principal kind")
+    scopes = claims.get("scope", "")
+    amr = claims.get("amr", [])
+    if not isinstance(scopes, str) or not isinstance(amr, list) or not all(isinstance(m, str) for m in amr):
+        raise TokenError("malformed scope or amr claim")
+    auth_time = claims.get("auth_time")
+    if auth_time is not None and not isinstance(auth_time, int):
+        raise TokenError("malformed auth_time claim")
+    for name in ("sub", "org_id", "jti"):
+        if not isinstance(claims.get(name), str) or not claims[name]:
+            raise TokenError(f"missing {name} claim")
+    audience = claims["aud"] if isinstance(claims["aud"], str) else claims["aud"][0]
+    return Principal(
+        subject=claims["sub"],
+        kind=kind,
+        org_id=claims["org_id"],
+        role=claims.get("role"),
+        scopes=frozenset(scopes.split()),
+        amr=tuple(amr),
+        auth_time=auth_time,
+        token_id=claims["jti"],
+        audience=audience,
+    )
+
+
+def verify(token: str, keys: KeySet, *, issuer: str, audience: str, now: float | None = None) -> Principal:
+    """The principal of a valid token for `audience`; raises `TokenError` for anything else."""
+    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
+        raise TokenError("malformed token")
+    try:
+        decoded = jwt.decode(token, keys, algorithms=ALGORITHMS)
+        registry = JWTClaimsRegistry(
+            now=int(now) if now is not None else None,
+            leeway=LEEWAY_S,
+            iss={"essential": True, "value": issuer},
+            aud={"essential": True, "value": audience},
+            exp={"essential": True},
+            sub={"essential": True},
+            jti={"essential": True},
+        )
+        registry.validate(decoded.claims)
+    except (JoseError, ValueError, TypeError, KeyError) as exc:
+        raise TokenError(type(exc).__name__) from None
+    return principal_from_claims(decoded.claims)
+
+
+def token_kid(token: str) -> str | None:
+    """The `kid` of a token's header, without verifying anything (to decide whether to refetch the JWKS)."""
+    try:
+        header = jws.extract_compact(token.encode()).protected if token.count(".") == 2 else {}
+    except (JoseError, ValueError):
+        return None
+    kid = header.get("kid")
+    return kid if isinstance(kid, str) else None
+
+
+JwksFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+@dataclass
+class JwksCache:
+    """The auth service's public keys, fetched lazily, refetched on an unknown `kid` at most every few seconds."""
+
+    fetch: JwksFetcher
+    refetch_interval_s: float = JWKS_REFETCH_INTERVAL_S
+    _keys: KeySet | None = None
+    _kids: frozenset[str] = frozenset()
+    _fetched_at: float = -1e9
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def keys_for(self, kid: str | None) -> KeySet:
+        if self._keys is not None and (kid is None or kid in self._kids):
+            return self._keys
+        async with self._lock:
+            stale = time.monotonic() - self._fetched_at >= self.refetch_interval_s
+            if (self._keys is None or (kid is not None and kid not in self._kids)) and stale:
+                self._fetched_at = time.monotonic()
+                try:
+                    jwks = await self.fetch()
+                    self._keys = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
+                    self._kids = frozenset(k.kid for k in self._keys.keys if k.kid)
+                except Exception as exc:
+                    log.warning("jwks_fetch_failed", error=type(exc).__name__)
+        if self._keys is None:
+            raise TokenError("signing keys unavailable")
+        return self._keys
+
+
+@dataclass
+class Verifier:
+    """Verifies bearer tokens for one audience against a JWKS cache."""
+
+    jwks: JwksCache
+    issuer: str
+    audience: str = USER_AUDIENCE
+
+    async def principal(self, token: str) -> Principal:
+        keys = await self.jwks.keys_for(token_kid(token))
+        return verify(token, keys, issuer=self.issuer, audience=self.audience)
