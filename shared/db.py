@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import asyncpg
+import orjson
 
 from shared.config import Secret, Settings
 from shared.log import get_logger
@@ -40,6 +41,14 @@ def backoff_delays(
     while True:
         yield delay
         delay = min(delay * 2, cap_s)
+
+
+async def init_connection(connection: asyncpg.Connection) -> None:
+    """json and jsonb columns read and write Python values (orjson), not strings."""
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            type_name, encoder=lambda value: orjson.dumps(value).decode(), decoder=orjson.loads, schema="pg_catalog"
+        )
 
 
 class Database:
@@ -85,6 +94,7 @@ class Database:
             command_timeout=self._statement_timeout_ms / 1000,
             max_inactive_connection_lifetime=POOL_MAX_INACTIVE_S,
             server_settings={"statement_timeout": str(self._statement_timeout_ms)},
+            init=init_connection,
         )
         self._watcher = asyncio.create_task(self._wait_until_reachable())
 

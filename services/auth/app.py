@@ -1,10 +1,47 @@
 """Composition root of the auth service."""
 
-from starlette.applications import Starlette
+from __future__ import annotations
 
-from shared.app import build_service_app
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from services.auth import mfa, oauth, sessions, users
+from services.auth.keys import SigningKeys
+from shared.app import Runtime, build_runtime, build_service_app
+from shared.authz import new_verifier
 from shared.config import Settings
+from shared.crypto import SecretBox
+from shared.ratelimit import LoginGuard, make_backend
+from shared.tokens import USER_AUDIENCE
 
 
 def create_app(settings: Settings) -> Starlette:
-    return build_service_app(settings, title="APGMS auth service")
+    runtime = build_runtime(settings)
+    assert runtime.db is not None
+    box = SecretBox(settings.master_key)
+    routes = [
+        Route("/auth/login", sessions.login, methods=["POST"]),
+        Route("/auth/refresh", sessions.refresh, methods=["POST"]),
+        Route("/auth/logout", sessions.logout, methods=["POST"]),
+        Route("/auth/me", sessions.me, methods=["GET"]),
+        Route("/auth/.well-known/jwks.json", sessions.jwks, methods=["GET"]),
+        Route("/auth/mfa/totp/begin", mfa.totp_begin, methods=["POST"]),
+        Route("/auth/mfa/totp/confirm", mfa.totp_confirm, methods=["POST"]),
+        Route("/auth/mfa/step-up", mfa.step_up, methods=["POST"]),
+        Route("/auth/oauth/token", oauth.token, methods=["POST"]),
+        Route("/users", users.list_users, methods=["GET"]),
+        Route("/users", users.create_user, methods=["POST"]),
+    ]
+    app = build_service_app(settings, routes, title="APGMS auth service", runtime=runtime)
+
+    async def start(rt: Runtime) -> None:
+        assert rt.db is not None
+        keys = SigningKeys(rt.db.pool, box)
+        app.state.issuer = sessions.Issuer(settings, keys)
+        app.state.box = box
+        app.state.login_guard = LoginGuard(make_backend(rt.redis))
+        # The auth service verifies its own tokens from its own keys, not over HTTP to itself.
+        rt.verifier = new_verifier(keys.jwks, settings.token_issuer, USER_AUDIENCE)
+
+    runtime.on_startup.append(start)
+    return app

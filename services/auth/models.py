@@ -1,0 +1,70 @@
+"""Request and response bodies of the auth service; they validate requests and document `/openapi.json`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.auth.passwords import MIN_PASSWORD_CHARS
+
+EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$"
+Role = Literal["admin", "finance", "analyst", "auditor"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class LoginRequest(Strict):
+    email: str = Field(pattern=EMAIL_PATTERN, max_length=320)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class RefreshRequest(Strict):
+    refresh_token: str = Field(min_length=20, max_length=200)
+
+
+class UserSummary(BaseModel):
+    id: str
+    org_id: str
+    role: Role
+    mfa_enrolled: bool
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    refresh_token: str | None = None
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 (the OAuth token type, not a secret)
+    expires_in: int
+    user: UserSummary | None = None
+
+
+class Me(UserSummary):
+    email: str
+    amr: list[str]
+    auth_time: int | None
+
+
+class CreateUserRequest(Strict):
+    email: str = Field(pattern=EMAIL_PATTERN, max_length=320)
+    password: str = Field(min_length=MIN_PASSWORD_CHARS, max_length=1024)
+    role: Role
+
+
+class UserListItem(BaseModel):
+    id: str
+    email: str
+    role: Role
+    mfa_enrolled: bool
+    created_at: str
+
+
+class UserPage(BaseModel):
+    items: list[UserListItem]
+    next_cursor: str | None
+
+
+class PageQuery(Strict):
+    cursor: str | None = Field(default=None, max_length=200)
+    limit: int = Field(default=50, ge=1, le=200)

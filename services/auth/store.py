@@ -1,0 +1,349 @@
+"""All SQL of the auth service. Functions take a connection so callers choose the transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+ROLES = ("admin", "finance", "analyst", "auditor")
+
+
+@dataclass(frozen=True)
+class User:
+    id: uuid.UUID
+    org_id: uuid.UUID
+    email: str
+    role: str
+    password_hash: str
+    created_at: datetime
+    mfa_enrolled: bool
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    id: uuid.UUID
+    family_id: uuid.UUID
+    user_id: uuid.UUID
+    amr: list[str]
+    auth_time: int
+    expires_at: datetime
+    rotated_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SigningKeyRow:
+    kid: str
+    public_jwk: dict[str, Any]
+    private_sealed: str
+    status: str
+    retire_after: datetime | None
+
+
+@dataclass(frozen=True)
+class OAuthClient:
+    client_id: str
+    org_id: uuid.UUID
+    name: str
+    secret_hash: str
+    scopes: list[str]
+
+
+_USER_COLUMNS = """
+    u.id, u.org_id, u.email, u.role, u.password_hash, u.created_at,
+    EXISTS (SELECT 1 FROM auth.totp_credentials t WHERE t.user_id = u.id AND t.confirmed_at IS NOT NULL)
+        AS mfa_enrolled
+"""
+
+
+def _user(row: asyncpg.Record | None) -> User | None:
+    return User(**dict(row)) if row is not None else None
+
+
+# --- orgs and users ---------------------------------------------------------------------------------------------
+
+
+async def create_org(conn: asyncpg.Connection, name: str, org_id: uuid.UUID | None = None) -> uuid.UUID:
+    new_id = org_id or uuid.uuid4()
+    await conn.execute("INSERT INTO auth.orgs (id, name) VALUES ($1, $2)", new_id, name)
+    return new_id
+
+
+async def org_exists(conn: asyncpg.Connection, org_id: uuid.UUID) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM auth.orgs WHERE id = $1)", org_id))
+
+
+async def create_user(
+    conn: asyncpg.Connection, org_id: uuid.UUID, email: str, password_hash: str, role: str
+) -> User | None:
+    """The new user, or None when the email is taken (in any org)."""
+    row = await conn.fetchrow(
+        """
+        INSERT INTO auth.users (id, org_id, email, password_hash, role) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (lower(email)) DO NOTHING
+        RETURNING id, org_id, email, role, password_hash, created_at, false AS mfa_enrolled
+        """,
+        uuid.uuid4(),
+        org_id,
+        email,
+        password_hash,
+        role,
+    )
+    return _user(row)
+
+
+async def user_by_email(conn: asyncpg.Connection, email: str) -> User | None:
+    row = await conn.fetchrow(
+        f"SELECT {_USER_COLUMNS} FROM auth.users u WHERE lower(u.email) = lower($1) AND u.disabled_at IS NULL",
+        email,
+    )
+    return _user(row)
+
+
+async def user_by_id(conn: asyncpg.Connection, user_id: uuid.UUID) -> User | None:
+    row = await conn.fetchrow(
+        f"SELECT {_USER_COLUMNS} FROM auth.users u WHERE u.id = $1 AND u.disabled_at IS NULL", user_id
+    )
+    return _user(row)
+
+
+async def list_users(
+    conn: asyncpg.Connection, org_id: uuid.UUID, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[User]:
+    """One page of the org's users, oldest first, after the keyset cursor `after`."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_USER_COLUMNS} FROM auth.users u
+        WHERE u.org_id = $1 AND ($2::timestamptz IS NULL OR (u.created_at, u.id) > ($2, $3))
+        ORDER BY u.created_at, u.id
+        LIMIT $4
+        """,
+        org_id,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+    return [User(**dict(row)) for row in rows]
+
+
+# --- refresh tokens ---------------------------------------------------------------------------------------------
+
+
+async def insert_refresh_token(
+    conn: asyncpg.Connection,
+    *,
+    family_id: uuid.UUID,
+    user_id: uuid.UUID,
+    token_hash: bytes,
+    amr: Sequence[str],
+    auth_time: int,
+    expires_at: datetime,
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO auth.refresh_tokens (id, family_id, user_id, token_hash, amr, auth_time, expires_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        """,
+        uuid.uuid4(),
+        family_id,
+        user_id,
+        token_hash,
+        list(amr),
+        auth_time,
+        expires_at,
+    )
+
+
+async def refresh_token_for_update(conn: asyncpg.Connection, token_hash: bytes) -> RefreshToken | None:
+    """The token row, locked for the rest of the transaction so two concurrent refreshes cannot both rotate it."""
+    row = await conn.fetchrow(
+        """
+        SELECT id, family_id, user_id, amr, auth_time, expires_at, rotated_at, revoked_at
+        FROM auth.refresh_tokens WHERE token_hash = $1 FOR UPDATE
+        """,
+        token_hash,
+    )
+    return RefreshToken(**dict(row)) if row is not None else None
+
+
+async def mark_rotated(conn: asyncpg.Connection, token_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE auth.refresh_tokens SET rotated_at = now() WHERE id = $1", token_id)
+
+
+async def revoke_family(conn: asyncpg.Connection, family_id: uuid.UUID) -> int:
+    result: str = await conn.execute(
+        "UPDATE auth.refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL", family_id
+    )
+    return int(result.split()[-1])
+
+
+# --- signing keys -----------------------------------------------------------------------------------------------
+
+
+def _key(row: asyncpg.Record) -> SigningKeyRow:
+    return SigningKeyRow(
+        kid=row["kid"],
+        public_jwk=dict(row["public_jwk"]),
+        private_sealed=row["private_sealed"],
+        status=row["status"],
+        retire_after=row["retire_after"],
+    )
+
+
+async def verification_keys(conn: asyncpg.Connection) -> list[SigningKeyRow]:
+    """The active key and every retiring key whose tokens may still be alive."""
+    rows = await conn.fetch(
+        """
+        SELECT kid, public_jwk, private_sealed, status, retire_after FROM auth.signing_keys
+        WHERE status = 'active' OR (status = 'retiring' AND retire_after > now())
+        ORDER BY created_at DESC
+        """
+    )
+    return [_key(row) for row in rows]
+
+
+async def insert_active_key(
+    conn: asyncpg.Connection, kid: str, public_jwk: dict[str, Any], private_sealed: str
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO auth.signing_keys (kid, alg, public_jwk, private_sealed, status)
+        VALUES ($1, 'Ed25519', $2::jsonb, $3, 'active')
+        """,
+        kid,
+        public_jwk,
+        private_sealed,
+    )
+
+
+async def retire_active_key(conn: asyncpg.Connection, retire_after_s: int) -> str | None:
+    """Mark the active key retiring (it verifies for `retire_after_s` more seconds); returns its kid."""
+    kid: str | None = await conn.fetchval(
+        """
+        UPDATE auth.signing_keys SET status = 'retiring', retire_after = now() + make_interval(secs => $1)
+        WHERE status = 'active' RETURNING kid
+        """,
+        retire_after_s,
+    )
+    await conn.execute(
+        "UPDATE auth.signing_keys SET status = 'retired' WHERE status = 'retiring' AND retire_after <= now()"
+    )
+    return kid
+
+
+# --- OAuth clients ----------------------------------------------------------------------------------------------
+
+
+async def insert_client(
+    conn: asyncpg.Connection, client_id: str, org_id: uuid.UUID, name: str, secret_hash: str, scopes: Sequence[str]
+) -> None:
+    await conn.execute(
+        "INSERT INTO auth.oauth_clients (client_id, org_id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4, $5)",
+        client_id,
+        org_id,
+        name,
+        secret_hash,
+        list(scopes),
+    )
+
+
+async def client_by_id(conn: asyncpg.Connection, client_id: str) -> OAuthClient | None:
+    row = await conn.fetchrow(
+        """
+        SELECT client_id, org_id, name, secret_hash, scopes FROM auth.oauth_clients
+        WHERE client_id = $1 AND revoked_at IS NULL
+        """,
+        client_id,
+    )
+    return OAuthClient(**dict(row)) if row is not None else None
+
+
+# --- MFA --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TotpCredential:
+    secret_sealed: str
+    confirmed: bool
+    last_step: int | None
+
+
+async def totp_credential(conn: asyncpg.Connection, user_id: uuid.UUID) -> TotpCredential | None:
+    row = await conn.fetchrow(
+        "SELECT secret_sealed, confirmed_at IS NOT NULL AS confirmed, last_step FROM auth.totp_credentials "
+        "WHERE user_id = $1",
+        user_id,
+    )
+    return TotpCredential(**dict(row)) if row is not None else None
+
+
+async def begin_totp(conn: asyncpg.Connection, user_id: uuid.UUID, secret_sealed: str) -> bool:
+    """Store a new unconfirmed secret; False (nothing changed) when the user already has a confirmed one."""
+    result: str = await conn.execute(
+        """
+        INSERT INTO auth.totp_credentials (user_id, secret_sealed) VALUES ($1, $2)
+        ON CONFLICT (user_id) DO UPDATE SET secret_sealed = EXCLUDED.secret_sealed, last_step = NULL,
+            created_at = now()
+        WHERE auth.totp_credentials.confirmed_at IS NULL
+        """,
+        user_id,
+        secret_sealed,
+    )
+    return result.endswith(" 1")
+
+
+async def accept_totp_step(conn: asyncpg.Connection, user_id: uuid.UUID, step: int, *, confirm: bool) -> bool:
+    """Record `step` as used, atomically; False when it (or a later step) was already accepted: no replay."""
+    row = await conn.fetchval(
+        """
+        UPDATE auth.totp_credentials
+        SET last_step = $2, confirmed_at = CASE WHEN $3 THEN coalesce(confirmed_at, now()) ELSE confirmed_at END
+        WHERE user_id = $1 AND (last_step IS NULL OR last_step < $2)
+            AND (confirmed_at IS NOT NULL OR $3)
+        RETURNING user_id
+        """,
+        user_id,
+        step,
+        confirm,
+    )
+    return row is not None
+
+
+@dataclass(frozen=True)
+class RecoveryCode:
+    id: uuid.UUID
+    salt: bytes
+    code_hash: bytes
+
+
+async def replace_recovery_codes(
+    conn: asyncpg.Connection, user_id: uuid.UUID, codes: Sequence[tuple[bytes, bytes]]
+) -> None:
+    """Drop the user's recovery codes and store new (salt, hash) pairs."""
+    await conn.execute("DELETE FROM auth.recovery_codes WHERE user_id = $1", user_id)
+    await conn.executemany(
+        "INSERT INTO auth.recovery_codes (id, user_id, salt, code_hash) VALUES ($1, $2, $3, $4)",
+        [(uuid.uuid4(), user_id, salt, code_hash) for salt, code_hash in codes],
+    )
+
+
+async def unused_recovery_codes(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[RecoveryCode]:
+    rows = await conn.fetch(
+        "SELECT id, salt, code_hash FROM auth.recovery_codes WHERE user_id = $1 AND used_at IS NULL", user_id
+    )
+    return [RecoveryCode(**dict(row)) for row in rows]
+
+
+async def use_recovery_code(conn: asyncpg.Connection, code_id: uuid.UUID) -> bool:
+    """Mark a recovery code used, atomically; False when someone used it first."""
+    return (
+        await conn.fetchval(
+            "UPDATE auth.recovery_codes SET used_at = now() WHERE id = $1 AND used_at IS NULL RETURNING id", code_id
+        )
+        is not None
+    )

@@ -1,0 +1,28 @@
+"""Opaque keyset cursors: `{"items": [...], "next_cursor": ...}` pages, newest or oldest first by (time, id)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+
+import orjson
+
+from shared.errors import ApiError, FieldError
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+
+def encode_cursor(at: datetime, row_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([at.isoformat(), str(row_id)])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (time, id) a cursor points after; 400 `invalid_query` for anything we did not hand out."""
+    try:
+        at, row_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(at), uuid.UUID(row_id)
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
+        raise ApiError("invalid_query", errors=[FieldError("cursor", "not a cursor from this API")]) from None
