@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from typing import NoReturn
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, NoReturn, TypeVar
 
+import asyncpg
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from apgms import devstack
 from apgms.devservers import DATABASE_ERRORS, redact_url
-from shared.config import environ_with_dotenv
+from apgms.seed import SeedError, demo_password, logins_table, password_line, seed_demo
+from services.auth.keys import RETIRE_AFTER_S, rotate
+from services.auth.oauth import ClientError, create_client
+from shared.config import ConfigError, Settings, environ_with_dotenv, load_settings
+from shared.crypto import SecretBox
 from shared.migrations import MigrationError, ServiceStatus, migrate, status
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="APGMS development and operations tooling.")
 db_app = typer.Typer(no_args_is_help=True, help="Database migrations of every service.")
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(no_args_is_help=True, help="Token signing keys of the auth service.")
+app.add_typer(keys_app, name="keys")
+clients_app = typer.Typer(no_args_is_help=True, help="OAuth2 API clients (client credentials).")
+app.add_typer(clients_app, name="clients")
+
+T = TypeVar("T")
 
 console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
@@ -91,6 +104,94 @@ def db_status() -> None:
     if pending:
         fail(f"{pending} migration(s) pending; run `apgms db migrate`")
     console.print("Database schema is up to date.")
+
+
+# --- auth: demo data, signing keys, API clients ------------------------------------------------------------------
+
+
+def environ() -> dict[str, str]:
+    return environ_with_dotenv(None, devstack.PROJECT_ROOT / ".env")
+
+
+def auth_settings() -> Settings:
+    """DATABASE_URL and APGMS_MASTER_KEY as the auth service reads them (the dev key applies outside production)."""
+    try:
+        return load_settings("auth", environ())
+    except ConfigError as error:
+        fail(str(error))
+
+
+def with_connection(settings: Settings, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    assert settings.database_url is not None
+    dsn = settings.database_url.reveal()
+
+    async def run() -> T:
+        connection = await asyncpg.connect(dsn)
+        try:
+            return await work(connection)
+        finally:
+            await connection.close()
+
+    try:
+        return asyncio.run(run())
+    except DATABASE_ERRORS as error:
+        fail(unreachable(dsn, error))
+
+
+@app.command()
+def seed() -> None:
+    """Create the demo org with an admin (TOTP enrolled), a finance user and an auditor; safe to run again."""
+    settings = auth_settings()
+    try:
+        password = demo_password(environ())
+        result = with_connection(settings, lambda conn: seed_demo(conn, SecretBox(settings.master_key), password))
+    except SeedError as error:
+        fail(str(error))
+    created = sum(login.created for login in result.logins)
+    console.print(f"Created {created} demo user(s)." if created else "Demo org already seeded; nothing created.")
+    console.print(logins_table(result))
+    console.print(password_line(result), markup=False, soft_wrap=True)
+    if result.totp_uri:
+        console.print(f"Admin TOTP: secret {result.totp_secret}  URI {result.totp_uri}", markup=False, soft_wrap=True)
+    else:
+        console.print("Admin TOTP: enrolled, but its secret was sealed under another master key", soft_wrap=True)
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Retire the active signing key (it keeps verifying until its tokens expire) and start signing with a new one."""
+    settings = auth_settings()
+    box = SecretBox(settings.master_key)
+    old, new = with_connection(settings, lambda conn: rotate(conn, box))
+    if old is None:
+        console.print(f"There was no active key. New signing key: {new}", soft_wrap=True)
+    else:
+        console.print(
+            f"Retired key {old} (still verifies for {RETIRE_AFTER_S:g} s). New signing key: {new}", soft_wrap=True
+        )
+    console.print("Running auth services pick it up within seconds; other services fetch it on first sight.")
+
+
+@clients_app.command("add")
+def clients_add(
+    org: Annotated[uuid.UUID, typer.Option("--org", help="The org the client acts for.")],
+    name: Annotated[str, typer.Option("--name", help="What the client is, e.g. 'core export'.")],
+    scope: Annotated[list[str], typer.Option("--scope", help="A scope it may request; repeat for more.")],
+) -> None:
+    """Register an API client; prints its id and secret (the secret is shown only this once)."""
+    settings = auth_settings()
+    try:
+        client_id, secret = with_connection(settings, lambda conn: create_client(conn, org, name, scope))
+    except ClientError as error:
+        fail(str(error))
+    table = Table(title="New API client", caption="Store the secret now: it is not shown again.")
+    table.add_column("Field", no_wrap=True)
+    table.add_column("Value", no_wrap=True)
+    table.add_row("client_id", client_id)
+    table.add_row("client_secret", secret)
+    table.add_row("org", str(org))
+    table.add_row("scopes", " ".join(dict.fromkeys(scope)))
+    console.print(table)
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """`apgms dev`: the whole stack on one machine, each service its own process, Ctrl+C stops it cleanly.
 
 Without DATABASE_URL a project-local PostgreSQL runs in `.devdb/pg` (data kept between runs); without REDIS_URL a
-local redis-server runs when the binary exists, else the stack runs without Redis. Migrations are applied, the
-processes of `DEV_PROCESSES` are started and supervised (restarted with backoff when they crash, except on exit
-code 2, a configuration error, which stops everything).
+local redis-server runs when the binary exists, else the stack runs without Redis. Migrations are applied, the demo
+org is seeded (`apgms.seed`, idempotent), the processes of `DEV_PROCESSES` are started and supervised (restarted
+with backoff when they crash, except on exit code 2, a configuration error, which stops everything).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -32,7 +33,9 @@ from apgms.devservers import (
     read_pid_file,
     redact_url,
 )
-from shared.config import PROXY_PORT, SERVICE_PORTS, environ_with_dotenv
+from apgms.seed import DemoSeed, SeedError, demo_password, seed_demo
+from shared.config import PROXY_PORT, SERVICE_PORTS, ConfigError, environ_with_dotenv, load_settings
+from shared.crypto import SecretBox
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEV_DIR = PROJECT_ROOT / ".devdb"
@@ -101,6 +104,9 @@ def child_env(base: Mapping[str, str], spec: ProcessSpec, database_url: str, red
         DATABASE_URL=database_url,
         PYTHONUNBUFFERED="1",
     )
+    if spec.module.startswith("services."):
+        # The services sit behind the proxy: its X-Forwarded-For names the client (rate limits, anomaly counts).
+        env["TRUSTED_PROXY_HOPS"] = "1"
     if redis_url:
         env["REDIS_URL"] = redis_url
     else:
@@ -320,6 +326,31 @@ def stack_table(
     return table
 
 
+async def seed_dev_demo(env: Mapping[str, str], database_url: str) -> DemoSeed:
+    """Seed the demo org (idempotent) with the settings the dev processes get."""
+    dev_env = {**env, "APGMS_ENV": "dev", "DATABASE_URL": database_url}
+    settings = load_settings("auth", dev_env)
+    password = demo_password(dev_env)
+    connection = await asyncpg.connect(database_url)
+    try:
+        return await seed_demo(connection, SecretBox(settings.master_key), password)
+    finally:
+        await connection.close()
+
+
+def demo_logins(demo: DemoSeed) -> Text:
+    """Two lines: the demo logins are for this dev stack only."""
+    emails = ", ".join(login.email for login in demo.logins)
+    password = demo.password if demo.password_matches else "(set at an earlier seed)"
+    return Text.assemble(
+        ("Dev-only demo logins: ", "yellow"),
+        f"{emails}  password ",
+        (password, "bold"),
+        ("\nAdmin TOTP secret: ", "yellow"),
+        (demo.totp_secret or "(unreadable)", "bold"),
+    )
+
+
 async def run_dev(
     processes: Sequence[ProcessSpec] = DEV_PROCESSES,
     environ: Mapping[str, str] | None = None,
@@ -379,6 +410,11 @@ async def run_dev(
             console.print(f"Applied migration {migration.label}")
         if not applied:
             console.print("Database schema is up to date.")
+        try:
+            demo = await seed_dev_demo(env, database_url)
+        except (ConfigError, SeedError) as error:
+            console.print(f"[red]error:[/] {error}")
+            return CONFIG_ERROR_EXIT_CODE
 
         base = dict(env)
         supervisor = Supervisor(
@@ -397,6 +433,7 @@ async def run_dev(
                 f"API, regulator route and Prometheus federation: [bold]http://localhost:{PROXY_PORT}[/]"
                 f"  (curl http://localhost:{PROXY_PORT}/ready)"
             )
+            console.print(demo_logins(demo))
             console.print("Press Ctrl+C to stop.")
         await stop.wait()
         await supervisor.shutdown()

@@ -109,6 +109,8 @@ def create_app(settings: ProxySettings) -> Starlette:
         title="APGMS api-gateway",
         runtime=runtime,
         extra_middleware=[Middleware(EdgeMiddleware, allowed_origins=settings.cors_allowed_origins)],
+        # The services count 401/403 per address and principal; counting them here too would double the events.
+        detect_anomalies=False,
     )
     app.router.redirect_slashes = False
     app.router.default = Forwarder(

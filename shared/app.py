@@ -2,7 +2,8 @@
 the lifespan that opens and closes the pool and the Redis client.
 
 Middleware order, outermost first: request context (request ID on every response) → metrics and access log →
-error boundary (an unexpected exception becomes a counted, logged 500 problem) → Starlette's routing.
+anomaly detection (repeated 401/403 per address or principal) → error boundary (an unexpected exception becomes
+a counted, logged 500 problem) → Starlette's routing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from shared.anomaly import AnomalyDetector, AnomalyMiddleware
 from shared.authz import http_jwks_fetcher, new_verifier
 from shared.cache import create_redis, ping_redis
 from shared.config import Settings
@@ -28,6 +30,7 @@ from shared.errors import EXCEPTION_HANDLERS, ErrorBoundaryMiddleware
 from shared.health import Check, Health
 from shared.metrics import MetricsMiddleware, metrics_endpoint
 from shared.openapi import openapi_document
+from shared.ratelimit import make_backend
 from shared.tokens import USER_AUDIENCE, Verifier
 
 API_VERSION = "0.1.0"
@@ -87,6 +90,7 @@ def build_service_app(
     title: str,
     runtime: Runtime | None = None,
     extra_middleware: Sequence[Middleware] = (),
+    detect_anomalies: bool = True,
 ) -> Starlette:
     """A Starlette app with `/health`, `/ready`, `/metrics`, `/openapi.json` and the shared middleware."""
     runtime = runtime or build_runtime(settings)
@@ -124,6 +128,11 @@ def build_service_app(
         middleware=[
             Middleware(RequestContextMiddleware, trusted_hops=settings.trusted_hops, in_flight=runtime.in_flight),
             Middleware(MetricsMiddleware),
+            *(
+                [Middleware(AnomalyMiddleware, detector=AnomalyDetector(make_backend(runtime.redis)))]
+                if detect_anomalies
+                else []
+            ),
             Middleware(ErrorBoundaryMiddleware),
             *extra_middleware,
         ],

@@ -44,6 +44,7 @@ ERRORS: dict[str, ErrorKind] = {
     "bad_credentials": ErrorKind(401, "Email or password is incorrect"),
     "invalid_token": ErrorKind(401, "Token is invalid or expired"),
     "mfa_required": ErrorKind(401, "Recent multi-factor authentication required"),
+    "mfa_invalid": ErrorKind(401, "One-time code is invalid or already used"),
     "forbidden": ErrorKind(403, "Not allowed"),
     "cors_forbidden": ErrorKind(403, "Origin not allowed"),
     "not_found": ErrorKind(404, "Not found"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from services.auth import mfa, oauth, sessions, users
+from services.auth import internal, mfa, oauth, sessions, users
 from services.auth.keys import SigningKeys
 from shared.app import Runtime, build_runtime, build_service_app
 from shared.authz import new_verifier
@@ -31,6 +31,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/auth/oauth/token", oauth.token, methods=["POST"]),
         Route("/users", users.list_users, methods=["GET"]),
         Route("/users", users.create_user, methods=["POST"]),
+        Route("/internal/orgs/{org_id}/users", internal.org_users, methods=["GET"]),
     ]
     app = build_service_app(settings, routes, title="APGMS auth service", runtime=runtime)
 

@@ -1,7 +1,9 @@
 """Signing keys: one active Ed25519 key signs; it and every retiring key verify.
 
-Rotation (`apgms keys rotate`) adds a new active key and marks the old one retiring: it signs no more, but stays
-in the JWKS until every token it signed has expired (access-token lifetime plus leeway), so no request fails.
+Rotation (`apgms keys rotate`) publishes a new key at once but lets it sign only `PUBLISH_AHEAD_S` later, so
+every verifier (which refetches the JWKS at most every few seconds, on an unknown `kid`) already has it by the
+time the first token it signed arrives. Until then the old key keeps signing; it is then retiring and stays in
+the JWKS until every token it signed has expired. No request fails during a rotation.
 Private keys are sealed with the master key at rest.
 """
 
@@ -17,10 +19,12 @@ from joserfc.jwk import OKPKey
 
 from services.auth import store
 from shared.crypto import SecretBox
-from shared.tokens import ACCESS_TOKEN_TTL_S, LEEWAY_S
+from shared.tokens import ACCESS_TOKEN_TTL_S, JWKS_REFETCH_INTERVAL_S, LEEWAY_S
 
 KEY_CACHE_TTL_S = 5.0
-RETIRE_AFTER_S = ACCESS_TOKEN_TTL_S + 2 * LEEWAY_S
+# Longer than a verifier's JWKS refetch throttle plus this service's key cache, with margin.
+PUBLISH_AHEAD_S = JWKS_REFETCH_INTERVAL_S + KEY_CACHE_TTL_S + 2.0
+RETIRE_AFTER_S = PUBLISH_AHEAD_S + ACCESS_TOKEN_TTL_S + 2 * LEEWAY_S
 # Any fixed number; serialises "create the first key" between replicas starting together.
 FIRST_KEY_LOCK = 0x41_50_47_4B_45_59
 
@@ -29,11 +33,11 @@ def new_kid() -> str:
     return f"{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(4)}"
 
 
-async def add_active_key(conn: asyncpg.Connection, box: SecretBox) -> str:
+async def add_active_key(conn: asyncpg.Connection, box: SecretBox, signs_after_s: float = 0) -> str:
     kid = new_kid()
     key = OKPKey.generate_key("Ed25519", parameters={"kid": kid, "use": "sig", "alg": "Ed25519"})
     sealed = box.seal(key.as_pem(private=True), associated=kid.encode())
-    await store.insert_active_key(conn, kid, key.as_dict(private=False), sealed)
+    await store.insert_active_key(conn, kid, key.as_dict(private=False), sealed, signs_after_s)
     return kid
 
 
@@ -41,7 +45,7 @@ async def rotate(conn: asyncpg.Connection, box: SecretBox) -> tuple[str | None, 
     """Retire the active key and add a new one, atomically; returns (old kid, new kid)."""
     async with conn.transaction():
         old = await store.retire_active_key(conn, RETIRE_AFTER_S)
-        new = await add_active_key(conn, box)
+        new = await add_active_key(conn, box, signs_after_s=PUBLISH_AHEAD_S if old else 0)
     return old, new
 
 
@@ -53,7 +57,8 @@ class SigningKeys:
         self._pool = pool
         self._box = box
         self._loaded_at = -1e9
-        self._signing: OKPKey | None = None
+        self._rows: list[store.SigningKeyRow] = []
+        self._opened: dict[str, OKPKey] = {}
         self._public: list[dict[str, Any]] = []
 
     async def ensure_active(self) -> None:
@@ -63,23 +68,26 @@ class SigningKeys:
                 await add_active_key(conn, self._box)
 
     async def _load(self) -> None:
-        if time.monotonic() - self._loaded_at < KEY_CACHE_TTL_S and self._signing is not None:
+        if time.monotonic() - self._loaded_at < KEY_CACHE_TTL_S and self._rows:
             return
         async with self._pool.acquire() as conn:
             rows = await store.verification_keys(conn)
-        active = next((row for row in rows if row.status == "active"), None)
-        if active is None:
+        if not any(row.status == "active" for row in rows):
             await self.ensure_active()
             return await self._load()
-        pem = self._box.open(active.private_sealed, associated=active.kid.encode())
-        self._signing = OKPKey.import_key(pem, {"kid": active.kid})
+        self._rows = rows
         self._public = [row.public_jwk for row in rows]
         self._loaded_at = time.monotonic()
 
     async def signing_key(self) -> OKPKey:
+        """The newest key allowed to sign now: the active one once its `signs_from` has passed."""
         await self._load()
-        assert self._signing is not None
-        return self._signing
+        now = datetime.now(UTC)
+        row = next(row for row in self._rows if row.signs_from <= now or row is self._rows[-1])
+        if row.kid not in self._opened:
+            pem = self._box.open(row.private_sealed, associated=row.kid.encode())
+            self._opened[row.kid] = OKPKey.import_key(pem, {"kid": row.kid})
+        return self._opened[row.kid]
 
     async def jwks(self) -> dict[str, Any]:
         await self._load()

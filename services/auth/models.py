@@ -68,3 +68,23 @@ class UserPage(BaseModel):
 class PageQuery(Strict):
     cursor: str | None = Field(default=None, max_length=200)
     limit: int = Field(default=50, ge=1, le=200)
+
+
+TOTP_CODE_PATTERN = r"^[0-9]{6}$"
+
+
+class TotpBeginResponse(BaseModel):
+    secret: str
+    otpauth_uri: str
+
+
+class TotpConfirmRequest(Strict):
+    code: str = Field(pattern=TOTP_CODE_PATTERN, description="The 6-digit code the authenticator shows now")
+
+
+class RecoveryCodes(BaseModel):
+    recovery_codes: list[str] = Field(description="Shown once; each code works once")
+
+
+class StepUpRequest(Strict):
+    code: str = Field(min_length=1, max_length=64, description="A 6-digit TOTP code or a recovery code")

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 ROLES = ("admin", "finance", "analyst", "auditor")
 
@@ -42,6 +43,7 @@ class SigningKeyRow:
     public_jwk: dict[str, Any]
     private_sealed: str
     status: str
+    signs_from: datetime
     retire_after: datetime | None
 
 
@@ -188,9 +190,10 @@ async def revoke_family(conn: asyncpg.Connection, family_id: uuid.UUID) -> int:
 def _key(row: asyncpg.Record) -> SigningKeyRow:
     return SigningKeyRow(
         kid=row["kid"],
-        public_jwk=dict(row["public_jwk"]),
+        public_jwk=orjson.loads(row["public_jwk"]),
         private_sealed=row["private_sealed"],
         status=row["status"],
+        signs_from=row["signs_from"],
         retire_after=row["retire_after"],
     )
 
@@ -199,7 +202,8 @@ async def verification_keys(conn: asyncpg.Connection) -> list[SigningKeyRow]:
     """The active key and every retiring key whose tokens may still be alive."""
     rows = await conn.fetch(
         """
-        SELECT kid, public_jwk, private_sealed, status, retire_after FROM auth.signing_keys
+        SELECT kid, public_jwk::text AS public_jwk, private_sealed, status, signs_from, retire_after
+        FROM auth.signing_keys
         WHERE status = 'active' OR (status = 'retiring' AND retire_after > now())
         ORDER BY created_at DESC
         """
@@ -208,20 +212,21 @@ async def verification_keys(conn: asyncpg.Connection) -> list[SigningKeyRow]:
 
 
 async def insert_active_key(
-    conn: asyncpg.Connection, kid: str, public_jwk: dict[str, Any], private_sealed: str
+    conn: asyncpg.Connection, kid: str, public_jwk: dict[str, Any], private_sealed: str, signs_after_s: float = 0
 ) -> None:
     await conn.execute(
         """
-        INSERT INTO auth.signing_keys (kid, alg, public_jwk, private_sealed, status)
-        VALUES ($1, 'Ed25519', $2::jsonb, $3, 'active')
+        INSERT INTO auth.signing_keys (kid, alg, public_jwk, private_sealed, status, signs_from)
+        VALUES ($1, 'Ed25519', $2::text::jsonb, $3, 'active', now() + make_interval(secs => $4))
         """,
         kid,
-        public_jwk,
+        orjson.dumps(public_jwk).decode(),
         private_sealed,
+        signs_after_s,
     )
 
 
-async def retire_active_key(conn: asyncpg.Connection, retire_after_s: int) -> str | None:
+async def retire_active_key(conn: asyncpg.Connection, retire_after_s: float) -> str | None:
     """Mark the active key retiring (it verifies for `retire_after_s` more seconds); returns its kid."""
     kid: str | None = await conn.fetchval(
         """

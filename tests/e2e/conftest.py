@@ -1,46 +1,15 @@
-"""Fixtures for end-to-end tests of the auth service and everything that needs tokens."""
+"""Fixtures for end-to-end tests of the auth service and everything that needs tokens.
+
+Helpers (`call`, `login`, `PASSWORD`, `Org`) are in `auth_support.py`: import them from there.
+"""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest_asyncio
-
-from services.auth import store
-from services.auth.passwords import hash_password
-
-PASSWORD = "correct horse battery staple"
-
-
-@dataclass
-class Org:
-    """One org with one user per role, all with password `PASSWORD`."""
-
-    id: uuid.UUID
-    users: dict[str, store.User] = field(default_factory=dict)
-
-    def email(self, role: str) -> str:
-        return self.users[role].email
-
-
-async def create_org(database_url: str, name: str = "Test Org") -> Org:
-    connection = await asyncpg.connect(database_url)
-    try:
-        org = Org(await store.create_org(connection, name))
-        password_hash = hash_password(PASSWORD)
-        for role in store.ROLES:
-            email = f"{role}.{org.id.hex[:8]}@example.com"
-            user = await store.create_user(connection, org.id, email, password_hash, role)
-            assert user is not None
-            org.users[role] = user
-        return org
-    finally:
-        await connection.close()
+from auth_support import Org, create_org
 
 
 @pytest_asyncio.fixture
@@ -57,25 +26,3 @@ async def other_org(database_url: str) -> Org:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
         yield session
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, url: str, *, token: str | None = None, **kwargs: Any
-) -> tuple[int, Any, Any]:
-    """(status, JSON body or None, headers) of one request, with an optional bearer token."""
-    headers = dict(kwargs.pop("headers", {}))
-    if token:
-        headers["authorization"] = f"Bearer {token}"
-    async with http.request(method, url, headers=headers, **kwargs) as response:
-        text = await response.text()
-        try:
-            body = await response.json(content_type=None) if text else None
-        except ValueError:
-            body = text
-        return response.status, body, response.headers.copy()
-
-
-async def login(http: aiohttp.ClientSession, base_url: str, email: str, password: str = PASSWORD) -> dict[str, Any]:
-    status, body, _ = await call(http, "POST", f"{base_url}/auth/login", json={"email": email, "password": password})
-    assert status == 200, body
-    return dict(body)

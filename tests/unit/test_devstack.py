@@ -65,8 +65,14 @@ def test_child_env_sets_the_stack_settings_over_the_callers_environment() -> Non
         "DATABASE_URL": "postgresql://postgres@127.0.0.1:5555/postgres",
         "REDIS_URL": "redis://127.0.0.1:6666/0",
         "PYTHONUNBUFFERED": "1",
+        "TRUSTED_PROXY_HOPS": "1",
     }
     assert base["APGMS_ENV"] == "production", "the caller's mapping is left alone"
+
+
+def test_only_the_services_trust_the_proxys_forwarded_for() -> None:
+    proxy = next(spec for spec in DEV_PROCESSES if spec.module == "proxy")
+    assert "TRUSTED_PROXY_HOPS" not in child_env({}, proxy, "postgresql://h/db", None)
 
 
 def test_child_env_without_redis_drops_any_inherited_redis_url() -> None:

@@ -59,7 +59,10 @@ CREATE TABLE auth.signing_keys (
     private_sealed text        NOT NULL,
     status         text        NOT NULL CHECK (status IN ('active', 'retiring', 'retired')),
     created_at     timestamptz NOT NULL DEFAULT now(),
-    -- A retiring key stops signing at once but verifies until every token it signed has expired.
+    -- A new key is published in the JWKS first and signs only from `signs_from`, once every verifier can have
+    -- fetched it; until then the retiring key keeps signing.
+    signs_from     timestamptz NOT NULL DEFAULT now(),
+    -- A retiring key verifies until every token it signed has expired.
     retire_after   timestamptz
 );
 CREATE UNIQUE INDEX signing_keys_one_active ON auth.signing_keys (status) WHERE status = 'active';
