@@ -15,7 +15,7 @@ from rich.table import Table
 from apgms import devstack
 from apgms.devservers import DATABASE_ERRORS, redact_url
 from apgms.seed import SeedError, demo_password, logins_table, password_line, seed_demo
-from services.auth.keys import RETIRE_AFTER_S, rotate
+from services.auth.keys import PUBLISH_AHEAD_S, RETIRE_AFTER_S, rotate
 from services.auth.oauth import ClientError, create_client
 from shared.config import ConfigError, Settings, environ_with_dotenv, load_settings
 from shared.crypto import SecretBox
@@ -167,9 +167,10 @@ def keys_rotate() -> None:
         console.print(f"There was no active key. New signing key: {new}", soft_wrap=True)
     else:
         console.print(
-            f"Retired key {old} (still verifies for {RETIRE_AFTER_S:g} s). New signing key: {new}", soft_wrap=True
+            f"Retired key {old} (still verifies for {RETIRE_AFTER_S:g} s). New signing key: {new} "
+            f"(published now, signs in {PUBLISH_AHEAD_S:g} s, once every verifier can have fetched it)",
+            soft_wrap=True,
         )
-    console.print("Running auth services pick it up within seconds; other services fetch it on first sight.")
 
 
 @clients_app.command("add")

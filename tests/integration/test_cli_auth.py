@@ -139,14 +139,14 @@ async def test_keys_rotate_keeps_the_old_key_verifying(database_url: str, conn: 
 
         code, out, err = await run(database_url, "keys", "rotate")
         assert (code, err) == (0, ""), out
-        match = re.search(r"Retired key (\S+) .* New signing key: (\S+)", out)
+        match = re.search(r"Retired key (\S+) .* New signing key: (\S+) \(published now, signs in", out)
         assert match and match.group(1) == old_kid, out
         new_kid = match.group(2)
 
         keys.invalidate()
         jwks = await keys.jwks()
         assert {key["kid"] for key in jwks["keys"]} == {old_kid, new_kid}
-        assert (await keys.signing_key()).kid == new_kid
+        assert (await keys.signing_key()).kid == old_kid, "the new key is published before it signs"
         principal = verify(token, KeySet.import_key_set(jwks), issuer=ISSUER, audience=USER_AUDIENCE)  # type: ignore[arg-type]
         assert principal.subject == claims["sub"], "a token of the retired key still verifies"
     finally:
