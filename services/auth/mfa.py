@@ -32,6 +32,7 @@ from services.auth.models import (
     TotpConfirmRequest,
 )
 from services.auth.passwords import salted_hash, salted_matches
+from services.auth.sessions import current_user
 from shared.authz import guard
 from shared.crypto import SecretBox
 from shared.errors import ApiError, FieldError
@@ -156,13 +157,6 @@ async def _check_not_locked(request: Request, principal: Principal) -> LoginGuar
     return attempts
 
 
-async def _current_user(conn: asyncpg.Connection, principal: Principal) -> store.User:
-    user = await store.user_by_id(conn, uuid.UUID(principal.subject))
-    if user is None or str(user.org_id) != principal.org_id:
-        raise ApiError("invalid_token")
-    return user
-
-
 def _secret(box: SecretBox, credential: store.TotpCredential, user_id: uuid.UUID) -> str:
     return box.open(credential.secret_sealed, associated=user_id.bytes).decode()
 
@@ -173,7 +167,7 @@ async def totp_begin(request: Request, principal: Principal) -> Response:
     box: SecretBox = request.app.state.box
     secret = new_totp_secret()
     async with request.app.state.runtime.db.pool.acquire() as conn:
-        user = await _current_user(conn, principal)
+        user = await current_user(conn, principal)
         started = await store.begin_totp(conn, user.id, box.seal(secret.encode(), associated=user.id.bytes))
     if not started:
         raise ApiError("conflict", _ALREADY_ENROLLED)
@@ -191,7 +185,7 @@ async def totp_confirm(request: Request, principal: Principal) -> Response:
     body = await parse_body(request, TotpConfirmRequest)
     attempts = await _check_not_locked(request, principal)
     async with request.app.state.runtime.db.pool.acquire() as conn:
-        user_id = (await _current_user(conn, principal)).id
+        user_id = (await current_user(conn, principal)).id
         credential = await store.totp_credential(conn, user_id)
         if credential is None:
             raise ApiError("conflict", "No enrolment in progress: POST /auth/mfa/totp/begin first")
@@ -257,7 +251,7 @@ async def step_up(request: Request, principal: Principal) -> Response:
     totp_code, recovery = _classify(body.code)
     attempts = await _check_not_locked(request, principal)
     async with request.app.state.runtime.db.pool.acquire() as conn:
-        user = await _current_user(conn, principal)
+        user = await current_user(conn, principal)
         accepted = await _accept_code(conn, request.app.state.box, user.id, totp_code, recovery)
     if not accepted:
         await attempts.record_failure(principal.subject, None)

@@ -80,6 +80,14 @@ class Issuer:
         ).model_dump(exclude_none=True)
 
 
+async def current_user(conn: asyncpg.Connection, principal: Principal) -> store.User:
+    """The caller's user row; a token for a deleted, disabled or moved user is no longer valid."""
+    user = await store.user_by_id(conn, uuid.UUID(principal.subject))
+    if user is None or str(user.org_id) != principal.org_id:
+        raise ApiError("invalid_token")
+    return user
+
+
 def _deps(request: Request) -> tuple[asyncpg.Pool, Issuer, LoginGuard]:
     state = request.app.state
     return state.runtime.db.pool, state.issuer, state.login_guard
@@ -144,9 +152,7 @@ async def logout(request: Request) -> Response:
 async def me(request: Request, principal: Principal) -> Response:
     pool, _, _ = _deps(request)
     async with pool.acquire() as conn:
-        user = await store.user_by_id(conn, uuid.UUID(principal.subject))
-    if user is None or str(user.org_id) != principal.org_id:
-        raise ApiError("invalid_token")
+        user = await current_user(conn, principal)
     return JSONResponse(
         Me(
             id=str(user.id),
