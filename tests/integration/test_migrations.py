@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from shared.migrations import MIGRATIONS_ROOT, SERVICES, MigrationError, migrate, status
+from shared.migrations import MIGRATIONS_ROOT, SERVICES, MigrationError, discover, migrate, status
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -80,8 +80,8 @@ async def test_tampered_applied_migration_is_refused(empty_database_url: str, mi
 
 
 async def test_a_failing_migration_leaves_nothing_applied(empty_database_url: str, migrations_copy: Path) -> None:
-    (migrations_copy / "auth" / "migrations" / "0002_good.sql").write_text("CREATE TABLE auth.good (id int);")
-    (migrations_copy / "regulator" / "migrations" / "0002_bad.sql").write_text("CREATE TABLE nope.bad (id int);")
+    (migrations_copy / "auth" / "migrations" / "0099_good.sql").write_text("CREATE TABLE auth.good (id int);")
+    (migrations_copy / "regulator" / "migrations" / "0099_bad.sql").write_text("CREATE TABLE nope.bad (id int);")
 
     with pytest.raises(asyncpg.exceptions.InvalidSchemaNameError):
         await migrate(empty_database_url, root=migrations_copy)
@@ -91,7 +91,7 @@ async def test_a_failing_migration_leaves_nothing_applied(empty_database_url: st
 
 async def test_concurrent_migrate_runs_apply_each_file_once(empty_database_url: str) -> None:
     results = await asyncio.gather(*(migrate(empty_database_url) for _ in range(4)))
-    assert sorted(len(r) for r in results) == [0, 0, 0, len(SERVICES)]
+    assert sorted(len(r) for r in results) == [0, 0, 0, len(discover())]
 
 
 async def test_status_of_an_unreachable_database_raises() -> None:
