@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -23,7 +21,6 @@ from starlette.testclient import TestClient
 from shared.app import build_service_app
 from shared.config import load_settings
 from shared.errors import ApiError
-from shared.log import configure_logging
 from shared.openapi import documented
 from shared.validation import parse_body
 
@@ -81,25 +78,6 @@ ROUTES = [
     Route("/small", create_small, methods=["POST"]),
     Route("/spoof", spoofs_request_id, methods=["GET"]),
 ]
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    level = root.level
-    stream = io.StringIO()
-    configure_logging("auth", "info", stream)
-    ours = root.handlers[0]
-    try:
-        yield stream
-    finally:
-        structlog.reset_defaults()
-        structlog.contextvars.clear_contextvars()
-        root.removeHandler(ours)
-        root.setLevel(level)
-        logging.getLogger("hypercorn.access").disabled = False
-        for noisy in ("asyncio", "hypercorn.error"):
-            logging.getLogger(noisy).setLevel(logging.NOTSET)
 
 
 def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:

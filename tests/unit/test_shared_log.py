@@ -5,35 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-import pytest
 import structlog
 
-from shared.log import configure_logging, get_logger
+from shared.log import get_logger
 
 HEAD = ["time", "level", "service", "event", "request_id"]
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    level = root.level
-    stream = io.StringIO()
-    configure_logging("auth", "info", stream)
-    ours = root.handlers[0]
-    try:
-        yield stream
-    finally:
-        structlog.reset_defaults()
-        structlog.contextvars.clear_contextvars()
-        root.removeHandler(ours)
-        root.setLevel(level)
-        logging.getLogger("hypercorn.access").disabled = False
-        for noisy in ("asyncio", "hypercorn.error"):
-            logging.getLogger(noisy).setLevel(logging.NOTSET)
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
