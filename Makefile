@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint fmt bench bench-proxy
+.PHONY: install run test lint fmt bench bench-proxy bench-auth
 
 install: $(STAMP)
 
@@ -38,7 +38,10 @@ fmt: install
 	$(BIN)/ruff check --fix .
 
 # Benchmarks print ratios against references measured in the same run; see docs/benchmarks.md.
-bench: bench-proxy
+bench: bench-proxy bench-auth
 
 bench-proxy: install
 	$(BIN)/python bench/proxy.py
+
+bench-auth: install
+	$(BIN)/python bench/auth.py

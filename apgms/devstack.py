@@ -339,16 +339,16 @@ async def seed_dev_demo(env: Mapping[str, str], database_url: str) -> DemoSeed:
 
 
 def demo_logins(demo: DemoSeed) -> Text:
-    """Two lines: the demo logins are for this dev stack only."""
-    emails = ", ".join(login.email for login in demo.logins)
-    password = demo.password if demo.password_matches else "(set at an earlier seed)"
-    return Text.assemble(
-        ("Dev-only demo logins: ", "yellow"),
-        f"{emails}  password ",
-        (password, "bold"),
-        ("\nAdmin TOTP secret: ", "yellow"),
-        (demo.totp_secret or "(unreadable)", "bold"),
-    )
+    """A few short lines: the demo logins of this dev stack (never seeded like this in production)."""
+    password = demo.password if demo.password_matches else "(as set at an earlier seed)"
+    text = Text.assemble(("Dev-only demo logins", "yellow"), ", password ", (password, "bold"), ":")
+    for login in demo.logins:
+        text.append(f"\n  {login.email} ({login.role}")
+        if login.role == "admin":
+            text.append(", TOTP secret ")
+            text.append(demo.totp_secret or "unreadable with this master key", style="bold")
+        text.append(")")
+    return text
 
 
 async def run_dev(
