@@ -129,7 +129,11 @@ async def test_exit_code_2_stops_everything_without_restarting(standin_dir: Path
     assert supervisor.config_error
     assert "DATABASE_URL is required but not set" in recorder.of("bad")
     assert recorder.of("bad")[-1] == "exited with code 2: its configuration is invalid (see above)"
-    assert recorder.of("good")[-1] == '{"event": "standin shut down cleanly"}'
+    good = next(child for child in supervisor.children if child.spec.name == "good")
+    # "good" may be stopped before it has printed anything (the bad one can fail first): what matters is that it
+    # was started once, stopped, and not restarted.
+    assert good.starts == 1
+    assert good.process is not None and good.process.returncode is not None
 
 
 async def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(standin_dir: Path) -> None:
