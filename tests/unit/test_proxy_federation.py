@@ -200,3 +200,16 @@ def test_several_selectors_are_a_union_without_duplicates() -> None:
 def test_render_of_nothing_selected_is_empty() -> None:
     sources = [({"service": "core", "instance": "h:1"}, parse_exposition(exposition()))]
     assert render(sources, [parse_selector("no_such_metric")]) == ""
+
+
+def test_catastrophic_backtracking_patterns_match_in_linear_time() -> None:
+    """Python's `re` takes minutes on this (ReDoS on an unauthenticated endpoint); RE2 answers at once."""
+    selector = parse_selector('{__name__=~"(.*.*)*X"}')
+    assert selector.matches("apgms_api_request_duration_seconds_bucket_" + "y" * 40, {}) is False
+    assert selector.matches("aaaX", {}) is True
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\\1", "a" * 600, "(?P<x>a)(?P=x)"])
+def test_regexes_re2_cannot_run_safely_are_refused(pattern: str) -> None:
+    with pytest.raises(SelectorError):
+        parse_selector(f'{{job=~"{pattern}"}}')
