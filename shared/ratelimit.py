@@ -77,6 +77,10 @@ class Backend(Protocol):
         """Create `key` for `ttl_ms` unless it exists; True when this call created it."""
         ...
 
+    async def count(self, key: str) -> int:
+        """The current count of `key`, 0 when absent or expired."""
+        ...
+
     async def ttl_ms(self, key: str) -> int:
         """Milliseconds until `key` expires; 0 when it does not exist."""
         ...
@@ -98,6 +102,10 @@ class RedisBackend:
 
     async def acquire(self, key: str, ttl_ms: int) -> bool:
         return bool(await self.redis.set(self.prefix + key, 1, px=ttl_ms, nx=True))
+
+    async def count(self, key: str) -> int:
+        value = await self.redis.get(self.prefix + key)
+        return int(value) if value is not None else 0
 
     async def ttl_ms(self, key: str) -> int:
         # PTTL answers -2 for a missing key and -1 for one without expiry; ours always expire.
@@ -145,6 +153,10 @@ class MemoryBackend:
             return False
         self._insert(key, now + ttl_ms / 1000).value = 1
         return True
+
+    async def count(self, key: str) -> int:
+        entry = self._live(key, self._clock())
+        return 0 if entry is None else entry.value
 
     async def ttl_ms(self, key: str) -> int:
         now = self._clock()
@@ -243,7 +255,10 @@ class RateLimiter:
 class LoginGuard:
     """Per-address attempt limit plus a temporary lockout of an account after repeated failures.
 
-    `name` keeps two guards on one backend apart (user login and regulator login).
+    Every attempt is counted as a failure *before* the password (or code) is checked, and forgiven by
+    `record_success`: a burst of concurrent guesses therefore gets at most `max_failures` checks, not as many as
+    arrive before the first failures are recorded. `name` keeps two guards on one backend apart (user login,
+    MFA codes, regulator login).
     """
 
     def __init__(
@@ -270,7 +285,8 @@ class LoginGuard:
         )
 
     async def check(self, account: str, address: str | None) -> Decision:
-        """Count an attempt from `address`; refused while the account is locked or the address is over its limit.
+        """Admit one attempt, reserving it as a failure; refused while the account is locked, when the account
+        already has `max_failures` unforgiven attempts, or when the address is over its limit.
 
         `remaining` is the attempts left to the address in its window. Each refusal is one `rate_limited` event.
         """
@@ -285,20 +301,41 @@ class LoginGuard:
             reasons.append("address_limit")
             waits.append(by_address.retry_after_s)
         if not reasons:
-            remaining = by_address.remaining if by_address is not None else self._per_address.limit
-            return Decision(True, remaining, 0)
+            reserved = await self.backend.increment(
+                self._failures_key(account_digest(account)), self._failure_window_ms
+            )
+            if reserved.count <= self.max_failures:
+                remaining = by_address.remaining if by_address is not None else self._per_address.limit
+                return Decision(True, remaining, 0)
+            await self._start_lock(account, address, reserved.count)
+            reasons.append("too_many_attempts")
+            waits.append(retry_after_s(await self.backend.ttl_ms(self._lock_key(account)) or self._lockout_ms))
         record_security_event("rate_limited", limiter=self.name, reason=",".join(reasons), address=address)
         return Decision(False, 0, max(waits))
 
+    async def check_address(self, address: str | None) -> Decision:
+        """The per-address limit alone, for credentials that must not be lockable (API client ids are known to
+        others, and their 256-bit secrets need no lockout against guessing)."""
+        if address is None:
+            return Decision(True, self._per_address.limit, 0)
+        decision = await self._per_address._count(address)
+        if not decision.allowed:
+            record_security_event("rate_limited", limiter=self.name, reason="address_limit", address=address)
+        return decision
+
     async def record_failure(self, account: str, address: str | None) -> bool:
-        """Count a failed login; the `max_failures`-th in the window locks the account. True when a lock started."""
-        digest = account_digest(account)
-        failures = await self.backend.increment(self._failures_key(digest), self._failure_window_ms)
-        if failures.count < self.max_failures:
+        """The attempt admitted by `check` failed (it is already counted); the `max_failures`-th unforgiven one
+        locks the account. True when this call started the lock."""
+        failures = await self.backend.count(self._failures_key(account_digest(account)))
+        if failures < self.max_failures:
             return False
+        return await self._start_lock(account, address, failures)
+
+    async def _start_lock(self, account: str, address: str | None, failures: int) -> bool:
         # SET NX: of several replicas seeing the threshold at once, exactly one starts the lock and reports it.
         if not await self.backend.acquire(self._lock_key(account), self._lockout_ms):
             return False
+        digest = account_digest(account)
         # Once the lock ends the account starts again from zero failures.
         await self.backend.delete(self._failures_key(digest))
         record_security_event(
@@ -306,7 +343,7 @@ class LoginGuard:
             limiter=self.name,
             account=digest[:ACCOUNT_LOG_DIGITS],
             address=address,
-            failures=failures.count,
+            failures=failures,
             lockout_s=self.lockout_s,
         )
         return True

@@ -25,6 +25,7 @@ import orjson
 from authlib.oauth2.rfc6749 import AuthorizationServer, ClientCredentialsGrant  # type: ignore[import-untyped]
 from authlib.oauth2.rfc6749.errors import (  # type: ignore[import-untyped]
     InsecureTransportError,
+    InvalidClientError,
     InvalidRequestError,
     InvalidScopeError,
     OAuth2Error,
@@ -98,9 +99,23 @@ def token_response(
     }
 
 
+class MalformedBasicCredentials(Exception):
+    pass
+
+
+def basic_credentials(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """HTTP Basic credentials, (None, None) when absent; raises `MalformedBasicCredentials` for a header authlib's
+    parser would choke on (bytes that are not UTF-8), so the endpoint answers 401 `invalid_client`, not 500."""
+    try:
+        client_id, secret = extract_basic_authorization(headers)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedBasicCredentials from None
+    return client_id, secret
+
+
 def presented_credentials(headers: Mapping[str, str], form: Mapping[str, str]) -> tuple[str | None, str | None]:
     """The (client id, secret) the request authenticates with: HTTP Basic, else the form fields."""
-    basic_id, basic_secret = extract_basic_authorization(headers)
+    basic_id, basic_secret = basic_credentials(headers)
     if basic_id and basic_secret:
         return basic_id, basic_secret
     return form.get("client_id"), form.get("client_secret")
@@ -231,7 +246,12 @@ async def token(request: Request) -> Response:
         return _error(InvalidRequestError("A parameter is repeated."))
     if not form.get("grant_type"):
         return _error(InvalidRequestError("Missing 'grant_type' parameter."))
-    if extract_basic_authorization(request.headers)[1] and form.get("client_secret"):
+    try:
+        basic_secret = basic_credentials(request.headers)[1]
+    except MalformedBasicCredentials:
+        record_security_event("auth.failure", reason="invalid_client", client=request_context(request.scope).client)
+        return _error(InvalidClientError("Malformed HTTP Basic credentials.", status_code=401))
+    if basic_secret and form.get("client_secret"):
         return _error(InvalidRequestError("Use one client authentication method, not both."))
 
     address = request_context(request.scope).client
@@ -241,7 +261,7 @@ async def token(request: Request) -> Response:
         login_guard: LoginGuard = request.app.state.login_guard
         # Per-address attempt limit only: an account lockout would let anyone who knows a client id lock it out,
         # and 256-bit secrets need no lockout against guessing.
-        decision = await login_guard.check(f"oauth-client:{client_id}", address)
+        decision = await login_guard.check_address(address)
         if not decision.allowed:
             raise rate_limited_error(decision)
         async with request.app.state.runtime.db.pool.acquire() as conn:

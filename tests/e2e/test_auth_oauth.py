@@ -168,3 +168,23 @@ async def test_service_client_against_the_real_auth_service(
     client = ServiceClient(auth.url, client_id, secret, http)
     users = await client.get_json(f"{auth.url}/internal/orgs/{org.id}/users")
     assert len(users["items"]) == len(org.users)
+
+
+@pytest.mark.parametrize("value", ["Basic /w==", "Basic \u00e9\u00e9\u00e9\u00e9", "Basic !!!", "Basic Og=="])
+async def test_malformed_basic_credentials_are_401_invalid_client(
+    auth: Any, http: aiohttp.ClientSession, value: str
+) -> None:
+    headers = {"authorization": value.encode().decode("latin-1")}
+    status, body, _ = await token_request(http, auth, {"grant_type": "client_credentials"}, headers)
+    assert (status, body.get("error"), body.get("code")) == (401, "invalid_client", None), body
+
+
+async def test_many_token_requests_by_one_client_are_not_locked_out(
+    auth: Any, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    client_id, secret = await new_client(database_url, org.id, ["users:read"])
+    for _ in range(8):
+        status, body, _ = await token_request(
+            http, auth, {"grant_type": "client_credentials"}, basic(client_id, secret)
+        )
+        assert status == 200, body

@@ -232,6 +232,20 @@ async def test_lockout_is_shared_by_two_instances_through_redis(start_service, h
     assert status == 200, "other accounts are not locked"
 
 
+async def test_a_burst_of_concurrent_guesses_gets_five_password_checks(start_service, http, org) -> None:
+    first, second = start_service("auth"), start_service("auth")
+    email = org.email("analyst")
+    results = await asyncio.gather(
+        *(
+            call(http, "POST", f"{(first, second)[n % 2].url}/auth/login", json={"email": email, "password": f"x{n}"})
+            for n in range(24)
+        )
+    )
+    codes = [body["code"] for _, body, _ in results]
+    assert codes.count("bad_credentials") == 5, codes
+    assert codes.count("rate_limited") == 19
+
+
 async def test_lockout_without_redis_in_one_instance(start_service, http, org) -> None:
     auth = start_service("auth", {"REDIS_URL": None})
     email = org.email("auditor")

@@ -18,6 +18,13 @@ EMAIL = "Ann.Smith@Example.com"
 Connect = Callable[[], Awaitable[aioredis.Redis]]
 
 
+async def failed_attempt(guard: LoginGuard, account: str, address: str | None) -> bool:
+    """One wrong password as the services do it: `check` admits (and reserves) the attempt, then it fails."""
+    if not (await guard.check(account, address)).allowed:
+        return False
+    return await guard.record_failure(account, address)
+
+
 @pytest_asyncio.fixture
 async def connect(clean_redis_url: str) -> AsyncIterator[Connect]:
     """Factory of separate Redis clients (one per simulated replica), all closed after the test."""
@@ -70,7 +77,7 @@ async def test_two_replicas_on_separate_clients_share_counts(connect: Connect) -
     assert not decisions[4].allowed
 
     guards = [LoginGuard(backend, max_failures=4) for backend in (first, second)]
-    locks = [await guards[n % 2].record_failure(EMAIL, "10.0.0.1") for n in range(4)]
+    locks = [await failed_attempt(guards[n % 2], EMAIL, "10.0.0.1") for n in range(4)]
     assert locks == [False, False, False, True]
     assert not (await guards[0].check(EMAIL, "10.0.0.2")).allowed
     assert not (await guards[1].check(EMAIL, "10.0.0.3")).allowed
@@ -86,8 +93,17 @@ async def test_fifty_concurrent_hits_allow_exactly_the_limit(connect: Connect) -
 async def test_concurrent_failures_start_one_lockout(connect: Connect) -> None:
     guards = [LoginGuard(RedisBackend(await connect()), max_failures=5) for _ in range(2)]
     before = security_events("auth.lockout")
-    started = await asyncio.gather(*(guards[n % 2].record_failure(EMAIL, "10.0.0.1") for n in range(30)))
-    assert sum(started) == 1
+    admitted = 0
+
+    async def guess(guard: LoginGuard) -> None:
+        nonlocal admitted
+        if (await guard.check(EMAIL, "10.0.0.1")).allowed:
+            admitted += 1
+            await asyncio.sleep(0.01)  # the password check, during which the other guesses arrive
+            await guard.record_failure(EMAIL, "10.0.0.1")
+
+    await asyncio.gather(*(guess(guards[n % 2]) for n in range(30)))
+    assert admitted == 5, "a burst of concurrent guesses gets max_failures checks, no more"
     assert security_events("auth.lockout") == before + 1
 
 
@@ -95,9 +111,9 @@ async def test_lockout_refuses_then_expires(redis_client: aioredis.Redis) -> Non
     guard = LoginGuard(RedisBackend(redis_client), max_failures=3, lockout_s=0.3)
     before = security_events("auth.lockout")
     for _ in range(3):
-        await guard.record_failure(EMAIL, "10.0.0.1")
+        await failed_attempt(guard, EMAIL, "10.0.0.1")
     assert await guard.check(EMAIL, "10.0.0.1") == Decision(False, 0, 1)
-    await guard.record_failure(EMAIL, "10.0.0.1")
+    await failed_attempt(guard, EMAIL, "10.0.0.1")
     assert security_events("auth.lockout") == before + 1
     await asyncio.sleep(0.35)
     assert (await guard.check(EMAIL, "10.0.0.1")).allowed
@@ -106,10 +122,10 @@ async def test_lockout_refuses_then_expires(redis_client: aioredis.Redis) -> Non
 async def test_success_clears_failures(redis_client: aioredis.Redis) -> None:
     guard = LoginGuard(RedisBackend(redis_client), max_failures=3)
     for _ in range(2):
-        await guard.record_failure(EMAIL, None)
+        await failed_attempt(guard, EMAIL, None)
     await guard.record_success(EMAIL.upper())
     for _ in range(2):
-        assert not await guard.record_failure(EMAIL, None)
+        assert not await failed_attempt(guard, EMAIL, None)
     assert (await guard.check(EMAIL, None)).allowed
 
 
@@ -127,8 +143,8 @@ async def test_accounts_and_addresses_never_sit_in_redis_in_clear(redis_client: 
     backend = RedisBackend(redis_client)
     guard = LoginGuard(backend, max_failures=2)
     await guard.check(EMAIL, "203.0.113.7")
-    await guard.record_failure(EMAIL, "203.0.113.7")
-    await guard.record_failure(EMAIL, "203.0.113.7")
+    await failed_attempt(guard, EMAIL, "203.0.113.7")
+    await failed_attempt(guard, EMAIL, "203.0.113.7")
     await RateLimiter(backend, limit=5, window_s=60, name="t").hit(EMAIL)
     await AnomalyDetector(backend).observe(401, address="203.0.113.7", principal=EMAIL)
 

@@ -33,6 +33,13 @@ from shared.ratelimit import (
 EMAIL = "Ann.Smith@Example.com"
 
 
+async def failed_attempt(guard: LoginGuard, account: str, address: str | None) -> bool:
+    """One wrong password as the services do it: `check` admits (and reserves) the attempt, then it fails."""
+    if not (await guard.check(account, address)).allowed:
+        return False
+    return await guard.record_failure(account, address)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -184,9 +191,9 @@ async def test_lockout_after_max_failures_reported_once(
 ) -> None:
     guard = LoginGuard(backend, max_failures=3, lockout_s=600)
     before = security_events("auth.lockout")
-    assert [await guard.record_failure(EMAIL, "10.0.0.1") for _ in range(3)] == [False, False, True]
+    assert [await failed_attempt(guard, EMAIL, "10.0.0.1") for _ in range(3)] == [False, False, True]
     for _ in range(5):
-        assert not await guard.record_failure(EMAIL, "10.0.0.1")
+        assert not await failed_attempt(guard, EMAIL, "10.0.0.1")
     refused = await guard.check(EMAIL, "10.0.0.2")
     assert refused == Decision(False, 0, 600)
     assert rate_limited_error(refused).headers == {"retry-after": "600"}
@@ -198,37 +205,37 @@ async def test_lockout_after_max_failures_reported_once(
 
 async def test_lock_ends_after_lockout_and_failures_start_again(backend: MemoryBackend, clock: Clock) -> None:
     guard = LoginGuard(backend, max_failures=2, failure_window_s=3600, lockout_s=60)
-    await guard.record_failure(EMAIL, None)
-    assert await guard.record_failure(EMAIL, None)
+    await failed_attempt(guard, EMAIL, None)
+    assert await failed_attempt(guard, EMAIL, None)
     clock.advance(59.5)
     assert (await guard.check(EMAIL, None)).retry_after_s == 1
     clock.advance(0.5)
     assert (await guard.check(EMAIL, None)).allowed
-    assert not await guard.record_failure(EMAIL, None)
-    assert await guard.record_failure(EMAIL, None)
+    assert not await guard.record_failure(EMAIL, None), "the admitted attempt above is the first failure again"
+    assert await failed_attempt(guard, EMAIL, None)
 
 
 async def test_success_clears_failures(backend: MemoryBackend) -> None:
     guard = LoginGuard(backend, max_failures=3)
-    await guard.record_failure(EMAIL, None)
-    await guard.record_failure(EMAIL, None)
+    await failed_attempt(guard, EMAIL, None)
+    await failed_attempt(guard, EMAIL, None)
     await guard.record_success(EMAIL)
-    await guard.record_failure(EMAIL, None)
-    assert not await guard.record_failure(EMAIL, None)
+    await failed_attempt(guard, EMAIL, None)
+    assert not await failed_attempt(guard, EMAIL, None)
     assert (await guard.check(EMAIL, None)).allowed
 
 
 async def test_failures_outside_the_window_do_not_add_up(backend: MemoryBackend, clock: Clock) -> None:
     guard = LoginGuard(backend, max_failures=2, failure_window_s=60)
-    await guard.record_failure(EMAIL, None)
+    await failed_attempt(guard, EMAIL, None)
     clock.advance(60)
-    assert not await guard.record_failure(EMAIL, None)
+    assert not await failed_attempt(guard, EMAIL, None)
 
 
 async def test_account_is_normalised(backend: MemoryBackend) -> None:
     guard = LoginGuard(backend, max_failures=2)
-    await guard.record_failure("  ANN.SMITH@example.COM ", None)
-    assert await guard.record_failure("ann.smith@example.com", None)
+    await failed_attempt(guard, "  ANN.SMITH@example.COM ", None)
+    assert await failed_attempt(guard, "ann.smith@example.com", None)
     assert not (await guard.check(EMAIL, None)).allowed
 
 
@@ -250,7 +257,7 @@ async def test_per_address_limit_is_independent_of_account(
 
 async def test_locked_and_over_limit_refuses_once_with_the_longer_wait(backend: MemoryBackend) -> None:
     guard = LoginGuard(backend, max_failures=1, lockout_s=900, per_address_limit=1, per_address_window_s=60)
-    await guard.record_failure(EMAIL, "10.0.0.1")
+    await failed_attempt(guard, EMAIL, "10.0.0.1")
     await guard.check(EMAIL, "10.0.0.1")
     before = security_events("rate_limited")
     assert await guard.check(EMAIL, "10.0.0.1") == Decision(False, 0, 900)
@@ -260,7 +267,7 @@ async def test_locked_and_over_limit_refuses_once_with_the_longer_wait(backend: 
 async def test_guards_with_different_names_do_not_share_counts(backend: MemoryBackend) -> None:
     users = LoginGuard(backend, max_failures=1)
     regulators = LoginGuard(backend, max_failures=1, name="regulator-login")
-    await users.record_failure(EMAIL, None)
+    await failed_attempt(users, EMAIL, None)
     assert not (await users.check(EMAIL, None)).allowed
     assert (await regulators.check(EMAIL, None)).allowed
 
