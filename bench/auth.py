@@ -137,14 +137,18 @@ def throwaway_postgres() -> Iterator[LocalPostgres]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-async def prepare_database(dsn: str) -> str:
+async def prepare_database(dsn: str, users: int) -> list[str]:
+    """One user per concurrent client: one account logging in from many workers at once is throttled by design
+    (at most five of its attempts are checked at a time)."""
     await migrate(dsn)
     connection = await asyncpg.connect(dsn)
     try:
         org_id = await store.create_org(connection, "Bench Org")
-        email = "bench@example.com"
-        await store.create_user(connection, org_id, email, hash_password(PASSWORD), "finance")
-        return email
+        password_hash = hash_password(PASSWORD)
+        emails = [f"bench{n}@example.com" for n in range(users)]
+        for email in emails:
+            await store.create_user(connection, org_id, email, password_hash, "finance")
+        return emails
     finally:
         await connection.close()
 
@@ -197,12 +201,12 @@ def auth_service(dsn: str, port: int, workdir: Path) -> Iterator[subprocess.Pope
             popen.wait()
 
 
-async def login_load(url: str, email: str, pid: int, concurrency: int, duration_s: float) -> LoginRun:
+async def login_load(url: str, emails: list[str], pid: int, concurrency: int, duration_s: float) -> LoginRun:
     latencies: list[float] = []
     failures = 0
     sequence = 0
 
-    async def worker(session: aiohttp.ClientSession, deadline: float) -> None:
+    async def worker(session: aiohttp.ClientSession, email: str, deadline: float) -> None:
         nonlocal failures, sequence
         while time.perf_counter() < deadline:
             sequence += 1
@@ -218,11 +222,12 @@ async def login_load(url: str, email: str, pid: int, concurrency: int, duration_
                     failures += 1
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        await asyncio.gather(*(worker(session, time.perf_counter() + 1.0) for _ in range(concurrency)))  # warm-up
+        warm_up_until = time.perf_counter() + 1.0
+        await asyncio.gather(*(worker(session, email, warm_up_until) for email in emails[:concurrency]))
         latencies.clear()
         failures = 0
         cpu_before, started = process_cpu_s(pid), time.perf_counter()
-        await asyncio.gather(*(worker(session, started + duration_s) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(session, email, started + duration_s) for email in emails[:concurrency]))
         elapsed, cpu = time.perf_counter() - started, process_cpu_s(pid) - cpu_before
     latencies.sort()
     p50 = 1000 * latencies[len(latencies) // 2] if latencies else 0.0
@@ -232,11 +237,11 @@ async def login_load(url: str, email: str, pid: int, concurrency: int, duration_
 
 def measure_logins(concurrency: int, duration_s: float) -> LoginRun:
     with throwaway_postgres() as postgres, tempfile.TemporaryDirectory(prefix="apgms-bench-auth-cwd-") as cwd:
-        email = asyncio.run(prepare_database(postgres.dsn))
+        emails = asyncio.run(prepare_database(postgres.dsn, concurrency))
         port = free_port()
         with auth_service(postgres.dsn, port, Path(cwd)) as service:
             return asyncio.run(
-                login_load(f"http://127.0.0.1:{port}/auth/login", email, service.pid, concurrency, duration_s)
+                login_load(f"http://127.0.0.1:{port}/auth/login", emails, service.pid, concurrency, duration_s)
             )
 
 

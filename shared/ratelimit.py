@@ -39,6 +39,8 @@ LOGIN_FAILURE_WINDOW_S = 900.0
 LOGIN_LOCKOUT_S = 900.0
 LOGIN_PER_ADDRESS_LIMIT = 30
 LOGIN_PER_ADDRESS_WINDOW_S = 60.0
+# Retry-After for an attempt refused because `max_failures` others on the same account are still being checked.
+BUSY_RETRY_AFTER_S = 1
 # The log line names a locked account by this many hex digits of its digest: enough to correlate, not to store.
 ACCOUNT_LOG_DIGITS = 16
 
@@ -307,9 +309,10 @@ class LoginGuard:
             if reserved.count <= self.max_failures:
                 remaining = by_address.remaining if by_address is not None else self._per_address.limit
                 return Decision(True, remaining, 0)
-            await self._start_lock(account, address, reserved.count)
+            # `max_failures` attempts are already in flight or failed. Refusing is enough: only real failures
+            # start a lock, so a burst of correct logins (many workers of one integration) never locks anyone.
             reasons.append("too_many_attempts")
-            waits.append(retry_after_s(await self.backend.ttl_ms(self._lock_key(account)) or self._lockout_ms))
+            waits.append(BUSY_RETRY_AFTER_S)
         record_security_event("rate_limited", limiter=self.name, reason=",".join(reasons), address=address)
         return Decision(False, 0, max(waits))
 
