@@ -27,12 +27,12 @@ from apgms.devservers import (
     DATABASE_ERRORS,
     DevServerError,
     LocalPostgres,
-    LocalRedis,
     die_with_parent,
     find_redis_server,
     read_pid_file,
     redact_url,
 )
+from apgms.localredis import LocalRedis
 from apgms.seed import DemoSeed, SeedError, demo_password, seed_demo
 from shared.config import PROXY_PORT, SERVICE_PORTS, ConfigError, environ_with_dotenv, load_settings
 from shared.crypto import SecretBox

@@ -31,13 +31,13 @@ import redis
 
 from apgms.devservers import (
     LocalPostgres,
-    LocalRedis,
     create_database,
     die_with_parent,
     drop_database,
     ensure_redis_server,
     free_port,
 )
+from apgms.localredis import LocalRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DATABASE = "apgms_template"

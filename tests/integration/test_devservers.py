@@ -11,7 +11,8 @@ import asyncpg
 import pytest
 import redis.asyncio
 
-from apgms.devservers import DevServerError, LocalPostgres, LocalRedis, process_matches, read_pid_file, redis_ping
+from apgms.devservers import DevServerError, LocalPostgres, process_matches, read_pid_file
+from apgms.localredis import LocalRedis, redis_ping
 from shared.migrations import discover
 
 
