@@ -6,14 +6,12 @@ hypercorn through `python -m proxy` remains the supported way to run it (it drai
 exists so the choice of server can be measured (bench/proxy.py) and made on numbers.
 """
 
-from starlette.applications import Starlette
-
-from proxy.app import create_app
+from proxy.app import ProxyDispatch, create_app
 from proxy.config import SERVICE_NAME, load_proxy_settings
 from shared.log import configure_logging
 
 
-def create() -> Starlette:
+def create() -> ProxyDispatch:
     settings = load_proxy_settings()
     configure_logging(SERVICE_NAME, settings.log_level)
     return create_app(settings)

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 import uvloop
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
-from starlette.applications import Starlette
 
 from shared.app import Runtime
 from shared.config import ConfigError, Settings, load_settings
 from shared.log import configure_logging, get_logger
+from shared.types import ServiceApp
 
 log = get_logger(__name__)
 S = TypeVar("S", bound=Settings)
@@ -53,7 +53,7 @@ async def drain(runtime: Runtime, stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def serve_app(app: Starlette, settings: Settings) -> None:
+async def serve_app(app: ServiceApp, settings: Settings) -> None:
     runtime: Runtime = app.state.runtime
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -86,7 +86,7 @@ def load_or_exit(
 
 
 def run_service(
-    service: str, create_app: Callable[[Any], Starlette], load: Callable[[], Settings] | None = None
+    service: str, create_app: Callable[[Any], ServiceApp], load: Callable[[], Settings] | None = None
 ) -> None:
     """The `python -m <service>` entry point: settings, logging, app, serve, and the shut-down line."""
     settings = load_or_exit(service, load)
