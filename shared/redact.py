@@ -6,6 +6,7 @@ every other string value is scanned for emails, bearer tokens and JWTs, TFNs, AB
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -83,11 +84,17 @@ def redact_text(text: str) -> str:
     return "".join(pieces)
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_secret_field(key: str) -> bool:
+    # Field names come from our code (a bounded set): one regex search per name, not per log line.
+    return SECRET_FIELD.search(key) is not None
+
+
 def redact_value(key: str, value: Any) -> Any:
     """Redact one field: masked whole when its name is secret-like, else scanned recursively."""
     if key in _TRUSTED_FIELDS:
         return value
-    if SECRET_FIELD.search(key) and value not in (None, "", False):
+    if _is_secret_field(key) and value not in (None, "", False):
         return REDACTED
     if isinstance(value, str):
         return redact_text(value)
