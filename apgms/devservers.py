@@ -60,7 +60,8 @@ REDIS_MISSING = (
 
 
 # What connecting to or talking with a database can raise that is the database's fault, not a bug of ours.
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# ValueError and OverflowError: a DSN asyncpg cannot parse (a port of "abc" or 99999).
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, OverflowError)
 
 
 class DevServerError(RuntimeError):

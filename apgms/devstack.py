@@ -50,7 +50,8 @@ READY_TIMEOUT_S = 30.0
 READY_POLL_INTERVAL_S = 0.2
 READY_REQUEST_TIMEOUT_S = 1.0
 # Children drain for SHUTDOWN_DELAY_S plus in-flight requests; past this they are killed.
-STOP_TIMEOUT_S = 20.0
+# Above a process's own worst case: SHUTDOWN_DELAY_S + GRACEFUL_TIMEOUT_S (1 + 15 s) plus closing its pools.
+STOP_TIMEOUT_S = 30.0
 LOG_LINE_LIMIT_BYTES = 1024 * 1024
 PREFIX_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_red")
 
@@ -383,7 +384,7 @@ async def run_dev(
         stop.set()
         console.print("[yellow]Shutting down (Ctrl+C again to force)...[/]")
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal)
     postgres: LocalPostgres | None = None
     redis: LocalRedis | None = None
@@ -453,7 +454,7 @@ async def run_dev(
             redis.stop()
         if postgres is not None:
             await asyncio.to_thread(postgres.stop)
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         console.print("Stopped.")
 

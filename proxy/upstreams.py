@@ -20,7 +20,8 @@ from prometheus_client import Gauge
 from shared.log import get_logger
 
 HEALTH_INTERVAL_S = 0.5
-HEALTH_TIMEOUT_S = 1.0
+# Above the services' own readiness timeout (1 s), so a slow-but-passing check is not counted as a failure.
+HEALTH_TIMEOUT_S = 2.0
 UNHEALTHY_THRESHOLD = 2
 HEALTHY_THRESHOLD = 2
 EJECT_AFTER_FAILURES = 2

@@ -169,6 +169,7 @@ class Env:
         try:
             parts = urlsplit(value)
             located = parts.hostname or "host=" in parts.query or (parts.scheme == "unix" and parts.path)
+            _ = parts.port  # raises for a port that is not a number from 0 to 65535
         except ValueError:
             raise problem from None
         if parts.scheme not in schemes or not located:

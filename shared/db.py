@@ -68,6 +68,7 @@ class Database:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._abandoned: set[asyncio.Future[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -109,15 +110,33 @@ class Database:
                 log.info("database_connected")
                 return
 
+    async def _select_one(self) -> None:
+        try:
+            await self.pool.fetchval("SELECT 1")
+        except CONNECTION_LOST:
+            await self.pool.fetchval("SELECT 1")
+
     async def ping(self, timeout_s: float) -> float:
-        """Run `SELECT 1`; returns the round trip in milliseconds, raises on failure or timeout."""
+        """Run `SELECT 1`; returns the round trip in milliseconds, raises on failure or within `timeout_s`.
+
+        The query runs in a task the probe stops waiting for: cancelling it in place would make the probe wait
+        for the pool to reset the connection, which against a hung server takes the statement timeout (5 s).
+        """
         started = time.perf_counter()
-        async with asyncio.timeout(timeout_s):
-            try:
-                await self.pool.fetchval("SELECT 1")
-            except CONNECTION_LOST:
-                await self.pool.fetchval("SELECT 1")
+        probe = asyncio.ensure_future(self._select_one())
+        done, _ = await asyncio.wait({probe}, timeout=timeout_s)
+        if not done:
+            probe.cancel()
+            self._abandoned.add(probe)
+            probe.add_done_callback(self._forget)
+            raise TimeoutError
+        probe.result()
         return (time.perf_counter() - started) * 1000
+
+    def _forget(self, probe: asyncio.Future[None]) -> None:
+        self._abandoned.discard(probe)
+        if not probe.cancelled():
+            probe.exception()  # retrieved, so asyncio does not report it as never retrieved
 
     async def close(self) -> None:
         if self._watcher is not None:

@@ -15,14 +15,26 @@ REDACTED = "[REDACTED]"
 
 SECRET_FIELD = re.compile(
     r"pass(word|wd|phrase)?|secret|token|authori[sz]ation|cookie|api[_-]?key|access[_-]?code|"
-    r"recovery[_-]?codes?|totp|otp[_-]?secret|private[_-]?key|dsn|database[_-]?url|redis[_-]?url",
+    r"recovery[_-]?codes?|totp|otp[_-]?secret|private[_-]?key|dsn|database[_-]?url|redis[_-]?url|"
+    r"\btfn|\babn|\bbsb|account[_-]?(number|no)|card[_-]?number",
     re.IGNORECASE,
 )
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [REDACTED]"),
+    (re.compile(r"(?i)\bbasic\s+[A-Za-z0-9+/=]{6,}"), "Basic [REDACTED]"),
+    # `"password": "x"`, `password: x`, `client_secret=x` (JSON, YAML-ish and form text alike).
+    (
+        re.compile(
+            r"(?i)([\"']?\b(?:password|passwd|pwd|secret|client_secret|token|access_code)[\"']?\s*[:=]\s*)"
+            r"(\"[^\"]*\"|'[^']*'|[^\s&,;}]+)"
+        ),
+        r"\1[REDACTED]",
+    ),
+    # Echoed inputs in driver and validation errors: asyncpg's `query argument $2: '...'`, pydantic's input_value.
+    (re.compile(r"(?i)(query argument \$\d+:\s*)('[^']*'|\S+)"), r"\1[REDACTED]"),
+    (re.compile(r"(input_value=)('[^']*'|\"[^\"]*\"|[^,\s\]]+)"), r"\1[REDACTED]"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[REDACTED:jwt]"),
-    (re.compile(r"(?i)\b(password|passwd|pwd|secret|token)=[^\s&]+"), r"\1=[REDACTED]"),
     (re.compile(r"(?i)(?<=://)[^/\s:@]+:[^/\s]*@"), "[REDACTED]@"),
     # Local part: RFC 5322 atext and dots, so `o'brien+tax@example.com` is caught whole.
     (re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[REDACTED:email]"),
@@ -99,10 +111,15 @@ def redact_value(key: str, value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
-        return {k: redact_value(str(k), v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+        return {str(k): redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
         return [redact_value(key, item) for item in value]
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        # A number is PII by what it is called (`tfn`, `abn`, `account_number`: masked above), not by its digits:
+        # a count of 123456789 looks exactly like a TFN.
+        return value
+    # Bytes and anything else are redacted as the text they will be written as.
+    return redact_text(value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value))
 
 
 def redact_event(event: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,9 @@ from shared.config import ConfigError, Settings, load_settings
 from shared.log import configure_logging, get_logger
 from shared.types import ServiceApp
 
+# After our drain, what hypercorn still gives the last connections to close.
+FINAL_GRACE_S = 0.5
+
 log = get_logger(__name__)
 S = TypeVar("S", bound=Settings)
 
@@ -41,15 +44,19 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def drain(runtime: Runtime, stop: asyncio.Event) -> None:
+async def drain(runtime: Runtime, stop: asyncio.Event, config: Config) -> None:
     """Keep serving while `/ready` says 503, until in-flight requests are done or the grace period ends."""
     settings = runtime.settings
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.graceful_timeout_s
     await asyncio.sleep(settings.shutdown_delay_s)
     try:
-        remaining_s = max(settings.graceful_timeout_s - settings.shutdown_delay_s, 0.0)
-        await asyncio.wait_for(runtime.in_flight.idle.wait(), timeout=remaining_s)
+        await asyncio.wait_for(runtime.in_flight.idle.wait(), timeout=max(deadline - loop.time(), 0.0))
     except TimeoutError:
         log.warning("drain_timeout", in_flight=runtime.in_flight.count)
+    # hypercorn waits `graceful_timeout` again once stopped: only what is left of ours, so the whole shutdown
+    # stays within GRACEFUL_TIMEOUT_S (plus closing the pools).
+    config.graceful_timeout = max(deadline - loop.time(), FINAL_GRACE_S)
     stop.set()
 
 
@@ -65,13 +72,14 @@ async def serve_app(app: ServiceApp, settings: Settings) -> None:
             os._exit(128 + signum.value)
         runtime.health.draining = True
         log.info("draining", signal=signum.name, in_flight=runtime.in_flight.count)
-        task = loop.create_task(drain(runtime, stop))
+        task = loop.create_task(drain(runtime, stop, config))
         tasks.add(task)
 
+    config = hypercorn_config(settings)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     log.info("listening", host=settings.host, port=settings.port, env=settings.env)
-    await serve(app, hypercorn_config(settings), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
 def load_or_exit(

@@ -22,7 +22,23 @@ def field_errors(error: ValidationError) -> list[FieldError]:
     return [FieldError(".".join(str(part) for part in e["loc"]) or "$", e["msg"]) for e in error.errors()]
 
 
+def nul_paths(data: object, path: str = "$") -> list[str]:
+    """Where a string (key or value) holds a NUL character: PostgreSQL text cannot store one."""
+    if isinstance(data, str):
+        return [path] if "\x00" in data else []
+    if isinstance(data, dict):
+        found = [f"{path}.{key}" for key in data if isinstance(key, str) and "\x00" in key]
+        for key, value in data.items():
+            found += nul_paths(value, f"{key}" if path == "$" else f"{path}.{key}")
+        return found
+    if isinstance(data, list):
+        return [p for index, item in enumerate(data) for p in nul_paths(item, f"{path}.{index}")]
+    return []
+
+
 def validate(model: type[M], data: object, *, code: str = "invalid_body") -> M:
+    if bad := nul_paths(data):
+        raise ApiError(code, "Text may not contain NUL characters", errors=[FieldError(p, "contains NUL") for p in bad])
     try:
         return model.model_validate(data)
     except ValidationError as exc:

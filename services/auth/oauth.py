@@ -116,9 +116,18 @@ def basic_credentials(headers: Mapping[str, str]) -> tuple[str | None, str | Non
 def presented_credentials(headers: Mapping[str, str], form: Mapping[str, str]) -> tuple[str | None, str | None]:
     """The (client id, secret) the request authenticates with: HTTP Basic, else the form fields."""
     basic_id, basic_secret = basic_credentials(headers)
-    if basic_id and basic_secret:
-        return basic_id, basic_secret
-    return form.get("client_id"), form.get("client_secret")
+    client_id, secret = (
+        (basic_id, basic_secret)
+        if basic_id and basic_secret
+        else (
+            form.get("client_id"),
+            form.get("client_secret"),
+        )
+    )
+    # A NUL cannot be in any client id we issued, and PostgreSQL refuses it in a query: no such client.
+    if client_id and "\x00" in client_id:
+        return None, None
+    return client_id, secret
 
 
 def request_uri(url: str, forwarded_proto: str | None, *, production: bool) -> str:

@@ -188,3 +188,9 @@ async def test_many_token_requests_by_one_client_are_not_locked_out(
             http, auth, {"grant_type": "client_credentials"}, basic(client_id, secret)
         )
         assert status == 200, body
+
+
+async def test_a_nul_in_the_client_id_is_an_unknown_client(auth: Any, http: aiohttp.ClientSession) -> None:
+    form = {"grant_type": "client_credentials", "client_id": "abc\x00", "client_secret": "x" * 40}
+    status, body, _ = await token_request(http, auth, form)
+    assert (status, body["error"]) == (401, "invalid_client")

@@ -323,6 +323,8 @@ async def test_anomaly_raised_by_repeated_401s_from_one_address(start_service, h
         (b'{"email": "a@b.example", "password": "x", "extra": 1}', "application/json"),
         (b"email=a@b.example&password=x", "application/x-www-form-urlencoded"),
         (b'{"email": "' + b"a" * 5000 + b'@b.example", "password": "x"}', "application/json"),
+        (b'{"email": "a@example.com\\u0000", "password": "x"}', "application/json"),
+        (b'{"email": "a@example.com", "password": "x\\u0000"}', "application/json"),
     ],
 )
 async def test_bad_login_bodies_are_4xx_problems(start_service, http, body, content_type) -> None:

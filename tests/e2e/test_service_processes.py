@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import pytest
 import pytest_asyncio
 from multidict import CIMultiDict
 
-from apgms.devservers import LocalPostgres, free_port
+from apgms.devservers import LocalPostgres, free_port, read_pid_file
 from shared.migrations import migrate
 
 pytestmark = pytest.mark.e2e
@@ -196,6 +197,51 @@ async def test_sigterm_drains_in_flight_request_then_exits_cleanly(start_service
     assert service.wait_for_log(lambda line: line.get("event") == "echo shut down cleanly")
 
 
+def postgres_pids(server: LocalPostgres) -> list[int]:
+    """The postmaster and all its backends and helpers."""
+    postmaster = read_pid_file(server.data_dir / "postmaster.pid")
+    assert postmaster is not None
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+    return [postmaster, *(int(pid) for pid in children)]
+
+
+async def test_a_hung_database_answers_ready_503_within_the_check_timeout(start_service, http, own_postgres) -> None:
+    await migrate(own_postgres.dsn)
+    service = start_service("core", {"DATABASE_URL": own_postgres.dsn, "READY_CHECK_TIMEOUT_S": "1"})
+    await poll_status(http, f"{service.url}/ready", 200, within_s=5)
+    frozen = postgres_pids(own_postgres)
+    assert frozen
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            status, _, body = await get(http, f"{service.url}/ready")
+            assert (status, body["checks"]["postgres"]["status"]) == (503, "fail")
+            assert time.monotonic() - started < 2.0, "the readiness probe must not wait past its timeout"
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    await poll_status(http, f"{service.url}/ready", 200, within_s=5)
+
+
+async def test_a_request_past_the_grace_period_does_not_double_the_shutdown(start_service, http) -> None:
+    service = start_service(
+        "slow", {"SHUTDOWN_DELAY_S": "0", "GRACEFUL_TIMEOUT_S": "2"}, module="tests.e2e.echo_service"
+    )
+    stuck = asyncio.create_task(http.get(f"{service.url}/slow?s=30"))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    service.popen.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(service.popen.wait, 10)
+    assert time.monotonic() - started < 3.5, "shutdown is bounded by GRACEFUL_TIMEOUT_S, not twice it"
+    assert code == 0
+    assert service.wait_for_log(lambda line: line.get("event") == "drain_timeout")
+    stuck.cancel()
+    with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+        await stuck
+
+
 def test_second_signal_exits_at_once(start_service) -> None:
     service = start_service("slow", {"SHUTDOWN_DELAY_S": "30"}, module="tests.e2e.echo_service")
     service.popen.send_signal(signal.SIGTERM)
@@ -211,6 +257,7 @@ def test_second_signal_exits_at_once(start_service) -> None:
     [
         ({"DATABASE_URL": ""}, "DATABASE_URL"),
         ({"DATABASE_URL": "mysql://db/x"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u:s3cret@127.0.0.1:abc/x"}, "DATABASE_URL"),
         ({"PORT": "eighty"}, "PORT"),
         ({"APGMS_ENV": "staging"}, "APGMS_ENV"),
         ({"APGMS_ENV": "production", "DATABASE_URL": "postgresql://apgms:apgms-dev-only@db/apgms"}, "DATABASE_URL"),

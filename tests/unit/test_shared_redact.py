@@ -206,3 +206,27 @@ def test_property_tfn_separated_by_spaces_never_survives(before: str, digits: st
     tfn = f"{digits[:3]} {digits[3:6]} {digits[6:]}" if grouped else digits
     redacted = redact_text(f"{before} {tfn} {after}")
     assert digits[3:] not in redacted.replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "secret"),
+    [
+        ("tfn", 123456782, "123456782"),
+        ("abn", 51824753556, "51824753556"),
+        ("account_number", 12345678, "12345678"),
+        ("body", b'{"email":"bob@example.com"}', "bob@example.com"),
+        ("emails", {"bob@example.com"}, "bob@example.com"),
+        ("detail", "Authorization: Basic dXNlcjpodW50ZXIy", "dXNlcjpodW50ZXIy"),
+        ("detail", '{"password": "hunter2", "x": 1}', "hunter2"),
+        ("detail", "password: hunter2", "hunter2"),
+        ("detail", "client_secret=s3cr3t&grant_type=client_credentials", "s3cr3t"),
+        ("error", "invalid input for query argument $2: 'Sup3rS3cret!'", "Sup3rS3cret!"),
+        ("error", "Input should be a valid string [type=string_type, input_value='correct horse battery']", "correct"),
+    ],
+)
+def test_secrets_in_numbers_bytes_sets_and_echoed_inputs_are_masked(key: str, value: object, secret: str) -> None:
+    assert secret not in str(redact_event({key: value})[key])
+
+
+def test_non_string_keys_are_written_as_strings() -> None:
+    assert redact_event({"counts": {200: 5, 404: 1}})["counts"] == {"200": 5, "404": 1}
