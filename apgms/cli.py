@@ -17,7 +17,7 @@ from apgms.devservers import DATABASE_ERRORS, redact_url
 from apgms.seed import SeedError, demo_password, logins_table, password_line, seed_demo
 from services.auth.keys import PUBLISH_AHEAD_S, RETIRE_AFTER_S, rotate
 from services.auth.oauth import ClientError, create_client
-from shared.config import ConfigError, Settings, environ_with_dotenv, load_settings
+from shared.config import ConfigError, Env, Settings, environ_with_dotenv, load_settings
 from shared.crypto import SecretBox
 from shared.migrations import MigrationError, ServiceStatus, migrate, status
 
@@ -41,10 +41,15 @@ def fail(message: str) -> NoReturn:
 
 
 def database_url() -> str:
-    url = environ_with_dotenv(None, devstack.PROJECT_ROOT / ".env").get("DATABASE_URL")
-    if not url:
+    environ = environ_with_dotenv(None, devstack.PROJECT_ROOT / ".env")
+    if not environ.get("DATABASE_URL"):
         fail("DATABASE_URL is not set; set it to the PostgreSQL URL, e.g. postgresql://user@127.0.0.1:5432/apgms")
-    return url
+    try:
+        url = Env(environ).url("DATABASE_URL", ("postgres", "postgresql"), required=True)
+    except ConfigError as error:
+        fail(str(error))
+    assert url is not None
+    return url.reveal()
 
 
 def unreachable(dsn: str, error: BaseException) -> str:

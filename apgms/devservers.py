@@ -60,8 +60,7 @@ REDIS_MISSING = (
 
 
 # What connecting to or talking with a database can raise that is the database's fault, not a bug of ours.
-# ValueError and OverflowError: a DSN asyncpg cannot parse (a port of "abc" or 99999).
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, OverflowError)
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class DevServerError(RuntimeError):
