@@ -131,6 +131,7 @@ def create_app(settings: ProxySettings) -> ProxyDispatch:
         ),
         trusted_hops=settings.trusted_hops,
         in_flight=runtime.in_flight,
+        is_draining=lambda: runtime.health.draining,
     )
     return ProxyDispatch(app, proxied)
 

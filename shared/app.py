@@ -126,7 +126,12 @@ def build_service_app(
     app = Starlette(
         routes=all_routes,
         middleware=[
-            Middleware(RequestContextMiddleware, trusted_hops=settings.trusted_hops, in_flight=runtime.in_flight),
+            Middleware(
+                RequestContextMiddleware,
+                trusted_hops=settings.trusted_hops,
+                in_flight=runtime.in_flight,
+                is_draining=lambda: runtime.health.draining,
+            ),
             Middleware(MetricsMiddleware),
             *(
                 [Middleware(AnomalyMiddleware, detector=AnomalyDetector(make_backend(runtime.redis)))]

@@ -28,7 +28,8 @@ DB_STATEMENT_TIMEOUT_MS = 5_000
 DB_POOL_MAX_SIZE = 10
 READY_CHECK_TIMEOUT_S = 1.0
 GRACEFUL_TIMEOUT_S = 15.0
-SHUTDOWN_DELAY_S = 1.0
+# Long enough for the proxy to eject the instance (two failed 0.5 s checks) before the listener closes.
+SHUTDOWN_DELAY_S = 2.0
 DEFAULT_TOKEN_ISSUER = "urn:apgms:auth"  # noqa: S105 (an identifier, not a secret)
 MASTER_KEY_BYTES = 32
 # Dev-only: 32 bytes that say what they are. Production refuses it (it carries DEV_ONLY_MARKER).

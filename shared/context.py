@@ -11,6 +11,7 @@ import asyncio
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -105,11 +106,25 @@ class InFlight:
             self.idle.set()
 
 
+CONNECTION_CLOSE = (b"connection", b"close")
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, trusted_hops: int = 0, in_flight: InFlight | None = None) -> None:
+    """Binds the request context; while the process drains, every response also says `Connection: close`, so
+    keep-alive clients (the proxy's pools) reconnect elsewhere instead of reusing a socket about to be closed."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        trusted_hops: int = 0,
+        in_flight: InFlight | None = None,
+        is_draining: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.app = app
         self.trusted_hops = trusted_hops
         self.in_flight = in_flight or InFlight()
+        self.is_draining = is_draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,7 +140,8 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != echo[0]]
-                message = {**message, "headers": [*headers, echo]}
+                extra = [echo, CONNECTION_CLOSE] if self.is_draining() else [echo]
+                message = {**message, "headers": [*headers, *extra]}
             await send(message)
 
         self.in_flight.enter()

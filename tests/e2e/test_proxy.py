@@ -282,6 +282,42 @@ async def test_sigterm_to_an_instance_loses_no_request(start_service, http) -> N
     assert results == [200] * len(results)
 
 
+async def test_sigterm_to_an_instance_under_post_traffic_loses_no_request(start_service, http) -> None:
+    """POSTs are never retried, so the instance must leave the rotation before its listener closes, and no pooled
+    connection to it may be reused after that (it answers `Connection: close` while draining)."""
+    first = start_echo(start_service, "core", SHUTDOWN_DELAY_S="2")
+    second = start_echo(start_service, "core", SHUTDOWN_DELAY_S="2")
+    proxy = start_proxy(start_service, {"core": [first.url, second.url]}, PROXY_EJECT_AFTER_FAILURES="2")
+    results: list[int] = []
+
+    async def post_stream(count: int) -> None:
+        for n in range(count):
+            try:
+                async with http.post(f"{proxy.url}/bank-lines?sleep=0.02", json={"n": n}) as response:
+                    await response.read()
+                    results.append(response.status)
+            except aiohttp.ClientError:
+                results.append(0)
+
+    streams = [asyncio.create_task(post_stream(60)) for _ in range(4)]
+    await asyncio.sleep(0.5)
+    second.popen.send_signal(signal.SIGTERM)
+    await asyncio.gather(*streams)
+    assert second.popen.wait(timeout=15) == 0
+    assert results == [200] * len(results), [status for status in results if status != 200]
+
+
+async def test_a_draining_service_asks_clients_to_close_keep_alive_connections(start_service, http) -> None:
+    service = start_echo(start_service, "core", SHUTDOWN_DELAY_S="2")
+    async with http.get(f"{service.url}/slow?s=0") as response:
+        assert response.headers.get("connection", "").lower() != "close"
+    service.popen.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    async with http.get(f"{service.url}/slow?s=0") as response:
+        assert response.status == 200
+        assert response.headers["connection"].lower() == "close"
+
+
 async def test_federate_returns_every_services_series_with_labels(start_service, http) -> None:
     services = {name: start_service(name) for name in SERVICES}
     proxy = start_proxy(start_service, {name: [s.url] for name, s in services.items()})
