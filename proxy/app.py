@@ -17,11 +17,10 @@ from proxy.edge import EdgeMiddleware
 from proxy.federation import SelectorError, parse_exposition, parse_selector, render
 from proxy.forward import Forwarder
 from proxy.upstreams import Upstream, build_upstreams, run_health_checks
-from shared.app import Runtime, build_runtime, build_service_app
-from shared.context import RequestContextMiddleware
-from shared.errors import ApiError, ErrorBoundaryMiddleware, FieldError
+from shared.app import Runtime, build_runtime, build_service_app, service_middleware, wrap
+from shared.errors import ApiError, FieldError
 from shared.health import Check
-from shared.metrics import MetricsMiddleware, metrics_text
+from shared.metrics import metrics_text
 from shared.types import ASGIApp, Receive, Scope, Send
 
 FEDERATE_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -105,16 +104,16 @@ def create_app(settings: ProxySettings) -> ProxyDispatch:
 
     runtime.on_startup.append(start)
     runtime.on_shutdown.append(stop)
+    edge = [Middleware(EdgeMiddleware, allowed_origins=settings.cors_allowed_origins)]
+    # The services count 401/403 per address and principal; counting them here too would double the events.
     app = build_service_app(
         settings,
         [Route("/federate", federate_endpoint(settings, upstreams, sessions), methods=["GET"], name="federate")],
         title="APGMS api-gateway",
         runtime=runtime,
-        extra_middleware=[Middleware(EdgeMiddleware, allowed_origins=settings.cors_allowed_origins)],
-        # The services count 401/403 per address and principal; counting them here too would double the events.
+        extra_middleware=edge,
         detect_anomalies=False,
     )
-    app.router.redirect_slashes = False
     forwarder = Forwarder(
         routes=settings.routes,
         upstreams=upstreams,
@@ -124,15 +123,7 @@ def create_app(settings: ProxySettings) -> ProxyDispatch:
         regulator_slots=asyncio.Semaphore(settings.regulator_max_concurrency),
         connect_timeout_s=settings.connect_timeout_s,
     )
-    app.router.default = forwarder
-    proxied = RequestContextMiddleware(
-        MetricsMiddleware(
-            ErrorBoundaryMiddleware(EdgeMiddleware(forwarder, allowed_origins=settings.cors_allowed_origins))
-        ),
-        trusted_hops=settings.trusted_hops,
-        in_flight=runtime.in_flight,
-        is_draining=lambda: runtime.health.draining,
-    )
+    proxied = wrap(forwarder, service_middleware(settings, runtime, edge, detect_anomalies=False))
     return ProxyDispatch(app, proxied)
 
 

@@ -32,6 +32,7 @@ from shared.metrics import MetricsMiddleware, metrics_endpoint
 from shared.openapi import openapi_document
 from shared.ratelimit import make_backend
 from shared.tokens import USER_AUDIENCE, Verifier
+from shared.types import ASGIApp
 
 API_VERSION = "0.1.0"
 
@@ -83,6 +84,35 @@ def build_runtime(settings: Settings) -> Runtime:
     return runtime
 
 
+def service_middleware(
+    settings: Settings, runtime: Runtime, extra: Sequence[Middleware] = (), *, detect_anomalies: bool = True
+) -> list[Middleware]:
+    """The shared middleware, outermost first (see the module docstring), then `extra`."""
+    return [
+        Middleware(
+            RequestContextMiddleware,
+            trusted_hops=settings.trusted_hops,
+            in_flight=runtime.in_flight,
+            is_draining=lambda: runtime.health.draining,
+        ),
+        Middleware(MetricsMiddleware),
+        *(
+            [Middleware(AnomalyMiddleware, detector=AnomalyDetector(make_backend(runtime.redis)))]
+            if detect_anomalies
+            else []
+        ),
+        Middleware(ErrorBoundaryMiddleware),
+        *extra,
+    ]
+
+
+def wrap(app: ASGIApp, middleware: Sequence[Middleware]) -> ASGIApp:
+    """`app` inside `middleware` (outermost first), as Starlette would stack them, without Starlette's own layers."""
+    for cls, args, kwargs in reversed(middleware):
+        app = cls(app, *args, **kwargs)
+    return app
+
+
 def build_service_app(
     settings: Settings,
     routes: Sequence[BaseRoute] = (),
@@ -125,22 +155,7 @@ def build_service_app(
     all_routes.append(Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False))
     app = Starlette(
         routes=all_routes,
-        middleware=[
-            Middleware(
-                RequestContextMiddleware,
-                trusted_hops=settings.trusted_hops,
-                in_flight=runtime.in_flight,
-                is_draining=lambda: runtime.health.draining,
-            ),
-            Middleware(MetricsMiddleware),
-            *(
-                [Middleware(AnomalyMiddleware, detector=AnomalyDetector(make_backend(runtime.redis)))]
-                if detect_anomalies
-                else []
-            ),
-            Middleware(ErrorBoundaryMiddleware),
-            *extra_middleware,
-        ],
+        middleware=service_middleware(settings, runtime, extra_middleware, detect_anomalies=detect_anomalies),
         exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,
     )

@@ -106,9 +106,6 @@ class Env:
         value = self._raw(name, default)
         return cast("str", default) if value is None else value
 
-    def optional_str(self, name: str) -> str | None:
-        return self._raw(name, None)
-
     def integer(
         self, name: str, default: object = _MISSING, *, minimum: int | None = None, maximum: int | None = None
     ) -> int:
