@@ -9,9 +9,12 @@ exists so the choice of server can be measured (bench/proxy.py) and made on numb
 from proxy.app import ProxyDispatch, create_app
 from proxy.config import SERVICE_NAME, load_proxy_settings
 from shared.log import configure_logging
+from shared.runner import tune_gc
 
 
 def create() -> ProxyDispatch:
     settings = load_proxy_settings()
     configure_logging(SERVICE_NAME, settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    tune_gc()
+    return app

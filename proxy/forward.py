@@ -16,6 +16,7 @@ Failures, each an RFC 9457 problem with the request ID:
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from proxy.upstreams import HealthPolicy, Instance, Upstream
 from shared.context import request_context
 from shared.errors import problem_response
 from shared.log import get_logger
-from shared.metrics import LATENCY_BUCKETS_S
+from shared.metrics import LATENCY_BUCKETS_S, Children
 from shared.types import Receive, Scope, Send
 
 # A body this small whose length the upstream declared is read whole and sent in one message.
@@ -50,7 +51,15 @@ UPSTREAM_DURATION = Histogram(
     buckets=LATENCY_BUCKETS_S,
 )
 
+upstream_requests = Children(UPSTREAM_REQUESTS)
+upstream_duration = Children(UPSTREAM_DURATION)
 log = get_logger(__name__)
+
+
+@functools.lru_cache(maxsize=64)
+def client_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
+    # sock_read bounds the wait for the response headers (and each later read): no extra timer per request.
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
 
 
 class BodyTooLarge(Exception):
@@ -161,7 +170,7 @@ class Forwarder:
         target = encode_path(path) + (f"?{query}" if query else "")
         upstream = self.upstreams[route.service]
         session = self.sessions[route.service]
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s, sock_read=route.timeout_s)
+        timeout = client_timeout(self.connect_timeout_s, route.timeout_s)
 
         tried: list[Instance] = []
         while True:
@@ -174,7 +183,6 @@ class Forwarder:
             tried.append(instance)
             started = time.perf_counter()
             try:
-                # sock_read bounds the wait for the response headers (and each later read): no extra timer.
                 response = await session.request(
                     method,
                     instance.url + target,
@@ -188,7 +196,7 @@ class Forwarder:
                 if isinstance(exc, aiohttp.ConnectionTimeoutError):
                     # The handshake never completed: a connection failure (retry, eject), not a slow upstream.
                     instance.record_connect_failure(self.policy)
-                    UPSTREAM_REQUESTS.labels(service=route.service, status="connect_error").inc()
+                    upstream_requests(route.service, "connect_error").inc()
                     log.warning(
                         "upstream_error", upstream=route.service, instance=instance.label, error="connect timeout"
                     )
@@ -198,7 +206,7 @@ class Forwarder:
                         scope, receive, send
                     )
                     return
-                UPSTREAM_REQUESTS.labels(service=route.service, status="timeout").inc()
+                upstream_requests(route.service, "timeout").inc()
                 await problem_response(
                     "upstream_timeout", f"{route.service} did not answer within {route.timeout_s:g}s"
                 )(scope, receive, send)
@@ -211,7 +219,7 @@ class Forwarder:
                     return
                 if isinstance(exc, ClientDisconnected):
                     return
-                UPSTREAM_REQUESTS.labels(service=route.service, status="connect_error").inc()
+                upstream_requests(route.service, "connect_error").inc()
                 if isinstance(exc, aiohttp.ClientConnectorError):
                     instance.record_connect_failure(self.policy)
                 log.warning("upstream_error", upstream=route.service, instance=instance.label, error=type(exc).__name__)
@@ -222,8 +230,8 @@ class Forwarder:
             break
 
         instance.record_success()
-        UPSTREAM_DURATION.labels(service=route.service).observe(time.perf_counter() - started)
-        UPSTREAM_REQUESTS.labels(service=route.service, status=str(response.status)).inc()
+        upstream_duration(route.service).observe(time.perf_counter() - started)
+        upstream_requests(route.service, str(response.status)).inc()
         async with response:
             await send(
                 {

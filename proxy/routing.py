@@ -36,6 +36,8 @@ BLOCKED_PREFIXES = ("/internal",)
 # Characters left as they are when the normalised path is re-encoded for the upstream (RFC 3986 pchar + "/").
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+# Characters a path can carry unencoded; a path of only these, with no empty or dot segments, is already normal.
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9/:@!$&'()*+,;=\-._~]*")
 
 
 class BadPath(ValueError):
@@ -74,6 +76,8 @@ def normalise_path(raw_path: str) -> str:
     """The decoded, dot-free, single-slash path; raises `BadPath` for input no honest client sends."""
     if len(raw_path) > MAX_PATH_CHARS:
         raise BadPath("path too long")
+    if is_plain(raw_path):
+        return raw_path  # the common case: nothing to decode, no segment to remove
     if not raw_path.isascii():
         raise BadPath("path must be percent-encoded ASCII")
     try:
@@ -89,13 +93,22 @@ def normalise_path(raw_path: str) -> str:
     return remove_dot_segments(decoded)
 
 
+def is_plain(path: str) -> bool:
+    return _PLAIN_PATH.fullmatch(path) is not None and "//" not in path and "/." not in path
+
+
 def encode_path(path: str) -> str:
     """The normalised path as it goes on the wire to the upstream."""
-    return quote(path, safe=_PATH_SAFE)
+    return path if _PLAIN_PATH.fullmatch(path) else quote(path, safe=_PATH_SAFE)
 
 
-def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+def _boundaries(prefix: str) -> tuple[str, str]:
+    """The prefix itself, and what every path under it starts with (matching stops at segment boundaries)."""
+    return prefix, prefix.rstrip("/") + "/"
+
+
+def _under(path: str, boundaries: tuple[str, str]) -> bool:
+    return path == boundaries[0] or path.startswith(boundaries[1])
 
 
 class RouteTable:
@@ -103,12 +116,15 @@ class RouteTable:
 
     def __init__(self, routes: Iterable[ProxyRoute]) -> None:
         self.routes = sorted(routes, key=lambda route: len(route.prefix), reverse=True)
+        self._blocked = [_boundaries(prefix) for prefix in BLOCKED_PREFIXES]
+        self._table = [(_boundaries(route.prefix), route) for route in self.routes]
 
     def match(self, path: str) -> ProxyRoute | None:
-        if any(_under(path, blocked) for blocked in BLOCKED_PREFIXES):
-            return None
-        for route in self.routes:
-            if _under(path, route.prefix):
+        for blocked in self._blocked:
+            if _under(path, blocked):
+                return None
+        for boundaries, route in self._table:
+            if _under(path, boundaries):
                 return route
         return None
 

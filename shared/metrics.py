@@ -59,6 +59,24 @@ for _event in SECURITY_EVENTS:
     SECURITY_EVENTS_TOTAL.labels(event=_event)
 
 log = get_logger(__name__)
+
+
+class Children:
+    """`metric.labels(*values)`, remembered. prometheus_client's lookup takes a lock and costs about 2 us per
+    call, which the hot paths pay several times per request; every label set here is bounded (route templates,
+    services, status codes), so the cache is too."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.cache.get(values)
+        if child is None:
+            child = self.cache[values] = self.metric.labels(*values)
+        return child
+
+
 _PATH_PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 
 
@@ -92,8 +110,8 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # Label lookups cost microseconds on every request; the label sets are bounded (route templates).
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.requests = Children(REQUESTS)
+        self.durations = Children(REQUEST_DURATION)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,15 +132,8 @@ class MetricsMiddleware:
             elapsed = time.perf_counter() - started
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
             route = route_label(scope)
-            key = (method, route, status)
-            children = self._children.get(key)
-            if children is None:
-                children = self._children[key] = (
-                    REQUESTS.labels(method=method, route=route, status=str(status)),
-                    REQUEST_DURATION.labels(method=method, route=route),
-                )
-            children[0].inc()
-            children[1].observe(elapsed)
+            self.requests(method, route, str(status)).inc()
+            self.durations(method, route).observe(elapsed)
             state = scope.get("state", {})
             context = request_context(scope) if "context" in state else None
             # Probes and scrapes arrive every few hundred ms from the proxy and Prometheus; their successes would

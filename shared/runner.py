@@ -9,6 +9,7 @@ A second signal exits at once. (hypercorn installs no handlers of its own when g
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -27,6 +28,8 @@ from shared.types import ServiceApp
 
 # After our drain, what hypercorn still gives the last connections to close.
 FINAL_GRACE_S = 0.5
+# Young-generation collections every 50,000 net allocations instead of 700 (see tune_gc).
+GC_YOUNG_THRESHOLD = 50_000
 
 log = get_logger(__name__)
 S = TypeVar("S", bound=Settings)
@@ -82,6 +85,21 @@ async def serve_app(app: ServiceApp, settings: Settings) -> None:
     await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the request path.
+
+    Under load the collector ran about 125 times a second in the proxy and took about a tenth of its CPU while
+    finding almost nothing to free: requests in flight count as young objects, and every full collection walked
+    the ~75,000 objects of the loaded modules again. What start-up created is moved out of the collector's sight
+    (`gc.freeze`), and young collections run every 50,000 net allocations instead of 700. Reference counting
+    still frees everything acyclic at once, as before.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def load_or_exit(
     service: str, load: Callable[[], Settings] | None = None, *, database_required: bool = True
 ) -> Settings:
@@ -100,5 +118,6 @@ def run_service(
     settings = load_or_exit(service, load)
     configure_logging(service, settings.log_level)
     app = create_app(settings)
+    tune_gc()
     uvloop.run(serve_app(app, settings))
     log.info(f"{service} shut down cleanly")

@@ -5,14 +5,29 @@ from __future__ import annotations
 import io
 import json
 import logging
-from datetime import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
-import structlog
+import pytest
 
-from shared.log import get_logger
+from shared.context import current_request_id, current_traceparent
+from shared.log import get_logger, utc_timestamp
 
 HEAD = ["time", "level", "service", "event", "request_id"]
+
+
+@contextmanager
+def bound(request_id: str, traceparent: str | None = None) -> Iterator[None]:
+    """What the request context middleware does for the life of a request."""
+    id_token = current_request_id.set(request_id)
+    trace_token = current_traceparent.set(traceparent)
+    try:
+        yield
+    finally:
+        current_request_id.reset(id_token)
+        current_traceparent.reset(trace_token)
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -47,18 +62,18 @@ def test_one_json_object_per_line_even_with_a_traceback(log_stream: io.StringIO)
     assert "ZeroDivisionError" in written[1]["exception"]
 
 
-def test_bound_request_id_appears_on_every_line(log_stream: io.StringIO) -> None:
-    structlog.contextvars.bind_contextvars(request_id="req-42", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
-    get_logger("t").info("one")
-    get_logger("other").warning("two")
+def test_the_current_request_id_appears_on_every_line(log_stream: io.StringIO) -> None:
+    with bound(request_id="req-42", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01"):
+        get_logger("t").info("one")
+        get_logger("other").warning("two")
     written = lines(log_stream)
     assert [line["request_id"] for line in written] == ["req-42", "req-42"]
     assert written[0]["traceparent"] == "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
 
 
-def test_unbound_request_id_no_longer_appears(log_stream: io.StringIO) -> None:
-    structlog.contextvars.bind_contextvars(request_id="req-1")
-    structlog.contextvars.unbind_contextvars("request_id")
+def test_a_finished_requests_id_no_longer_appears(log_stream: io.StringIO) -> None:
+    with bound(request_id="req-1"):
+        pass
     get_logger("t").info("after")
     assert lines(log_stream)[0]["request_id"] is None
 
@@ -82,8 +97,8 @@ def test_password_and_email_fields_are_redacted_before_writing(log_stream: io.St
 
 
 def test_stdlib_logging_comes_out_as_the_same_json(log_stream: io.StringIO) -> None:
-    structlog.contextvars.bind_contextvars(request_id="req-7")
-    logging.getLogger("x").warning("disk nearly full on %s", "vol1")
+    with bound(request_id="req-7"):
+        logging.getLogger("x").warning("disk nearly full on %s", "vol1")
     [line] = lines(log_stream)
     assert list(line)[:5] == HEAD
     assert line["level"] == "warning"
@@ -111,3 +126,9 @@ def test_hypercorn_access_log_is_silenced(log_stream: io.StringIO) -> None:
     logging.getLogger("hypercorn.access").info("GET / 200")
     logging.getLogger("hypercorn.error").info("Running on http://127.0.0.1:3001")
     assert log_stream.getvalue() == ""
+
+
+@pytest.mark.parametrize("now", [0.0, 1795772221.0, 1795772221.9996, 1795772221.0419])
+def test_timestamps_match_isoformat_to_the_millisecond(now: float) -> None:
+    expected = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert utc_timestamp(now) == expected
