@@ -1,9 +1,10 @@
-"""The proxy as a plain ASGI app factory, for servers other than our hypercorn runner.
+"""The proxy as a plain ASGI app factory, for running it under another server:
 
+    hypercorn --worker-class uvloop 'proxy.asgi:create()'
     granian --interface asgi --factory proxy.asgi:create
 
-hypercorn through `python -m proxy` remains the supported way to run it (it drains on SIGTERM); this entry
-exists so the choice of server can be measured (bench/proxy.py) and made on numbers.
+`python -m proxy` (granian embedded, with our draining on SIGTERM) is the supported way to run it; this entry
+keeps the app server-agnostic and lets bench/proxy.py measure it on the services' server too.
 """
 
 from proxy.app import ProxyDispatch, create_app

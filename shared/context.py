@@ -96,21 +96,34 @@ def build_context(scope: Scope, trusted_hops: int) -> RequestContext:
 
 
 class InFlight:
-    """Counts requests being served, so shutdown can wait for them."""
+    """The requests being served, so shutdown can wait for them (and cancel what outlives the grace period)."""
 
     def __init__(self) -> None:
         self.count = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.tasks: set[asyncio.Task[object]] = set()
 
-    def enter(self) -> None:
+    def enter(self) -> asyncio.Task[object] | None:
+        """Count the request served by the current task; pass what this returns to `leave`."""
         self.count += 1
         self.idle.clear()
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+        return task
 
-    def leave(self) -> None:
+    def leave(self, task: asyncio.Task[object] | None) -> None:
         self.count -= 1
         if self.count == 0:
             self.idle.set()
+        self.tasks.discard(task)
+
+    def cancel_all(self) -> int:
+        """Cancel every request still being served; how many there were."""
+        for task in self.tasks:
+            task.cancel()
+        return len(self.tasks)
 
 
 CONNECTION_CLOSE = (b"connection", b"close")
@@ -150,11 +163,11 @@ class RequestContextMiddleware:
                 message = {**message, "headers": [*headers, *extra]}
             await send(message)
 
-        self.in_flight.enter()
+        task = self.in_flight.enter()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self.in_flight.leave()
+            self.in_flight.leave(task)
             current_request_id.reset(id_token)
             current_traceparent.reset(trace_token)
 

@@ -1,9 +1,11 @@
-"""Serve an app with hypercorn on uvloop, with our own signal handling and draining.
+"""Serve an app on uvloop with our own signal handling and draining: hypercorn for the services, granian
+(embedded in the same event loop) for the proxy, whose throughput it nearly doubles (docs/benchmarks.md).
 
 First SIGTERM/SIGINT: `/ready` turns 503 at once, the listener stays open for `SHUTDOWN_DELAY_S` so load
-balancers and the proxy see it, in-flight requests finish (up to `GRACEFUL_TIMEOUT_S`), then hypercorn stops,
-the lifespan closes the pools and `"<service> shut down cleanly"` is logged; exit code 0.
-A second signal exits at once. (hypercorn installs no handlers of its own when given a shutdown trigger.)
+balancers and the proxy see it, in-flight requests finish (up to `GRACEFUL_TIMEOUT_S`), then the server stops,
+the lifespan closes the pools and `"<service> shut down cleanly"` is logged; exit code 0. A request still running
+at the end of the grace period is cut off (hypercorn) or cancelled (granian). A second signal exits at once.
+Neither server installs signal handlers of its own here.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import uvloop
+from granian.constants import HTTPModes, Interfaces
+from granian.server.embed import Server as EmbeddedGranian
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
@@ -28,6 +32,7 @@ from shared.types import ServiceApp
 
 # After our drain, what hypercorn still gives the last connections to close.
 FINAL_GRACE_S = 0.5
+GRANIAN_BACKLOG = 1024
 # Young-generation collections every 50,000 net allocations instead of 700 (see tune_gc).
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -47,8 +52,9 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def drain(runtime: Runtime, stop: asyncio.Event, config: Config) -> None:
-    """Keep serving while `/ready` says 503, until in-flight requests are done or the grace period ends."""
+async def drain(runtime: Runtime, stop: Callable[[float], None]) -> None:
+    """Keep serving while `/ready` says 503, until in-flight requests are done or the grace period ends; then
+    `stop(seconds of the grace period left)`."""
     settings = runtime.settings
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.graceful_timeout_s
@@ -57,16 +63,12 @@ async def drain(runtime: Runtime, stop: asyncio.Event, config: Config) -> None:
         await asyncio.wait_for(runtime.in_flight.idle.wait(), timeout=max(deadline - loop.time(), 0.0))
     except TimeoutError:
         log.warning("drain_timeout", in_flight=runtime.in_flight.count)
-    # hypercorn waits `graceful_timeout` again once stopped: only what is left of ours, so the whole shutdown
-    # stays within GRACEFUL_TIMEOUT_S (plus closing the pools).
-    config.graceful_timeout = max(deadline - loop.time(), FINAL_GRACE_S)
-    stop.set()
+    stop(max(deadline - loop.time(), FINAL_GRACE_S))
 
 
-async def serve_app(app: ServiceApp, settings: Settings) -> None:
-    runtime: Runtime = app.state.runtime
+def handle_signals(runtime: Runtime, stop: Callable[[float], None]) -> None:
+    """First SIGTERM/SIGINT: draining (see `drain`); a second one exits at once."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     tasks: set[asyncio.Task[None]] = set()
 
     def on_signal(signum: signal.Signals) -> None:
@@ -75,14 +77,62 @@ async def serve_app(app: ServiceApp, settings: Settings) -> None:
             os._exit(128 + signum.value)
         runtime.health.draining = True
         log.info("draining", signal=signum.name, in_flight=runtime.in_flight.count)
-        task = loop.create_task(drain(runtime, stop, config))
+        task = loop.create_task(drain(runtime, stop))
         tasks.add(task)
 
-    config = hypercorn_config(settings)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    log.info("listening", host=settings.host, port=settings.port, env=settings.env)
-    await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+async def serve_hypercorn(app: ServiceApp, settings: Settings) -> None:
+    config = hypercorn_config(settings)
+    stopped = asyncio.Event()
+
+    def stop(grace_left_s: float) -> None:
+        # hypercorn waits `graceful_timeout` again once stopped: only what is left of ours, so the whole shutdown
+        # stays within GRACEFUL_TIMEOUT_S (plus closing the pools).
+        config.graceful_timeout = grace_left_s
+        stopped.set()
+
+    handle_signals(app.state.runtime, stop)
+    log.info("listening", host=settings.host, port=settings.port, env=settings.env, server="hypercorn")
+    await serve(app, config, shutdown_trigger=stopped.wait)  # type: ignore[arg-type]
+
+
+async def serve_granian(app: ServiceApp, settings: Settings) -> None:
+    """granian's embedded server in this event loop, so our draining applies as it does with hypercorn: the
+    listener stays open while `/ready` says 503 and in-flight requests finish, then granian stops accepting,
+    closes its connections and the lifespan closes the pools."""
+    server = EmbeddedGranian(
+        app,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        http=HTTPModes.http1,
+        websockets=False,
+        backlog=GRANIAN_BACKLOG,
+        log_enabled=False,
+    )
+    # granian's constructor installs its own logging setup; ours is put back, and its start-up chatter
+    # ("Embedded server is experimental!") kept out of the JSON log.
+    configure_logging(settings.service, settings.log_level)
+    logging.getLogger("_granian").setLevel(logging.ERROR)
+
+    runtime: Runtime = app.state.runtime
+    loop = asyncio.get_running_loop()
+
+    def cancel_leftovers() -> None:
+        if cancelled := runtime.in_flight.cancel_all():
+            log.warning("requests_cancelled", count=cancelled)
+
+    def stop(grace_left_s: float) -> None:
+        # granian waits for every open request once stopped: what outlives the grace period is cancelled.
+        server.signal_handler_interrupt()  # type: ignore[no-untyped-call]  # (its stop(): no other public one)
+        loop.call_later(grace_left_s, cancel_leftovers)
+
+    handle_signals(runtime, stop)
+    log.info("listening", host=settings.host, port=settings.port, env=settings.env, server="granian")
+    await server.serve()
 
 
 def tune_gc() -> None:
@@ -111,13 +161,20 @@ def load_or_exit(
         raise SystemExit(2) from None
 
 
+Server = Callable[[ServiceApp, Settings], Coroutine[Any, Any, None]]
+
+
 def run_service(
-    service: str, create_app: Callable[[Any], ServiceApp], load: Callable[[], Settings] | None = None
+    service: str,
+    create_app: Callable[[Any], ServiceApp],
+    load: Callable[[], Settings] | None = None,
+    *,
+    server: Server = serve_hypercorn,
 ) -> None:
     """The `python -m <service>` entry point: settings, logging, app, serve, and the shut-down line."""
     settings = load_or_exit(service, load)
     configure_logging(service, settings.log_level)
     app = create_app(settings)
     tune_gc()
-    uvloop.run(serve_app(app, settings))
+    uvloop.run(server(app, settings))
     log.info(f"{service} shut down cleanly")

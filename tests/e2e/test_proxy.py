@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import io
 import os
@@ -385,3 +386,31 @@ async def test_proxy_shuts_down_cleanly(start_service, http) -> None:
     assert status == 200
     assert proxy.popen.wait(timeout=10) == 0
     assert proxy.wait_for_log(lambda r: r.get("event") == "api-gateway shut down cleanly")
+
+
+async def test_a_proxied_request_past_the_grace_period_does_not_hold_the_proxy_up(start_service, http) -> None:
+    core = start_echo(start_service, "core")
+    proxy = start_proxy(start_service, {"core": [core.url]}, SHUTDOWN_DELAY_S="0", GRACEFUL_TIMEOUT_S="2")
+    stuck = asyncio.create_task(http.get(f"{proxy.url}/bank-lines?sleep=30"))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    proxy.popen.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(proxy.popen.wait, 10)
+    assert time.monotonic() - started < 4, "shutdown is bounded by GRACEFUL_TIMEOUT_S"
+    assert code == 0
+    assert proxy.wait_for_log(lambda r: r.get("event") == "drain_timeout")
+    assert proxy.wait_for_log(lambda r: r.get("event") == "api-gateway shut down cleanly")
+    stuck.cancel()
+    with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+        await stuck
+
+
+def test_a_second_signal_stops_the_proxy_at_once(start_service) -> None:
+    core = start_echo(start_service, "core")
+    proxy = start_proxy(start_service, {"core": [core.url]}, SHUTDOWN_DELAY_S="30")
+    proxy.popen.send_signal(signal.SIGTERM)
+    proxy.wait_for_log(lambda r: r.get("event") == "draining")
+    started = time.monotonic()
+    proxy.popen.send_signal(signal.SIGINT)
+    assert proxy.popen.wait(timeout=5) == 128 + signal.SIGINT
+    assert time.monotonic() - started < 2
