@@ -15,7 +15,7 @@ from starlette.routing import Route
 from proxy.config import ProxySettings
 from proxy.edge import EdgeMiddleware
 from proxy.federation import SelectorError, parse_exposition, parse_selector, render
-from proxy.forward import Forwarder
+from proxy.forward import SKIP_AUTO_HEADERS, Forwarder
 from proxy.upstreams import Upstream, build_upstreams, run_health_checks
 from shared.app import Runtime, build_runtime, build_service_app, service_middleware, wrap
 from shared.errors import ApiError, FieldError
@@ -40,7 +40,12 @@ def upstream_check(upstream: Upstream) -> Check:
 
 def new_session(pool_size: int) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=pool_size, keepalive_timeout=KEEPALIVE_TIMEOUT_S, ttl_dns_cache=60)
-    return aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+    )
 
 
 async def fetch_metrics(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str | None:

@@ -92,9 +92,11 @@ class EdgeMiddleware:
     def _decorating(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
         async def decorated(message: Message) -> None:
             if message["type"] == "http.response.start":
-                replaced = {name for name, _ in extra if name != b"vary"}
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in replaced]
-                message = {**message, "headers": with_security_headers(merge_vary([*headers, *extra]))}
+                headers = message.get("headers", ())
+                if extra:
+                    replaced = {name for name, _ in extra if name != b"vary"}
+                    headers = merge_vary([*((k, v) for k, v in headers if k.lower() not in replaced), *extra])
+                message = {**message, "headers": with_security_headers(headers)}
             await send(message)
 
         return decorated

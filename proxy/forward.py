@@ -36,7 +36,8 @@ from shared.types import Receive, Scope, Send
 # A body this small whose length the upstream declared is read whole and sent in one message.
 SMALL_BODY_BYTES = 64 * 1024
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-# Auto-headers aiohttp would otherwise invent; only what the client sent goes upstream.
+# Auto-headers aiohttp would otherwise invent; only what the client sent goes upstream. Set on the client sessions
+# (proxy.app.new_session): given per request, aiohttp rebuilds the set every time.
 SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
 UPSTREAM_REQUESTS = Counter(
@@ -190,7 +191,6 @@ class Forwarder:
                     data=body.chunks() if has_body else None,
                     allow_redirects=False,
                     timeout=timeout,
-                    skip_auto_headers=SKIP_AUTO_HEADERS,
                 )
             except TimeoutError as exc:
                 if isinstance(exc, aiohttp.ConnectionTimeoutError):

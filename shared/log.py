@@ -62,7 +62,7 @@ def configure_logging(service: str, level: str = "info", stream: TextIO | None =
     structlog.configure(
         processors=[*pre_chain, _finish(service)],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(out)

@@ -210,6 +210,17 @@ async def test_get_is_forwarded_with_path_query_and_our_headers(upstreams: Upstr
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
+async def test_the_proxy_adds_no_client_headers_of_its_own(upstreams: Upstreams) -> None:
+    async with proxy(upstreams.env()) as client:
+        for name in ("user-agent", "accept", "accept-encoding"):
+            client.headers.pop(name, None)
+        response = await client.post("/bas/lodge", content=b"{}")
+    assert response.status_code == 200
+    (seen,) = upstreams.seen
+    for invented in ("user-agent", "accept", "accept-encoding", "content-type"):
+        assert seen.header(invented) == [], invented
+
+
 async def test_an_unacceptable_request_id_and_traceparent_are_replaced_by_ours(upstreams: Upstreams) -> None:
     async with proxy(upstreams.env()) as client:
         response = await client.get("/auth/me", headers={"x-request-id": "bad id!" * 3, "traceparent": "00-zz-yy-01"})
