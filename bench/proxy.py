@@ -1,12 +1,14 @@
-"""Proxy benchmark: one upstream measured directly, through nginx, through our proxy as shipped (`python -m proxy`,
-granian embedded) and through the same ASGI app on hypercorn, under the same load generator in the same run.
+"""Proxy benchmark: one upstream measured directly, through nginx, through the smallest aiohttp proxy on granian
+(`bench/minimal_proxy.py`: the ceiling for a Python proxy on this client), through our proxy as shipped
+(`python -m proxy`, granian embedded) and through the same ASGI app on hypercorn, all under the same load
+generator in the same run.
 
     .venv/bin/python bench/proxy.py            (or: make bench-proxy)
 
 The server under test (nginx, or our proxy) gets CPU 0 to itself; wrk and the upstream share CPU 1, as in
 `../shared/reference/dependency-findings.md`. wrk and nginx come from apt (installed when missing and root).
-Prints requests/s and p50/p99 at 50 connections and at 1, the ratios to nginx and to direct, and the proxy's
-RSS growth while a 50 MB response streams through it.
+Prints requests/s and p50/p99 at 50 connections and at 1, the ratios to nginx and to the minimal proxy, the
+latency added over direct, and the proxy's RSS growth while a 50 MB response streams through it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ STREAM_BYTES = 50 * 1024 * 1024
 TARGET_THROUGHPUT_VS_NGINX = 0.25
 SHIPPED = "proxy (granian)"
 ON_HYPERCORN = "proxy app on hypercorn"
+MINIMAL = "minimal proxy (granian)"
 TARGET_ADDED_P50_MS = 1.0
 TARGET_STREAM_RSS_MB = 20.0
 BIN = Path(sys.executable).parent
@@ -98,10 +101,10 @@ def process(argv: list[str], cpu: str, env: dict[str, str] | None = None) -> Ite
             popen.wait()
 
 
-def granian(target: str, port: int, cpu: str):
+def granian(target: str, port: int, cpu: str, env: dict[str, str] | None = None):
     argv = [str(BIN / "granian"), "--interface", "asgi", "--workers", "1", "--loop", "uvloop"]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", target]
-    return process(argv, cpu)
+    return process(argv, cpu, env)
 
 
 def hypercorn(target: str, port: int, cpu: str, env: dict[str, str]):
@@ -198,11 +201,9 @@ def main() -> int:
     args = parser.parse_args()
     ensure_tools()
 
-    upstream_port, nginx_port, hyper_port, gran_port = (free_port() for _ in range(4))
-    proxy_env = {
-        f"UPSTREAM_{service}_URLS": f"http://127.0.0.1:{upstream_port}"
-        for service in ("AUTH", "CORE", "COMPLIANCE", "REGULATOR")
-    }
+    upstream_port, nginx_port, hyper_port, gran_port, minimal_port = (free_port() for _ in range(5))
+    upstream_url = f"http://127.0.0.1:{upstream_port}"
+    proxy_env = {f"UPSTREAM_{service}_URLS": upstream_url for service in ("AUTH", "CORE", "COMPLIANCE", "REGULATOR")}
     path = "/bank-lines"
     results: dict[str, tuple[Load, Load]] = {}
     growth: dict[str, float] = {}
@@ -215,6 +216,9 @@ def main() -> int:
         with nginx(nginx_port, upstream_port, Path(tmp)):
             wait_http(f"http://127.0.0.1:{nginx_port}/ready")
             measure("nginx", f"http://127.0.0.1:{nginx_port}{path}", args, results)
+        with granian("bench.minimal_proxy:app", minimal_port, SERVER_CPU, {"UPSTREAM_URL": upstream_url}):
+            wait_http(f"http://127.0.0.1:{minimal_port}/ready")
+            measure(MINIMAL, f"http://127.0.0.1:{minimal_port}{path}", args, results)
         with process([str(BIN / "python"), "-m", "proxy"], SERVER_CPU, {**proxy_env, "PORT": str(gran_port)}) as p:
             wait_http(f"http://127.0.0.1:{gran_port}/ready")
             measure(SHIPPED, f"http://127.0.0.1:{gran_port}{path}", args, results)
@@ -227,13 +231,26 @@ def main() -> int:
     nginx_rps = results["nginx"][0].rps
     direct_p50 = results["direct"][1].p50_ms
     table = Table(title=f"proxy benchmark: wrk -t1 -c{args.connections} -d{args.duration}s, and -c1; server on CPU 0")
-    for column in ("path", "req/s", "vs nginx", "p50 ms", "p99 ms", "p50 ms c=1", "p99 ms c=1", "added p50 c=1"):
+    minimal_rps = results[MINIMAL][0].rps
+    columns = (
+        "path",
+        "req/s",
+        "vs nginx",
+        "vs minimal",
+        "p50 ms",
+        "p99 ms",
+        "p50 ms c=1",
+        "p99 ms c=1",
+        "added p50 c=1",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column == "path" else "right")
     for name, (loaded, single) in results.items():
         table.add_row(
             name,
             f"{loaded.rps:,.0f}",
             f"{loaded.rps / nginx_rps:.2f}x",
+            f"{loaded.rps / minimal_rps:.2f}x",
             f"{loaded.p50_ms:.2f}",
             f"{loaded.p99_ms:.2f}",
             f"{single.p50_ms:.3f}",

@@ -62,9 +62,22 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        origin = header(scope, b"origin")
+        origin = host = None
+        hosts = 0
+        for name, value in scope["headers"]:
+            if name == b"host":
+                hosts += 1
+                host = value.decode("latin-1")
+            elif name == b"origin":
+                origin = value.decode("latin-1")
+        if hosts > 1 or (not host and scope.get("http_version") == "1.1"):
+            # RFC 9112 section 3.2: the server must refuse it. Two hosts would let us route, forward and log
+            # different ones. (granian hands a missing Host over as an empty one.)
+            response = problem_response("bad_request", "An HTTP/1.1 request needs exactly one Host header")
+            await response(scope, receive, self._decorating(send, []))
+            return
         cors: list[tuple[bytes, bytes]] = []
-        if origin is not None and not is_same_origin(origin, header(scope, b"host"), scope.get("scheme", "http")):
+        if origin is not None and not is_same_origin(origin, host, scope.get("scheme", "http")):
             if origin not in self.allowed_origins:
                 record_security_event("cors.reject", origin=origin[:200], path=scope["path"])
                 response = problem_response("cors_forbidden", "This origin is not allowed to call the API")

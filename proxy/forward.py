@@ -80,17 +80,22 @@ class BodyReader:
     received: int = 0
     started: bool = False
     too_large: bool = False
+    disconnected: bool = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
+                # The client went away, or the server gave up on a malformed body (bad chunked encoding).
+                self.disconnected = True
                 raise ClientDisconnected
             chunk = message.get("body", b"")
             self.received += len(chunk)
             if self.received > self.limit:
                 self.too_large = True
+                # The exception ends up in a reference cycle with this frame: keep the chunk out of it.
+                del message, chunk
                 raise BodyTooLarge
             if chunk:
                 yield chunk
@@ -217,7 +222,12 @@ class Forwarder:
                         "payload_too_large", f"The body exceeds {route.max_body_bytes} bytes for {route.prefix}"
                     )(scope, receive, send)
                     return
-                if isinstance(exc, ClientDisconnected):
+                if body.disconnected:
+                    # aiohttp may wrap our exception; either way the upstream is not to blame. If the client is
+                    # still there (its body was malformed), it is told so.
+                    await problem_response("bad_request", "The request body ended before it was complete")(
+                        scope, receive, send
+                    )
                     return
                 upstream_requests(route.service, "connect_error").inc()
                 if isinstance(exc, aiohttp.ClientConnectorError):

@@ -51,6 +51,19 @@ class Runtime:
     verifier: Verifier | None = None
     on_startup: list[Hook] = field(default_factory=list)
     on_shutdown: list[Hook] = field(default_factory=list)
+    closed: bool = False
+
+    async def close(self) -> None:
+        """The shutdown hooks (last registered first), then Redis and the pool; a second call does nothing."""
+        if self.closed:
+            return
+        self.closed = True
+        for hook in reversed(self.on_shutdown):
+            await hook(self)
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.db is not None:
+            await self.db.close()
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -134,12 +147,7 @@ def build_service_app(
         try:
             yield
         finally:
-            for hook in reversed(runtime.on_shutdown):
-                await hook(runtime)
-            if runtime.redis is not None:
-                await runtime.redis.aclose()
-            if runtime.db is not None:
-                await runtime.db.close()
+            await runtime.close()
 
     operational = [
         Route("/health", runtime.health.health_endpoint, methods=["GET"], name="health"),

@@ -95,6 +95,10 @@ def build_context(scope: Scope, trusted_hops: int) -> RequestContext:
     )
 
 
+# The cancellation message of requests still running when the shutdown grace period ends.
+GRACE_PERIOD_OVER = "shutdown grace period over"
+
+
 class InFlight:
     """The requests being served, so shutdown can wait for them (and cancel what outlives the grace period)."""
 
@@ -120,9 +124,10 @@ class InFlight:
         self.tasks.discard(task)
 
     def cancel_all(self) -> int:
-        """Cancel every request still being served; how many there were."""
+        """Cancel every request still being served (each answers 503 if it has not started its response, see
+        `shared.errors.ErrorBoundaryMiddleware`); how many there were."""
         for task in self.tasks:
-            task.cancel()
+            task.cancel(GRACE_PERIOD_OVER)
         return len(self.tasks)
 
 

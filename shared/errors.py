@@ -10,6 +10,7 @@ Every body carries `type`, `title`, `status`, `detail`, `code` and `request_id`;
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.context import current_request_id
+from shared.context import GRACE_PERIOD_OVER, current_request_id
 from shared.log import get_logger
 from shared.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -152,7 +153,9 @@ EXCEPTION_HANDLERS = {ApiError: handle_api_error, HTTPException: handle_http_exc
 
 
 class ErrorBoundaryMiddleware:
-    """Turns an unexpected exception into one logged line and a 500 `internal_error` problem.
+    """Turns an unexpected exception into one logged line and a 500 `internal_error` problem, and a request
+    cancelled because the shutdown grace period ran out into a 503 `service_unavailable` (the client may retry
+    elsewhere; it is not a server error).
 
     It sits inside the request-context and metrics middleware, so the 500 is counted and carries `x-request-id`;
     Starlette's own ServerErrorMiddleware would re-raise past them and let the server print a traceback.
@@ -175,6 +178,12 @@ class ErrorBoundaryMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError as exc:
+            if exc.args != (GRACE_PERIOD_OVER,) or started:
+                raise
+            log.warning("request_cancelled", path=scope.get("path"), method=scope.get("method"))
+            detail = "The server shut down before this request finished"
+            await problem_response("service_unavailable", detail, headers={"connection": "close"})(scope, receive, send)
         except Exception:
             log.exception("unhandled_error", path=scope.get("path"), method=scope.get("method"))
             if not started:

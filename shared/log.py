@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 import time
 from collections.abc import MutableMapping
@@ -30,9 +31,11 @@ def _utc_second(second: int) -> str:
 
 
 def utc_timestamp(now: float) -> str:
-    """`2026-11-27T09:26:02.884Z`: ISO 8601 in UTC with milliseconds (the date part is formatted once a second)."""
-    second = int(now)
-    return f"{_utc_second(second)}.{int((now - second) * 1000):03d}Z"
+    """`2026-11-27T09:26:02.884Z`: ISO 8601 in UTC with milliseconds (the date part is formatted once a second),
+    rounded to the microsecond first, as `datetime.fromtimestamp` does."""
+    fraction, whole = math.modf(now)
+    second, micros = divmod(int(whole) * 1_000_000 + round(fraction * 1_000_000), 1_000_000)
+    return f"{_utc_second(second)}.{micros // 1000:03d}Z"
 
 
 def _finish(service: str) -> Any:
@@ -91,16 +94,18 @@ class Logger:
 
     def __init__(self, name: str | None) -> None:
         self._name = name
-        self._built_for: tuple[Any, ...] = (None, None, None)
-        self._bound: Any = None
+        # (configuration it was built for, bound logger): replaced as one, so a reconfiguration racing another
+        # thread's call can never pair a logger with the wrong configuration.
+        self._built: tuple[tuple[Any, ...], Any] = ((None, None, None), None)
 
     def __getattr__(self, method: str) -> Any:
         config = structlog.get_config()
         current = (config["processors"], config["wrapper_class"], config["logger_factory"])
-        if any(built is not now for built, now in zip(self._built_for, current, strict=True)):
-            self._bound = structlog.get_logger(self._name).bind()
-            self._built_for = current
-        return getattr(self._bound, method)
+        built_for, bound = self._built
+        if any(old is not new for old, new in zip(built_for, current, strict=True)):
+            bound = structlog.get_logger(self._name).bind()
+            self._built = (current, bound)
+        return getattr(bound, method)
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import io
 import os
@@ -41,12 +40,12 @@ def start_echo(start_service, name: str = "echo", **env: str):
     return start_service(name, env, module="tests.e2e.echo_service")
 
 
-def start_proxy(start_service, upstreams: dict[str, list[str]], **env: str):
+def start_proxy(start_service, upstreams: dict[str, list[str]], *, wait: bool = True, **env: str):
     urls = {
         f"UPSTREAM_{service.upper()}_URLS": ",".join(upstreams.get(service, [f"http://127.0.0.1:{free_port()}"]))
         for service in SERVICES
     }
-    return start_service("api-gateway", {**urls, **FAST_HEALTH, **env}, module="proxy")
+    return start_service("api-gateway", {**urls, **FAST_HEALTH, **env}, module="proxy", wait=wait)
 
 
 async def wait_until(condition: Callable[[], bool], within_s: float, what: str) -> float:
@@ -388,21 +387,76 @@ async def test_proxy_shuts_down_cleanly(start_service, http) -> None:
     assert proxy.wait_for_log(lambda r: r.get("event") == "api-gateway shut down cleanly")
 
 
-async def test_a_proxied_request_past_the_grace_period_does_not_hold_the_proxy_up(start_service, http) -> None:
+async def test_shutdown_is_bounded_by_the_grace_period_and_leftovers_answer_503(start_service, http) -> None:
     core = start_echo(start_service, "core")
     proxy = start_proxy(start_service, {"core": [core.url]}, SHUTDOWN_DELAY_S="0", GRACEFUL_TIMEOUT_S="2")
-    stuck = asyncio.create_task(http.get(f"{proxy.url}/bank-lines?sleep=30"))
+    stuck = asyncio.create_task(echo_of(http, f"{proxy.url}/bank-lines?sleep=30"))
+    # Half a request head: granian alone would wait for it until its header timeout (60 s).
+    half_sent = await asyncio.open_connection("127.0.0.1", proxy.port)
+    half_sent[1].write(b"GET /bank-lines HTTP/1.1\r\nHost: x\r\nX-A: ")
+    await half_sent[1].drain()
     await asyncio.sleep(0.3)
     started = time.monotonic()
     proxy.popen.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(proxy.popen.wait, 10)
     assert time.monotonic() - started < 4, "shutdown is bounded by GRACEFUL_TIMEOUT_S"
     assert code == 0
+    status, body, _ = await stuck
+    assert (status, body["code"]) == (503, "service_unavailable"), "a request cut off by shutdown is not a 500"
     assert proxy.wait_for_log(lambda r: r.get("event") == "drain_timeout")
+    assert proxy.wait_for_log(lambda r: r.get("event") == "request" and r.get("status") == 503)
     assert proxy.wait_for_log(lambda r: r.get("event") == "api-gateway shut down cleanly")
-    stuck.cancel()
-    with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
-        await stuck
+    not_json = [line for line in proxy.output() if not line.startswith("{")]
+    assert not_json == [], "every line the proxy writes is a JSON log line"
+    half_sent[1].close()
+
+
+def test_a_taken_port_is_refused_not_shared(start_service) -> None:
+    core = start_echo(start_service, "core")
+    first = start_proxy(start_service, {"core": [core.url]})
+    second = start_proxy(start_service, {"core": [core.url]}, PORT=str(first.port), wait=False)
+    assert second.popen.wait(timeout=15) == 1
+    assert second.wait_for_log(lambda r: r.get("event") == "address_in_use")
+    assert first.returncode is None
+
+
+async def raw_exchange(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(65536), timeout=5)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /bank-lines HTTP/1.1\r\n\r\n",
+        b"GET /bank-lines HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+    ],
+    ids=["no-host", "two-hosts"],
+)
+async def test_a_request_without_exactly_one_host_is_400(start_service, request_bytes: bytes) -> None:
+    core = start_echo(start_service, "core")
+    proxy = start_proxy(start_service, {"core": [core.url]})
+    answer = await raw_exchange(proxy.port, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b'"code":"bad_request"' in answer
+    assert not core.log_lines() or all(r.get("path") != "/bank-lines" for r in core.log_lines())
+
+
+async def test_a_malformed_chunked_body_is_the_clients_fault_not_the_upstreams(start_service) -> None:
+    core = start_echo(start_service, "core")
+    proxy = start_proxy(start_service, {"core": [core.url]})
+    answer = await raw_exchange(
+        proxy.port,
+        b"POST /bank-lines HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabc\r\nzz\r\n\r\n",
+    )
+    assert not answer.startswith(b"HTTP/1.1 502"), answer[:200]
+    assert not answer.startswith(b"HTTP/1.1 5"), answer[:200]
+    assert not [r for r in proxy.log_lines() if r.get("event") == "upstream_error"]
 
 
 def test_a_second_signal_stops_the_proxy_at_once(start_service) -> None:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
+from starlette.types import Message
 
 from proxy.edge import HTML_CSP, EdgeMiddleware
 
@@ -166,3 +167,50 @@ def test_not_found_from_the_app_still_gets_security_headers(client: TestClient) 
     response = client.get("/nope")
     assert response.status_code == 404
     assert_security_headers(response)
+
+
+async def call_raw(headers: list[tuple[bytes, bytes]], http_version: str = "1.1") -> tuple[int, list[Message]]:
+    """The edge called directly: TestClient always sends one Host header."""
+    sent: list[Message] = []
+    scope = {
+        "type": "http",
+        "http_version": http_version,
+        "method": "GET",
+        "scheme": "http",
+        "path": "/data",
+        "raw_path": b"/data",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("203.0.113.9", 5000),
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await EdgeMiddleware(inner, allowed_origins=frozenset())(scope, receive, send)
+    return sent[0]["status"], sent
+
+
+@pytest.mark.parametrize(
+    ("headers", "http_version"),
+    [
+        ([], "1.1"),
+        ([(b"host", b"")], "1.1"),
+        ([(b"host", b"api.example"), (b"host", b"evil.example")], "1.1"),
+        ([(b"host", b"api.example"), (b"host", b"api.example")], "1.0"),
+    ],
+)
+async def test_a_request_without_exactly_one_host_is_400(headers: list[tuple[bytes, bytes]], http_version: str) -> None:
+    status, sent = await call_raw(headers, http_version)
+    assert status == 400
+    assert b'"code":"bad_request"' in sent[1]["body"]
+    assert (b"x-content-type-options", b"nosniff") in sent[0]["headers"]
+
+
+async def test_http_1_0_without_host_and_http_1_1_with_one_pass() -> None:
+    assert (await call_raw([], "1.0"))[0] == 200
+    assert (await call_raw([(b"host", b"api.example")], "1.1"))[0] == 200

@@ -128,7 +128,7 @@ def test_hypercorn_access_log_is_silenced(log_stream: io.StringIO) -> None:
     assert log_stream.getvalue() == ""
 
 
-@pytest.mark.parametrize("now", [0.0, 1795772221.0, 1795772221.9996, 1795772221.0419])
+@pytest.mark.parametrize("now", [0.0, 1795772221.0, 1795772221.9996, 1795772221.0419, 1845786133.0029995])
 def test_timestamps_match_isoformat_to_the_millisecond(now: float) -> None:
     expected = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert utc_timestamp(now) == expected
