@@ -8,6 +8,7 @@ a counted, logged 500 problem) → Starlette's routing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -51,13 +52,16 @@ class Runtime:
     verifier: Verifier | None = None
     on_startup: list[Hook] = field(default_factory=list)
     on_shutdown: list[Hook] = field(default_factory=list)
-    closed: bool = False
+    closing: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
-        """The shutdown hooks (last registered first), then Redis and the pool; a second call does nothing."""
-        if self.closed:
-            return
-        self.closed = True
+        """The shutdown hooks (last registered first), then Redis and the pool. Done once: a second caller
+        waits for the same work to finish."""
+        if self.closing is None:
+            self.closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self.closing)
+
+    async def _close(self) -> None:
         for hook in reversed(self.on_shutdown):
             await hook(self)
         if self.redis is not None:

@@ -179,9 +179,13 @@ class ErrorBoundaryMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except asyncio.CancelledError as exc:
-            if exc.args != (GRACE_PERIOD_OVER,) or started:
+            if exc.args != (GRACE_PERIOD_OVER,):
                 raise
-            log.warning("request_cancelled", path=scope.get("path"), method=scope.get("method"))
+            log.warning("request_cancelled", path=scope.get("path"), method=scope.get("method"), started=started)
+            if started:
+                raise  # the server must abort the connection: a cut-off body must not look complete
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()  # handled here: nothing further up should see a pending cancellation
             detail = "The server shut down before this request finished"
             await problem_response("service_unavailable", detail, headers={"connection": "close"})(scope, receive, send)
         except Exception:

@@ -11,6 +11,7 @@ Neither server installs signal handlers of its own here.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -29,12 +30,15 @@ from hypercorn.config import Config
 
 from shared.app import Runtime
 from shared.config import ConfigError, Settings, load_settings
+from shared.context import GRACE_PERIOD_OVER
 from shared.log import configure_logging, get_logger
 from shared.types import ServiceApp
 
 # After our drain, what hypercorn still gives the last connections to close.
 FINAL_GRACE_S = 0.5
 GRANIAN_BACKLOG = 1024
+# What closing the pools may take once the shutdown deadline has passed.
+CLOSE_TIMEOUT_S = 5.0
 # How long granian waits for a request head, which is also how long it keeps an idle keep-alive connection
 # (hypercorn's keep_alive_timeout above is 75 s; granian allows at most 60 s).
 GRANIAN_HEADER_TIMEOUT_MS = 60_000
@@ -104,17 +108,37 @@ async def serve_hypercorn(app: ServiceApp, settings: Settings) -> None:
     await serve(app, config, shutdown_trigger=stopped.wait)  # type: ignore[arg-type]
 
 
-def refuse_taken_port(host: str, port: int) -> None:
-    """Exit with one error line when something already listens on the port. granian binds with SO_REUSEPORT, so
-    without this check a second proxy (or anything else of the same user) would silently share the port and the
-    kernel would split connections between them; hypercorn fails with "address in use" instead."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+def bind_address(host: str, port: int) -> str:
+    """The IP address granian is to bind (it takes no host names), once nothing else listens there.
+
+    granian binds with SO_REUSEPORT, so without this probe a second proxy (or anything else of the same user) on a
+    taken port would silently share it and the kernel would split connections between them; hypercorn fails with
+    "address in use" instead. Every failure is one JSON line and exit code 1."""
+    try:
+        candidates = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        # One address only: IPv4 first, so `localhost` means 127.0.0.1 as clients mostly expect.
+        family, _, _, _, address = min(candidates, key=lambda candidate: candidate[0] != socket.AF_INET)
+    except OSError as exc:
+        log.error("bind_failed", host=host, port=port, error=str(exc))
+        raise SystemExit(1) from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are fine
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as exc:
-            log.error("address_in_use", host=host, port=port, error=exc.strerror)
+            event = "address_in_use" if exc.errno == errno.EADDRINUSE else "bind_failed"
+            log.error(event, host=host, port=port, error=exc.strerror)
             raise SystemExit(1) from None
+    return str(address[0])
+
+
+class DropGracePeriodCancellations(logging.Filter):
+    """granian logs a request cancelled at the end of the grace period as a failed application call, with the
+    traceback as its message; the error boundary has already logged it as `request_cancelled`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, asyncio.CancelledError) and error.args == (GRACE_PERIOD_OVER,))
 
 
 async def serve_granian(app: ServiceApp, settings: Settings) -> None:
@@ -123,13 +147,13 @@ async def serve_granian(app: ServiceApp, settings: Settings) -> None:
     the lifespan closes the pools.
 
     granian waits for every open connection once stopped, including one that has sent half a request head (up to
-    its header timeout) and requests still running. So at the end of the grace period the requests still running
-    are cancelled (each answers 503, see `shared.errors`), and half a second later whatever granian still waits
-    for is abandoned: the pools are closed here and the process exits, within the grace period plus a second."""
-    refuse_taken_port(settings.host, settings.port)
+    its header timeout) and requests still running. So half a second after the grace period ends, requests still
+    running are cancelled (each answers 503, see `shared.errors`), and half a second after that whatever granian
+    still waits for is abandoned: the pools are closed here and the process exits."""
+    address = bind_address(settings.host, settings.port)
     server = EmbeddedGranian(
         app,
-        address=settings.host,
+        address=address,
         port=settings.port,
         interface=Interfaces.ASGI,
         http=HTTPModes.http1,
@@ -145,6 +169,7 @@ async def serve_granian(app: ServiceApp, settings: Settings) -> None:
     granian_log.handlers.clear()
     granian_log.propagate = True
     granian_log.setLevel(logging.ERROR)
+    granian_log.addFilter(DropGracePeriodCancellations())
 
     runtime: Runtime = app.state.runtime
     loop = asyncio.get_running_loop()
@@ -162,16 +187,25 @@ async def serve_granian(app: ServiceApp, settings: Settings) -> None:
         stopping.set()
 
     handle_signals(runtime, stop)
-    log.info("listening", host=settings.host, port=settings.port, env=settings.env, server="granian")
+    log.info("listening", host=address, port=settings.port, env=settings.env, server="granian")
     serving = asyncio.ensure_future(server.serve())
     signalled = asyncio.ensure_future(stopping.wait())
     await asyncio.wait({serving, signalled}, return_when=asyncio.FIRST_COMPLETED)
     signalled.cancel()
+    if serving.done() and not stopping.is_set():
+        if (error := serving.exception()) is not None:
+            log.error("server_failed", error=repr(error))
+            raise SystemExit(1)
+        return
     try:
         await asyncio.wait_for(asyncio.shield(serving), timeout=grace_left[0] + FINAL_GRACE_S)
     except TimeoutError:
-        log.warning("connections_abandoned", reason="granian still waited for open connections")
-        await runtime.close()
+        # Still open: connections that never finished a request head, or pools still closing.
+        log.warning("shutdown_deadline", pools_closing=runtime.closing is not None)
+        try:
+            await asyncio.wait_for(runtime.close(), timeout=CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.error("close_timeout", timeout_s=CLOSE_TIMEOUT_S)
         log.info(f"{settings.service} shut down cleanly")
         logging.shutdown()
         sys.stdout.flush()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import Iterator
 
@@ -11,7 +13,7 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from shared.context import current_request_id
+from shared.context import GRACE_PERIOD_OVER, current_request_id
 from shared.errors import (
     ERRORS,
     PROBLEM_MEDIA_TYPE,
@@ -22,7 +24,7 @@ from shared.errors import (
     handle_http_exception,
     problem_body,
 )
-from shared.types import Message, Receive, Scope, Send
+from shared.types import ASGIApp, Message, Receive, Scope, Send
 
 
 @pytest.fixture
@@ -150,3 +152,57 @@ async def test_error_boundary_turns_an_exception_into_a_500_problem(request_id: 
     assert body["code"] == "internal_error"
     assert body["request_id"] == request_id
     assert b"secret-key-name" not in b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def run_until_cancelled(app: ASGIApp, message: str) -> tuple[list[Message], asyncio.Task[None]]:
+    """`app` behind the error boundary in its own task, cancelled with `message` once it is waiting."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/slow", "headers": []}
+    task = asyncio.create_task(ErrorBoundaryMiddleware(app)(scope, receive, send))
+    await asyncio.sleep(0.01)
+    task.cancel(message)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return sent, task
+
+
+async def waits_forever(_: Scope, __: Receive, ___: Send) -> None:
+    await asyncio.sleep(3600)
+
+
+async def streams_then_waits(_: Scope, __: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"part", "more_body": True})
+    await asyncio.sleep(3600)
+
+
+async def test_a_request_cut_off_by_the_grace_period_answers_503_not_500() -> None:
+    with structlog.testing.capture_logs() as logs:
+        sent, task = await run_until_cancelled(waits_forever, GRACE_PERIOD_OVER)
+    assert not task.cancelled()
+    assert sent[0]["status"] == 503
+    assert orjson.loads(sent[1]["body"])["code"] == "service_unavailable"
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert [entry["event"] for entry in logs] == ["request_cancelled"]
+
+
+async def test_a_started_response_cut_off_by_the_grace_period_is_aborted_not_completed() -> None:
+    with structlog.testing.capture_logs() as logs:
+        sent, task = await run_until_cancelled(streams_then_waits, GRACE_PERIOD_OVER)
+    assert task.cancelled(), "the server must see the failure and abort the connection"
+    assert [m.get("more_body") for m in sent[1:]] == [True]
+    assert logs[0]["event"] == "request_cancelled"
+    assert logs[0]["started"] is True
+
+
+async def test_any_other_cancellation_passes_through_untouched() -> None:
+    sent, task = await run_until_cancelled(waits_forever, "client went away")
+    assert task.cancelled()
+    assert sent == []

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
+import structlog
 
-from shared.runner import load_or_exit
+from apgms.devservers import free_port
+from shared.runner import bind_address, load_or_exit
 
 CONFIG_VARIABLES = (
     "APGMS_ENV",
@@ -78,3 +81,19 @@ def test_good_configuration_returns_settings(
     assert settings.port == 4010
     assert settings.database_url is None
     assert capsys.readouterr().err == ""
+
+
+def test_bind_address_prefers_ipv4_for_a_host_name() -> None:
+    assert bind_address("localhost", free_port()) == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("host", "event"), [("nosuchhost.invalid", "bind_failed"), ("127.0.0.1", "address_in_use")])
+def test_bind_address_refuses_with_one_log_line(host: str, event: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with structlog.testing.capture_logs() as logs, pytest.raises(SystemExit) as exited:
+            bind_address(host, port)
+    assert exited.value.code == 1
+    assert [entry["event"] for entry in logs] == [event]
