@@ -173,8 +173,8 @@ async def serve_granian(app: ServiceApp, settings: Settings) -> None:
 
     runtime: Runtime = app.state.runtime
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    grace_left = [FINAL_GRACE_S]
+    # Resolved by the drain with the seconds of the grace period left.
+    stopped: asyncio.Future[float] = loop.create_future()
 
     def cancel_leftovers() -> None:
         if cancelled := runtime.in_flight.cancel_all():
@@ -183,22 +183,19 @@ async def serve_granian(app: ServiceApp, settings: Settings) -> None:
     def stop(grace_left_s: float) -> None:
         server.stop()  # type: ignore[no-untyped-call]
         loop.call_later(grace_left_s, cancel_leftovers)
-        grace_left[0] = grace_left_s
-        stopping.set()
+        stopped.set_result(grace_left_s)
 
     handle_signals(runtime, stop)
     log.info("listening", host=address, port=settings.port, env=settings.env, server="granian")
     serving = asyncio.ensure_future(server.serve())
-    signalled = asyncio.ensure_future(stopping.wait())
-    await asyncio.wait({serving, signalled}, return_when=asyncio.FIRST_COMPLETED)
-    signalled.cancel()
-    if serving.done() and not stopping.is_set():
+    await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not stopped.done():  # granian ended by itself: it failed to start or to serve
         if (error := serving.exception()) is not None:
             log.error("server_failed", error=repr(error))
             raise SystemExit(1)
         return
     try:
-        await asyncio.wait_for(asyncio.shield(serving), timeout=grace_left[0] + FINAL_GRACE_S)
+        await asyncio.wait_for(asyncio.shield(serving), timeout=stopped.result() + FINAL_GRACE_S)
     except TimeoutError:
         # Still open: connections that never finished a request head, or pools still closing.
         log.warning("shutdown_deadline", pools_closing=runtime.closing is not None)
