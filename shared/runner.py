@@ -37,6 +37,10 @@ from shared.types import ServiceApp
 # After our drain, what hypercorn still gives the last connections to close.
 FINAL_GRACE_S = 0.5
 GRANIAN_BACKLOG = 1024
+# granian's constructor applies its logging config: its default would give `_granian` a plain-text handler of its
+# own and close ours. Incremental and empty, it only sets that logger's level (no handlers), so its records
+# propagate to our JSON handler on the root logger.
+GRANIAN_LOGGING: dict[str, Any] = {"version": 1, "incremental": True, "handlers": {}, "loggers": {}}
 # What closing the pools may take once the shutdown deadline has passed.
 CLOSE_TIMEOUT_S = 5.0
 # How long granian waits for a request head, which is also how long it keeps an idle keep-alive connection
@@ -161,13 +165,10 @@ async def serve_granian(app: ServiceApp, settings: Settings) -> None:
         backlog=GRANIAN_BACKLOG,
         http1_settings=HTTP1Settings(header_read_timeout=GRANIAN_HEADER_TIMEOUT_MS),
         log_enabled=False,
+        log_dictconfig=GRANIAN_LOGGING,
     )
-    # granian's constructor installs a logging setup of its own (a plain-text handler on `_granian`); ours is put
-    # back and granian's errors go through it as JSON, its start-up chatter ("experimental!") left out.
-    configure_logging(settings.service, settings.log_level)
+    # Its errors go through our JSON pipeline; its start-up chatter ("experimental!") stays out.
     granian_log = logging.getLogger("_granian")
-    granian_log.handlers.clear()
-    granian_log.propagate = True
     granian_log.setLevel(logging.ERROR)
     granian_log.addFilter(DropGracePeriodCancellations())
 

@@ -456,6 +456,7 @@ async def test_a_malformed_chunked_body_is_the_clients_fault_not_the_upstreams(s
     )
     assert not answer.startswith(b"HTTP/1.1 502"), answer[:200]
     assert not answer.startswith(b"HTTP/1.1 5"), answer[:200]
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert not [r for r in proxy.log_lines() if r.get("event") == "upstream_error"]
 
 

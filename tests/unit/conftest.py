@@ -16,16 +16,15 @@ from shared.log import configure_logging
 def log_stream() -> Iterator[io.StringIO]:
     """JSON log lines written to a string for the test, and the logging setup restored afterwards."""
     root = logging.getLogger()
-    level = root.level
+    level, handlers = root.level, list(root.handlers)
     stream = io.StringIO()
     configure_logging("auth", "info", stream)
-    ours = root.handlers[0]
     try:
         yield stream
     finally:
         structlog.reset_defaults()
         structlog.contextvars.clear_contextvars()
-        root.removeHandler(ours)
+        root.handlers = handlers
         root.setLevel(level)
         logging.getLogger("hypercorn.access").disabled = False
         for noisy in ("asyncio", "hypercorn.error"):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from shared.context import current_request_id, current_traceparent
-from shared.log import get_logger, utc_timestamp
+from shared.log import configure_logging, get_logger, utc_timestamp
 
 HEAD = ["time", "level", "service", "event", "request_id"]
 
@@ -132,3 +132,14 @@ def test_hypercorn_access_log_is_silenced(log_stream: io.StringIO) -> None:
 def test_timestamps_match_isoformat_to_the_millisecond(now: float) -> None:
     expected = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert utc_timestamp(now) == expected
+
+
+def test_a_logger_made_before_a_reconfiguration_follows_it(log_stream: io.StringIO) -> None:
+    log = get_logger("module-level")
+    log.info("first")
+    second = io.StringIO()
+    configure_logging("core", "warning", second)
+    log.info("filtered out by the new level")
+    log.warning("second")
+    assert [line["event"] for line in lines(log_stream)] == ["first"]
+    assert [(line["service"], line["event"]) for line in lines(second)] == [("core", "second")]

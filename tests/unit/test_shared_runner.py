@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import pytest
 import structlog
 
 from apgms.devservers import free_port
-from shared.runner import bind_address, load_or_exit
+from shared.context import GRACE_PERIOD_OVER
+from shared.runner import DropGracePeriodCancellations, bind_address, load_or_exit
 
 CONFIG_VARIABLES = (
     "APGMS_ENV",
@@ -97,3 +100,16 @@ def test_bind_address_refuses_with_one_log_line(host: str, event: str) -> None:
             bind_address(host, port)
     assert exited.value.code == 1
     assert [entry["event"] for entry in logs] == [event]
+
+
+def record_of(error: BaseException | None) -> logging.LogRecord:
+    exc_info = (type(error), error, None) if error is not None else None
+    return logging.LogRecord("_granian", logging.ERROR, __file__, 1, "Application callable raised", (), exc_info)
+
+
+def test_granians_line_for_a_grace_period_cancellation_is_dropped_and_nothing_else() -> None:
+    drop = DropGracePeriodCancellations()
+    assert not drop.filter(record_of(asyncio.CancelledError(GRACE_PERIOD_OVER)))
+    assert drop.filter(record_of(asyncio.CancelledError("client went away")))
+    assert drop.filter(record_of(RuntimeError(GRACE_PERIOD_OVER)))
+    assert drop.filter(record_of(None))
