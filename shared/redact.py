@@ -69,8 +69,10 @@ _TRUSTED_FIELDS = frozenset(
         "instance",
     }
 )
-# A string with none of these cannot match any pattern; most log values (event names, paths) skip the scan.
-_MAYBE_SENSITIVE = re.compile(r"[0-9@=]|://|eyJ|(?i:bearer)")
+# Every pattern above needs one of these (a digit, "@", "=", ":", "eyJ", "bearer" or "basic"): a string with
+# none cannot match, so most log values (event names, paths) skip the scan. tests/unit/test_shared_redact.py
+# checks that this never changes a result.
+_MAYBE_SENSITIVE = re.compile(r"[0-9@=:]|eyJ|(?i:bearer|basic)")
 
 
 _UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
@@ -86,6 +88,10 @@ def redact_text(text: str) -> str:
     """Mask every PII or secret pattern found in a free-text value; UUIDs (our identifiers) are kept whole."""
     if _MAYBE_SENSITIVE.search(text) is None:
         return text
+    return _redact_scanned(text)
+
+
+def _redact_scanned(text: str) -> str:
     pieces: list[str] = []
     position = 0
     for match in _UUID.finditer(text):
@@ -124,4 +130,4 @@ def redact_value(key: str, value: Any) -> Any:
 
 def redact_event(event: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a log event with every field redacted."""
-    return {key: redact_value(key, value) for key, value in event.items()}
+    return {key: value if key in _TRUSTED_FIELDS else redact_value(key, value) for key, value in event.items()}
