@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import aiohttp
 from prometheus_client import Counter, Histogram
 
-from proxy.headers import decode_asgi_headers, downstream_response_headers, upstream_request_headers
+from proxy.headers import downstream_response_headers, upstream_request_headers
 from proxy.routing import BadPath, ProxyRoute, RouteTable, encode_path, normalise_path
 from proxy.upstreams import HealthPolicy, Instance, Upstream
 from shared.context import request_context
@@ -141,9 +141,16 @@ class Forwarder:
             await self._forward(scope, receive, send, route, path)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute, path: str) -> None:
-        client_headers = decode_asgi_headers(scope["headers"])
-        declared = next((value for name, value in client_headers if name == "content-length"), None)
-        chunked = any(name == "transfer-encoding" for name, _ in client_headers)
+        context = request_context(scope)
+        peer = scope.get("client")
+        headers, declared, chunked = upstream_request_headers(
+            scope["headers"],
+            peer=peer[0] if peer else None,
+            scheme=scope.get("scheme", "http"),
+            request_id=context.request_id,
+            traceparent=context.traceparent,
+            trusted_hops=self.trusted_hops,
+        )
         if declared is not None and not declared.strip().isdigit():
             await problem_response("bad_request", "Content-Length must be a number")(scope, receive, send)
             return
@@ -156,17 +163,6 @@ class Forwarder:
                 headers={"connection": "close"},
             )(scope, receive, send)
             return
-
-        context = request_context(scope)
-        peer = scope.get("client")
-        headers = upstream_request_headers(
-            client_headers,
-            peer=peer[0] if peer else None,
-            scheme=scope.get("scheme", "http"),
-            request_id=context.request_id,
-            traceparent=context.traceparent,
-            trusted_hops=self.trusted_hops,
-        )
         if length:
             headers.append(("content-length", str(length)))
         has_body = bool(length) or chunked
@@ -247,9 +243,7 @@ class Forwarder:
                 {
                     "type": "http.response.start",
                     "status": response.status,
-                    "headers": downstream_response_headers(
-                        [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.raw_headers]
-                    ),
+                    "headers": downstream_response_headers(response.raw_headers),
                 }
             )
             if response.content_length is not None and response.content_length <= SMALL_BODY_BYTES:

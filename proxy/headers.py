@@ -8,7 +8,8 @@ always ours.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from typing import NamedTuple
 
 Headers = list[tuple[str, str]]
 
@@ -30,66 +31,93 @@ FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-hos
 PROXY_OWNED = frozenset({"x-request-id", "traceparent", "tracestate", "host", "content-length"})
 
 
-def connection_named(headers: Iterable[tuple[str, str]]) -> set[str]:
-    """Header names listed in any `Connection` header."""
-    named: set[str] = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            named.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return named
+# Client headers that are not passed on as they are: dropped, or read and replaced by ours.
+NOT_PASSED_ON = HOP_BY_HOP | FORWARDING | PROXY_OWNED
+# Response headers the client never sees from the upstream: hop-by-hop, the request ID (the request-context
+# middleware sets the one the client sees), and the date and server header that our server writes itself.
+NOT_PASSED_BACK = frozenset(name.encode() for name in HOP_BY_HOP | {"x-request-id", "date", "server"})
 
 
-def strip_hop_by_hop(headers: Sequence[tuple[str, str]]) -> Headers:
-    dropped = HOP_BY_HOP | connection_named(headers)
-    return [(name, value) for name, value in headers if name.lower() not in dropped]
+def connection_tokens(value: str) -> set[str]:
+    """The header names one `Connection` header lists, lowercased."""
+    return {token.strip().lower() for token in value.split(",") if token.strip()}
 
 
-def decode_asgi_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
-    return [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
+class UpstreamHead(NamedTuple):
+    headers: Headers
+    content_length: str | None  # the client's first Content-Length, as sent
+    chunked: bool  # the client sent Transfer-Encoding
 
 
 def upstream_request_headers(
-    client_headers: Sequence[tuple[str, str]],
+    raw: Iterable[tuple[bytes, bytes]],
     *,
     peer: str | None,
     scheme: str,
     request_id: str,
     traceparent: str,
     trusted_hops: int,
-) -> Headers:
-    """The headers sent upstream: hygiene applied, forwarding headers appended, request ID and trace set."""
-    kept = strip_hop_by_hop(client_headers)
+) -> UpstreamHead:
+    """From the client's ASGI headers, the headers sent upstream (hygiene applied, forwarding headers appended,
+    request ID and trace set), with what the body handling needs to know. One pass over the client's headers:
+    this runs for every request."""
+    kept: Headers = []
+    special: Headers = []  # forwarding and proxy-owned headers: read below, never passed on as sent
+    named: set[str] = set()
+    content_length: str | None = None
+    chunked = False
+    for raw_name, raw_value in raw:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        if name not in NOT_PASSED_ON:
+            kept.append((name, value))
+        elif name == "connection":
+            named |= connection_tokens(value)
+        elif name == "content-length":
+            content_length = value if content_length is None else content_length
+        elif name == "transfer-encoding":
+            chunked = True
+        elif name not in HOP_BY_HOP:
+            special.append((name, value))
+    if named:
+        # Sending `Connection: X-Forwarded-For` must not let a client delete a header we set, nor pass one on.
+        kept = [(name, value) for name, value in kept if name not in named]
+        special = [(name, value) for name, value in special if name not in named]
+
     trusted = trusted_hops > 0
     incoming: dict[str, str] = {}
-    for name, value in kept:
+    host = ""
+    for name, value in special:
         if name in FORWARDING:
             # Several lines of one header form one comma-separated list (RFC 9110 section 5.3).
             incoming[name] = f"{incoming[name]}, {value}" if name in incoming else value
-    out = [(name, value) for name, value in kept if name not in FORWARDING and name not in PROXY_OWNED]
-
-    host = next((value for name, value in kept if name == "host"), "")
+        elif name == "host" and not host:
+            host = value
     chain = [hop.strip() for hop in incoming.get("x-forwarded-for", "").split(",") if hop.strip()] if trusted else []
     if peer:
         chain.append(peer)
     if chain:
-        out.append(("x-forwarded-for", ", ".join(chain)))
-    out.append(("x-forwarded-proto", incoming.get("x-forwarded-proto", scheme) if trusted else scheme))
+        kept.append(("x-forwarded-for", ", ".join(chain)))
+    kept.append(("x-forwarded-proto", incoming.get("x-forwarded-proto", scheme) if trusted else scheme))
     forwarded_host = incoming.get("x-forwarded-host", host) if trusted else host
     if forwarded_host:
-        out.append(("x-forwarded-host", forwarded_host))
-    out.append(("x-request-id", request_id))
-    out.append(("traceparent", traceparent))
+        kept.append(("x-forwarded-host", forwarded_host))
+    kept.append(("x-request-id", request_id))
+    kept.append(("traceparent", traceparent))
+    return UpstreamHead(kept, content_length, chunked)
+
+
+def downstream_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers (as aiohttp read them) for the ASGI response: names lowercased,
+    values passed on byte for byte, hop-by-hop and `Connection`-named ones removed, and `NOT_PASSED_BACK`."""
+    out: list[tuple[bytes, bytes]] = []
+    named: set[bytes] = set()
+    for raw_name, value in raw:
+        name = raw_name.lower()
+        if name not in NOT_PASSED_BACK:
+            out.append((name, value))
+        elif name == b"connection":
+            named |= {token.encode("latin-1") for token in connection_tokens(value.decode("latin-1"))}
+    if named:
+        out = [(name, value) for name, value in out if name not in named]
     return out
-
-
-def downstream_response_headers(upstream_headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's response headers as ASGI bytes, hop-by-hop and `Connection`-named ones removed.
-
-    `x-request-id` is dropped too: the request-context middleware sets the one the client sees.
-    """
-    kept = strip_hop_by_hop(upstream_headers)
-    return [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in kept
-        if name.lower() not in ("x-request-id", "date", "server")
-    ]

@@ -6,14 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from proxy.headers import (
-    HOP_BY_HOP,
-    connection_named,
-    decode_asgi_headers,
-    downstream_response_headers,
-    strip_hop_by_hop,
-    upstream_request_headers,
-)
+from proxy.headers import HOP_BY_HOP, downstream_response_headers, upstream_request_headers
 
 REQUEST_ID = "ours-123"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -22,9 +15,14 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 def upstream(
     client: Sequence[tuple[str, str]], *, peer: str | None = "10.0.0.9", scheme: str = "http", trusted_hops: int = 0
 ) -> list[tuple[str, str]]:
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in client]
     return upstream_request_headers(
-        client, peer=peer, scheme=scheme, request_id=REQUEST_ID, traceparent=TRACEPARENT, trusted_hops=trusted_hops
-    )
+        raw, peer=peer, scheme=scheme, request_id=REQUEST_ID, traceparent=TRACEPARENT, trusted_hops=trusted_hops
+    ).headers
+
+
+def downstream(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return downstream_response_headers([(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers])
 
 
 def values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
@@ -58,10 +56,18 @@ def test_headers_named_in_connection_are_dropped_but_our_forwarding_header_is_st
         assert values(out, "authorization") == ["Bearer t"]
 
 
-def test_connection_named_reads_every_connection_header_case_insensitively() -> None:
-    headers = [("Connection", "Keep-Alive, X-A"), ("connection", " x-b ,, "), ("x-a", "1")]
-    assert connection_named(headers) == {"keep-alive", "x-a", "x-b"}
-    assert strip_hop_by_hop([*headers, ("X-B", "2"), ("x-c", "3")]) == [("x-c", "3")]
+def test_every_connection_header_is_read_case_insensitively_both_ways() -> None:
+    headers = [("Connection", "Keep-Alive, X-A"), ("connection", " x-b ,, "), ("x-a", "1"), ("X-B", "2"), ("x-c", "3")]
+    assert downstream(headers) == [(b"x-c", b"3")]
+    out = upstream(headers)
+    assert not names(out) & {"connection", "keep-alive", "x-a", "x-b"}
+    assert values(out, "x-c") == ["3"]
+
+
+def test_a_connection_named_host_or_forwarding_header_is_not_read() -> None:
+    client = [("connection", "x-forwarded-host, host"), ("host", "api.example"), ("x-forwarded-host", "evil.example")]
+    out = upstream(client, trusted_hops=1)
+    assert values(out, "x-forwarded-host") == []
 
 
 def test_untrusted_client_forwarding_headers_are_replaced_by_the_peer() -> None:
@@ -138,9 +144,25 @@ def test_end_to_end_headers_keep_their_order_and_duplicates() -> None:
     assert [pair for pair in out if pair[0] in ("accept", "cookie", "x-custom")] == client
 
 
-def test_decode_asgi_headers_lowercases_names_and_keeps_latin1() -> None:
-    raw = [(b"X-Thing", b"caf\xe9"), (b"accept", b"*/*")]
-    assert decode_asgi_headers(raw) == [("x-thing", "caf\u00e9"), ("accept", "*/*")]
+def test_client_header_names_are_lowercased_and_values_kept_as_latin1() -> None:
+    head = upstream_request_headers(
+        [(b"X-Thing", b"caf\xe9"), (b"accept", b"*/*")],
+        peer=None,
+        scheme="http",
+        request_id=REQUEST_ID,
+        traceparent=TRACEPARENT,
+        trusted_hops=0,
+    )
+    assert head.headers[:2] == [("x-thing", "caf\u00e9"), ("accept", "*/*")]
+
+
+def test_content_length_and_chunked_are_reported_not_passed_on() -> None:
+    raw = [(b"Content-Length", b"12"), (b"content-length", b"99"), (b"transfer-encoding", b"chunked")]
+    head = upstream_request_headers(
+        raw, peer=None, scheme="http", request_id=REQUEST_ID, traceparent=TRACEPARENT, trusted_hops=0
+    )
+    assert (head.content_length, head.chunked) == ("12", True)
+    assert not names(head.headers) & {"content-length", "transfer-encoding"}
 
 
 def test_downstream_response_headers_drop_hop_by_hop_named_and_request_id() -> None:
@@ -157,7 +179,7 @@ def test_downstream_response_headers_drop_hop_by_hop_named_and_request_id() -> N
         ("Set-Cookie", "a=1"),
         ("Set-Cookie", "b=2"),
     ]
-    out = downstream_response_headers(upstream_headers)
+    out = downstream(upstream_headers)
     assert out == [
         (b"content-type", b"application/json"),
         (b"content-encoding", b"gzip"),
@@ -168,4 +190,9 @@ def test_downstream_response_headers_drop_hop_by_hop_named_and_request_id() -> N
 
 @pytest.mark.parametrize("name", ["Date", "Server"])
 def test_downstream_response_headers_leave_date_and_server_to_our_server(name: str) -> None:
-    assert downstream_response_headers([(name, "x"), ("etag", '"1"')]) == [(b"etag", b'"1"')]
+    assert downstream([(name, "x"), ("etag", '"1"')]) == [(b"etag", b'"1"')]
+
+
+def test_response_header_values_pass_byte_for_byte() -> None:
+    raw = [(b"Content-Disposition", 'attachment; filename="r\u00e9sum\u00e9.pdf"'.encode())]
+    assert downstream_response_headers(raw) == [(b"content-disposition", raw[0][1])]
