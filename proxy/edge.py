@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable
 
-from shared.context import header
+from shared.context import header, watch_response
 from shared.errors import problem_response
 from shared.metrics import record_security_event
-from shared.types import ASGIApp, Message, Receive, Scope, Send
+from shared.types import ASGIApp, Receive, Scope, Send
 
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
@@ -25,15 +25,27 @@ CORS_EXPOSE_HEADERS = "x-request-id, idempotent-replay, retry-after"
 CORS_MAX_AGE_S = 600
 
 
-def with_security_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The response headers plus ours; an upstream's own value for one of them is kept."""
-    out = list(headers)
-    present = {name.lower() for name, _ in out}
-    out.extend(item for item in SECURITY_HEADERS if item[0] not in present)
-    content_type = next((value for name, value in out if name.lower() == b"content-type"), b"")
-    if content_type.startswith(b"text/html") and b"content-security-policy" not in present:
-        out.append((b"content-security-policy", HTML_CSP))
-    return out
+SECURITY_HEADER_NAMES = frozenset(name for name, _ in SECURITY_HEADERS)
+
+
+def with_security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The response headers plus ours (a CSP for HTML); an upstream's own value for one of them is kept.
+    One pass over the headers: this runs for every response."""
+    present: set[bytes] = set()
+    content_type: bytes | None = None
+    for name, value in headers:
+        name = name.lower()
+        if name in SECURITY_HEADER_NAMES or name == b"content-security-policy":
+            present.add(name)
+        elif name == b"content-type" and content_type is None:
+            content_type = value
+    if present:
+        headers.extend(item for item in SECURITY_HEADERS if item[0] not in present)
+    else:
+        headers.extend(SECURITY_HEADERS)
+    if content_type is not None and content_type.startswith(b"text/html") and b"content-security-policy" not in present:
+        headers.append((b"content-security-policy", HTML_CSP))
+    return headers
 
 
 def merge_vary(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -44,6 +56,17 @@ def merge_vary(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
             values.extend(v.strip() for v in value.split(b",") if v.strip() and v.strip() not in values)
     others = [(name, value) for name, value in headers if name.lower() != b"vary"]
     return [*others, (b"vary", b", ".join(values))] if values else others
+
+
+def with_cors(extra: list[tuple[bytes, bytes]]) -> Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]]:
+    """A header hook: the CORS headers `extra` (replacing an upstream's own), then the security headers."""
+    replaced = {name for name, _ in extra if name != b"vary"}
+
+    def decorate(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        headers = merge_vary([*((k, v) for k, v in headers if k.lower() not in replaced), *extra])
+        return with_security_headers(headers)
+
+    return decorate
 
 
 def is_same_origin(origin: str, host: str | None, scheme: str) -> bool:
@@ -62,6 +85,8 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        exchange, send = watch_response(scope, send)
+        hooks = exchange.header_hooks
         origin = host = None
         hosts = 0
         for name, value in scope["headers"]:
@@ -73,43 +98,35 @@ class EdgeMiddleware:
         if hosts > 1 or (not host and scope.get("http_version") == "1.1"):
             # RFC 9112 section 3.2: the server must refuse it. Two hosts would let us route, forward and log
             # different ones. (granian hands a missing Host over as an empty one.)
+            hooks.append(with_security_headers)
             response = problem_response("bad_request", "An HTTP/1.1 request needs exactly one Host header")
-            await response(scope, receive, self._decorating(send, []))
+            await response(scope, receive, send)
             return
-        cors: list[tuple[bytes, bytes]] = []
-        if origin is not None and not is_same_origin(origin, host, scope.get("scheme", "http")):
-            if origin not in self.allowed_origins:
-                record_security_event("cors.reject", origin=origin[:200], path=scope["path"])
-                response = problem_response("cors_forbidden", "This origin is not allowed to call the API")
-                await response(scope, receive, self._decorating(send, []))
-                return
-            cors = [
-                (b"access-control-allow-origin", origin.encode("latin-1")),
-                (b"access-control-allow-credentials", b"true"),
-                (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode()),
-                (b"vary", b"Origin"),
+        if origin is None or is_same_origin(origin, host, scope.get("scheme", "http")):
+            hooks.append(with_security_headers)
+            await self.app(scope, receive, send)
+            return
+        if origin not in self.allowed_origins:
+            record_security_event("cors.reject", origin=origin[:200], path=scope["path"])
+            hooks.append(with_security_headers)
+            await problem_response("cors_forbidden", "This origin is not allowed to call the API")(scope, receive, send)
+            return
+        cors = [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"access-control-allow-credentials", b"true"),
+            (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode()),
+            (b"vary", b"Origin"),
+        ]
+        if scope["method"] == "OPTIONS" and header(scope, b"access-control-request-method"):
+            preflight = [
+                *cors,
+                (b"access-control-allow-methods", CORS_ALLOW_METHODS.encode()),
+                (b"access-control-allow-headers", CORS_ALLOW_HEADERS.encode()),
+                (b"access-control-max-age", str(CORS_MAX_AGE_S).encode()),
             ]
-            if scope["method"] == "OPTIONS" and header(scope, b"access-control-request-method"):
-                preflight = [
-                    *cors,
-                    (b"access-control-allow-methods", CORS_ALLOW_METHODS.encode()),
-                    (b"access-control-allow-headers", CORS_ALLOW_HEADERS.encode()),
-                    (b"access-control-max-age", str(CORS_MAX_AGE_S).encode()),
-                ]
-                await self._decorating(send, preflight)({"type": "http.response.start", "status": 204, "headers": []})
-                await send({"type": "http.response.body", "body": b""})
-                return
-        await self.app(scope, receive, self._decorating(send, cors))
-
-    @staticmethod
-    def _decorating(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
-        async def decorated(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.get("headers", ())
-                if extra:
-                    replaced = {name for name, _ in extra if name != b"vary"}
-                    headers = merge_vary([*((k, v) for k, v in headers if k.lower() not in replaced), *extra])
-                message = {**message, "headers": with_security_headers(headers)}
-            await send(message)
-
-        return decorated
+            hooks.append(with_cors(preflight))
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        hooks.append(with_cors(cors))
+        await self.app(scope, receive, send)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from redis.exceptions import RedisError
 
-from shared.context import request_context
+from shared.context import request_context, watch_response
 from shared.log import get_logger
 from shared.metrics import record_security_event
 from shared.ratelimit import Backend, key_digest, to_window_ms
-from shared.types import ASGIApp, Message, Receive, Scope, Send
+from shared.types import ASGIApp, Receive, Scope, Send
 
 ANOMALY_THRESHOLD = 10
 ANOMALY_WINDOW_S = 60.0
@@ -74,15 +74,9 @@ class AnomalyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status: int | None = None
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        await self.app(scope, receive, recording_send)
+        exchange, send = watch_response(scope, send)
+        await self.app(scope, receive, send)
+        status = exchange.status
         if status not in WATCHED_STATUSES:
             return
         state = scope.get("state", {})

@@ -21,9 +21,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.context import GRACE_PERIOD_OVER, current_request_id
+from shared.context import GRACE_PERIOD_OVER, current_request_id, watch_response
 from shared.log import get_logger
-from shared.types import ASGIApp, Message, Receive, Scope, Send
+from shared.types import ASGIApp, Receive, Scope, Send
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://apgms.example/problems/"
@@ -168,19 +168,13 @@ class ErrorBoundaryMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        exchange, send = watch_response(scope, send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, send)
         except asyncio.CancelledError as exc:
             if exc.args != (GRACE_PERIOD_OVER,):
                 raise
+            started = exchange.started
             log.warning("request_cancelled", path=scope.get("path"), method=scope.get("method"), started=started)
             if started:
                 raise  # the server must abort the connection: a cut-off body must not look complete
@@ -190,5 +184,5 @@ class ErrorBoundaryMiddleware:
             await problem_response("service_unavailable", detail, headers={"connection": "close"})(scope, receive, send)
         except Exception:
             log.exception("unhandled_error", path=scope.get("path"), method=scope.get("method"))
-            if not started:
+            if not exchange.started:
                 await problem_response("internal_error")(scope, receive, send)

@@ -21,9 +21,9 @@ from prometheus_client import (
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.context import request_context
+from shared.context import request_context, watch_response
 from shared.log import get_logger
-from shared.types import ASGIApp, Message, Receive, Scope, Send
+from shared.types import ASGIApp, Receive, Scope, Send
 
 UNMATCHED_ROUTE = "unmatched"
 PROBE_ROUTES = frozenset({"/health", "/ready", "/metrics"})
@@ -118,17 +118,11 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        exchange, send = watch_response(scope, send)
         try:
-            await self.app(scope, receive, recording_send)
+            await self.app(scope, receive, send)
         finally:
+            status = exchange.status or 500
             elapsed = time.perf_counter() - started
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
             route = route_label(scope)
