@@ -3,16 +3,20 @@
 The pure functions decide what to accept; `RequestContextMiddleware` is the thin ASGI adapter that applies them,
 binds the values to contextvars (so every log line and every outgoing call carries them) and echoes
 `x-request-id` on every response, errors included.
+
+It is also the one middleware that wraps `send`: the others learn the response status from the request's
+`Exchange` after the app returned, and add response headers by registering a hook on it (`watch_response`).
+One wrapper instead of one per middleware: each was a coroutine per message on every request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import random
 import re
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,12 +36,17 @@ class RequestContext:
     client: str | None
 
 
+# The version (4) and variant (RFC 4122) bits of a UUID4, over a 128-bit random number.
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+
+
 def new_request_id() -> str:
-    """A random UUID4 in its canonical form (`uuid.uuid4()` spelled out: a third of its cost per request)."""
-    random = bytearray(os.urandom(16))
-    random[6] = random[6] & 0x0F | 0x40  # version 4
-    random[8] = random[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = random.hex()
+    """A random UUID4 in its canonical form.
+
+    From `random` (seeded from the OS, reseeded in a forked child), not `os.urandom`: a request ID is no secret
+    (clients may choose their own), and the system call per request cost more than the rest of this function."""
+    h = f"{random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -57,8 +66,8 @@ def is_valid_traceparent(value: str) -> bool:
 
 
 def new_traceparent() -> str:
-    h = os.urandom(24).hex()
-    return f"00-{h[:32]}-{h[32:]}-01"
+    """A new sampled W3C traceparent (random ids, never the all-zero ones; not secrets either, see above)."""
+    return f"00-{random.getrandbits(128) or 1:032x}-{random.getrandbits(64) or 1:016x}-01"
 
 
 def accept_traceparent(value: str | None) -> str:
@@ -87,11 +96,19 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 def build_context(scope: Scope, trusted_hops: int) -> RequestContext:
+    request_id = traceparent = forwarded_for = None
+    for name, value in scope.get("headers", ()):  # one pass: this runs for every request
+        if name == b"x-request-id":
+            request_id = value.decode("latin-1") if request_id is None else request_id
+        elif name == b"traceparent":
+            traceparent = value.decode("latin-1") if traceparent is None else traceparent
+        elif name == b"x-forwarded-for":
+            forwarded_for = value.decode("latin-1") if forwarded_for is None else forwarded_for
     peer = scope.get("client")
     return RequestContext(
-        request_id=accept_request_id(header(scope, b"x-request-id")),
-        traceparent=accept_traceparent(header(scope, b"traceparent")),
-        client=client_address(peer[0] if peer else None, header(scope, b"x-forwarded-for"), trusted_hops),
+        request_id=accept_request_id(request_id),
+        traceparent=accept_traceparent(traceparent),
+        client=client_address(peer[0] if peer else None, forwarded_for, trusted_hops),
     )
 
 
@@ -132,6 +149,44 @@ class InFlight:
 
 
 CONNECTION_CLOSE = (b"connection", b"close")
+RawHeaders = list[tuple[bytes, bytes]]
+HeaderHook = Callable[[RawHeaders], RawHeaders]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request's response as the middleware sees it: its status once it has started, and the hooks that
+    rewrite its headers on the way out (the last registered runs first, as nested `send` wrappers would)."""
+
+    status: int | None = None
+    header_hooks: list[HeaderHook] = field(default_factory=list)
+
+    @property
+    def started(self) -> bool:
+        return self.status is not None
+
+    def observe(self, send: Send) -> Send:
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                if self.header_hooks:
+                    headers = list(message.get("headers", ()))
+                    for hook in reversed(self.header_hooks):
+                        headers = hook(headers)
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        return observed
+
+
+def watch_response(scope: Scope, send: Send) -> tuple[Exchange, Send]:
+    """The request's `Exchange`, and the `send` to pass on: the one `RequestContextMiddleware` set up, or, for a
+    middleware running without it (unit tests), a new one that observes `send` itself."""
+    exchange = scope.get("state", {}).get("exchange")
+    if exchange is not None:
+        return exchange, send
+    exchange = Exchange()
+    return exchange, exchange.observe(send)
 
 
 class RequestContextMiddleware:
@@ -156,17 +211,22 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         context = build_context(scope, self.trusted_hops)
-        scope.setdefault("state", {})["context"] = context
-        id_token = current_request_id.set(context.request_id)
-        trace_token = current_traceparent.set(context.traceparent)
         echo = (REQUEST_ID_HEADER.encode(), context.request_id.encode())
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != echo[0]]
-                extra = [echo, CONNECTION_CLOSE] if self.is_draining() else [echo]
-                message = {**message, "headers": [*headers, *extra]}
-            await send(message)
+        def add_request_id(headers: RawHeaders) -> RawHeaders:
+            headers = [(name, value) for name, value in headers if name.lower() != echo[0]]
+            headers.append(echo)
+            if self.is_draining():
+                headers.append(CONNECTION_CLOSE)
+            return headers
+
+        exchange = Exchange(header_hooks=[add_request_id])
+        state = scope.setdefault("state", {})
+        state["context"] = context
+        state["exchange"] = exchange
+        id_token = current_request_id.set(context.request_id)
+        trace_token = current_traceparent.set(context.traceparent)
+        send_with_id = exchange.observe(send)
 
         task = self.in_flight.enter()
         try:

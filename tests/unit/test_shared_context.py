@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import string
 import uuid
@@ -10,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.context import accept_request_id, accept_traceparent, build_context, client_address
+from shared.context import (
+    accept_request_id,
+    accept_traceparent,
+    build_context,
+    client_address,
+    new_request_id,
+    new_traceparent,
+)
 
 ALLOWED_ID_CHARS = string.ascii_letters + string.digits + "._:-"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -162,3 +170,42 @@ def test_build_context_replaces_non_ascii_request_id_bytes() -> None:
     assert is_uuid4(context.request_id)
     assert NEW_TRACEPARENT.fullmatch(context.traceparent)
     assert context.client is None
+
+
+def test_build_context_reads_the_first_of_repeated_headers() -> None:
+    scope = {
+        "type": "http",
+        "client": ("10.0.0.1", 1),
+        "headers": [
+            (b"x-request-id", b"first"),
+            (b"traceparent", VALID_TRACEPARENT.encode()),
+            (b"x-forwarded-for", b"203.0.113.7"),
+            (b"x-request-id", b"second"),
+            (b"traceparent", b"00-11111111111111111111111111111111-2222222222222222-01"),
+            (b"x-forwarded-for", b"6.6.6.6"),
+        ],
+    }
+    context = build_context(scope, trusted_hops=1)
+    assert (context.request_id, context.traceparent, context.client) == ("first", VALID_TRACEPARENT, "203.0.113.7")
+
+
+def test_new_ids_are_canonical_distinct_uuid4s_and_traceparents() -> None:
+    ids = {new_request_id() for _ in range(5000)}
+    traces = {new_traceparent() for _ in range(5000)}
+    assert len(ids) == len(traces) == 5000
+    assert all(is_uuid4(value) and uuid.UUID(value).variant == uuid.RFC_4122 for value in ids)
+    assert all(NEW_TRACEPARENT.fullmatch(value) for value in traces)
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    # IDs come from `random`, which must be reseeded in a child process (a pre-forking server's workers).
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, f"{new_request_id()} {new_traceparent()}".encode())
+        os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 200).decode().split()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert child and child != [new_request_id(), new_traceparent()]
