@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
-from prometheus_client import Counter, Histogram
+from multidict import CIMultiDict
 
 from proxy.headers import downstream_response_headers, upstream_request_headers
 from proxy.routing import BadPath, ProxyRoute, RouteTable, encode_path, normalise_path
@@ -30,30 +30,37 @@ from proxy.upstreams import HealthPolicy, Instance, Upstream
 from shared.context import request_context
 from shared.errors import problem_response
 from shared.log import get_logger
-from shared.metrics import LATENCY_BUCKETS_S, Children
+from shared.metrics import LATENCY_BUCKETS_S, RequestCounter, RequestHistogram
 from shared.types import Receive, Scope, Send
 
 # A body this small whose length the upstream declared is read whole and sent in one message.
 SMALL_BODY_BYTES = 64 * 1024
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-# Auto-headers aiohttp would otherwise invent; only what the client sent goes upstream. Set on the client sessions
-# (proxy.app.new_session): given per request, aiohttp rebuilds the set every time.
+# Auto-headers aiohttp would otherwise invent; only what the client sent goes upstream.
 SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+_SKIPPED = CIMultiDict[None]((name, None) for name in sorted(SKIP_AUTO_HEADERS))
 
-UPSTREAM_REQUESTS = Counter(
+
+class ForwardedRequest(aiohttp.ClientRequest):
+    """aiohttp's request without the headers it adds by itself (see SKIP_AUTO_HEADERS). aiohttp rebuilds its skip
+    set from the session's on every request (a sort and two multidicts); ours is built once. The sessions are
+    created with both (`proxy.app.new_session`); tests/unit/test_proxy_forward.py checks nothing is invented."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _SKIPPED
+
+UPSTREAM_REQUESTS = RequestCounter(
     "apgms_proxy_upstream_requests_total",
     "Requests sent upstream, by service and upstream status (connect_error and timeout when none came back).",
     ["service", "status"],
 )
-UPSTREAM_DURATION = Histogram(
+UPSTREAM_DURATION = RequestHistogram(
     "apgms_proxy_upstream_duration_seconds",
     "Time from sending upstream to the response headers.",
     ["service"],
     buckets=LATENCY_BUCKETS_S,
 )
 
-upstream_requests = Children(UPSTREAM_REQUESTS)
-upstream_duration = Children(UPSTREAM_DURATION)
 log = get_logger(__name__)
 
 
@@ -197,7 +204,7 @@ class Forwarder:
                 if isinstance(exc, aiohttp.ConnectionTimeoutError):
                     # The handshake never completed: a connection failure (retry, eject), not a slow upstream.
                     instance.record_connect_failure(self.policy)
-                    upstream_requests(route.service, "connect_error").inc()
+                    UPSTREAM_REQUESTS.inc((route.service, "connect_error"))
                     log.warning(
                         "upstream_error", upstream=route.service, instance=instance.label, error="connect timeout"
                     )
@@ -207,7 +214,7 @@ class Forwarder:
                         scope, receive, send
                     )
                     return
-                upstream_requests(route.service, "timeout").inc()
+                UPSTREAM_REQUESTS.inc((route.service, "timeout"))
                 await problem_response(
                     "upstream_timeout", f"{route.service} did not answer within {route.timeout_s:g}s"
                 )(scope, receive, send)
@@ -225,7 +232,7 @@ class Forwarder:
                         scope, receive, send
                     )
                     return
-                upstream_requests(route.service, "connect_error").inc()
+                UPSTREAM_REQUESTS.inc((route.service, "connect_error"))
                 if isinstance(exc, aiohttp.ClientConnectorError):
                     instance.record_connect_failure(self.policy)
                 log.warning("upstream_error", upstream=route.service, instance=instance.label, error=type(exc).__name__)
@@ -236,8 +243,8 @@ class Forwarder:
             break
 
         instance.record_success()
-        upstream_duration(route.service).observe(time.perf_counter() - started)
-        upstream_requests(route.service, str(response.status)).inc()
+        UPSTREAM_DURATION.observe((route.service,), time.perf_counter() - started)
+        UPSTREAM_REQUESTS.inc((route.service, str(response.status)))
         async with response:
             await send(
                 {

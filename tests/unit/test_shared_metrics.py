@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import structlog
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.routing import Route
 
-from shared.metrics import SECURITY_EVENTS, UNMATCHED_ROUTE, record_security_event, route_label, route_template
+from shared.metrics import (
+    SECURITY_EVENTS,
+    UNMATCHED_ROUTE,
+    RequestCounter,
+    RequestHistogram,
+    record_security_event,
+    route_label,
+    route_template,
+)
 
 
 @pytest.mark.parametrize(
@@ -68,3 +78,19 @@ def test_every_security_event_series_exists_from_start() -> None:
     assert {"anomaly.auth", "audit_failed", "auth.failure", "mfa.denied", "rate_limited", "cors.reject"} <= set(
         SECURITY_EVENTS
     )
+
+
+def test_request_metrics_are_exposed_exactly_as_prometheus_clients_own() -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counter = RequestCounter("x_requests_total", "Requests.", ["method", "status"], registry=ours)
+    histogram = RequestHistogram("x_seconds", "Time.", ["method"], buckets=(0.01, 0.1, 1.0), registry=ours)
+    reference_counter = Counter("x_requests_total", "Requests.", ["method", "status"], registry=theirs)
+    reference_histogram = Histogram("x_seconds", "Time.", ["method"], buckets=(0.01, 0.1, 1.0), registry=theirs)
+    for method, status, seconds in [("GET", "200", 0.01), ("GET", "200", 0.5), ("POST", "503", 7.0), ("GET", "404", 0)]:
+        counter.inc((method, status))
+        reference_counter.labels(method, status).inc()
+        histogram.observe((method,), seconds)
+        reference_histogram.labels(method).observe(seconds)
+    created = re.compile(rb"(_created\{[^}]*\}) \S+")
+    assert created.sub(rb"\1 T", generate_latest(ours)) == created.sub(rb"\1 T", generate_latest(theirs))
+    assert ours.get_sample_value("x_seconds_bucket", {"method": "GET", "le": "0.01"}) == 2.0  # a bound is inclusive
