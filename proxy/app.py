@@ -15,7 +15,7 @@ from starlette.routing import Route
 from proxy.config import ProxySettings
 from proxy.edge import EdgeMiddleware
 from proxy.federation import SelectorError, parse_exposition, parse_selector, render
-from proxy.forward import SKIP_AUTO_HEADERS, Forwarder
+from proxy.forward import SKIP_AUTO_HEADERS, ForwardedRequest, Forwarder
 from proxy.upstreams import Upstream, build_upstreams, run_health_checks
 from shared.app import Runtime, build_runtime, build_service_app, service_middleware, wrap
 from shared.errors import ApiError, FieldError
@@ -45,6 +45,7 @@ def new_session(pool_size: int) -> aiohttp.ClientSession:
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=SKIP_AUTO_HEADERS,
+        request_class=ForwardedRequest,
     )
 
 
