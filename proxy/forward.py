@@ -33,6 +33,9 @@ from shared.log import get_logger
 from shared.metrics import LATENCY_BUCKETS_S, RequestCounter, RequestHistogram
 from shared.types import Receive, Scope, Send
 
+# After a 413, how much of the rest of the body is still read (and dropped), and for how long: see discard_body.
+LINGER_BYTES = 64 * 1024 * 1024
+LINGER_S = 5.0
 # A body this small whose length the upstream declared is read whole and sent in one message.
 SMALL_BODY_BYTES = 64 * 1024
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -68,6 +71,24 @@ log = get_logger(__name__)
 def client_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
     # sock_read bounds the wait for the response headers (and each later read): no extra timer per request.
     return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
+
+
+async def discard_body(receive: Receive, limit_bytes: int = LINGER_BYTES, limit_s: float = LINGER_S) -> None:
+    """Read and drop what is left of a refused request body, within limits. A client usually sends its whole
+    body before it reads the answer; closing on it mid-upload resets the connection and it never sees the 413
+    (nginx's lingering close does the same)."""
+    dropped = 0
+    try:
+        async with asyncio.timeout(limit_s):
+            while dropped < limit_bytes:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                dropped += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return
 
 
 class BodyTooLarge(Exception):
@@ -163,12 +184,13 @@ class Forwarder:
             return
         length = int(declared) if declared is not None else None
         if length is not None and length > route.max_body_bytes:
-            # The unread body is still on the wire: close the connection rather than parse it as a request.
+            # The unread body is still on the wire: dropped, and the connection closed rather than reused.
             await problem_response(
                 "payload_too_large",
                 f"The body exceeds {route.max_body_bytes} bytes for {route.prefix}",
                 headers={"connection": "close"},
             )(scope, receive, send)
+            await discard_body(receive)
             return
         if length:
             headers.append(("content-length", str(length)))
@@ -222,8 +244,11 @@ class Forwarder:
             except (aiohttp.ClientError, BodyTooLarge, ClientDisconnected) as exc:
                 if body.too_large:
                     await problem_response(
-                        "payload_too_large", f"The body exceeds {route.max_body_bytes} bytes for {route.prefix}"
+                        "payload_too_large",
+                        f"The body exceeds {route.max_body_bytes} bytes for {route.prefix}",
+                        headers={"connection": "close"},
                     )(scope, receive, send)
+                    await discard_body(receive)
                     return
                 if body.disconnected:
                     # aiohttp may wrap our exception; either way the upstream is not to blame. If the client is

@@ -174,7 +174,9 @@ async def test_failures_answer_their_problem_without_hanging(start_service, http
         PROXY_UNHEALTHY_THRESHOLD="1000",
     )
 
-    async with http.post(f"{proxy.url}/bank-lines", data=io.BytesIO(b"x" * (2 * 1024 * 1024))) as response:
+    # 48 MiB: far more than the socket buffers hold, so the client is still sending when the 413 comes back; the
+    # proxy reads and drops the rest (up to LINGER_BYTES) so the client gets to read the answer.
+    async with http.post(f"{proxy.url}/bank-lines", data=io.BytesIO(b"x" * (48 * 1024 * 1024))) as response:
         body = await response.json(content_type=None)
     assert (response.status, body["code"]) == (413, "payload_too_large")
     assert body["request_id"] == response.headers["x-request-id"]

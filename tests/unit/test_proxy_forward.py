@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message
 
 from proxy.app import create_app
 from proxy.config import load_proxy_settings
-from proxy.forward import Forwarder
+from proxy.forward import Forwarder, discard_body
 from proxy.routing import MiB, build_route_table
 from proxy.upstreams import HealthPolicy, build_upstreams
 from shared.context import RequestContextMiddleware
@@ -631,3 +631,51 @@ async def test_proxy_metrics_count_upstream_requests(upstreams: Upstreams) -> No
     assert 'apgms_proxy_upstream_duration_seconds_bucket{le="0.5",service="auth"}' in response.text
     assert "apgms_proxy_upstream_up{" in response.text
     assert upstreams.requests("/metrics") == []
+
+
+def body_messages(
+    *chunks: bytes, complete: bool = True, then: Message | None = None
+) -> Callable[[], Awaitable[Message]]:
+    """An ASGI receive that yields `chunks` as a body (its last says more_body unless `complete`), then `then`,
+    then waits forever, like a client that went quiet."""
+    queue: list[Message] = [
+        {"type": "http.request", "body": chunk, "more_body": not complete or index < len(chunks) - 1}
+        for index, chunk in enumerate(chunks)
+    ]
+    if then is not None:
+        queue.append(then)
+    taken: list[Message] = []
+
+    async def receive() -> Message:
+        if not queue:
+            await asyncio.Event().wait()
+        taken.append(queue.pop(0))
+        return taken[-1]
+
+    receive.taken = taken  # type: ignore[attr-defined]
+    return receive
+
+
+async def test_discard_body_reads_the_rest_of_a_refused_body_and_stops_at_its_end() -> None:
+    receive = body_messages(b"a" * 10, b"b" * 10, b"", then={"type": "http.disconnect"})
+    await asyncio.wait_for(discard_body(receive), 1)
+    assert len(receive.taken) == 3  # type: ignore[attr-defined]
+
+
+async def test_discard_body_gives_up_past_its_byte_limit() -> None:
+    endless = body_messages(*[b"x" * 1000] * 100, complete=False)
+    await asyncio.wait_for(discard_body(endless, limit_bytes=5000), 1)
+    assert len(endless.taken) == 5  # type: ignore[attr-defined]
+
+
+async def test_discard_body_gives_up_past_its_time_limit() -> None:
+    stalled = body_messages(b"x", complete=False)
+    started = time.monotonic()
+    await asyncio.wait_for(discard_body(stalled, limit_s=0.2), 2)
+    assert 0.15 < time.monotonic() - started < 1
+
+
+async def test_discard_body_stops_when_the_client_is_gone() -> None:
+    gone = body_messages(then={"type": "http.disconnect"})
+    await asyncio.wait_for(discard_body(gone), 1)
+    assert len(gone.taken) == 1  # type: ignore[attr-defined]
