@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.context import request_context, watch_response
-from shared.log import get_logger
+from shared.log import get_logger, write_access_line
 from shared.types import ASGIApp, Receive, Scope, Send
 
 UNMATCHED_ROUTE = "unmatched"
@@ -46,7 +46,6 @@ SECURITY_EVENTS = (
     "readiness.fail",
     "token.invalid",
 )
-
 
 
 class RequestCounter:
@@ -197,16 +196,16 @@ class MetricsMiddleware:
             context = request_context(scope) if "context" in state else None
             # Probes and scrapes arrive every few hundred ms from the proxy and Prometheus; their successes would
             # drown the access log, so they are debug lines. Their failures stay info.
-            write = log.debug if route in PROBE_ROUTES and status < 400 else log.info
-            write(
-                "request",
-                method=method,
-                route=route,
-                path=scope["path"],
-                status=status,
-                duration_ms=round(elapsed * 1000, 2),
-                client=context.client if context else None,
-                **state.get("log_fields", {}),
+            level = "debug" if route in PROBE_ROUTES and status < 400 else "info"
+            write_access_line(
+                level,
+                method,
+                route,
+                scope["path"],
+                status,
+                round(elapsed * 1000, 2),
+                context.client if context else None,
+                state.get("log_fields"),
             )
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from shared.log import configure_logging
+from shared.log import configure_logging, reset_logging
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def log_stream() -> Iterator[io.StringIO]:
     try:
         yield stream
     finally:
-        structlog.reset_defaults()
+        reset_logging()
         structlog.contextvars.clear_contextvars()
         root.handlers = handlers
         root.setLevel(level)

@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
-from structlog.testing import capture_logs
 
 from shared.anomaly import AnomalyDetector, AnomalyMiddleware
 from shared.context import RequestContextMiddleware
 from shared.errors import ApiError
+from shared.log import capture_logs
 from shared.ratelimit import (
     Decision,
     LoginGuard,

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
-import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
@@ -24,6 +23,7 @@ from shared.errors import (
     handle_http_exception,
     problem_body,
 )
+from shared.log import capture_logs
 from shared.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -125,7 +125,7 @@ async def test_error_boundary_does_not_send_a_second_response_after_the_first_st
         sent.append(message)
 
     scope = {"type": "http", "method": "GET", "path": "/stream", "headers": []}
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         await ErrorBoundaryMiddleware(half_sent)(scope, receive, send)
     assert [m["type"] for m in sent] == ["http.response.start"]
     assert [entry["event"] for entry in logs] == ["unhandled_error"]
@@ -144,7 +144,7 @@ async def test_error_boundary_turns_an_exception_into_a_500_problem(request_id: 
         sent.append(message)
 
     scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
-    with structlog.testing.capture_logs():
+    with capture_logs():
         await ErrorBoundaryMiddleware(broken)(scope, receive, send)
     assert sent[0]["status"] == 500
     assert (b"content-type", PROBLEM_MEDIA_TYPE.encode()) in sent[0]["headers"]
@@ -184,7 +184,7 @@ async def streams_then_waits(_: Scope, __: Receive, send: Send) -> None:
 
 
 async def test_a_request_cut_off_by_the_grace_period_answers_503_not_500() -> None:
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         sent, task = await run_until_cancelled(waits_forever, GRACE_PERIOD_OVER)
     assert not task.cancelled()
     assert sent[0]["status"] == 503
@@ -194,7 +194,7 @@ async def test_a_request_cut_off_by_the_grace_period_answers_503_not_500() -> No
 
 
 async def test_a_started_response_cut_off_by_the_grace_period_is_aborted_not_completed() -> None:
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         sent, task = await run_until_cancelled(streams_then_waits, GRACE_PERIOD_OVER)
     assert task.cancelled(), "the server must see the failure and abort the connection"
     assert [m.get("more_body") for m in sent[1:]] == [True]

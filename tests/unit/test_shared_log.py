@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from shared.context import current_request_id, current_traceparent
-from shared.log import configure_logging, get_logger, utc_timestamp
+from shared.log import capture_logs, configure_logging, get_logger, utc_timestamp, write_access_line
 
 HEAD = ["time", "level", "service", "event", "request_id"]
 
@@ -143,3 +143,47 @@ def test_a_logger_made_before_a_reconfiguration_follows_it(log_stream: io.String
     log.warning("second")
     assert [line["event"] for line in lines(log_stream)] == ["first"]
     assert [(line["service"], line["event"]) for line in lines(second)] == [("core", "second")]
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("/bank-lines", None),
+        ("/users/jane@example.com/tfn/123456782", {"traffic": "regulator", "note": "password=hunter2"}),
+    ],
+)
+@pytest.mark.parametrize("traceparent", [None, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"])
+def test_the_access_line_is_what_the_general_path_writes(
+    log_stream: io.StringIO, path: str, extra: dict[str, str] | None, traceparent: str | None
+) -> None:
+    fields = {"method": "GET", "route": "/users/:id", "path": path, "status": 200, "duration_ms": 1.25}
+    with bound("req-1", traceparent):
+        write_access_line("info", **fields, client="203.0.113.9", extra=extra)
+        get_logger("t").info("request", **fields, client="203.0.113.9", **(extra or {}))
+    fast, general = lines(log_stream)
+    assert fast.pop("time") and general.pop("time")
+    assert list(fast.items()) == list(general.items())
+    assert "jane@example.com" not in log_stream.getvalue() and "hunter2" not in log_stream.getvalue()
+
+
+def test_the_access_line_follows_the_level_and_capture(log_stream: io.StringIO) -> None:
+    write_access_line("debug", "GET", "/health", "/health", 200, 0.1, None)
+    assert lines(log_stream) == []
+    with capture_logs() as captured:
+        write_access_line("info", "GET", "/x", "/x", 200, 0.1, None, {"traffic": "regulator"})
+    assert lines(log_stream) == []
+    assert captured == [
+        {
+            "event": "request",
+            "log_level": "info",
+            "method": "GET",
+            "route": "/x",
+            "path": "/x",
+            "status": 200,
+            "duration_ms": 0.1,
+            "client": None,
+            "traffic": "regulator",
+        }
+    ]
+    write_access_line("info", "GET", "/y", "/y", 200, 0.1, None)
+    assert [line["path"] for line in lines(log_stream)] == ["/y"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.routing import Route
 
+from shared.log import capture_logs
 from shared.metrics import (
     SECURITY_EVENTS,
     UNMATCHED_ROUTE,
@@ -51,7 +51,7 @@ def security_events(event: str) -> float:
 @pytest.mark.parametrize("event", ["mfa.denied", "auth.failure", "rate_limited"])
 def test_record_security_event_counts_and_logs(event: str) -> None:
     before = security_events(event)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         record_security_event(event, org_id="org-1", principal="user-9")
     assert security_events(event) == before + 1
     assert logs == [
@@ -66,7 +66,7 @@ def test_record_security_event_counts_and_logs(event: str) -> None:
 
 
 def test_unknown_security_event_is_rejected_and_not_counted() -> None:
-    with structlog.testing.capture_logs() as logs, pytest.raises(ValueError, match=r"made\.up"):
+    with capture_logs() as logs, pytest.raises(ValueError, match=r"made\.up"):
         record_security_event("made.up", org_id="org-1")
     assert REGISTRY.get_sample_value("security_events_total", {"event": "made.up"}) is None
     assert logs == []

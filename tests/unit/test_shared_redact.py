@@ -10,7 +10,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shared.redact import REDACTED, _redact_scanned, redact_event, redact_text, redact_value
+from shared.redact import (
+    _MAYBE_SENSITIVE,
+    REDACTED,
+    _maybe_sensitive,
+    _redact_scanned,
+    redact_event,
+    redact_text,
+    redact_value,
+)
 
 # Free text: no "@" (so a surviving "@" can only come from the email) and no digits (so the surrounding text
 # cannot itself look like a TFN or an account number).
@@ -270,3 +278,9 @@ SENSITIVE_PIECES = st.sampled_from(
 def test_property_the_quick_precheck_never_changes_a_result(text: str) -> None:
     # redact_text skips the pattern scan for text that cannot match; skipping must never let anything through.
     assert redact_text(text) == _redact_scanned(text)
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.text(alphabet=string.printable, max_size=30))
+@settings(max_examples=3000)
+def test_property_the_ascii_precheck_agrees_with_the_regex(text: str) -> None:
+    assert _maybe_sensitive(text) == (_MAYBE_SENSITIVE.search(text) is not None)

@@ -8,10 +8,10 @@ import socket
 from pathlib import Path
 
 import pytest
-import structlog
 
 from apgms.devservers import free_port
 from shared.context import GRACE_PERIOD_OVER
+from shared.log import capture_logs
 from shared.runner import DropGracePeriodCancellations, bind_address, load_or_exit
 
 CONFIG_VARIABLES = (
@@ -96,7 +96,7 @@ def test_bind_address_refuses_with_one_log_line(host: str, event: str) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with structlog.testing.capture_logs() as logs, pytest.raises(SystemExit) as exited:
+        with capture_logs() as logs, pytest.raises(SystemExit) as exited:
             bind_address(host, port)
     assert exited.value.code == 1
     assert [entry["event"] for entry in logs] == [event]
