@@ -33,8 +33,7 @@ def with_security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[byte
     One pass over the headers: this runs for every response."""
     present: set[bytes] = set()
     content_type: bytes | None = None
-    for name, value in headers:
-        name = name.lower()
+    for name, value in headers:  # ASGI header names are lowercase (Starlette's and the forwarder's are)
         if name in SECURITY_HEADER_NAMES or name == b"content-security-policy":
             present.add(name)
         elif name == b"content-type" and content_type is None:

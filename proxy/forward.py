@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -51,6 +52,7 @@ class ForwardedRequest(aiohttp.ClientRequest):
 
     def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
         self._skip_auto_headers = _SKIPPED
+
 
 UPSTREAM_REQUESTS = RequestCounter(
     "apgms_proxy_upstream_requests_total",
@@ -141,31 +143,34 @@ class Forwarder:
     regulator_slots: asyncio.Semaphore
     connect_timeout_s: float
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        """The coroutine that answers this request. Routing needs no waiting, so it is done here, before any
+        coroutine exists: the one returned is the forwarding itself (one frame less on every resumption)."""
         raw_path = scope.get("raw_path") or scope["path"].encode()
         try:
             path = normalise_path(raw_path.decode("latin-1"))
         except BadPath as exc:
-            await problem_response("bad_request", f"Unacceptable path: {exc}")(scope, receive, send)
-            return
+            return problem_response("bad_request", f"Unacceptable path: {exc}")(scope, receive, send)
         route = self.routes.match(path)
         if route is None:
-            await problem_response("not_found", "No service serves this path")(scope, receive, send)
-            return
+            return problem_response("not_found", "No service serves this path")(scope, receive, send)
         state = scope.setdefault("state", {})
         state["route_label"] = route.prefix
-        if route.is_regulator:
-            state["log_fields"] = {"traffic": "regulator"}
-            if self.regulator_slots.locked():
-                await problem_response(
-                    "service_unavailable",
-                    "The regulator route is at its concurrency limit",
-                    headers={"retry-after": "1"},
-                )(scope, receive, send)
-                return
-            async with self.regulator_slots:
-                await self._forward(scope, receive, send, route, path)
-        else:
+        if not route.is_regulator:
+            return self._forward(scope, receive, send, route, path)
+        state["log_fields"] = {"traffic": "regulator"}
+        if self.regulator_slots.locked():
+            return problem_response(
+                "service_unavailable",
+                "The regulator route is at its concurrency limit",
+                headers={"retry-after": "1"},
+            )(scope, receive, send)
+        return self._forward_regulator(scope, receive, send, route, path)
+
+    async def _forward_regulator(
+        self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute, path: str
+    ) -> None:
+        async with self.regulator_slots:
             await self._forward(scope, receive, send, route, path)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute, path: str) -> None:

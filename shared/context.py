@@ -214,7 +214,7 @@ class RequestContextMiddleware:
         echo = (REQUEST_ID_HEADER.encode(), context.request_id.encode())
 
         def add_request_id(headers: RawHeaders) -> RawHeaders:
-            headers = [(name, value) for name, value in headers if name.lower() != echo[0]]
+            headers = [(name, value) for name, value in headers if name != echo[0]]  # ASGI names are lowercase
             headers.append(echo)
             if self.is_draining():
                 headers.append(CONNECTION_CLOSE)
