@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint fmt bench bench-proxy bench-auth
+.PHONY: install run test lint fmt bench bench-proxy bench-proxy-instructions bench-auth
 
 install: $(STAMP)
 
@@ -42,6 +42,9 @@ bench: bench-proxy bench-auth
 
 bench-proxy: install
 	$(BIN)/python bench/proxy.py
+
+bench-proxy-instructions: install
+	$(BIN)/python bench/proxy_instructions.py
 
 bench-auth: install
 	$(BIN)/python bench/auth.py
