@@ -221,6 +221,32 @@ async def test_the_proxy_adds_no_client_headers_of_its_own(upstreams: Upstreams)
         assert seen.header(invented) == [], invented
 
 
+async def test_the_upstream_receives_host_then_exactly_the_forwarded_headers_in_order(upstreams: Upstreams) -> None:
+    async with proxy(upstreams.env()) as client:
+        for name in ("user-agent", "accept", "accept-encoding"):
+            client.headers.pop(name, None)
+        response = await client.get(
+            "/org",
+            headers=[("x-a", "1"), ("cookie", "c1"), ("x-b", "2"), ("cookie", "c2"), ("x-request-id", "rid-1")],
+        )
+    assert response.status_code == 200
+    (seen,) = upstreams.seen
+    names = [name.lower() for name, _ in seen.headers]
+    assert seen.headers[0] == ("Host", f"127.0.0.1:{upstreams.ports['core']}")
+    assert names[1:] == [
+        "x-a",
+        "cookie",
+        "x-b",
+        "cookie",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+        "traceparent",
+    ]
+    assert seen.header("cookie") == ["c1", "c2"]
+
+
 async def test_an_unacceptable_request_id_and_traceparent_are_replaced_by_ours(upstreams: Upstreams) -> None:
     async with proxy(upstreams.env()) as client:
         response = await client.get("/auth/me", headers={"x-request-id": "bad id!" * 3, "traceparent": "00-zz-yy-01"})
