@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from shared.context import header, watch_response
+from shared.context import HeaderHook, header, watch_response
 from shared.errors import problem_response
 from shared.metrics import record_security_event
 from shared.types import ASGIApp, Receive, Scope, Send
@@ -91,9 +91,9 @@ class EdgeMiddleware:
         for name, value in scope["headers"]:
             if name == b"host":
                 hosts += 1
-                host = value.decode("latin-1")
+                host = value
             elif name == b"origin":
-                origin = value.decode("latin-1")
+                origin = value
         if hosts > 1 or (not host and scope.get("http_version") == "1.1"):
             # RFC 9112 section 3.2: the server must refuse it. Two hosts would let us route, forward and log
             # different ones. (granian hands a missing Host over as an empty one.)
@@ -101,7 +101,18 @@ class EdgeMiddleware:
             response = problem_response("bad_request", "An HTTP/1.1 request needs exactly one Host header")
             await response(scope, receive, send)
             return
-        if origin is None or is_same_origin(origin, host, scope.get("scheme", "http")):
+        if origin is None:  # most requests: API clients and integrations send no Origin
+            hooks.append(with_security_headers)
+            await self.app(scope, receive, send)
+            return
+        await self._cross_origin(
+            scope, receive, send, hooks, origin.decode("latin-1"), host.decode("latin-1") if host else None
+        )
+
+    async def _cross_origin(
+        self, scope: Scope, receive: Receive, send: Send, hooks: list[HeaderHook], origin: str, host: str | None
+    ) -> None:
+        if is_same_origin(origin, host, scope.get("scheme", "http")):
             hooks.append(with_security_headers)
             await self.app(scope, receive, send)
             return

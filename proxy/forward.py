@@ -159,6 +159,10 @@ class BodyReader:
 
 @dataclass
 class Forwarder:
+    """The innermost handler of the proxy's stack (`proxy.app`). Calling it returns the coroutine that answers
+    the request rather than being one, so servers that tell ASGI 2 from 3 by introspection would misread it:
+    it is always served inside the shared middleware."""
+
     routes: RouteTable
     upstreams: Mapping[str, Upstream]
     sessions: Mapping[str, aiohttp.ClientSession]

@@ -127,8 +127,9 @@ class InFlight:
 
     def enter(self) -> asyncio.Task[object] | None:
         """Count the request served by the current task; pass what this returns to `leave`."""
+        if self.count == 0:
+            self.idle.clear()
         self.count += 1
-        self.idle.clear()
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)

@@ -25,7 +25,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.context import request_context, watch_response
+from shared.context import watch_response
 from shared.log import get_logger, write_access_line
 from shared.types import ASGIApp, Receive, Scope, Send
 
@@ -189,11 +189,11 @@ class MetricsMiddleware:
             status = exchange.status or 500
             elapsed = time.perf_counter() - started
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
-            route = route_label(scope)
+            state = scope.get("state", {})
+            route = state.get("route_label") or route_label(scope)
             REQUESTS.inc((method, route, str(status)))
             REQUEST_DURATION.observe((method, route), elapsed)
-            state = scope.get("state", {})
-            context = request_context(scope) if "context" in state else None
+            context = state.get("context")
             # Probes and scrapes arrive every few hundred ms from the proxy and Prometheus; their successes would
             # drown the access log, so they are debug lines. Their failures stay info.
             level = "debug" if route in PROBE_ROUTES and status < 400 else "info"
