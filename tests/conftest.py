@@ -49,6 +49,17 @@ LOG_WAIT_TIMEOUT_S = 10.0
 LogRecord = dict[str, Any]
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A CI timeout or `kill` sends SIGTERM, which would end pytest without its teardown and leave the session's
+    # PostgreSQL (a daemon of its own) running. As a KeyboardInterrupt, the session is torn down first.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 @contextmanager
 def throwaway_dir(prefix: str) -> Iterator[Path]:
     """A directory under /tmp that the `postgres` user can traverse (mkdtemp makes it 0700), removed at the end."""
