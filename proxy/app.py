@@ -128,6 +128,7 @@ def create_app(settings: ProxySettings) -> ProxyDispatch:
         trusted_hops=settings.trusted_hops,
         regulator_slots=asyncio.Semaphore(settings.regulator_max_concurrency),
         connect_timeout_s=settings.connect_timeout_s,
+        is_draining=lambda: runtime.health.draining,
     )
     proxied = wrap(forwarder, service_middleware(settings, runtime, edge, detect_anomalies=False))
     return ProxyDispatch(app, proxied)

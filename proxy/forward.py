@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +40,7 @@ from shared.types import Receive, Scope, Send
 # After a 413, how much of the rest of the body is still read (and dropped), and for how long: see discard_body.
 LINGER_BYTES = 64 * 1024 * 1024
 LINGER_S = 5.0
+LINGER_IDLE_S = 1.0
 # A body this small whose length the upstream declared is read whole and sent in one message.
 SMALL_BODY_BYTES = 64 * 1024
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -99,22 +100,26 @@ def client_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
 
 
-async def discard_body(receive: Receive, limit_bytes: int = LINGER_BYTES, limit_s: float = LINGER_S) -> None:
+async def discard_body(
+    receive: Receive, limit_bytes: int = LINGER_BYTES, limit_s: float = LINGER_S, idle_s: float = LINGER_IDLE_S
+) -> None:
     """Read and drop what is left of a refused request body, within limits. A client usually sends its whole
     body before it reads the answer; closing on it mid-upload resets the connection and it never sees the 413
-    (nginx's lingering close does the same)."""
+    (nginx's lingering close does the same). A client that sends nothing for `idle_s` is not uploading: it is
+    left at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
     dropped = 0
-    try:
-        async with asyncio.timeout(limit_s):
-            while dropped < limit_bytes:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return
-                dropped += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    return
-    except TimeoutError:
-        return
+    while dropped < limit_bytes and (left := deadline - loop.time()) > 0:
+        try:
+            message = await asyncio.wait_for(receive(), min(idle_s, left))
+        except TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 class BodyTooLarge(Exception):
@@ -170,6 +175,7 @@ class Forwarder:
     trusted_hops: int
     regulator_slots: asyncio.Semaphore
     connect_timeout_s: float
+    is_draining: Callable[[], bool] = lambda: False
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
         """The coroutine that answers this request. Routing needs no waiting, so it is done here, before any
@@ -200,6 +206,18 @@ class Forwarder:
     ) -> None:
         async with self.regulator_slots:
             await self._forward(scope, receive, send, route, path)
+        if scope["state"].get("refused_body"):
+            await discard_body(receive)  # with the slot released: a refused upload must not hold one
+
+    async def _after_refusal(self, scope: Scope, receive: Receive, route: ProxyRoute) -> None:
+        """What follows a 413: the rest of the body dropped (see discard_body), unless the process is draining
+        (it would hold the shutdown up); on the regulator route only once its concurrency slot is released."""
+        if self.is_draining():
+            return
+        if route.is_regulator:
+            scope["state"]["refused_body"] = True
+        else:
+            await discard_body(receive)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute, path: str) -> None:
         context = request_context(scope)
@@ -223,7 +241,7 @@ class Forwarder:
                 f"The body exceeds {route.max_body_bytes} bytes for {route.prefix}",
                 headers={"connection": "close"},
             )(scope, receive, send)
-            await discard_body(receive)
+            await self._after_refusal(scope, receive, route)
             return
         if length:
             headers.append(("content-length", str(length)))
@@ -284,7 +302,7 @@ class Forwarder:
                         f"The body exceeds {route.max_body_bytes} bytes for {route.prefix}",
                         headers={"connection": "close"},
                     )(scope, receive, send)
-                    await discard_body(receive)
+                    await self._after_refusal(scope, receive, route)
                     return
                 if body.disconnected:
                     # aiohttp may wrap our exception; either way the upstream is not to blame. If the client is

@@ -12,8 +12,10 @@ One wrapper instead of one per middleware: each was a coroutine per message on e
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -41,12 +43,17 @@ _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
 _UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 
-def new_request_id() -> str:
-    """A random UUID4 in its canonical form.
+# Request IDs and trace IDs come from a generator of their own, seeded from the OS and reseeded in a forked child,
+# not from `os.urandom`: neither is a secret (clients may choose their own), and the system call per request cost
+# more than the rest of the request context. Not the module's shared `random` either, whose state what we hand
+# out would reveal to anyone collecting enough IDs.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
 
-    From `random` (seeded from the OS, reseeded in a forked child), not `os.urandom`: a request ID is no secret
-    (clients may choose their own), and the system call per request cost more than the rest of this function."""
-    h = f"{random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+
+def new_request_id() -> str:
+    """A random UUID4 in its canonical form (from `_ids`)."""
+    h = f"{_ids.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -66,8 +73,8 @@ def is_valid_traceparent(value: str) -> bool:
 
 
 def new_traceparent() -> str:
-    """A new sampled W3C traceparent (random ids, never the all-zero ones; not secrets either, see above)."""
-    return f"00-{random.getrandbits(128) or 1:032x}-{random.getrandbits(64) or 1:016x}-01"
+    """A new sampled W3C traceparent (random ids from `_ids`, never the all-zero ones)."""
+    return f"00-{_ids.getrandbits(128) or 1:032x}-{_ids.getrandbits(64) or 1:016x}-01"
 
 
 def accept_traceparent(value: str | None) -> str:
@@ -161,6 +168,9 @@ class Exchange:
 
     status: int | None = None
     header_hooks: list[HeaderHook] = field(default_factory=list)
+    # `time.perf_counter()` when the last body message went out; the request may go on after it (a 413 that
+    # drops the rest of the upload), but the response is done.
+    finished: float | None = None
 
     @property
     def started(self) -> bool:
@@ -175,6 +185,8 @@ class Exchange:
                     for hook in reversed(self.header_hooks):
                         headers = hook(headers)
                     message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.finished = time.perf_counter()
             await send(message)
 
         return observed

@@ -105,8 +105,8 @@ class RequestHistogram:
     def observe(self, labels: tuple[str, ...], value: float) -> None:
         series = self.series.get(labels)
         if series is None:
+            self.created[labels] = time.time()  # first: `collect` reads it for every series it finds
             series = self.series[labels] = [0.0] * (len(self.bounds) + 1)
-            self.created[labels] = time.time()
         series[bisect.bisect_left(self.bounds, value)] += 1  # the first bucket whose bound is >= value
         series[-1] += value
 
@@ -187,7 +187,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
         finally:
             status = exchange.status or 500
-            elapsed = time.perf_counter() - started
+            elapsed = (exchange.finished or time.perf_counter()) - started
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
             state = scope.get("state", {})
             route = state.get("route_label") or route_label(scope)

@@ -705,3 +705,63 @@ async def test_discard_body_stops_when_the_client_is_gone() -> None:
     gone = body_messages(then={"type": "http.disconnect"})
     await asyncio.wait_for(discard_body(gone), 1)
     assert len(gone.taken) == 1  # type: ignore[attr-defined]
+
+
+async def oversized_upload(app: ASGIApp, path: str, sent: list[Message]) -> None:
+    """An upload declaring 100 MB whose client then sends nothing (it waits for the answer)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"api.example"), (b"content-length", b"100000000")],
+        "client": ("203.0.113.8", 1),
+        "server": ("127.0.0.1", 3000),
+    }
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, body_messages(complete=False), send)
+
+
+async def test_a_refused_upload_holds_no_regulator_slot_and_its_client_is_left_once_idle(
+    upstreams: Upstreams,
+) -> None:
+    settings = load_proxy_settings(
+        environ={"APGMS_ENV": "test", **QUIET_HEALTH, **upstreams.env(), "REGULATOR_MAX_CONCURRENCY": "1"}
+    )
+    app = create_app(settings)
+    fast = {"method": "POST", "route": "/regulator", "le": "0.5"}
+    fast_before = REGISTRY.get_sample_value("apgms_api_request_duration_seconds_bucket", fast) or 0
+    async with lifespan(app):
+        sent: list[Message] = []
+        started = time.monotonic()
+        upload = asyncio.create_task(oversized_upload(app, "/regulator/evidence", sent))
+        await asyncio.sleep(0.2)
+        assert sent and sent[0]["status"] == 413  # answered; now lingering for the rest of the body
+        transport = httpx2.ASGITransport(app, client=("203.0.113.7", 50000))
+        async with httpx2.AsyncClient(transport=transport, base_url="http://api.example") as client:
+            response = await client.get("/regulator/alerts")
+        assert response.status_code == 200, response.text  # the slot was not held by the lingering upload
+        await asyncio.wait_for(upload, 5)
+    assert time.monotonic() - started < 2  # the client sent nothing for a second: left, not held for 5 s
+    # Its duration is the response's, not the linger's.
+    assert REGISTRY.get_sample_value("apgms_api_request_duration_seconds_bucket", fast) == fast_before + 1
+
+
+async def test_a_draining_proxy_does_not_linger_after_a_413(upstreams: Upstreams) -> None:
+    settings = load_proxy_settings(environ={"APGMS_ENV": "test", **QUIET_HEALTH, **upstreams.env()})
+    app = create_app(settings)
+    async with lifespan(app):
+        app.state.runtime.health.draining = True
+        sent: list[Message] = []
+        started = time.monotonic()
+        await asyncio.wait_for(oversized_upload(app, "/bank-lines", sent), 5)
+    assert sent[0]["status"] == 413
+    assert time.monotonic() - started < 0.5
