@@ -132,7 +132,7 @@ def capture_logs() -> Iterator[list[MutableMapping[str, Any]]]:
             _reconfigured()
 
 
-def _drop(event: str, **fields: Any) -> None:
+def _drop(event: str, *args: Any, **fields: Any) -> None:
     pass
 
 
@@ -154,8 +154,8 @@ class DirectMethods:
     def _emitter(self, level: str, out: TextIO) -> Any:
         add_level, format_exc_info, finish = self.processors
 
-        def emit(event: str, **fields: Any) -> None:
-            fields["event"] = event
+        def emit(event: str, *args: Any, **fields: Any) -> None:
+            fields["event"] = event % args if args else event  # as structlog formats positional arguments
             fields = add_level(None, level, fields)
             if "exc_info" in fields:
                 fields = format_exc_info(None, level, fields)
@@ -182,19 +182,15 @@ def write_access_line(
     """The access line of one request (event `request`), exactly as `log.<level>("request", method=..., route=...,
     path=..., status=..., duration_ms=..., client=..., **extra)` would write it, built directly: it is the one
     line written for every request, and the general path (keyword dict, level, head fields, redaction of every
-    field) costs twice as much. Under any configuration other than ours (`capture_logs`), it is that call."""
+    field) costs twice as much. `extra` never replaces a field the line has already. Under any configuration
+    other than ours (`capture_logs`), it is that call. Written without a lock: request handling runs on the
+    event loop's thread."""
     direct = _direct
     if direct is None:
-        getattr(_access_fallback, level)(
-            "request",
-            method=method,
-            route=route,
-            path=path,
-            status=status,
-            duration_ms=duration_ms,
-            client=client,
-            **(extra or {}),
-        )
+        own = {"method": method, "route": route, "path": path, "status": status, "duration_ms": duration_ms}
+        own["client"] = client
+        fields = {key: value for key, value in (extra or {}).items() if key not in own and key not in HEAD_FIELDS}
+        getattr(_access_fallback, level)("request", **own, **fields)
         return
     if _LEVELS[level] < direct.level:
         return
@@ -212,10 +208,10 @@ def write_access_line(
         "client": client,
     }
     if extra:
-        fields = dict(extra)
+        fields = {key: value for key, value in extra.items() if key not in line}  # never the line's own
         redact_fields(fields)
         line.update(fields)
-    if (traceparent := current_traceparent.get()) is not None:
+    if "traceparent" not in line and (traceparent := current_traceparent.get()) is not None:
         line["traceparent"] = traceparent
     direct.out.write(orjson.dumps(line, default=str).decode() + "\n")
     direct.out.flush()

@@ -72,7 +72,7 @@ _TRUSTED_FIELDS = frozenset(
 # Every pattern above needs one of these (a digit, "@", "=", ":", "eyJ", "bearer" or "basic"): a string with
 # none cannot match, so most log values (event names, paths) skip the scan. tests/unit/test_shared_redact.py
 # checks that this never changes a result.
-_MAYBE_SENSITIVE = re.compile(r"[0-9@=:]|eyJ|(?i:bearer|basic)")
+_MAYBE_SENSITIVE = re.compile(r"[\d@=:]|eyJ|(?i:bearer|basic)")  # \d: the digit patterns match any Unicode digit
 _SENSITIVE_CHARACTERS = frozenset("0123456789@=:")
 
 

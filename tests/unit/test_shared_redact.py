@@ -51,6 +51,14 @@ PII_CASES = [
     ),
     pytest.param("login failed password=hunter2 for user", "hunter2", id="password-in-text"),
     pytest.param("login failed password: hunter for user", "hunter", id="password-colon-no-digits"),
+    pytest.param(
+        "tfn \uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff12 given", "\uff14\uff15\uff16", id="tfn-fullwidth"
+    ),
+    pytest.param(
+        "TFN \u0661\u0662\u0663 \u0664\u0665\u0666 \u0667\u0668\u0662 given",
+        "\u0664\u0665\u0666",
+        id="tfn-arabic-indic",
+    ),
     pytest.param("Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l", "YWxhZGRpbjpvcGVuc2VzYW1l", id="basic-no-digits"),
     pytest.param("dsn postgresql://apgms:s3cr3t-pw@db.internal:5432/apgms", "s3cr3t-pw", id="url-credentials"),
 ]
@@ -269,6 +277,13 @@ SENSITIVE_PIECES = st.sampled_from(
         "1",
         "12345678",
         ".",
+        "bas\u0131c ",  # dotless i: a case-insensitive regex match, not an ASCII one
+        "BEARER",
+        "\u212a",  # Kelvin sign
+        "\uff11\uff12\uff13\uff14\uff15\uff16",  # fullwidth digits: \d matches them
+        "\u0661\u0662\u0663",  # Arabic-Indic digits
+        "\u0664\u0665\u0666\u0667",
+        "\u00e9",
     ]
 )
 
