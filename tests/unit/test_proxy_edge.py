@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx2
 import pytest
 from prometheus_client import REGISTRY
 from starlette.applications import Starlette
@@ -14,6 +15,9 @@ from starlette.testclient import TestClient
 from starlette.types import Message
 
 from proxy.edge import HTML_CSP, EdgeMiddleware
+from shared.context import RequestContextMiddleware
+from shared.errors import ErrorBoundaryMiddleware
+from shared.types import Receive, Scope, Send
 
 ALLOWED = "https://app.example"
 SECURITY = {
@@ -214,3 +218,20 @@ async def test_a_request_without_exactly_one_host_is_400(headers: list[tuple[byt
 async def test_http_1_0_without_host_and_http_1_1_with_one_pass() -> None:
     assert (await call_raw([], "1.0"))[0] == 200
     assert (await call_raw([(b"host", b"api.example")], "1.1"))[0] == 200
+
+
+async def test_a_500_from_the_error_boundary_carries_the_edge_headers_and_the_request_id() -> None:
+    async def broken(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("boom")
+
+    app = RequestContextMiddleware(
+        ErrorBoundaryMiddleware(EdgeMiddleware(broken, allowed_origins=frozenset({ALLOWED})))
+    )
+    transport = httpx2.ASGITransport(app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://api.example") as client:
+        response = await client.get("/x", headers={"origin": ALLOWED, "x-request-id": "rid-500"})
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert response.headers.get_list("x-request-id") == ["rid-500"]
+    assert {name: response.headers[name] for name in SECURITY} == SECURITY
+    assert response.headers["access-control-allow-origin"] == ALLOWED  # a browser may read why it failed
