@@ -220,3 +220,11 @@ def test_the_suite_captures_logs_through_shared_log() -> None:
         if path != Path(__file__).resolve() and "structlog.testing" in path.read_text()
     ]
     assert offenders == []
+
+
+def test_under_our_configuration_the_levels_take_the_direct_path(log_stream: io.StringIO) -> None:
+    # If structlog stopped keeping our processor list as given, the fast path would switch itself off silently.
+    logger = get_logger("t")
+    assert all(getattr(logger, level).__qualname__.startswith("DirectMethods.") for level in ("info", "warning"))
+    with capture_logs():
+        assert not logger.info.__qualname__.startswith("DirectMethods.")
