@@ -209,9 +209,15 @@ class Forwarder:
         if scope["state"].get("refused_body"):
             await discard_body(receive)  # with the slot released: a refused upload must not hold one
 
-    async def _after_refusal(self, scope: Scope, receive: Receive, route: ProxyRoute) -> None:
-        """What follows a 413: the rest of the body dropped (see discard_body), unless the process is draining
-        (it would hold the shutdown up); on the regulator route only once its concurrency slot is released."""
+    async def _refuse_body(self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute) -> None:
+        """413, with the connection closed after it (the unread body is still on the wire). The rest of the body
+        is dropped first (see discard_body) unless the process is draining, as that would hold the shutdown up;
+        on the regulator route only once its concurrency slot is released (`_forward_regulator`)."""
+        await problem_response(
+            "payload_too_large",
+            f"The body exceeds {route.max_body_bytes} bytes for {route.prefix}",
+            headers={"connection": "close"},
+        )(scope, receive, send)
         if self.is_draining():
             return
         if route.is_regulator:
@@ -235,13 +241,7 @@ class Forwarder:
             return
         length = int(declared) if declared is not None else None
         if length is not None and length > route.max_body_bytes:
-            # The unread body is still on the wire: dropped, and the connection closed rather than reused.
-            await problem_response(
-                "payload_too_large",
-                f"The body exceeds {route.max_body_bytes} bytes for {route.prefix}",
-                headers={"connection": "close"},
-            )(scope, receive, send)
-            await self._after_refusal(scope, receive, route)
+            await self._refuse_body(scope, receive, send, route)
             return
         if length:
             headers.append(("content-length", str(length)))
@@ -297,12 +297,7 @@ class Forwarder:
                 return
             except (aiohttp.ClientError, BodyTooLarge, ClientDisconnected) as exc:
                 if body.too_large:
-                    await problem_response(
-                        "payload_too_large",
-                        f"The body exceeds {route.max_body_bytes} bytes for {route.prefix}",
-                        headers={"connection": "close"},
-                    )(scope, receive, send)
-                    await self._after_refusal(scope, receive, route)
+                    await self._refuse_body(scope, receive, send, route)
                     return
                 if body.disconnected:
                     # aiohttp may wrap our exception; either way the upstream is not to blame. If the client is

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -99,13 +99,10 @@ class Upstream:
     instances: list[Instance]
     _turn: itertools.count[int] = field(default_factory=itertools.count)
 
-    def pick(self, exclude: Sequence[Instance] = ()) -> Instance | None:
+    def pick(self, exclude: Iterable[Instance] = ()) -> Instance | None:
         """The next healthy instance in round-robin order, skipping `exclude`; None when there is none."""
-        if exclude:
-            skip = {id(instance) for instance in exclude}
-            candidates = [i for i in self.instances if i.healthy and id(i) not in skip]
-        else:
-            candidates = [i for i in self.instances if i.healthy]
+        skip = {id(instance) for instance in exclude}
+        candidates = [i for i in self.instances if i.healthy and id(i) not in skip]
         if not candidates:
             return None
         return candidates[next(self._turn) % len(candidates)]
