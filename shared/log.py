@@ -45,19 +45,25 @@ def utc_timestamp(now: float) -> str:
     return _utc_second(second) + _MILLISECONDS[micros // 1000]
 
 
+def _head(level: str | None, service: str, event: str | None, request_id: str | None) -> dict[str, Any]:
+    """The fields every line starts with, in HEAD_FIELDS order."""
+    return {
+        "time": utc_timestamp(time.time()),
+        "level": level,
+        "service": service,
+        "event": event,
+        "request_id": request_id,
+    }
+
+
 def _finish(service: str) -> Any:
     """The last processor: request context, time and service added, every field redacted, the fixed fields
     first, rendered as one JSON line. One function rather than a processor each: the access line is written
     for every request, and each structlog processor is a call on that path."""
 
     def finish(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
-        line = {
-            "time": utc_timestamp(time.time()),
-            "level": event.pop("level", None),
-            "service": service,
-            "event": event.pop("event", None),
-            "request_id": event.pop("request_id") if "request_id" in event else current_request_id.get(),
-        }
+        request_id = event.pop("request_id") if "request_id" in event else current_request_id.get()
+        line = _head(event.pop("level", None), service, event.pop("event", None), request_id)
         event.pop("time", None)
         event.pop("service", None)
         line.update(event)
@@ -74,9 +80,9 @@ def configure_logging(service: str, level: str = "info", stream: TextIO | None =
     out = stream or sys.stdout
     numeric_level = _LEVELS[level]
     pre_chain: list[Any] = [structlog.processors.add_log_level, structlog.processors.format_exc_info]
-    processors = [*pre_chain, _finish(service)]
+    finish = _finish(service)
     structlog.configure(
-        processors=processors,
+        processors=[*pre_chain, finish],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
@@ -85,7 +91,7 @@ def configure_logging(service: str, level: str = "info", stream: TextIO | None =
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=pre_chain,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _finish(service)],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, finish],
         )
     )
     root = logging.getLogger()
@@ -96,7 +102,7 @@ def configure_logging(service: str, level: str = "info", stream: TextIO | None =
     for noisy in ("asyncio", "hypercorn.error"):
         logging.getLogger(noisy).setLevel(max(numeric_level, logging.WARNING))
     global _direct
-    _direct = DirectMethods(service, processors, out, numeric_level)
+    _direct = DirectMethods(service, finish, out, numeric_level)
     _reconfigured()
 
 
@@ -137,29 +143,28 @@ def _drop(event: str, *args: Any, **fields: Any) -> None:
 
 
 class DirectMethods:
-    """`debug`, `info`, `warning` and `error` of our own configuration, as plain functions: the processors above
-    applied in order and the line written, without structlog's per-call machinery (bound-logger lookup, context
-    copy, processor loop, logger method lookup). The access line is written for every request; this is half its
-    cost. Anything else (`exception`, `bind`) goes through structlog as usual."""
+    """`debug`, `info`, `warning` and `error` of our own configuration, as plain functions: the processors of
+    `configure_logging` applied in order and the line written, without structlog's per-call machinery
+    (bound-logger lookup, context copy, processor loop, logger method lookup). The access line is written for
+    every request; this is half its cost. Anything else (`exception`, `bind`) goes through structlog as usual."""
 
-    def __init__(self, service: str, processors: list[Any], out: TextIO, level: int) -> None:
+    def __init__(self, service: str, finish: Any, out: TextIO, level: int) -> None:
         self.service = service
-        self.processors = processors
         self.out = out
         self.level = level
         self.methods = {
-            name: self._emitter(name, out) if number >= level else _drop for name, number in _LEVELS.items()
+            name: self._emitter(name, finish) if number >= level else _drop for name, number in _LEVELS.items()
         }
 
-    def _emitter(self, level: str, out: TextIO) -> Any:
-        add_level, format_exc_info, finish = self.processors
+    def _emitter(self, level: str, finish: Any) -> Any:
+        out = self.out
 
         def emit(event: str, *args: Any, **fields: Any) -> None:
             fields["event"] = event % args if args else event  # as structlog formats positional arguments
-            fields = add_level(None, level, fields)
-            if "exc_info" in fields:
-                fields = format_exc_info(None, level, fields)
-            out.write(finish(None, level, fields) + "\n")
+            line: MutableMapping[str, Any] = structlog.processors.add_log_level(None, level, fields)
+            if "exc_info" in line:
+                line = structlog.processors.format_exc_info(None, level, line)
+            out.write(finish(None, level, line) + "\n")
             out.flush()
 
         return emit
@@ -194,19 +199,13 @@ def write_access_line(
         return
     if _LEVELS[level] < direct.level:
         return
-    line = {
-        "time": utc_timestamp(time.time()),
-        "level": level,
-        "service": direct.service,
-        "event": "request",
-        "request_id": current_request_id.get(),
-        "method": method,
-        "route": route,
-        "path": redact_text(path),
-        "status": status,
-        "duration_ms": duration_ms,
-        "client": client,
-    }
+    line = _head(level, direct.service, "request", current_request_id.get())
+    line["method"] = method
+    line["route"] = route
+    line["path"] = redact_text(path)
+    line["status"] = status
+    line["duration_ms"] = duration_ms
+    line["client"] = client
     if extra:
         fields = {key: value for key, value in extra.items() if key not in line}  # never the line's own
         redact_fields(fields)
@@ -233,11 +232,9 @@ class Logger:
         self._built: tuple[int, dict[str, Any], Any] = (-1, {}, None)
 
     def _build(self) -> tuple[int, dict[str, Any], Any]:
-        bound = structlog.get_logger(self._name).bind()
-        direct = _direct
-        ours = direct is not None and structlog.get_config()["processors"] is direct.processors
-        methods = dict(direct.methods) if direct is not None and ours else {}
-        self._built = (_generation, methods, bound)
+        # `_direct` is None whenever our configuration is not in force (`capture_logs`, `reset_logging`).
+        methods = dict(_direct.methods) if _direct is not None else {}
+        self._built = (_generation, methods, structlog.get_logger(self._name).bind())
         return self._built
 
     def _method(self, name: str) -> Any:

@@ -189,10 +189,10 @@ class MetricsMiddleware:
             status = exchange.status or 500
             elapsed = (exchange.finished or time.perf_counter()) - started
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
-            state = scope.get("state", {})
-            route = state.get("route_label") or route_label(scope)
+            route = route_label(scope)
             REQUESTS.inc((method, route, str(status)))
             REQUEST_DURATION.observe((method, route), elapsed)
+            state = scope.get("state", {})
             context = state.get("context")
             # Probes and scrapes arrive every few hundred ms from the proxy and Prometheus; their successes would
             # drown the access log, so they are debug lines. Their failures stay info.
