@@ -218,6 +218,23 @@ class ServiceProcess:
         if self.popen.poll() is None:
             self.popen.send_signal(signum)
 
+    async def terminate_timed(self, timeout: float = 10) -> tuple[int, float]:
+        """SIGTERM; the exit code and how many seconds the process took to end (for shutdown bounds)."""
+        started = time.monotonic()
+        self.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(self.popen.wait, timeout)
+        return code, time.monotonic() - started
+
+    def interrupt_while_draining(self) -> tuple[int, float]:
+        """SIGTERM, then once the process says it is draining a second signal (SIGINT); the exit code and how
+        many seconds after the second signal it ended."""
+        self.send_signal(signal.SIGTERM)
+        self.wait_for_log(lambda line: line.get("event") == "draining")
+        started = time.monotonic()
+        self.send_signal(signal.SIGINT)
+        code = self.popen.wait(timeout=5)
+        return code, time.monotonic() - started
+
     def stop(self, timeout: float = SERVICE_STOP_TIMEOUT_S) -> int:
         """SIGTERM, wait for the drain, SIGKILL if it takes longer than `timeout`; the exit code."""
         self.send_signal(signal.SIGTERM)

@@ -398,10 +398,8 @@ async def test_shutdown_is_bounded_by_the_grace_period_and_leftovers_answer_503(
     half_sent[1].write(b"GET /bank-lines HTTP/1.1\r\nHost: x\r\nX-A: ")
     await half_sent[1].drain()
     await asyncio.sleep(0.3)
-    started = time.monotonic()
-    proxy.popen.send_signal(signal.SIGTERM)
-    code = await asyncio.to_thread(proxy.popen.wait, 10)
-    assert time.monotonic() - started < 4, "shutdown is bounded by GRACEFUL_TIMEOUT_S"
+    code, took_s = await proxy.terminate_timed()
+    assert took_s < 4, "shutdown is bounded by GRACEFUL_TIMEOUT_S"
     assert code == 0
     status, body, _ = await stuck
     assert (status, body["code"]) == (503, "service_unavailable"), "a request cut off by shutdown is not a 500"
@@ -465,9 +463,6 @@ async def test_a_malformed_chunked_body_is_the_clients_fault_not_the_upstreams(s
 def test_a_second_signal_stops_the_proxy_at_once(start_service) -> None:
     core = start_echo(start_service, "core")
     proxy = start_proxy(start_service, {"core": [core.url]}, SHUTDOWN_DELAY_S="30")
-    proxy.popen.send_signal(signal.SIGTERM)
-    proxy.wait_for_log(lambda r: r.get("event") == "draining")
-    started = time.monotonic()
-    proxy.popen.send_signal(signal.SIGINT)
-    assert proxy.popen.wait(timeout=5) == 128 + signal.SIGINT
-    assert time.monotonic() - started < 2
+    code, took_s = proxy.interrupt_while_draining()
+    assert code == 128 + signal.SIGINT
+    assert took_s < 2

@@ -231,10 +231,8 @@ async def test_a_request_past_the_grace_period_does_not_double_the_shutdown(star
     )
     stuck = asyncio.create_task(http.get(f"{service.url}/slow?s=30"))
     await asyncio.sleep(0.3)
-    started = time.monotonic()
-    service.popen.send_signal(signal.SIGTERM)
-    code = await asyncio.to_thread(service.popen.wait, 10)
-    assert time.monotonic() - started < 3.5, "shutdown is bounded by GRACEFUL_TIMEOUT_S, not twice it"
+    code, took_s = await service.terminate_timed()
+    assert took_s < 3.5, "shutdown is bounded by GRACEFUL_TIMEOUT_S, not twice it"
     assert code == 0
     assert service.wait_for_log(lambda line: line.get("event") == "drain_timeout")
     stuck.cancel()
@@ -244,12 +242,9 @@ async def test_a_request_past_the_grace_period_does_not_double_the_shutdown(star
 
 def test_second_signal_exits_at_once(start_service) -> None:
     service = start_service("slow", {"SHUTDOWN_DELAY_S": "30"}, module="tests.e2e.echo_service")
-    service.popen.send_signal(signal.SIGTERM)
-    service.wait_for_log(lambda line: line.get("event") == "draining")
-    started = time.monotonic()
-    service.popen.send_signal(signal.SIGINT)
-    assert service.popen.wait(timeout=5) == 128 + signal.SIGINT
-    assert time.monotonic() - started < 2
+    code, took_s = service.interrupt_while_draining()
+    assert code == 128 + signal.SIGINT
+    assert took_s < 2
 
 
 @pytest.mark.parametrize(
