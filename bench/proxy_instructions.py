@@ -38,21 +38,6 @@ SHIPPED = "proxy (python -m proxy)"
 PATH = "/bank-lines"
 console = Console()
 
-# The minimal proxy served the way `python -m proxy` serves ours: granian embedded in a uvloop loop.
-MINIMAL_EMBEDDED = """
-import asyncio, os, uvloop
-from granian.constants import HTTPModes, Interfaces
-from granian.server.embed import Server
-from bench.minimal_proxy import app
-
-async def main():
-    server = Server(app, address="127.0.0.1", port=int(os.environ["PORT"]), interface=Interfaces.ASGI,
-                    http=HTTPModes.http1, websockets=False, backlog=1024, log_enabled=False)
-    await server.serve()
-
-uvloop.run(main())
-"""
-
 
 def ensure_valgrind() -> None:
     if shutil.which("valgrind") and shutil.which("callgrind_control"):
@@ -120,7 +105,7 @@ def main() -> int:
     with granian("bench.upstream:app", upstream_port, LOAD_CPU):
         wait_http(f"{upstream_url}/ready")
         counts = {
-            MINIMAL: instructions_per_request(MINIMAL, [python, "-c", MINIMAL_EMBEDDED], env, args),
+            MINIMAL: instructions_per_request(MINIMAL, [python, "-m", "bench.minimal_proxy"], env, args),
             SHIPPED: instructions_per_request(SHIPPED, [python, "-m", "proxy"], env, args),
         }
 
