@@ -1,8 +1,11 @@
 """Access tokens: Ed25519 JWTs with a `kid`, verified against the auth service's JWKS.
 
-Verification pins the algorithm (so `alg: none` and HS256-with-the-public-key are refused), requires `iss`,
-`aud`, `exp`, `sub`, `org_id` and `jti`, and allows `LEEWAY_S` of clock skew on `exp`/`nbf`/`iat`. The JWKS is
-cached; an unknown `kid` triggers at most one refetch per `JWKS_REFETCH_INTERVAL_S`, and cached keys keep
+Tokens are signed `alg: EdDSA` (RFC 8037's name, the one PyJWT, authlib, Envoy and Kong know) with `typ: at+jwt`
+(RFC 9068). Verification pins the signature to Ed25519 on an OKP key: our own JWS registry holds only `EdDSA`
+restricted to the Ed25519 curve and `Ed25519` (RFC 9864's name for the same signature, which tokens minted before
+the switch carry), so `alg: none`, HS256-with-the-public-key and Ed448 are refused. It requires `iss`, `aud`,
+`exp`, `sub`, `org_id` and `jti`, and allows `LEEWAY_S` of clock skew on `exp`/`nbf`/`iat`. The
+JWKS is cached; an unknown `kid` triggers at most one refetch per `JWKS_REFETCH_INTERVAL_S`, and cached keys keep
 verifying while the auth service is down.
 """
 
@@ -15,14 +18,21 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from joserfc import jws, jwt
-from joserfc.errors import JoseError
+from joserfc.errors import InvalidKeyCurveError, JoseError
+from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import KeySet, OKPKey
+from joserfc.jws import JWSRegistry
 from joserfc.jwt import JWTClaimsRegistry
 
 from shared.log import get_logger
 
-ALGORITHMS = ["Ed25519"]
+SIGNING_ALGORITHM = "EdDSA"
+LEGACY_ALGORITHM = "Ed25519"
+ALGORITHMS = [SIGNING_ALGORITHM, LEGACY_ALGORITHM]
+SIGNING_CURVE = "Ed25519"
 ACCESS_TOKEN_TTL_S = 15 * 60
 LEEWAY_S = 30
 STEP_UP_MAX_AGE_S = 10 * 60
@@ -36,6 +46,45 @@ log = get_logger(__name__)
 
 class TokenError(Exception):
     """The token is not acceptable; the message is safe to show (it never echoes the token)."""
+
+
+class Ed25519Signature(JWSAlgModel):
+    """EdDSA on an Ed25519 OKP key and nothing else: joserfc's own `EdDSA` also accepts Ed448 keys (and warns that
+    the name is deprecated), its `Ed25519` is not what most verifiers know."""
+
+    key_type = "OKP"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.description = f"EdDSA with Ed25519, as alg {name}"
+
+    def check_key(self, key: Any) -> None:
+        super().check_key(key)
+        if key.curve_name != SIGNING_CURVE:
+            raise InvalidKeyCurveError(f"only {SIGNING_CURVE} keys are accepted")
+
+    def sign(self, msg: bytes, key: Any) -> bytes:
+        op_key = key.get_op_key("sign")
+        assert isinstance(op_key, Ed25519PrivateKey)
+        return op_key.sign(msg)
+
+    def verify(self, msg: bytes, sig: bytes, key: Any) -> bool:
+        op_key = key.get_op_key("verify")
+        if not isinstance(op_key, Ed25519PublicKey):
+            return False
+        try:
+            op_key.verify(sig, msg)
+        except InvalidSignature:
+            return False
+        return True
+
+
+class _Ed25519Registry(JWSRegistry):
+    algorithms = {name: Ed25519Signature(name) for name in (SIGNING_ALGORITHM, LEGACY_ALGORITHM)}
+    recommended: list[str] = []
+
+
+JWS_REGISTRY = _Ed25519Registry(algorithms=ALGORITHMS)
 
 
 @dataclass(frozen=True)
@@ -101,7 +150,20 @@ def access_claims(
 
 
 def sign(claims: Mapping[str, Any], key: OKPKey) -> str:
-    return jwt.encode({"alg": ALGORITHMS[0], "kid": key.kid, "typ": "at+jwt"}, dict(claims), key, algorithms=ALGORITHMS)
+    header = {"alg": SIGNING_ALGORITHM, "kid": key.kid, "typ": "at+jwt"}
+    return jwt.encode(header, dict(claims), key, algorithms=ALGORITHMS, registry=JWS_REGISTRY)
+
+
+def verification_keys(jwks: Mapping[str, Any]) -> KeySet:
+    """The Ed25519 signing keys of a JWKS, without their `alg` member: the algorithm is pinned by `JWS_REGISTRY`,
+    and a key published as `EdDSA` must still verify a token minted as `Ed25519` before the switch."""
+    return KeySet(
+        [
+            OKPKey.import_key({name: value for name, value in jwk.items() if name != "alg"})
+            for jwk in jwks.get("keys", [])
+            if isinstance(jwk, Mapping) and jwk.get("kty") == "OKP" and jwk.get("crv") == SIGNING_CURVE
+        ]
+    )
 
 
 def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
@@ -137,7 +199,7 @@ def verify(token: str, keys: KeySet, *, issuer: str, audience: str, now: float |
     if len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
         raise TokenError("malformed token")
     try:
-        decoded = jwt.decode(token, keys, algorithms=ALGORITHMS)
+        decoded = jwt.decode(token, keys, algorithms=ALGORITHMS, registry=JWS_REGISTRY)
         registry = JWTClaimsRegistry(
             now=int(now) if now is not None else None,
             leeway=LEEWAY_S,
@@ -186,7 +248,7 @@ class JwksCache:
                 self._fetched_at = time.monotonic()
                 try:
                     jwks = await self.fetch()
-                    self._keys = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
+                    self._keys = verification_keys(jwks)
                     self._kids = frozenset(k.kid for k in self._keys.keys if k.kid)
                 except Exception as exc:
                     log.warning("jwks_fetch_failed", error=type(exc).__name__)

@@ -19,7 +19,7 @@ from joserfc.jwk import OKPKey
 
 from services.auth import store
 from shared.crypto import SecretBox
-from shared.tokens import ACCESS_TOKEN_TTL_S, JWKS_REFETCH_INTERVAL_S, LEEWAY_S
+from shared.tokens import ACCESS_TOKEN_TTL_S, JWKS_REFETCH_INTERVAL_S, LEEWAY_S, SIGNING_ALGORITHM
 
 KEY_CACHE_TTL_S = 5.0
 # Longer than a verifier's JWKS refetch throttle plus this service's key cache, with margin.
@@ -33,9 +33,15 @@ def new_kid() -> str:
     return f"{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(4)}"
 
 
+def published_jwk(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored public key as the JWKS shows it: keys created before the switch to `EdDSA` were stored with
+    `alg: Ed25519`, a name PyJWT and most gateways do not know (their key is the same Ed25519 key)."""
+    return {**stored, "alg": SIGNING_ALGORITHM}
+
+
 async def add_active_key(conn: asyncpg.Connection, box: SecretBox, signs_after_s: float = 0) -> str:
     kid = new_kid()
-    key = OKPKey.generate_key("Ed25519", parameters={"kid": kid, "use": "sig", "alg": "Ed25519"})
+    key = OKPKey.generate_key("Ed25519", parameters={"kid": kid, "use": "sig", "alg": SIGNING_ALGORITHM})
     sealed = box.seal(key.as_pem(private=True), associated=kid.encode())
     await store.insert_active_key(conn, kid, key.as_dict(private=False), sealed, signs_after_s)
     return kid
@@ -76,7 +82,7 @@ class SigningKeys:
             await self.ensure_active()
             return await self._load()
         self._rows = rows
-        self._public = [row.public_jwk for row in rows]
+        self._public = [published_jwk(row.public_jwk) for row in rows]
         self._loaded_at = time.monotonic()
 
     async def signing_key(self) -> OKPKey:

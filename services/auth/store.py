@@ -11,7 +11,12 @@ from typing import Any
 import asyncpg
 import orjson
 
+from services.auth.emails import canonical_email, email_key
+
 ROLES = ("admin", "finance", "analyst", "auditor")
+# An address may have accounts in several orgs; a login checks the password against at most this many of them
+# (each check is one argon2 verification). Past it, the org is named in the login.
+MAX_ACCOUNTS_PER_EMAIL = 10
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,8 @@ class User:
     id: uuid.UUID
     org_id: uuid.UUID
     email: str
+    # services/auth/emails.py's key of `email`: what lookups, uniqueness and the login lockout go by.
+    email_key: str
     role: str
     password_hash: str
     created_at: datetime
@@ -57,7 +64,7 @@ class OAuthClient:
 
 
 _USER_COLUMNS = """
-    u.id, u.org_id, u.email, u.role, u.password_hash, u.created_at,
+    u.id, u.org_id, u.email, u.email_key, u.role, u.password_hash, u.created_at,
     EXISTS (SELECT 1 FROM auth.totp_credentials t WHERE t.user_id = u.id AND t.confirmed_at IS NOT NULL)
         AS mfa_enrolled
 """
@@ -83,28 +90,45 @@ async def org_exists(conn: asyncpg.Connection, org_id: uuid.UUID) -> bool:
 async def create_user(
     conn: asyncpg.Connection, org_id: uuid.UUID, email: str, password_hash: str, role: str
 ) -> User | None:
-    """The new user, or None when the email is taken (in any org)."""
+    """The new user, or None when the org already has a user with this address (by `email_key`); the address is
+    stored in its canonical form. Other orgs' users do not matter: an address is unique per org."""
     row = await conn.fetchrow(
         """
-        INSERT INTO auth.users (id, org_id, email, password_hash, role) VALUES ($1, $2, $3, $4, $5)
-        ON CONFLICT (lower(email)) DO NOTHING
-        RETURNING id, org_id, email, role, password_hash, created_at, false AS mfa_enrolled
+        INSERT INTO auth.users (id, org_id, email, email_key, password_hash, role) VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT (org_id, email_key) DO NOTHING
+        RETURNING id, org_id, email, email_key, role, password_hash, created_at, false AS mfa_enrolled
         """,
         uuid.uuid4(),
         org_id,
-        email,
+        canonical_email(email),
+        email_key(email),
         password_hash,
         role,
     )
     return _user(row)
 
 
-async def user_by_email(conn: asyncpg.Connection, email: str) -> User | None:
-    row = await conn.fetchrow(
-        f"SELECT {_USER_COLUMNS} FROM auth.users u WHERE lower(u.email) = lower($1) AND u.disabled_at IS NULL",
-        email,
+async def users_by_email(
+    conn: asyncpg.Connection, email: str, *, org_id: uuid.UUID | None = None, limit: int = MAX_ACCOUNTS_PER_EMAIL
+) -> list[User]:
+    """The enabled users with this address (by `email_key`), in every org or only in `org_id`, oldest first."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_USER_COLUMNS} FROM auth.users u
+        WHERE u.email_key = $1 AND ($2::uuid IS NULL OR u.org_id = $2) AND u.disabled_at IS NULL
+        ORDER BY u.created_at, u.id
+        LIMIT $3
+        """,
+        email_key(email),
+        org_id,
+        limit,
     )
-    return _user(row)
+    return [User(**dict(row)) for row in rows]
+
+
+async def org_names(conn: asyncpg.Connection, org_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    rows = await conn.fetch("SELECT id, name FROM auth.orgs WHERE id = ANY($1::uuid[])", list(org_ids))
+    return {row["id"]: row["name"] for row in rows}
 
 
 async def user_by_id(conn: asyncpg.Connection, user_id: uuid.UUID) -> User | None:
@@ -217,7 +241,7 @@ async def insert_active_key(
     await conn.execute(
         """
         INSERT INTO auth.signing_keys (kid, alg, public_jwk, private_sealed, status, signs_from)
-        VALUES ($1, 'Ed25519', $2::text::jsonb, $3, 'active', now() + make_interval(secs => $4))
+        VALUES ($1, 'EdDSA', $2::text::jsonb, $3, 'active', now() + make_interval(secs => $4))
         """,
         kid,
         orjson.dumps(public_jwk).decode(),
@@ -276,12 +300,14 @@ class TotpCredential:
     secret_sealed: str
     confirmed: bool
     last_step: int | None
+    # A replacement for the confirmed secret, begun but not confirmed yet.
+    pending_sealed: str | None
 
 
 async def totp_credential(conn: asyncpg.Connection, user_id: uuid.UUID) -> TotpCredential | None:
     row = await conn.fetchrow(
-        "SELECT secret_sealed, confirmed_at IS NOT NULL AS confirmed, last_step FROM auth.totp_credentials "
-        "WHERE user_id = $1",
+        "SELECT secret_sealed, confirmed_at IS NOT NULL AS confirmed, last_step, "
+        "pending_secret_sealed AS pending_sealed FROM auth.totp_credentials WHERE user_id = $1",
         user_id,
     )
     return TotpCredential(**dict(row)) if row is not None else None
@@ -300,6 +326,52 @@ async def begin_totp(conn: asyncpg.Connection, user_id: uuid.UUID, secret_sealed
         secret_sealed,
     )
     return result.endswith(" 1")
+
+
+async def begin_totp_replacement(conn: asyncpg.Connection, user_id: uuid.UUID, secret_sealed: str) -> bool:
+    """Store a new secret beside the confirmed one, which keeps working until this one is confirmed; False
+    (nothing changed) when the user has no confirmed secret."""
+    result: str = await conn.execute(
+        """
+        UPDATE auth.totp_credentials SET pending_secret_sealed = $2, pending_since = now()
+        WHERE user_id = $1 AND confirmed_at IS NOT NULL
+        """,
+        user_id,
+        secret_sealed,
+    )
+    return result.endswith(" 1")
+
+
+async def confirm_totp_replacement(
+    conn: asyncpg.Connection, user_id: uuid.UUID, pending_sealed: str, step: int
+) -> bool:
+    """Make the pending secret `pending_sealed` the user's secret, with `step` used; False when it is no longer
+    the pending one (confirmed already, or begun again meanwhile)."""
+    row = await conn.fetchval(
+        """
+        UPDATE auth.totp_credentials
+        SET secret_sealed = pending_secret_sealed, pending_secret_sealed = NULL, pending_since = NULL,
+            confirmed_at = now(), last_step = greatest(last_step, $3)
+        WHERE user_id = $1 AND pending_secret_sealed = $2
+        RETURNING user_id
+        """,
+        user_id,
+        pending_sealed,
+        step,
+    )
+    return row is not None
+
+
+async def reset_mfa(conn: asyncpg.Connection, org_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    """Remove the user's authenticator and recovery codes (they enrol again); False when `org_id` has no such
+    user. Call in a transaction."""
+    if not await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM auth.users WHERE id = $1 AND org_id = $2)", user_id, org_id
+    ):
+        return False
+    await conn.execute("DELETE FROM auth.totp_credentials WHERE user_id = $1", user_id)
+    await conn.execute("DELETE FROM auth.recovery_codes WHERE user_id = $1", user_id)
+    return True
 
 
 async def accept_totp_step(conn: asyncpg.Connection, user_id: uuid.UUID, step: int, *, confirm: bool) -> bool:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import time
+import warnings
 from typing import Any
 
 import pytest
+from joserfc import jws, jwt
 from joserfc.jwk import KeySet, OKPKey
 
 from shared.config import Secret
@@ -20,6 +22,7 @@ from shared.tokens import (
     principal_from_claims,
     sign,
     token_kid,
+    verification_keys,
     verify,
 )
 
@@ -103,6 +106,30 @@ def test_malformed_tokens_are_refused(token: str) -> None:
     with pytest.raises(TokenError):
         verify(token, KeySet([new_key("k1")]), issuer=ISSUER, audience=USER_AUDIENCE)
     assert token_kid(token) is None
+
+
+def test_tokens_are_signed_eddsa_and_typed_as_access_tokens() -> None:
+    key = new_key("k1")
+    header = jws.extract_compact(sign(claims(), key).encode()).protected
+    assert header == {"alg": "EdDSA", "kid": "k1", "typ": "at+jwt"}
+
+
+def test_a_token_named_ed25519_from_before_the_switch_still_verifies() -> None:
+    key = new_key("k1")
+    token = jwt.encode({"alg": "Ed25519", "kid": "k1", "typ": "at+jwt"}, claims(), key, algorithms=["Ed25519"])
+    keys = verification_keys({"keys": [{**key.as_dict(private=False), "alg": "EdDSA"}]})
+    assert verify(token, keys, issuer=ISSUER, audience=USER_AUDIENCE).subject == "user-1"
+
+
+def test_eddsa_on_an_ed448_key_is_refused_even_from_the_key_set() -> None:
+    """joserfc's own `EdDSA` verifies Ed448 too; ours is pinned to Ed25519."""
+    key = OKPKey.generate_key("Ed448", parameters={"kid": "k448"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # joserfc's SecurityWarning: "EdDSA is deprecated via RFC 9864"
+        token = jwt.encode({"alg": "EdDSA", "kid": "k448", "typ": "at+jwt"}, claims(), key, algorithms=["EdDSA"])
+    with pytest.raises(TokenError):
+        verify(token, KeySet([key]), issuer=ISSUER, audience=USER_AUDIENCE)
+    assert verification_keys(jwks_of(key)).keys == []
 
 
 def test_principal_step_up_window() -> None:
