@@ -3,8 +3,8 @@
 Tokens are signed `alg: EdDSA` (RFC 8037's name, the one PyJWT, authlib, Envoy and Kong know) with `typ: at+jwt`
 (RFC 9068). Verification pins the signature to Ed25519 on an OKP key: our own JWS registry holds only `EdDSA`
 restricted to the Ed25519 curve and `Ed25519` (RFC 9864's name for the same signature, which tokens minted before
-the switch carry), so `alg: none`, HS256-with-the-public-key and Ed448 are refused. It requires `iss`, `aud`,
-`exp`, `sub`, `org_id` and `jti`, and allows `LEEWAY_S` of clock skew on `exp`/`nbf`/`iat`. The
+the switch carry), so `alg: none`, HS256-with-the-public-key and Ed448 are refused. It requires `typ: at+jwt`,
+`iss`, `aud`, `exp`, `sub`, `org_id` and `jti`, and allows `LEEWAY_S` of clock skew on `exp`/`nbf`/`iat`. The
 JWKS is cached; an unknown `kid` triggers at most one refetch per `JWKS_REFETCH_INTERVAL_S`, and cached keys keep
 verifying while the auth service is down.
 """
@@ -32,6 +32,7 @@ from shared.log import get_logger
 SIGNING_ALGORITHM = "EdDSA"
 LEGACY_ALGORITHM = "Ed25519"
 ALGORITHMS = [SIGNING_ALGORITHM, LEGACY_ALGORITHM]
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 SIGNING_CURVE = "Ed25519"
 ACCESS_TOKEN_TTL_S = 15 * 60
 LEEWAY_S = 30
@@ -200,6 +201,9 @@ def verify(token: str, keys: KeySet, *, issuer: str, audience: str, now: float |
         raise TokenError("malformed token")
     try:
         decoded = jwt.decode(token, keys, algorithms=ALGORITHMS, registry=JWS_REGISTRY)
+        typ = decoded.header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+            raise TokenError("not an access token (typ)")
         registry = JWTClaimsRegistry(
             now=int(now) if now is not None else None,
             leeway=LEEWAY_S,

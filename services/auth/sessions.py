@@ -34,6 +34,9 @@ from shared.tokens import ACCESS_TOKEN_TTL_S, USER_AUDIENCE, Principal, access_c
 from shared.validation import parse_body
 
 REFRESH_TOKEN_TTL = timedelta(days=30)
+# However often it is rotated, a family ends this long after its login: a stolen refresh token cannot be kept
+# alive for ever by refreshing it before it expires (issue #9, finding 12).
+REFRESH_FAMILY_MAX_AGE = timedelta(days=30)
 JWKS_MAX_AGE_S = 60
 
 
@@ -60,17 +63,27 @@ class Issuer:
         return sign(claims, await self.keys.signing_key())
 
     async def session(
-        self, conn: asyncpg.Connection, user: store.User, amr: Sequence[str], auth_time: int, family: uuid.UUID | None
+        self,
+        conn: asyncpg.Connection,
+        user: store.User,
+        amr: Sequence[str],
+        auth_time: int,
+        family: store.RefreshToken | None,
     ) -> dict[str, Any]:
+        """A new access and refresh token pair: a new family at login, else the next token of `family` (the token
+        being rotated), which never outlives the family's `REFRESH_FAMILY_MAX_AGE`."""
         refresh = secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        started = family.family_started_at if family else now
         await store.insert_refresh_token(
             conn,
-            family_id=family or uuid.uuid4(),
+            family_id=family.family_id if family else uuid.uuid4(),
             user_id=user.id,
             token_hash=token_hash(refresh),
             amr=amr,
             auth_time=auth_time,
-            expires_at=datetime.now(UTC) + REFRESH_TOKEN_TTL,
+            expires_at=min(now + REFRESH_TOKEN_TTL, started + REFRESH_FAMILY_MAX_AGE),
+            family_started_at=started,
         )
         return TokenResponse(
             access_token=await self.access_token(user, amr, auth_time),
@@ -86,6 +99,12 @@ async def current_user(conn: asyncpg.Connection, principal: Principal) -> store.
     if user is None or str(user.org_id) != principal.org_id:
         raise ApiError("invalid_token")
     return user
+
+
+def live_family(row: store.RefreshToken, now: datetime) -> bool:
+    """Whether the token is within its own lifetime and its family's, whatever `expires_at` an older release
+    stored."""
+    return row.expires_at > now and row.family_started_at + REFRESH_FAMILY_MAX_AGE > now
 
 
 def _deps(request: Request) -> tuple[asyncpg.Pool, Issuer, LoginGuard]:
@@ -125,11 +144,11 @@ async def refresh(request: Request) -> Response:
         if row is not None and row.rotated_at is not None and row.revoked_at is None:
             await store.revoke_family(conn, row.family_id)
             reused = row
-        elif row is not None and row.revoked_at is None and row.expires_at > datetime.now(UTC):
+        elif row is not None and row.revoked_at is None and live_family(row, datetime.now(UTC)):
             user = await store.user_by_id(conn, row.user_id)
             if user is not None:
                 await store.mark_rotated(conn, row.id)
-                tokens = await issuer.session(conn, user, row.amr, row.auth_time, family=row.family_id)
+                tokens = await issuer.session(conn, user, row.amr, row.auth_time, family=row)
                 return JSONResponse(tokens)
     if reused is not None:
         record_security_event("token.invalid", reason="refresh token reused", principal=str(reused.user_id))

@@ -42,6 +42,7 @@ class RefreshToken:
     expires_at: datetime
     rotated_at: datetime | None
     revoked_at: datetime | None
+    family_started_at: datetime
 
 
 @dataclass(frozen=True)
@@ -169,11 +170,13 @@ async def insert_refresh_token(
     amr: Sequence[str],
     auth_time: int,
     expires_at: datetime,
+    family_started_at: datetime,
 ) -> None:
     await conn.execute(
         """
-        INSERT INTO auth.refresh_tokens (id, family_id, user_id, token_hash, amr, auth_time, expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        INSERT INTO auth.refresh_tokens
+            (id, family_id, user_id, token_hash, amr, auth_time, expires_at, family_started_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
         """,
         uuid.uuid4(),
         family_id,
@@ -182,6 +185,7 @@ async def insert_refresh_token(
         list(amr),
         auth_time,
         expires_at,
+        family_started_at,
     )
 
 
@@ -189,7 +193,7 @@ async def refresh_token_for_update(conn: asyncpg.Connection, token_hash: bytes) 
     """The token row, locked for the rest of the transaction so two concurrent refreshes cannot both rotate it."""
     row = await conn.fetchrow(
         """
-        SELECT id, family_id, user_id, amr, auth_time, expires_at, rotated_at, revoked_at
+        SELECT id, family_id, user_id, amr, auth_time, expires_at, rotated_at, revoked_at, family_started_at
         FROM auth.refresh_tokens WHERE token_hash = $1 FOR UPDATE
         """,
         token_hash,

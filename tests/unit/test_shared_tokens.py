@@ -14,6 +14,8 @@ from joserfc.jwk import KeySet, OKPKey
 from shared.config import Secret
 from shared.crypto import SealError, SecretBox
 from shared.tokens import (
+    ALGORITHMS,
+    JWS_REGISTRY,
     USER_AUDIENCE,
     JwksCache,
     TokenError,
@@ -130,6 +132,17 @@ def test_eddsa_on_an_ed448_key_is_refused_even_from_the_key_set() -> None:
     with pytest.raises(TokenError):
         verify(token, KeySet([key]), issuer=ISSUER, audience=USER_AUDIENCE)
     assert verification_keys(jwks_of(key)).keys == []
+
+
+@pytest.mark.parametrize("typ", [None, "JWT", "at+jwt2", ""])
+def test_a_token_not_typed_as_an_access_token_is_refused(typ: object) -> None:
+    key = new_key("k1")
+    header: dict[str, Any] = {"alg": "EdDSA", "kid": "k1"}
+    if typ is not None:
+        header["typ"] = typ
+    token = jwt.encode(header, claims(), key, algorithms=ALGORITHMS, registry=JWS_REGISTRY)
+    with pytest.raises(TokenError):
+        verify(token, KeySet([key]), issuer=ISSUER, audience=USER_AUDIENCE)
 
 
 def test_principal_step_up_window() -> None:
