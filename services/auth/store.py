@@ -14,6 +14,9 @@ import orjson
 from services.auth.emails import canonical_email, email_key
 
 ROLES = ("admin", "finance", "analyst", "auditor")
+# The two-key advisory locks are a space apart from the one-key ones (migrations, the first signing key); this
+# class number keeps refresh families apart from any other two-key lock.
+REFRESH_FAMILY_LOCK_CLASS = 0x52_46_41_4D
 # An address may have accounts in several orgs; a login checks the password against at most this many of them
 # (each check is one argon2 verification). Past it, the org is named in the login.
 MAX_ACCOUNTS_PER_EMAIL = 10
@@ -190,7 +193,18 @@ async def insert_refresh_token(
 
 
 async def refresh_token_for_update(conn: asyncpg.Connection, token_hash: bytes) -> RefreshToken | None:
-    """The token row, locked for the rest of the transaction so two concurrent refreshes cannot both rotate it."""
+    """The token row, read after its whole family is locked for the rest of the transaction.
+
+    Every change to a family (rotate, revoke on reuse, logout) happens under this lock, so a revocation sees every
+    token minted before it and a rotation after it sees the revocation: locking only the presented row let a
+    concurrent rotation mint a token the revoking UPDATE's snapshot could not see (issue #9, finding 3)."""
+    family_id = await conn.fetchval("SELECT family_id FROM auth.refresh_tokens WHERE token_hash = $1", token_hash)
+    if family_id is None:
+        return None
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))", REFRESH_FAMILY_LOCK_CLASS, family_id
+    )
+    # A new statement after the lock: in READ COMMITTED it sees what the previous holder committed.
     row = await conn.fetchrow(
         """
         SELECT id, family_id, user_id, amr, auth_time, expires_at, rotated_at, revoked_at, family_started_at

@@ -1,7 +1,8 @@
-"""Refresh families and access-token types through the real auth service (issue #9, finding 12)."""
+"""Refresh families and access-token types through the real auth service (issue #9, findings 3 and 12)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -16,12 +17,46 @@ from shared.tokens import ALGORITHMS, JWS_REGISTRY
 
 pytestmark = pytest.mark.e2e
 
+RACE_TRIALS = 50
+
 
 async def refresh(http, auth_url: str, token: str, client: str = "198.51.100.1") -> tuple[int, Any]:
     status, body, _ = await call(
         http, "POST", f"{auth_url}/auth/refresh", json={"refresh_token": token}, headers={"x-forwarded-for": client}
     )
     return status, body
+
+
+async def test_reuse_racing_a_rotation_leaves_no_token_of_the_family_alive(start_service, http, org) -> None:
+    """Login → T1; refresh T1 → T2; then refresh(T1) (reuse) and refresh(T2) at once. Before the family lock, the
+    T3 minted from T2 survived the reuse's revocation in about half the trials."""
+    auth = start_service("auth", {"TRUSTED_PROXY_HOPS": "1"})
+    survivors: list[int] = []
+    for trial in range(RACE_TRIALS):
+        # Each trial from its own address: 50 logins from one would meet the per-address login limit.
+        client = f"198.51.100.{trial + 1}"
+        status, first, _ = await call(
+            http,
+            "POST",
+            f"{auth.url}/auth/login",
+            json={"email": org.email("finance"), "password": "correct horse battery staple"},
+            headers={"x-forwarded-for": client},
+        )
+        assert status == 200, first
+        status, second = await refresh(http, auth.url, first["refresh_token"], client)
+        assert status == 200, second
+        (reuse_status, _), (rotate_status, third) = await asyncio.gather(
+            refresh(http, auth.url, first["refresh_token"], client),
+            refresh(http, auth.url, second["refresh_token"], client),
+        )
+        assert reuse_status == 401, "T1 was rotated: presenting it again is reuse"
+        family = [first["refresh_token"], second["refresh_token"]]
+        if rotate_status == 200:
+            family.append(third["refresh_token"])
+        alive = [token for token in family if (await refresh(http, auth.url, token, client))[0] == 200]
+        if alive:
+            survivors.append(trial)
+    assert survivors == [], f"a token of the family outlived the detected reuse in trials {survivors}"
 
 
 async def age_family(database_url: str, refresh_token_family_of: str, age: timedelta) -> None:
