@@ -23,7 +23,7 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -47,6 +47,11 @@ PG_BINDIR_GLOBS = (
 )
 # A port picked by `free_port` can be taken by someone else before the server binds it.
 PORT_ATTEMPTS = 3
+# Production (compose's postgres:15 image) runs UTF-8 under en_US.utf8, where lower() and friends follow Unicode;
+# under the plain "C" locale they touch ASCII only, which hid a lockout bypass from the suite (issue #9). C.UTF-8
+# has the production semantics for characters, sorts by code point, and comes with glibc (no locales package);
+# macOS has en_US.UTF-8.
+PG_LOCALE_CANDIDATES = ("C.UTF-8", "en_US.UTF-8")
 
 PG_MISSING = (
     "PostgreSQL server binaries (initdb, pg_ctl) were not found. Install them with "
@@ -205,6 +210,32 @@ def find_pg_bindir() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
+def pick_utf8_locale(available: Iterable[str]) -> str | None:
+    """The first of PG_LOCALE_CANDIDATES among `available` (as `locale -a` spells it: `C.utf8` is `C.UTF-8`)."""
+    spelled = {name.lower().replace("-", ""): name for name in available}
+    for candidate in PG_LOCALE_CANDIDATES:
+        found = spelled.get(candidate.lower().replace("-", ""))
+        if found is not None:
+            return found
+    return None
+
+
+def utf8_locale() -> str:
+    """The locale new clusters are initialised with; DevServerError when this machine has no UTF-8 one."""
+    try:
+        listed = subprocess.run(["locale", "-a"], capture_output=True, text=True, check=False).stdout.split()
+    except FileNotFoundError:
+        listed = []
+    found = pick_utf8_locale(listed)
+    if found is None:
+        raise DevServerError(
+            f"No UTF-8 locale ({' or '.join(PG_LOCALE_CANDIDATES)}) is installed, and PostgreSQL must run with one "
+            "as in production. Install one (Debian/Ubuntu: `sudo apt-get install locales-all`) or point "
+            "DATABASE_URL (TEST_DATABASE_URL for the tests) at an existing UTF-8 server."
+        )
+    return found
+
+
 def ensure_pg_bindir(*, install: bool = True) -> Path:
     """`find_pg_bindir`, installing the `postgresql` package first when missing and allowed (root + apt-get)."""
     bindir = find_pg_bindir()
@@ -296,7 +327,7 @@ class LocalPostgres:
             self._run(
                 "initdb",
                 *("-D", str(self.data_dir), "-U", PG_SUPERUSER, "--auth=trust", "--no-sync"),
-                *("-E", "UTF8", "--locale=C"),
+                *("-E", "UTF8", f"--locale={utf8_locale()}"),
             )
         self._stop_stale_postmaster()
         for attempt in range(1 if self._requested_port else PORT_ATTEMPTS):

@@ -43,6 +43,15 @@ async def test_postgres_keeps_its_data_across_a_restart(server_dir: Path) -> Non
     assert (data_dir / "PG_VERSION").stat().st_mtime_ns == version_stamp, "initdb ran only once"
 
 
+async def test_postgres_runs_utf8_with_unicode_case_rules_like_production(server_dir: Path) -> None:
+    # compose's postgres:15 is UTF-8 under en_US.utf8; under the "C" locale lower() left `İ` alone and the suite
+    # could not see the lockout bypass of issue #9 finding 4.
+    with LocalPostgres(server_dir / "pg") as server:
+        assert await fetchval(server.dsn, "SHOW server_encoding") == "UTF8"
+        assert str(await fetchval(server.dsn, "SHOW lc_ctype")).lower().replace("-", "").endswith(".utf8")
+        assert await fetchval(server.dsn, "SELECT lower('audİtor')") == "auditor"
+
+
 async def test_postgres_creates_and_drops_databases_from_a_template(server_dir: Path) -> None:
     with LocalPostgres(server_dir / "pg") as server:
         template_dsn = await server.create_database('tpl "quoted"')

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import stat
 
-from apgms.devservers import dsn_with_database, free_port, may_traverse, quote_ident, redact_url
+from apgms.devservers import dsn_with_database, free_port, may_traverse, pick_utf8_locale, quote_ident, redact_url
 
 
 def test_dsn_with_database_keeps_server_credentials_and_options() -> None:
@@ -40,3 +40,10 @@ def test_free_port_is_bindable() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
         assert sock.getsockname() == ("127.0.0.1", port)
+
+
+def test_the_cluster_locale_is_utf8_as_locale_a_spells_it() -> None:
+    assert pick_utf8_locale(["C", "C.utf8", "POSIX"]) == "C.utf8"  # Debian
+    assert pick_utf8_locale(["C", "POSIX", "en_US.UTF-8", "C.UTF-8"]) == "C.UTF-8"
+    assert pick_utf8_locale(["C", "POSIX", "en_US.UTF-8"]) == "en_US.UTF-8"  # macOS
+    assert pick_utf8_locale(["C", "POSIX", "tr_TR.UTF-8"]) is None
