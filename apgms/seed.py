@@ -85,17 +85,25 @@ async def _admin_totp(conn: asyncpg.Connection, box: SecretBox, admin: store.Use
     return secret
 
 
+async def _demo_admin(conn: asyncpg.Connection) -> store.User | None:
+    """The oldest demo admin in an org of the demo org's name: an address is unique per org only, so another org
+    may have a user with the same address."""
+    admins = await store.users_by_email(conn, DEMO_USERS[0][1])
+    names = await store.org_names(conn, [admin.org_id for admin in admins])
+    return next((admin for admin in admins if names[admin.org_id] == DEMO_ORG_NAME), None)
+
+
 async def seed_demo(conn: asyncpg.Connection, box: SecretBox, password: str) -> DemoSeed:
     """Create what is missing of the demo org, in one transaction; return its logins."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SEED_LOCK)
-        admin_email = DEMO_USERS[0][1]
-        existing_admin = await store.user_by_email(conn, admin_email)
+        existing_admin = await _demo_admin(conn)
         org_id = existing_admin.org_id if existing_admin else await store.create_org(conn, DEMO_ORG_NAME)
         logins = []
         users: dict[str, store.User] = {}
         for role, email in DEMO_USERS:
-            user = await store.user_by_email(conn, email)
+            found = await store.users_by_email(conn, email, org_id=org_id)
+            user = found[0] if found else None
             created = user is None
             if user is None:
                 user = await store.create_user(

@@ -53,6 +53,7 @@ ERRORS: dict[str, ErrorKind] = {
     "not_acceptable": ErrorKind(406, "Not acceptable"),
     "conflict": ErrorKind(409, "Conflict"),
     "idempotency_conflict": ErrorKind(409, "Idempotency key reused with a different request"),
+    "org_choice_required": ErrorKind(409, "The password matches accounts in several orgs; choose one with org_id"),
     "payload_too_large": ErrorKind(413, "Request body too large"),
     "unsupported_media_type": ErrorKind(415, "Unsupported media type"),
     "rate_limited": ErrorKind(429, "Too many requests"),

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import uuid
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from services.auth.emails import canonical_email
 from services.auth.passwords import MIN_PASSWORD_CHARS
 
 EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$"
 Role = Literal["admin", "finance", "analyst", "auditor"]
+
+
+def _canonical_if_text(value: Any) -> Any:
+    # Anything but a string goes on to pydantic's own type error.
+    return canonical_email(value) if isinstance(value, str) else value
+
+
+# Canonicalised (services/auth/emails.py) before the shape is checked, so ` Ann@Example.com` and its fullwidth
+# spelling are one address, and anything the rule refuses is a 400 naming the field.
+Email = Annotated[str, BeforeValidator(_canonical_if_text), Field(pattern=EMAIL_PATTERN, max_length=320)]
 
 
 class Strict(BaseModel):
@@ -17,8 +29,11 @@ class Strict(BaseModel):
 
 
 class LoginRequest(Strict):
-    email: str = Field(pattern=EMAIL_PATTERN, max_length=320)
+    email: Email
     password: str = Field(min_length=1, max_length=1024)
+    org_id: uuid.UUID | None = Field(
+        default=None, description="Only when the address has accounts in several orgs: the org to log in to"
+    )
 
 
 class RefreshRequest(Strict):
@@ -47,7 +62,7 @@ class Me(UserSummary):
 
 
 class CreateUserRequest(Strict):
-    email: str = Field(pattern=EMAIL_PATTERN, max_length=320)
+    email: Email
     password: str = Field(min_length=MIN_PASSWORD_CHARS, max_length=1024)
     role: Role
 
@@ -71,6 +86,14 @@ class PageQuery(Strict):
 
 
 TOTP_CODE_PATTERN = r"^[0-9]{6}$"
+
+
+class TotpBeginRequest(Strict):
+    password: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="The account's password, entered again: an access token alone cannot enrol an authenticator",
+    )
 
 
 class TotpBeginResponse(BaseModel):

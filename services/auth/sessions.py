@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from services.auth import store
+from services.auth.emails import email_key
 from services.auth.keys import SigningKeys
 from services.auth.models import LoginRequest, Me, RefreshRequest, TokenResponse
 from services.auth.passwords import token_hash, verify_password
@@ -112,25 +113,55 @@ def _deps(request: Request) -> tuple[asyncpg.Pool, Issuer, LoginGuard]:
     return state.runtime.db.pool, state.issuer, state.login_guard
 
 
+def users_with_password(candidates: Sequence[store.User], password: str) -> list[store.User]:
+    """The candidates whose password `password` is, each checked in the given order. Without candidates one dummy
+    hash is checked, so an unknown address takes as long as a wrong password for one account."""
+    if not candidates:
+        verify_password(None, password)
+        return []
+    return [user for user in candidates if verify_password(user.password_hash, password)]
+
+
+async def guarded_password_check(
+    request: Request, account: str, candidates: Callable[[], Awaitable[Sequence[store.User]]], password: str
+) -> list[store.User]:
+    """`users_with_password` under the login guard of `account` (an email key): 429 while it is locked (before
+    `candidates` is awaited), 401 `bad_credentials` counted as a failure when none matches; else the matches."""
+    login_guard: LoginGuard = request.app.state.login_guard
+    address = request_context(request.scope).client
+    decision = await login_guard.check(account, address)
+    if not decision.allowed:
+        raise rate_limited_error(decision)
+    loaded = await candidates()
+    # argon2 takes ~70 ms of CPU per check: off the event loop.
+    matched = await run_in_threadpool(users_with_password, loaded, password)
+    if not matched:
+        await login_guard.record_failure(account, address)
+        record_security_event("auth.failure", reason="bad_credentials", client=address)
+        raise ApiError("bad_credentials")
+    await login_guard.record_success(account)
+    return matched
+
+
 @documented("Log in with email and password", request=LoginRequest, response=TokenResponse, tags=["auth"])
 async def login(request: Request) -> Response:
     body = await parse_body(request, LoginRequest)
-    pool, issuer, login_guard = _deps(request)
-    address = request_context(request.scope).client
-    decision = await login_guard.check(body.email, address)
-    if not decision.allowed:
-        raise rate_limited_error(decision)
-    async with pool.acquire() as conn:
-        user = await store.user_by_email(conn, body.email)
-    # argon2 takes ~70 ms of CPU: off the event loop. An unknown user costs the same (a dummy hash is checked).
-    if not await run_in_threadpool(verify_password, user.password_hash if user else None, body.password):
-        await login_guard.record_failure(body.email, address)
-        record_security_event("auth.failure", reason="bad_credentials", client=address)
-        raise ApiError("bad_credentials")
-    assert user is not None
-    await login_guard.record_success(body.email)
+    pool, issuer, _ = _deps(request)
+
+    async def candidates() -> list[store.User]:
+        # An address may have an account in several orgs (unique per org: docs/decisions.md); the password picks.
+        async with pool.acquire() as conn:
+            return await store.users_by_email(conn, body.email, org_id=body.org_id)
+
+    matched = await guarded_password_check(request, email_key(body.email), candidates, body.password)
+    if len(matched) > 1:
+        # Only someone who knows the password these accounts share gets here, and learns only their orgs.
+        async with pool.acquire() as conn:
+            names = await store.org_names(conn, [user.org_id for user in matched])
+        orgs = [{"id": str(user.org_id), "name": names.get(user.org_id, "")} for user in matched]
+        raise ApiError("org_choice_required", "Log in again with one of these org_id values", extra={"orgs": orgs})
     async with pool.acquire() as conn, conn.transaction():
-        tokens = await issuer.session(conn, user, ["pwd"], int(time.time()), family=None)
+        tokens = await issuer.session(conn, matched[0], ["pwd"], int(time.time()), family=None)
     return JSONResponse(tokens)
 
 

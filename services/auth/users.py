@@ -60,7 +60,9 @@ async def create_user(request: Request, principal: Principal) -> Response:
     async with request.app.state.runtime.db.pool.acquire() as conn:
         user = await store.create_user(conn, uuid.UUID(principal.org_id), body.email, password_hash, body.role)
     if user is None:
-        raise ApiError("conflict", "A user with this email already exists")
+        # Only the admin's own org is looked at (they see its users in GET /users anyway): an address with an
+        # account in another org is created here as if it were new, so this answer tells nothing about other orgs.
+        raise ApiError("conflict", "A user with this email already exists in your org")
     return JSONResponse(
         {"id": str(user.id), "org_id": str(user.org_id), "email": user.email, "role": user.role, "mfa_enrolled": False},
         status_code=201,

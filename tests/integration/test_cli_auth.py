@@ -84,8 +84,8 @@ async def test_seed_is_idempotent_and_enrols_the_admin_in_totp(database_url: str
     assert {row["org_id"] for row in users} == {orgs[0]["id"]}
     assert all(verify_password(row["password_hash"], DEV_DEMO_PASSWORD) for row in users)
 
-    admin = await store.user_by_email(conn, DEMO_USERS[0][1])
-    assert admin is not None and admin.mfa_enrolled
+    [admin] = await store.users_by_email(conn, DEMO_USERS[0][1])
+    assert admin.mfa_enrolled
     credential = await store.totp_credential(conn, admin.id)
     assert credential is not None and credential.confirmed
     assert dev_box().open(credential.secret_sealed, associated=admin.id.bytes).decode() == secret
