@@ -31,6 +31,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/auth/oauth/token", oauth.token, methods=["POST"]),
         Route("/users", users.list_users, methods=["GET"]),
         Route("/users", users.create_user, methods=["POST"]),
+        Route("/users/{user_id}/mfa", mfa.reset_totp, methods=["DELETE"]),
         Route("/internal/orgs/{org_id}/users", internal.org_users, methods=["GET"]),
     ]
     app = build_service_app(settings, routes, title="APGMS auth service", runtime=runtime)

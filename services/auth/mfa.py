@@ -5,6 +5,11 @@ so a code works once and an older step never works again. Recovery codes are sto
 shown once, at confirmation. Wrong codes count per user: the `MFA_MAX_FAILURES`-th wrong code within
 `MFA_FAILURE_WINDOW_S` locks out every code (right ones too, or the lock would not slow a guesser) for
 `MFA_LOCKOUT_S`.
+
+Enrolling needs the password again (checked under the login guard, like a login), so a stolen access token cannot
+enrol the thief's authenticator. Replacing an enrolled authenticator needs that and a recent step-up with the
+current one, which keeps working until the new one is confirmed. An admin (with step-up) can remove a user's
+authenticator in their org; the user then enrols again.
 """
 
 from __future__ import annotations
@@ -28,14 +33,16 @@ from services.auth.models import (
     RecoveryCodes,
     StepUpRequest,
     TokenResponse,
+    TotpBeginRequest,
     TotpBeginResponse,
     TotpConfirmRequest,
 )
 from services.auth.passwords import salted_hash, salted_matches
-from services.auth.sessions import current_user
+from services.auth.sessions import current_user, guarded_password_check
 from shared.authz import guard
 from shared.crypto import SecretBox
 from shared.errors import ApiError, FieldError
+from shared.log import get_logger
 from shared.metrics import record_security_event
 from shared.openapi import documented
 from shared.ratelimit import LoginGuard, make_backend, rate_limited_error
@@ -61,7 +68,13 @@ _TOTP_CODE = re.compile(r"[0-9]{6}")
 # What people type for the letters Crockford's alphabet leaves out.
 _RECOVERY_LOOKALIKES = str.maketrans({"o": "0", "i": "1", "l": "1", "-": None, " ": None})
 _ENROL_FIRST = "Enrol an authenticator first: POST /auth/mfa/totp/begin"
-_ALREADY_ENROLLED = "An authenticator is already enrolled; replacing it (re-enrolment) is not supported yet"
+_ALREADY_ENROLLED = "An authenticator is already enrolled; to replace it, POST /auth/mfa/totp/begin again"
+_REPLACE_NEEDS_STEP_UP = (
+    "An authenticator is already enrolled: step up with it (POST /auth/mfa/step-up), then begin again to replace it"
+)
+_ENROLMENT_CHANGED = "The enrolment changed meanwhile; begin again"
+
+log = get_logger(__name__)
 
 
 # --- codes: plain functions over plain data -----------------------------------------------------------------------
@@ -157,20 +170,43 @@ async def _check_not_locked(request: Request, principal: Principal) -> LoginGuar
     return attempts
 
 
-def _secret(box: SecretBox, credential: store.TotpCredential, user_id: uuid.UUID) -> str:
-    return box.open(credential.secret_sealed, associated=user_id.bytes).decode()
+def _open(box: SecretBox, sealed: str, user_id: uuid.UUID) -> str:
+    return box.open(sealed, associated=user_id.bytes).decode()
 
 
-@documented("Start TOTP enrolment: a new secret and its otpauth URI", response=TotpBeginResponse, tags=["mfa"])
+@documented(
+    "Start TOTP enrolment (the password again; to replace an enrolled authenticator, a recent step-up too): "
+    "a new secret and its otpauth URI",
+    request=TotpBeginRequest,
+    response=TotpBeginResponse,
+    tags=["mfa"],
+)
 @guard()
 async def totp_begin(request: Request, principal: Principal) -> Response:
+    body = await parse_body(request, TotpBeginRequest)
+    pool = request.app.state.runtime.db.pool
+    async with pool.acquire() as conn:
+        user = await current_user(conn, principal)
+        credential = await store.totp_credential(conn, user.id)
+    replacing = credential is not None and credential.confirmed
+    if replacing and not principal.stepped_up(time.time()):
+        record_security_event("mfa.denied", reason="replace_without_step_up", principal=principal.subject)
+        raise ApiError("mfa_required", _REPLACE_NEEDS_STEP_UP)
+
+    async def only_this_user() -> list[store.User]:
+        return [user]
+
+    await guarded_password_check(request, user.email_key, only_this_user, body.password)
     box: SecretBox = request.app.state.box
     secret = new_totp_secret()
-    async with request.app.state.runtime.db.pool.acquire() as conn:
-        user = await current_user(conn, principal)
-        started = await store.begin_totp(conn, user.id, box.seal(secret.encode(), associated=user.id.bytes))
+    sealed = box.seal(secret.encode(), associated=user.id.bytes)
+    async with pool.acquire() as conn:
+        if replacing:
+            started = await store.begin_totp_replacement(conn, user.id, sealed)
+        else:
+            started = await store.begin_totp(conn, user.id, sealed)
     if not started:
-        raise ApiError("conflict", _ALREADY_ENROLLED)
+        raise ApiError("conflict", _ENROLMENT_CHANGED)
     return JSONResponse(TotpBeginResponse(secret=secret, otpauth_uri=otpauth_uri(secret, user.email)).model_dump())
 
 
@@ -189,17 +225,23 @@ async def totp_confirm(request: Request, principal: Principal) -> Response:
         credential = await store.totp_credential(conn, user_id)
         if credential is None:
             raise ApiError("conflict", "No enrolment in progress: POST /auth/mfa/totp/begin first")
-        if credential.confirmed:
+        if credential.confirmed and credential.pending_sealed is None:
             raise ApiError("conflict", _ALREADY_ENROLLED)
-        secret = _secret(request.app.state.box, credential, user_id)
-        step = matching_step(secret, body.code, time.time(), after=credential.last_step)
+        # A replacement's codes were never used, so its steps need no replay check against the current secret's.
+        pending = credential.pending_sealed if credential.confirmed else credential.secret_sealed
+        assert pending is not None
+        after = None if credential.confirmed else credential.last_step
+        step = matching_step(_open(request.app.state.box, pending, user_id), body.code, time.time(), after=after)
         accepted = False
         codes = [new_recovery_code() for _ in range(RECOVERY_CODE_COUNT)]
         if step is not None:
             # Ten PBKDF2 hashes take ~0.2 s of CPU: off the event loop, and only once the code is known to be right.
             hashed = await run_in_threadpool(hash_recovery_codes, codes)
             async with conn.transaction():
-                accepted = await store.accept_totp_step(conn, user_id, step, confirm=True)
+                if credential.confirmed:
+                    accepted = await store.confirm_totp_replacement(conn, user_id, pending, step)
+                else:
+                    accepted = await store.accept_totp_step(conn, user_id, step, confirm=True)
                 if accepted:
                     await store.replace_recovery_codes(conn, user_id, hashed)
     if not accepted:
@@ -230,7 +272,8 @@ async def _accept_code(
     if credential is None or not credential.confirmed:
         raise ApiError("conflict", _ENROL_FIRST)
     if totp_code is not None:
-        step = matching_step(_secret(box, credential, user_id), totp_code, time.time(), after=credential.last_step)
+        secret = _open(box, credential.secret_sealed, user_id)
+        step = matching_step(secret, totp_code, time.time(), after=credential.last_step)
         return step is not None and await store.accept_totp_step(conn, user_id, step, confirm=False)
     assert recovery is not None
     stored = await store.unused_recovery_codes(conn, user_id)
@@ -266,3 +309,22 @@ async def step_up(request: Request, principal: Principal) -> Response:
     await attempts.record_success(principal.subject)
     token = await request.app.state.issuer.access_token(user, amr=["pwd", "otp"], auth_time=int(time.time()))
     return JSONResponse(TokenResponse(access_token=token, expires_in=ACCESS_TOKEN_TTL_S).model_dump(exclude_none=True))
+
+
+@documented(
+    "Remove a user's authenticator and recovery codes (admin, needs a recent step-up)", status=204, tags=["mfa"]
+)
+@guard(roles={"admin"}, step_up=True)
+async def reset_totp(request: Request, principal: Principal) -> Response:
+    """`DELETE /users/{user_id}/mfa`: for a lost authenticator; the user enrols again (with their password)."""
+    try:
+        user_id = uuid.UUID(request.path_params["user_id"])
+    except ValueError:
+        raise ApiError("not_found") from None
+    async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        # Another org's user is 404, exactly like a user that does not exist.
+        if not await store.reset_mfa(conn, uuid.UUID(principal.org_id), user_id):
+            raise ApiError("not_found")
+    # The audit trail is a later issue; until then this line is the record.
+    log.info("audit", action="mfa.reset", actor=principal.subject, org_id=principal.org_id, user_id=str(user_id))
+    return Response(status_code=204)

@@ -50,8 +50,9 @@ async def post(http: aiohttp.ClientSession, url: str, token: str | None, body: A
     return await call(http, "POST", url, token=token, json=body)
 
 
-async def begin(http: aiohttp.ClientSession, base_url: str, token: str) -> str:
-    status, body, _ = await post(http, f"{base_url}/auth/mfa/totp/begin", token, None)
+async def begin(http: aiohttp.ClientSession, base_url: str, token: str, password: str = PASSWORD) -> str:
+    """The secret of a new enrolment, begun with the account's password entered again."""
+    status, body, _ = await post(http, f"{base_url}/auth/mfa/totp/begin", token, {"password": password})
     assert status == 200, body
     return str(body["secret"])
 
@@ -109,7 +110,7 @@ async def test_enrolment_returns_ten_recovery_codes_once_and_seals_the_secret(
     user = org.users["finance"]
     assert (await me(http, auth.url, token))["mfa_enrolled"] is False
 
-    status, begun, _ = await post(http, f"{auth.url}/auth/mfa/totp/begin", token, None)
+    status, begun, _ = await post(http, f"{auth.url}/auth/mfa/totp/begin", token, {"password": PASSWORD})
     assert status == 200, begun
     secret = begun["secret"]
     assert re.fullmatch(r"[A-Z2-7]{32}", secret)
@@ -148,10 +149,11 @@ async def test_enrolment_returns_ten_recovery_codes_once_and_seals_the_secret(
     assert secret not in output
     assert not any(c in output for c in codes)
 
-    # Enrolled: beginning again or confirming again is a conflict, and nothing changes.
-    status, body, _ = await post(http, f"{auth.url}/auth/mfa/totp/begin", token, None)
-    assert_problem(status, body, 409, "conflict")
-    assert "not supported" in body["detail"]
+    # Enrolled: beginning again needs a step-up first (replacing: test_auth_mfa_enrolment.py), confirming again is
+    # a conflict, and nothing changes.
+    status, body, _ = await post(http, f"{auth.url}/auth/mfa/totp/begin", token, {"password": PASSWORD})
+    assert_problem(status, body, 401, "mfa_required")
+    assert "/auth/mfa/step-up" in body["detail"]
     status, body, _ = await post(http, f"{auth.url}/auth/mfa/totp/confirm", token, {"code": code(secret, step + 1)})
     assert_problem(status, body, 409, "conflict")
     [after] = await fetchrows(database_url, "SELECT * FROM auth.totp_credentials WHERE user_id = $1", user.id)
@@ -362,6 +364,7 @@ async def test_every_route_wants_a_token_and_is_documented(
     assert status == 200
     operations = {path: document["paths"][path]["post"] for path in ROUTES}
     assert operations["/auth/mfa/totp/begin"]["responses"]["200"]["content"]
+    assert "requestBody" in operations["/auth/mfa/totp/begin"]
     assert "requestBody" in operations["/auth/mfa/totp/confirm"]
     assert "requestBody" in operations["/auth/mfa/step-up"]
     schemas = document["components"]["schemas"]
