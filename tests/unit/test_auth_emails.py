@@ -1,0 +1,67 @@
+"""The rule that makes an email address an account key (services/auth/emails.py; issue #9, finding 4)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.auth.emails import canonical_email, email_key
+
+ADDRESS = "Jessie.Auditor@Demo.APGMS.example"
+
+
+def fullwidth(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        ADDRESS,
+        ADDRESS.lower(),
+        ADDRESS.upper(),
+        f"  {ADDRESS}\t\n",
+        f"\u3000{ADDRESS}\u00a0",  # an ideographic and a no-break space
+        fullwidth(ADDRESS),
+        ADDRESS.replace("s", "\u017f"),  # the long s
+        ADDRESS.replace("x", "\uff58"),
+    ],
+)
+def test_spellings_of_one_address_have_one_key(spelled: str) -> None:
+    assert email_key(spelled) == "jessie.auditor@demo.apgms.example"
+
+
+def test_the_canonical_form_keeps_the_case_it_was_given() -> None:
+    assert canonical_email(f" {fullwidth(ADDRESS)} ") == ADDRESS
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        ADDRESS.replace("i", "\u0130", 1),  # I with a dot above: PostgreSQL's lower() makes it `i`
+        ADDRESS.replace("i", "\u0131", 1),  # dotless i: Python's upper() makes it `I`
+        ADDRESS.replace("A", "\u0391", 1),  # Greek capital alpha, a look-alike
+        ADDRESS.replace("e", "\u0435", 1),  # Cyrillic e
+        "jessie@b\u00fccher.example",  # an international domain not in its xn-- form
+        "jessie\u200b@demo.example",  # zero-width space
+        "jes sie@demo.example",
+        "jessie\x7f@demo.example",
+    ],
+)
+def test_what_is_not_printable_ascii_after_nfkc_is_refused(refused: str) -> None:
+    with pytest.raises(ValueError, match="printable ASCII"):
+        email_key(refused)
+
+
+@given(st.text(max_size=80))
+def test_a_key_is_printable_lower_case_ascii_and_its_own_key(text: str) -> None:
+    try:
+        key = email_key(text)
+    except ValueError:
+        return
+    assert all("!" <= c <= "~" for c in key)
+    # Python's casefold() and lower() and PostgreSQL's lower() all agree on ASCII: no second opinion is possible.
+    assert key == key.lower() == key.casefold()
+    assert email_key(key) == key
+    assert email_key(canonical_email(text)) == key
