@@ -23,7 +23,7 @@ from services.auth import store
 from services.auth.emails import email_key
 from services.auth.keys import SigningKeys
 from services.auth.models import LoginRequest, Me, RefreshRequest, TokenResponse
-from services.auth.passwords import token_hash, verify_password
+from services.auth.passwords import passwords_match, token_hash
 from shared.authz import guard
 from shared.config import Settings
 from shared.context import request_context
@@ -114,12 +114,10 @@ def _deps(request: Request) -> tuple[asyncpg.Pool, Issuer, LoginGuard]:
 
 
 def users_with_password(candidates: Sequence[store.User], password: str) -> list[store.User]:
-    """The candidates whose password `password` is, each checked in the given order. Without candidates one dummy
-    hash is checked, so an unknown address takes as long as a wrong password for one account."""
-    if not candidates:
-        verify_password(None, password)
-        return []
-    return [user for user in candidates if verify_password(user.password_hash, password)]
+    """The candidates whose password `password` is. The accounts of one address share a salt (see `create_user`),
+    so this costs one argon2 computation whether the address has no account, one, or one in each of several orgs."""
+    matches = passwords_match([user.password_hash for user in candidates], password)
+    return [user for user, matched in zip(candidates, matches, strict=True) if matched]
 
 
 async def guarded_password_check(

@@ -130,6 +130,14 @@ async def users_by_email(
     return [User(**dict(row)) for row in rows]
 
 
+async def password_hash_of_address(conn: asyncpg.Connection, email: str) -> str | None:
+    """The password hash of the oldest account with this address (by `email_key`) in any org, or None."""
+    password_hash: str | None = await conn.fetchval(
+        "SELECT password_hash FROM auth.users WHERE email_key = $1 ORDER BY created_at, id LIMIT 1", email_key(email)
+    )
+    return password_hash
+
+
 async def org_names(conn: asyncpg.Connection, org_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
     rows = await conn.fetch("SELECT id, name FROM auth.orgs WHERE id = ANY($1::uuid[])", list(org_ids))
     return {row["id"]: row["name"] for row in rows}

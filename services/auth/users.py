@@ -56,8 +56,13 @@ async def list_users(request: Request, principal: Principal) -> Response:
 @guard(roles={"admin"}, step_up=True)
 async def create_user(request: Request, principal: Principal) -> Response:
     body = await parse_body(request, CreateUserRequest)
-    password_hash = await run_in_threadpool(hash_password, body.password)
-    async with request.app.state.runtime.db.pool.acquire() as conn:
+    pool = request.app.state.runtime.db.pool
+    async with pool.acquire() as conn:
+        same_address = await store.password_hash_of_address(conn, body.email)
+    # With the salt of the address's other accounts (in other orgs), so that a login checks all of them with one
+    # argon2 computation and its time does not tell how many orgs the address is in (docs/decisions.md).
+    password_hash = await run_in_threadpool(hash_password, body.password, salt_of=same_address)
+    async with pool.acquire() as conn:
         user = await store.create_user(conn, uuid.UUID(principal.org_id), body.email, password_hash, body.role)
     if user is None:
         # Only the admin's own org is looked at (they see its users in GET /users anyway): an address with an

@@ -7,6 +7,8 @@ another org exactly like a new one, and each org's user logs in to their own org
 
 from __future__ import annotations
 
+import statistics
+import time
 import uuid
 from typing import Any
 
@@ -171,6 +173,31 @@ async def test_creating_an_address_that_has_an_account_in_another_org_answers_li
     assert in_b["user"]["id"] != in_a["user"]["id"]
     status, body, _ = await try_login(http, auth.url, elsewhere, "neither password")
     assert_problem(status, body, 401, "bad_credentials")
+
+
+async def test_a_login_takes_no_longer_for_an_address_with_accounts_in_two_orgs(
+    start_service: StartService, http: aiohttp.ClientSession, org: Org, other_org: Org
+) -> None:
+    # Otherwise an admin who creates an address in their org, with a password they chose, could time its logins
+    # to learn whether it has an account elsewhere: the oracle of finding 8 again, by the clock.
+    auth = start_service("auth")
+    admin_b = await stepped_up_admin(http, auth.url, other_org)
+    in_two_orgs, in_one_org = org.email("analyst"), org.email("finance")
+    status, body, _ = await post(
+        http, f"{auth.url}/users", admin_b, {"email": in_two_orgs, "password": OTHER_PASSWORD, "role": "analyst"}
+    )
+    assert status == 201, body
+
+    durations: dict[str, list[float]] = {in_one_org: [], in_two_orgs: []}
+    for _ in range(9):  # interleaved, so that load from elsewhere falls on both alike
+        for email, samples in durations.items():
+            started = time.perf_counter()
+            status, body, _ = await try_login(http, auth.url, email, PASSWORD)
+            samples.append(time.perf_counter() - started)
+            assert status == 200, body
+    one, two = statistics.median(durations[in_one_org]), statistics.median(durations[in_two_orgs])
+    # One argon2 check is most of a login; two of them (one per account) made it about 1.9 times as long.
+    assert two < 1.4 * one, (one, two)
 
 
 async def test_one_password_for_accounts_in_two_orgs_asks_which_org(
