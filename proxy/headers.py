@@ -2,14 +2,20 @@
 
 Hop-by-hop headers, and every header the `Connection` header names, are dropped in both directions: sending
 `Connection: X-Forwarded-For` must not let a client delete a header we set. Forwarding headers from the client
-are kept only when `trusted_hops` > 0 (another proxy of ours sits in front); the request ID and traceparent are
-always ours.
+are read only when `trusted_hops` > 0 (another proxy of ours sits in front), and then only what that proxy set:
+the right-most entries (issue #9, finding 11: a client's own `X-Forwarded-Proto: https` passed through whole, and
+read first, got past the OAuth endpoint's HTTPS check). Upstream, the services trust exactly one hop, us, so each
+forwarding header we send ends with what we believe: `X-Forwarded-For` runs up to the client address we resolved
+(the addresses of our own proxies are left out), `X-Forwarded-Proto` and `X-Forwarded-Host` hold one value. The
+request ID and traceparent are always ours.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import NamedTuple
+
+from shared.context import nearest_forwarded
 
 Headers = list[tuple[str, str]]
 
@@ -84,27 +90,39 @@ def upstream_request_headers(
         kept = [(name, value) for name, value in kept if name not in named]
         special = [(name, value) for name, value in special if name not in named]
 
-    trusted = trusted_hops > 0
-    incoming: dict[str, str] = {}
     host = ""
-    for name, value in special:
-        if name in FORWARDING:
-            # Several lines of one header form one comma-separated list (RFC 9110 section 5.3).
-            incoming[name] = f"{incoming[name]}, {value}" if name in incoming else value
-        elif name == "host" and not host:
-            host = value
-    chain = [hop.strip() for hop in incoming.get("x-forwarded-for", "").split(",") if hop.strip()] if trusted else []
-    if peer:
-        chain.append(peer)
+    if trusted_hops > 0:
+        incoming: dict[str, list[str]] = {}
+        for name, value in special:
+            if name in FORWARDING:
+                incoming.setdefault(name, []).append(value)
+            elif name == "host" and not host:
+                host = value
+        chain = trusted_chain(incoming.get("x-forwarded-for", []), peer, trusted_hops)
+        proto = (nearest_forwarded(incoming.get("x-forwarded-proto", [])) or "").lower()
+        forwarded_proto = proto if proto in ("http", "https") else scheme
+        forwarded_host = nearest_forwarded(incoming.get("x-forwarded-host", [])) or host
+    else:
+        host = next((value for name, value in special if name == "host"), "")
+        chain = [peer] if peer else []
+        forwarded_proto, forwarded_host = scheme, host
     if chain:
         kept.append(("x-forwarded-for", ", ".join(chain)))
-    kept.append(("x-forwarded-proto", incoming.get("x-forwarded-proto", scheme) if trusted else scheme))
-    forwarded_host = incoming.get("x-forwarded-host", host) if trusted else host
+    kept.append(("x-forwarded-proto", forwarded_proto))
     if forwarded_host:
         kept.append(("x-forwarded-host", forwarded_host))
     kept.append(("x-request-id", request_id))
     kept.append(("traceparent", traceparent))
     return UpstreamHead(kept, content_length, chunked)
+
+
+def trusted_chain(lines: list[str], peer: str | None, trusted_hops: int) -> list[str]:
+    """`X-Forwarded-For` for the upstream: the client's chain up to the client address `trusted_hops` proxies
+    vouch for (`shared.context.client_address`'s choice), which is thus the last entry."""
+    hops = [hop.strip() for line in lines for hop in line.split(",") if hop.strip()]
+    if not hops:
+        return [peer] if peer else []
+    return hops[: len(hops) - min(trusted_hops, len(hops)) + 1]
 
 
 def downstream_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -16,7 +16,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -94,6 +94,29 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted_hops: in
     return hops[-min(trusted_hops, len(hops))]
 
 
+def nearest_forwarded(lines: Iterable[str]) -> str | None:
+    """The right-most entry of a forwarding header (`X-Forwarded-Proto`, `-Host`; its lines form one list, RFC 9110
+    section 5.3): the value the nearest proxy set. The entries to its left are whatever the client sent, so only
+    this one may be believed, and only when that proxy is trusted."""
+    nearest = None
+    for line in lines:
+        for entry in line.split(","):
+            if entry.strip():
+                nearest = entry.strip()
+    return nearest
+
+
+def forwarded_scheme(scope: Scope, trusted_hops: int) -> str:
+    """The scheme the client used: what the nearest trusted proxy said in `X-Forwarded-Proto` when there is one
+    (`http` or `https`), else the scheme of this connection."""
+    own = str(scope.get("scheme", "http"))
+    if trusted_hops <= 0:
+        return own
+    said = nearest_forwarded(v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-proto")
+    said = said.lower() if said else None
+    return said if said in ("http", "https") else own
+
+
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of a request header, decoded as latin-1 (ASGI headers are bytes)."""
     for key, value in scope.get("headers", ()):
@@ -110,7 +133,9 @@ def build_context(scope: Scope, trusted_hops: int) -> RequestContext:
         elif name == b"traceparent":
             traceparent = value.decode("latin-1") if traceparent is None else traceparent
         elif name == b"x-forwarded-for":
-            forwarded_for = value.decode("latin-1") if forwarded_for is None else forwarded_for
+            # Every line: a proxy may add its entry as a line of its own (RFC 9110 section 5.3: one list).
+            line = value.decode("latin-1")
+            forwarded_for = line if forwarded_for is None else f"{forwarded_for}, {line}"
     peer = scope.get("client")
     return RequestContext(
         request_id=accept_request_id(request_id),

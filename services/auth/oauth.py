@@ -41,7 +41,7 @@ from starlette.responses import Response
 from services.auth import store
 from services.auth.passwords import hash_password, verify_password
 from shared.config import Settings
-from shared.context import current_request_id, request_context
+from shared.context import current_request_id, forwarded_scheme, request_context
 from shared.metrics import record_security_event
 from shared.openapi import documented
 from shared.ratelimit import LoginGuard, rate_limited_error
@@ -130,13 +130,15 @@ def presented_credentials(headers: Mapping[str, str], form: Mapping[str, str]) -
     return client_id, secret
 
 
-def request_uri(url: str, forwarded_proto: str | None, *, production: bool) -> str:
-    """The URL authlib checks for https. TLS ends at the edge: in production the scheme is the one the proxy saw
-    (`X-Forwarded-Proto`), so plain http from outside is refused; in dev and test any scheme is accepted (what
+def request_uri(url: str, client_scheme: str | None, *, production: bool) -> str:
+    """The URL handed to authlib. TLS ends at the edge, so the https requirement is judged here, on the scheme the
+    client used as our trusted proxy reported it (`shared.context.forwarded_scheme`): in production anything else
+    raises `InsecureTransportError`. Not left to authlib, whose check passes any loopback host, and behind the
+    proxy the services are called on 127.0.0.1 by default. In dev and test any scheme is accepted (what
     `AUTHLIB_INSECURE_TRANSPORT` would do, without changing the process environment)."""
-    seen = (forwarded_proto or "").split(",")[0].strip().lower() or url.partition(":")[0]
-    scheme = seen if production else "https"
-    return scheme + url[url.index(":") :]
+    if production and (client_scheme or url.partition(":")[0]).lower() != "https":
+        raise InsecureTransportError()
+    return "https" + url[url.index(":") :]
 
 
 # --- the authlib adapter ---------------------------------------------------------------------------------------
@@ -280,8 +282,10 @@ async def token(request: Request) -> Response:
         client = _Client(client_id, row, secret if verified else None)
     key = await request.app.state.issuer.keys.signing_key()
 
-    uri = request_uri(str(request.url), request.headers.get("x-forwarded-proto"), production=settings.is_production)
+    # The last X-Forwarded-Proto entry, and only from a trusted hop: the first is whatever the client sent.
+    scheme = forwarded_scheme(request.scope, settings.trusted_hops)
     try:
+        uri = request_uri(str(request.url), scheme, production=settings.is_production)
         oauth_request = _FormRequest(request.method, uri, request.headers, form)
     except InsecureTransportError as error:
         return _error(error)

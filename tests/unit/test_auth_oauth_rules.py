@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+from authlib.oauth2.rfc6749.errors import InsecureTransportError  # type: ignore[import-untyped]
 
 from services.auth.oauth import granted_scopes, presented_credentials, request_uri, valid_scope
 
@@ -40,6 +41,13 @@ def test_basic_credentials_win_over_form_fields() -> None:
 def test_https_is_required_only_in_production_and_judged_by_the_edge() -> None:
     url = "http://auth.internal:3001/auth/oauth/token"
     assert request_uri(url, None, production=False).startswith("https://auth.internal:3001/")
-    assert request_uri(url, "https", production=True).startswith("https://")
-    assert request_uri(url, "http", production=True).startswith("http://")
-    assert request_uri(url, None, production=True) == url
+    assert request_uri(url, "https", production=True) == "https://auth.internal:3001/auth/oauth/token"
+    for scheme in ("http", None):
+        with pytest.raises(InsecureTransportError):
+            request_uri(url, scheme, production=True)
+
+
+def test_in_production_a_loopback_host_does_not_make_http_secure() -> None:
+    # authlib deems http to a loopback host secure; behind the proxy every request comes from one.
+    with pytest.raises(InsecureTransportError):
+        request_uri("http://127.0.0.1:3001/auth/oauth/token", "http", production=True)

@@ -85,7 +85,7 @@ def test_untrusted_client_forwarding_headers_are_replaced_by_the_peer() -> None:
     assert values(out, "forwarded") == []
 
 
-def test_trusted_client_forwarding_headers_are_kept_and_the_peer_appended() -> None:
+def test_a_trusted_hop_is_believed_for_what_it_set_and_the_client_chain_ends_at_the_client() -> None:
     client = [
         ("host", "internal-lb:3000"),
         ("x-forwarded-for", "1.2.3.4, 5.6.7.8"),
@@ -93,9 +93,51 @@ def test_trusted_client_forwarding_headers_are_kept_and_the_peer_appended() -> N
         ("x-forwarded-host", "api.example"),
     ]
     out = upstream(client, trusted_hops=1)
-    assert values(out, "x-forwarded-for") == ["1.2.3.4, 5.6.7.8, 10.0.0.9"]
+    # 5.6.7.8 is the address the load balancer (our peer, 10.0.0.9) saw: the client; the services trust one hop.
+    assert values(out, "x-forwarded-for") == ["1.2.3.4, 5.6.7.8"]
     assert values(out, "x-forwarded-proto") == ["https"]
     assert values(out, "x-forwarded-host") == ["api.example"]
+
+
+def test_only_the_entries_the_trusted_hop_appended_are_believed() -> None:
+    # Issue #9, finding 11: the client sent `https` and `evil.example`; the load balancer appended what it saw.
+    client = [
+        ("host", "internal-lb:3000"),
+        ("x-forwarded-proto", "https, http"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-host", "api.example"),
+    ]
+    out = upstream(client, trusted_hops=1)
+    assert values(out, "x-forwarded-proto") == ["http"]
+    assert values(out, "x-forwarded-host") == ["api.example"]
+
+
+def test_an_unknown_forwarded_proto_falls_back_to_our_scheme() -> None:
+    out = upstream([("x-forwarded-proto", "gopher")], scheme="http", trusted_hops=1)
+    assert values(out, "x-forwarded-proto") == ["http"]
+
+
+@pytest.mark.parametrize(
+    ("chain", "trusted_hops", "expected"),
+    [
+        ("6.6.6.6, 1.1.1.1", 1, "6.6.6.6, 1.1.1.1"),
+        ("6.6.6.6, 1.1.1.1, 10.0.0.2", 2, "6.6.6.6, 1.1.1.1"),
+        ("1.1.1.1", 3, "1.1.1.1"),
+    ],
+)
+def test_the_chain_sent_upstream_ends_with_the_client_the_trusted_hops_vouch_for(
+    chain: str, trusted_hops: int, expected: str
+) -> None:
+    out = upstream([("x-forwarded-for", chain)], trusted_hops=trusted_hops)
+    assert values(out, "x-forwarded-for") == [expected]
+
+
+def test_untrusted_forwarding_headers_are_replaced_by_ours() -> None:
+    client = [("host", "api.example"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "evil.example")]
+    out = upstream(client, scheme="http", trusted_hops=0)
+    assert values(out, "x-forwarded-proto") == ["http"]
+    assert values(out, "x-forwarded-host") == ["api.example"]
+    assert values(out, "x-forwarded-for") == ["10.0.0.9"]
 
 
 def test_trusted_hop_without_forwarding_headers_falls_back_to_our_view() -> None:
@@ -109,7 +151,7 @@ def test_forwarded_for_split_over_several_lines_is_one_list() -> None:
     # RFC 9110 section 5.3: several lines of a list header are one comma-joined value; none may be lost.
     client = [("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]
     out = upstream(client, trusted_hops=1)
-    assert values(out, "x-forwarded-for") == ["1.1.1.1, 2.2.2.2, 10.0.0.9"]
+    assert values(out, "x-forwarded-for") == ["1.1.1.1, 2.2.2.2"]
 
 
 def test_without_a_peer_no_forwarded_for_is_invented() -> None:

@@ -16,6 +16,8 @@ from shared.context import (
     accept_traceparent,
     build_context,
     client_address,
+    forwarded_scheme,
+    nearest_forwarded,
     new_request_id,
     new_traceparent,
 )
@@ -172,7 +174,7 @@ def test_build_context_replaces_non_ascii_request_id_bytes() -> None:
     assert context.client is None
 
 
-def test_build_context_reads_the_first_of_repeated_headers() -> None:
+def test_build_context_reads_the_first_of_repeated_ids_and_every_forwarded_for_line() -> None:
     scope = {
         "type": "http",
         "client": ("10.0.0.1", 1),
@@ -186,7 +188,32 @@ def test_build_context_reads_the_first_of_repeated_headers() -> None:
         ],
     }
     context = build_context(scope, trusted_hops=1)
-    assert (context.request_id, context.traceparent, context.client) == ("first", VALID_TRACEPARENT, "203.0.113.7")
+    # The lines of X-Forwarded-For are one list: a proxy that adds its entry as a line of its own is believed.
+    assert (context.request_id, context.traceparent, context.client) == ("first", VALID_TRACEPARENT, "6.6.6.6")
+
+
+@pytest.mark.parametrize(
+    ("lines", "trusted_hops", "expected"),
+    [
+        ([], 1, "http"),
+        ([b"https"], 0, "http"),
+        ([b"https"], 1, "https"),
+        ([b"https, http"], 1, "http"),
+        ([b"https", b"http"], 1, "http"),
+        ([b"http, HTTPS"], 1, "https"),
+        ([b"gopher"], 1, "http"),
+    ],
+)
+def test_forwarded_scheme_believes_only_the_nearest_trusted_hop(
+    lines: list[bytes], trusted_hops: int, expected: str
+) -> None:
+    scope = {"type": "http", "scheme": "http", "headers": [(b"x-forwarded-proto", line) for line in lines]}
+    assert forwarded_scheme(scope, trusted_hops) == expected
+
+
+def test_nearest_forwarded_is_the_last_entry_across_lines() -> None:
+    assert nearest_forwarded(["a.example, b.example", " c.example ,"]) == "c.example"
+    assert nearest_forwarded([" , "]) is None
 
 
 def test_new_ids_are_canonical_distinct_uuid4s_and_traceparents() -> None:
