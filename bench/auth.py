@@ -3,7 +3,9 @@ auth service, with the argon2id cost measured in the same run as the reference.
 
     .venv/bin/python bench/auth.py            (or: make bench-auth)
 
-Verification: one signed Ed25519 token verified with `shared.tokens.verify` in a loop, one process, one thread.
+Verification: one signed Ed25519 token verified with `shared.tokens.verify` in a loop, one process, one thread,
+each followed by the revocation check every guarded route makes (`shared.revocation.refused`) against a snapshot of
+`REVOKED_ENTRIES` revoked users and sessions.
 Logins: `python -m services.auth` on a free port against a throwaway PostgreSQL (under /tmp), `--concurrency`
 aiohttp clients posting `/auth/login` for `--duration` seconds. Each request comes from its own X-Forwarded-For
 address (the service trusts one proxy hop), so the per-address login limit does not turn the run into 429s.
@@ -49,6 +51,7 @@ from services.auth.passwords import (  # noqa: E402
     verify_password,
 )
 from shared.migrations import migrate  # noqa: E402
+from shared.revocation import refused, session_entry, user_entry  # noqa: E402
 from shared.tokens import (  # noqa: E402
     SIGNING_ALGORITHM,
     USER_AUDIENCE,
@@ -60,6 +63,7 @@ from shared.tokens import (  # noqa: E402
 
 ISSUER = "urn:apgms:auth"
 TARGET_VERIFICATIONS_PER_S = 10_000
+REVOKED_ENTRIES = 10_000
 PASSWORD = "bench-password-long-enough"  # noqa: S105 (a throwaway bench user)
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 console = Console()
@@ -105,16 +109,22 @@ def verifications_per_s(duration_s: float) -> tuple[float, int]:
         amr=["pwd"],
         auth_time=int(time.time()),
         now=time.time(),
+        session_id=str(uuid.uuid4()),
     )
     token = sign(claims, key)
     keys = verification_keys({"keys": [key.as_dict(private=False)]})
+    revoked = {
+        entry(str(uuid.uuid4())): int(time.time())
+        for entry in (user_entry, session_entry)
+        for _ in range(REVOKED_ENTRIES // 2)
+    }
     for _ in range(200):  # warm-up
-        verify(token, keys, issuer=ISSUER, audience=USER_AUDIENCE)
+        assert not refused(revoked, verify(token, keys, issuer=ISSUER, audience=USER_AUDIENCE))
     count, started = 0, time.perf_counter()
     deadline = started + duration_s
     while time.perf_counter() < deadline:
         for _ in range(500):
-            verify(token, keys, issuer=ISSUER, audience=USER_AUDIENCE)
+            refused(revoked, verify(token, keys, issuer=ISSUER, audience=USER_AUDIENCE))
         count += 500
     return count / (time.perf_counter() - started), count
 

@@ -32,6 +32,7 @@ from shared.health import Check, Health
 from shared.metrics import MetricsMiddleware, metrics_endpoint
 from shared.openapi import openapi_document
 from shared.ratelimit import make_backend
+from shared.revocation import Revocations
 from shared.tokens import USER_AUDIENCE, Verifier
 from shared.types import ASGIApp
 
@@ -50,6 +51,7 @@ class Runtime:
     db: Database | None = None
     redis: aioredis.Redis | None = None
     verifier: Verifier | None = None
+    revocations: Revocations | None = None
     on_startup: list[Hook] = field(default_factory=list)
     on_shutdown: list[Hook] = field(default_factory=list)
     closing: asyncio.Task[None] | None = None
@@ -85,18 +87,28 @@ def build_runtime(settings: Settings) -> Runtime:
         checks["redis"] = redis_check
     health = Health(settings.service, checks, settings.ready_timeout_s)
     fetch_jwks, close_jwks = http_jwks_fetcher(settings.auth_url)
+    revocations = Revocations(redis)
     runtime = Runtime(
         settings=settings,
         health=health,
         in_flight=InFlight(),
         db=db,
         redis=redis,
-        verifier=new_verifier(fetch_jwks, settings.token_issuer, USER_AUDIENCE),
+        verifier=new_verifier(fetch_jwks, settings.token_issuer, USER_AUDIENCE, revocations.refuses),
+        revocations=revocations,
     )
+
+    async def start_revocations(_: Runtime) -> None:
+        await revocations.start()
+
+    async def stop_revocations(_: Runtime) -> None:
+        await revocations.stop()
 
     async def close_jwks_session(_: Runtime) -> None:
         await close_jwks()
 
+    runtime.on_startup.append(start_revocations)
+    runtime.on_shutdown.append(stop_revocations)
     runtime.on_shutdown.append(close_jwks_session)
     return runtime
 

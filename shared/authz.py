@@ -117,5 +117,10 @@ def guard(
     return wrap
 
 
-def new_verifier(fetch: Callable[[], Awaitable[Mapping[str, Any]]], issuer: str, audience: str) -> Verifier:
-    return Verifier(JwksCache(fetch), issuer=issuer, audience=audience)
+def new_verifier(
+    fetch: Callable[[], Awaitable[Mapping[str, Any]]],
+    issuer: str,
+    audience: str,
+    revoked: Callable[[Principal], bool] | None = None,
+) -> Verifier:
+    return Verifier(JwksCache(fetch), issuer=issuer, audience=audience, revoked=revoked)

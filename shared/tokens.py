@@ -101,6 +101,9 @@ class Principal:
     auth_time: int | None
     token_id: str
     audience: str
+    # `iat`, and `sid` (the refresh family a user token descends from): what revocations compare against.
+    issued_at: int = 0
+    session_id: str | None = None
 
     @property
     def user_id(self) -> str | None:
@@ -128,6 +131,7 @@ def access_claims(
     auth_time: int | None,
     now: float,
     ttl_s: int = ACCESS_TOKEN_TTL_S,
+    session_id: str | None = None,
 ) -> dict[str, Any]:
     issued = int(now)
     claims: dict[str, Any] = {
@@ -147,6 +151,8 @@ def access_claims(
         claims["role"] = role
     if auth_time is not None:
         claims["auth_time"] = auth_time
+    if session_id is not None:
+        claims["sid"] = session_id
     return claims
 
 
@@ -178,6 +184,9 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     auth_time = claims.get("auth_time")
     if auth_time is not None and not isinstance(auth_time, int):
         raise TokenError("malformed auth_time claim")
+    issued_at, session_id = claims.get("iat", 0), claims.get("sid")
+    if not isinstance(issued_at, int) or (session_id is not None and not isinstance(session_id, str)):
+        raise TokenError("malformed iat or sid claim")
     for name in ("sub", "org_id", "jti"):
         if not isinstance(claims.get(name), str) or not claims[name]:
             raise TokenError(f"missing {name} claim")
@@ -192,6 +201,8 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         auth_time=auth_time,
         token_id=claims["jti"],
         audience=audience,
+        issued_at=issued_at,
+        session_id=session_id,
     )
 
 
@@ -268,7 +279,12 @@ class Verifier:
     jwks: JwksCache
     issuer: str
     audience: str = USER_AUDIENCE
+    # `shared.revocation.Revocations.refuses`: a lookup in a snapshot, no I/O.
+    revoked: Callable[[Principal], bool] | None = None
 
     async def principal(self, token: str) -> Principal:
         keys = await self.jwks.keys_for(token_kid(token))
-        return verify(token, keys, issuer=self.issuer, audience=self.audience)
+        principal = verify(token, keys, issuer=self.issuer, audience=self.audience)
+        if self.revoked is not None and self.revoked(principal):
+            raise TokenError("revoked")
+        return principal

@@ -31,6 +31,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/auth/oauth/token", oauth.token, methods=["POST"]),
         Route("/users", users.list_users, methods=["GET"]),
         Route("/users", users.create_user, methods=["POST"]),
+        Route("/users/{user_id}", users.update_user, methods=["PATCH"]),
         Route("/users/{user_id}/mfa", mfa.reset_totp, methods=["DELETE"]),
         Route("/internal/orgs/{org_id}/users", internal.org_users, methods=["GET"]),
     ]
@@ -43,7 +44,9 @@ def create_app(settings: Settings) -> Starlette:
         app.state.box = box
         app.state.login_guard = LoginGuard(make_backend(rt.redis))
         # The auth service verifies its own tokens from its own keys, not over HTTP to itself.
-        rt.verifier = new_verifier(keys.jwks, settings.token_issuer, USER_AUDIENCE)
+        rt.verifier = new_verifier(
+            keys.jwks, settings.token_issuer, USER_AUDIENCE, rt.revocations.refuses if rt.revocations else None
+        )
 
     runtime.on_startup.append(start)
     return app

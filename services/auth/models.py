@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 from services.auth.emails import canonical_email
 from services.auth.passwords import MIN_PASSWORD_CHARS
@@ -78,6 +78,26 @@ class UserListItem(BaseModel):
 class UserPage(BaseModel):
     items: list[UserListItem]
     next_cursor: str | None
+
+
+class UpdateUserRequest(Strict):
+    role: Role | None = Field(default=None, description="The new role; the user's access tokens stop working")
+    disabled: StrictBool | None = Field(
+        default=None, description="true: the user can no longer log in, and their tokens stop working; false: again"
+    )
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> UpdateUserRequest:
+        if self.role is None and self.disabled is None:
+            raise ValueError("give role, disabled or both")
+        return self
+
+
+class UpdatedUser(BaseModel):
+    id: str
+    org_id: str
+    role: Role
+    disabled: bool
 
 
 class PageQuery(Strict):

@@ -31,6 +31,7 @@ from shared.errors import ApiError
 from shared.metrics import record_security_event
 from shared.openapi import documented
 from shared.ratelimit import LoginGuard, rate_limited_error
+from shared.revocation import Revocations
 from shared.tokens import ACCESS_TOKEN_TTL_S, USER_AUDIENCE, Principal, access_claims, sign
 from shared.validation import parse_body
 
@@ -48,7 +49,10 @@ class Issuer:
     settings: Settings
     keys: SigningKeys
 
-    async def access_token(self, user: store.User, amr: Sequence[str], auth_time: int) -> str:
+    async def access_token(
+        self, user: store.User, amr: Sequence[str], auth_time: int, session_id: str | None = None
+    ) -> str:
+        """An access token for `user`; `session_id` (the refresh family) lets a logout revoke it."""
         claims = access_claims(
             issuer=self.settings.token_issuer,
             audience=USER_AUDIENCE,
@@ -60,6 +64,7 @@ class Issuer:
             amr=amr,
             auth_time=auth_time,
             now=time.time(),
+            session_id=session_id,
         )
         return sign(claims, await self.keys.signing_key())
 
@@ -76,9 +81,10 @@ class Issuer:
         refresh = secrets.token_urlsafe(32)
         now = datetime.now(UTC)
         started = family.family_started_at if family else now
+        family_id = family.family_id if family else uuid.uuid4()
         await store.insert_refresh_token(
             conn,
-            family_id=family.family_id if family else uuid.uuid4(),
+            family_id=family_id,
             user_id=user.id,
             token_hash=token_hash(refresh),
             amr=amr,
@@ -87,7 +93,7 @@ class Issuer:
             family_started_at=started,
         )
         return TokenResponse(
-            access_token=await self.access_token(user, amr, auth_time),
+            access_token=await self.access_token(user, amr, auth_time, session_id=str(family_id)),
             refresh_token=refresh,
             expires_in=ACCESS_TOKEN_TTL_S,
             user={"id": str(user.id), "org_id": str(user.org_id), "role": user.role, "mfa_enrolled": user.mfa_enrolled},
@@ -106,6 +112,11 @@ def live_family(row: store.RefreshToken, now: datetime) -> bool:
     """Whether the token is within its own lifetime and its family's, whatever `expires_at` an older release
     stored."""
     return row.expires_at > now and row.family_started_at + REFRESH_FAMILY_MAX_AGE > now
+
+
+def _revocations(request: Request) -> Revocations:
+    revocations: Revocations = request.app.state.runtime.revocations
+    return revocations
 
 
 def _deps(request: Request) -> tuple[asyncpg.Pool, Issuer, LoginGuard]:
@@ -180,6 +191,8 @@ async def refresh(request: Request) -> Response:
                 tokens = await issuer.session(conn, user, row.amr, row.auth_time, family=row)
                 return JSONResponse(tokens)
     if reused is not None:
+        # Whoever holds the family's access tokens, the thief or the user, loses them too.
+        await _revocations(request).revoke(session_id=str(reused.family_id))
         record_security_event("token.invalid", reason="refresh token reused", principal=str(reused.user_id))
     raise ApiError("invalid_token", "The refresh token is invalid, expired or revoked")
 
@@ -192,6 +205,9 @@ async def logout(request: Request) -> Response:
         row = await store.refresh_token_for_update(conn, token_hash(body.refresh_token))
         if row is not None:
             await store.revoke_family(conn, row.family_id)
+    if row is not None:
+        # The session's access tokens stop working on every service within seconds, not at their expiry.
+        await _revocations(request).revoke(session_id=str(row.family_id))
     return Response(status_code=204)
 
 

@@ -169,6 +169,43 @@ async def list_users(
     return [User(**dict(row)) for row in rows]
 
 
+@dataclass(frozen=True)
+class UserState:
+    id: uuid.UUID
+    org_id: uuid.UUID
+    role: str
+    disabled: bool
+
+
+async def update_user(
+    conn: asyncpg.Connection, org_id: uuid.UUID, user_id: uuid.UUID, role: str | None, disabled: bool | None
+) -> UserState | None:
+    """Change a user's role and/or disabled state (None: unchanged); None when no such user is in `org_id`."""
+    row = await conn.fetchrow(
+        """
+        UPDATE auth.users SET
+            role = coalesce($3, role),
+            disabled_at = CASE WHEN $4::boolean IS NULL THEN disabled_at
+                               WHEN $4 THEN coalesce(disabled_at, now()) END
+        WHERE id = $1 AND org_id = $2
+        RETURNING id, org_id, role, disabled_at IS NOT NULL AS disabled
+        """,
+        user_id,
+        org_id,
+        role,
+        disabled,
+    )
+    return UserState(**dict(row)) if row is not None else None
+
+
+async def revoke_user_refresh_tokens(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
+    """Revoke every refresh family of a user (disabled: re-enabling them must not revive their old sessions)."""
+    result: str = await conn.execute(
+        "UPDATE auth.refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", user_id
+    )
+    return int(result.split()[-1])
+
+
 # --- refresh tokens ---------------------------------------------------------------------------------------------
 
 

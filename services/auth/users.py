@@ -1,4 +1,5 @@
-"""`GET /users` (the admin's org, emails masked) and `POST /users` (high-risk: needs a recent step-up)."""
+"""`GET /users` (the admin's org, emails masked), `POST /users` and `PATCH /users/{id}` (high-risk: they need a
+recent step-up)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from services.auth import store
-from services.auth.models import CreateUserRequest, PageQuery, UserListItem, UserPage
+from services.auth.models import (
+    CreateUserRequest,
+    PageQuery,
+    UpdatedUser,
+    UpdateUserRequest,
+    UserListItem,
+    UserPage,
+)
 from services.auth.passwords import hash_password
 from shared.authz import guard
 from shared.errors import ApiError
+from shared.log import get_logger
 from shared.openapi import documented
 from shared.pagination import decode_cursor, encode_cursor
 from shared.tokens import Principal
 from shared.validation import parse_body, parse_query
+
+log = get_logger(__name__)
 
 
 def mask_email(email: str) -> str:
@@ -71,4 +82,45 @@ async def create_user(request: Request, principal: Principal) -> Response:
     return JSONResponse(
         {"id": str(user.id), "org_id": str(user.org_id), "email": user.email, "role": user.role, "mfa_enrolled": False},
         status_code=201,
+    )
+
+
+@documented(
+    "Change a user's role or disable them (needs a recent step-up); their access tokens stop working within seconds",
+    request=UpdateUserRequest,
+    response=UpdatedUser,
+    tags=["users"],
+)
+@guard(roles={"admin"}, step_up=True)
+async def update_user(request: Request, principal: Principal) -> Response:
+    """`PATCH /users/{user_id}`. An admin cannot change or disable themselves: the org keeps at least one admin
+    (the one acting), and nobody locks themselves out by mistake."""
+    body = await parse_body(request, UpdateUserRequest)
+    try:
+        user_id = uuid.UUID(request.path_params["user_id"])
+    except ValueError:
+        raise ApiError("not_found") from None
+    if str(user_id) == principal.subject:
+        raise ApiError("conflict", "You cannot change your own role or disable yourself; ask another admin")
+    async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        # Another org's user is 404, exactly like a user that does not exist.
+        user = await store.update_user(conn, uuid.UUID(principal.org_id), user_id, body.role, body.disabled)
+        if user is None:
+            raise ApiError("not_found")
+        if body.disabled:
+            await store.revoke_user_refresh_tokens(conn, user_id)
+    if body.role is not None or body.disabled:
+        # Tokens carry the role, and a disabled user keeps none: every service refuses them within seconds.
+        await request.app.state.runtime.revocations.revoke(user_id=str(user_id))
+    log.info(
+        "audit",
+        action="user.update",
+        actor=principal.subject,
+        org_id=principal.org_id,
+        user_id=str(user_id),
+        role=body.role,
+        disabled=body.disabled,
+    )
+    return JSONResponse(
+        UpdatedUser(id=str(user.id), org_id=str(user.org_id), role=user.role, disabled=user.disabled).model_dump()  # type: ignore[arg-type]
     )

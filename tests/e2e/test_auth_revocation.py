@@ -1,0 +1,142 @@
+"""Logout, disabling a user and changing their role end their access tokens on every service within seconds
+(issue #9, finding 7), through two auth processes and a second service that share only Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from auth_support import PASSWORD, call, login
+from test_auth_tokens import admin_claims, server_key
+
+from shared.tokens import sign
+
+pytestmark = pytest.mark.e2e
+
+REVOKED_WITHIN_S = 5.0
+POLL_INTERVAL_S = 0.1
+
+
+async def refused_within(http, urls: list[str], token: str, deadline_s: float) -> dict[str, float]:
+    """How long after the call each URL took to answer 401 to `token`; fails if one still accepts it at the
+    deadline."""
+    started = time.monotonic()
+    refused_after: dict[str, float] = {}
+    while len(refused_after) < len(urls):
+        for url in urls:
+            if url not in refused_after:
+                status, body, _ = await call(http, "GET", url, token=token)
+                if status == 401:
+                    assert body["code"] == "invalid_token"
+                    refused_after[url] = time.monotonic() - started
+                else:
+                    assert status == 200, body
+        if time.monotonic() - started > deadline_s:
+            pytest.fail(f"still accepted after {deadline_s} s: {sorted(set(urls) - set(refused_after))}")
+        await asyncio.sleep(POLL_INTERVAL_S)
+    return refused_after
+
+
+async def accepted_soon(http, url: str, token: str) -> tuple[int, Any]:
+    """A token issued in the second of a revocation is refused (`iat` has one-second resolution): wait it out."""
+    for _ in range(30):
+        status, body, _ = await call(http, "GET", url, token=token)
+        if status != 401:
+            return status, body
+        await asyncio.sleep(POLL_INTERVAL_S)
+    return status, body
+
+
+@pytest.mark.parametrize("action", ["logout", "disable", "role_change"])
+async def test_tokens_stop_working_on_every_service_within_5_s(start_service, http, org, database_url, action) -> None:
+    auth = start_service("auth")
+    other_auth = start_service("auth")
+    guarded = start_service("guarded", {"AUTH_URL": auth.url}, module="tests.e2e.guarded_service")
+    await login(http, auth.url, org.email("finance"))  # creates the first signing key
+    acting_admin = sign(admin_claims(org), await server_key(database_url))  # stepped up, another admin
+    victim_email = f"second.admin.{org.id.hex[:8]}@example.com"
+    status, created, _ = await call(
+        http,
+        "POST",
+        f"{auth.url}/users",
+        token=acting_admin,
+        json={"email": victim_email, "password": PASSWORD, "role": "admin"},
+    )
+    assert status == 201, created
+    session = await login(http, auth.url, victim_email)
+    other_session = await login(http, other_auth.url, victim_email)
+    urls = [f"{auth.url}/users", f"{other_auth.url}/users", f"{guarded.url}/whoami"]
+    for url in urls:
+        status, body, _ = await call(http, "GET", url, token=session["access_token"])
+        assert status == 200, (url, body)
+
+    if action == "logout":
+        status, _, _ = await call(
+            http, "POST", f"{auth.url}/auth/logout", json={"refresh_token": session["refresh_token"]}
+        )
+        assert status == 204
+    else:
+        change = {"disabled": True} if action == "disable" else {"role": "finance"}
+        status, body, _ = await call(
+            http, "PATCH", f"{auth.url}/users/{created['id']}", token=acting_admin, json=change
+        )
+        assert status == 200, body
+        assert body["disabled"] is (action == "disable")
+        assert body["role"] == ("finance" if action == "role_change" else "admin")
+
+    refused_after = await refused_within(http, urls, session["access_token"], REVOKED_WITHIN_S)
+    assert refused_after[urls[0]] < 0.5, "the auth process that revoked enforces it at once"
+
+    if action == "logout":
+        # Per session: the user's other session (another refresh family) keeps working.
+        for url in urls:
+            status, body, _ = await call(http, "GET", url, token=other_session["access_token"])
+            assert status == 200, (url, body)
+    else:
+        # Per user: every session of theirs ends.
+        await refused_within(http, urls, other_session["access_token"], 0.5)
+    if action == "disable":
+        status, body, _ = await call(
+            http, "POST", f"{auth.url}/auth/login", json={"email": victim_email, "password": PASSWORD}
+        )
+        assert (status, body["code"]) == (401, "bad_credentials")
+        status, _, _ = await call(
+            http, "POST", f"{auth.url}/auth/refresh", json={"refresh_token": other_session["refresh_token"]}
+        )
+        assert status == 401
+    if action == "role_change":
+        fresh = await login(http, auth.url, victim_email)
+        status, body = await accepted_soon(http, f"{guarded.url}/whoami", fresh["access_token"])
+        assert (status, body["role"]) == (200, "finance")
+        status, body, _ = await call(http, "GET", f"{auth.url}/users", token=fresh["access_token"])
+        assert (status, body["code"]) == (403, "forbidden")
+
+
+async def test_update_user_rules(start_service, http, org, other_org, database_url) -> None:
+    auth = start_service("auth")
+    await login(http, auth.url, org.email("finance"))  # creates the first signing key
+    key = await server_key(database_url)
+    acting_admin = sign(admin_claims(org), key)
+    target = org.users["analyst"].id
+
+    async def patch(user_id: object, body: Any, token: str = acting_admin) -> tuple[int, Any]:
+        status, answer, _ = await call(http, "PATCH", f"{auth.url}/users/{user_id}", token=token, json=body)
+        return status, answer
+
+    assert (await patch(other_org.users["analyst"].id, {"role": "admin"}))[0] == 404, "another org's user"
+    assert (await patch("not-a-uuid", {"role": "admin"}))[0] == 404
+    status, body = await patch(org.users["admin"].id, {"disabled": True})
+    assert (status, body["code"]) == (409, "conflict"), "an admin cannot disable themselves"
+    for bad in ({}, {"role": "root"}, {"disabled": "yes"}, {"role": "admin", "extra": 1}):
+        status, body = await patch(target, bad)
+        assert (status, body["code"]) == (400, "invalid_body"), bad
+    not_stepped_up = sign(admin_claims(org, amr=["pwd"]), key)
+    status, body = await patch(target, {"role": "admin"}, not_stepped_up)
+    assert (status, body["code"]) == (401, "mfa_required")
+    status, body = await patch(target, {"disabled": True})
+    assert (status, body["disabled"], body["role"]) == (200, True, "analyst")
+    status, body = await patch(target, {"disabled": False, "role": "auditor"})
+    assert (status, body["disabled"], body["role"]) == (200, False, "auditor")
+    assert (await login(http, auth.url, org.email("analyst")))["user"]["role"] == "auditor"
