@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.config import ProxySettings
 from proxy.edge import EdgeMiddleware
-from proxy.federation import SelectorError, parse_exposition, parse_selector, render
 from proxy.forward import SKIP_AUTO_HEADERS, ForwardedRequest, Forwarder
+from proxy.scrape import ScrapeCredentialMiddleware, federate_endpoint
 from proxy.upstreams import Upstream, build_upstreams, run_health_checks
 from shared.app import Runtime, build_runtime, build_service_app, service_middleware, wrap
-from shared.errors import ApiError, FieldError
 from shared.health import Check
-from shared.metrics import metrics_text
+from shared.log import get_logger
 from shared.types import ASGIApp, Receive, Scope, Send
 
-FEDERATE_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 KEEPALIVE_TIMEOUT_S = 30.0
+
+log = get_logger(__name__)
 
 
 def upstream_check(upstream: Upstream) -> Check:
@@ -49,46 +46,6 @@ def new_session(pool_size: int) -> aiohttp.ClientSession:
     )
 
 
-async def fetch_metrics(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str | None:
-    try:
-        async with session.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-            return await response.text() if response.status == 200 else None
-    except (aiohttp.ClientError, TimeoutError):
-        return None
-
-
-def federate_endpoint(
-    settings: ProxySettings, upstreams: Mapping[str, Upstream], sessions: dict[str, aiohttp.ClientSession]
-) -> Callable[[Request], Awaitable[Response]]:
-    own_labels = {"service": settings.service, "instance": f"{settings.host}:{settings.port}"}
-
-    async def federate(request: Request) -> Response:
-        raw = request.query_params.getlist("match[]")
-        if not raw:
-            raise ApiError("invalid_query", "At least one match[] selector is required")
-        selectors, errors = [], []
-        for index, text in enumerate(raw):
-            try:
-                selectors.append(parse_selector(text))
-            except SelectorError as exc:
-                errors.append(FieldError(f"match[].{index}", str(exc)))
-        if errors:
-            raise ApiError("invalid_query", "A match[] selector is malformed", errors=errors)
-        instances = [i for upstream in upstreams.values() for i in upstream.instances]
-        texts = await asyncio.gather(
-            *(fetch_metrics(sessions["_health"], i.url, settings.federate_timeout_s) for i in instances)
-        )
-        sources = [(own_labels, parse_exposition(metrics_text().decode()))]
-        sources += [
-            ({"service": i.service, "instance": i.label}, parse_exposition(text))
-            for i, text in zip(instances, texts, strict=True)
-            if text is not None
-        ]
-        return Response(render(sources, selectors), media_type=FEDERATE_MEDIA_TYPE)
-
-    return federate
-
-
 def create_app(settings: ProxySettings) -> ProxyDispatch:
     upstreams = build_upstreams(settings.upstream_urls)
     runtime = build_runtime(settings)
@@ -111,13 +68,20 @@ def create_app(settings: ProxySettings) -> ProxyDispatch:
     runtime.on_startup.append(start)
     runtime.on_shutdown.append(stop)
     edge = [Middleware(EdgeMiddleware, allowed_origins=settings.cors_allowed_origins)]
+    own_endpoints = edge
+    if settings.is_production:
+        own_endpoints = [*edge, Middleware(ScrapeCredentialMiddleware, token=settings.metrics_bearer_token)]
+        if settings.metrics_bearer_token is None:
+            log.warning(
+                "scraping_disabled", reason="METRICS_BEARER_TOKEN is not set: /metrics and /federate answer 401"
+            )
     # The services count 401/403 per address and principal; counting them here too would double the events.
     app = build_service_app(
         settings,
         [Route("/federate", federate_endpoint(settings, upstreams, sessions), methods=["GET"], name="federate")],
         title="APGMS api-gateway",
         runtime=runtime,
-        extra_middleware=edge,
+        extra_middleware=own_endpoints,
         detect_anomalies=False,
     )
     forwarder = Forwarder(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from urllib.parse import urlsplit
@@ -16,7 +17,16 @@ from proxy.routing import (
     build_route_table,
 )
 from proxy.upstreams import HealthPolicy
-from shared.config import SERVICE_PORTS, ConfigError, Env, Settings, environ_with_dotenv, load_settings
+from shared.config import (
+    DEV_ONLY_MARKER,
+    SERVICE_PORTS,
+    ConfigError,
+    Env,
+    Secret,
+    Settings,
+    environ_with_dotenv,
+    load_settings,
+)
 
 SERVICE_NAME = "api-gateway"
 CONNECT_TIMEOUT_S = 2.0
@@ -26,6 +36,9 @@ FEDERATE_TIMEOUT_S = 3.0
 # Bulk import takes files far above the default 1 MiB.
 DEFAULT_BODY_LIMITS = {"/bank-lines/import": 20 * MiB}
 DEFAULT_DEV_ORIGINS = ("http://localhost:3000", "http://127.0.0.1:3000")
+# A scrape credential is a bearer token (RFC 6750 section 2.1 characters); 32 characters of hex are 128 bits.
+MIN_SCRAPE_TOKEN_CHARS = 32
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,7 @@ class ProxySettings(Settings):
     pool_size: int
     regulator_max_concurrency: int
     federate_timeout_s: float
+    metrics_bearer_token: Secret | None  # required on /metrics and /federate in production
 
 
 def parse_overrides(env: Env, name: str, cast: type[float] | type[int]) -> dict[str, float] | dict[str, int]:
@@ -93,6 +107,19 @@ def parse_urls(env: Env, service: str) -> list[str]:
     return urls
 
 
+def parse_scrape_token(env: Env, production: bool) -> Secret | None:
+    raw = env.text("METRICS_BEARER_TOKEN", "")
+    if not raw:
+        return None
+    if not BEARER_TOKEN.fullmatch(raw) or len(raw) < MIN_SCRAPE_TOKEN_CHARS:
+        raise ConfigError(
+            f"METRICS_BEARER_TOKEN must be at least {MIN_SCRAPE_TOKEN_CHARS} characters of A-Z a-z 0-9 -._~+/"
+        )
+    if production and DEV_ONLY_MARKER in raw:
+        raise ConfigError("METRICS_BEARER_TOKEN is a dev-only value, refused when APGMS_ENV=production")
+    return Secret(raw)
+
+
 def load_proxy_settings(environ: Mapping[str, str] | None = None) -> ProxySettings:
     merged = environ_with_dotenv(environ)
     # The proxy keeps no state of its own: DATABASE_URL and REDIS_URL, when present for the services, are ignored.
@@ -132,4 +159,5 @@ def load_proxy_settings(environ: Mapping[str, str] | None = None) -> ProxySettin
         pool_size=env.integer("PROXY_POOL_SIZE", POOL_SIZE_PER_UPSTREAM, minimum=1),
         regulator_max_concurrency=env.integer("REGULATOR_MAX_CONCURRENCY", REGULATOR_MAX_CONCURRENCY, minimum=1),
         federate_timeout_s=env.number("FEDERATE_TIMEOUT_S", FEDERATE_TIMEOUT_S, minimum=0.1),
+        metrics_bearer_token=parse_scrape_token(env, base.is_production),
     )

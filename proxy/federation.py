@@ -3,19 +3,35 @@
 At least one `match[]` instant-vector selector is required (several are a union); each selected series comes
 back with its current value, labelled `service` and `instance`. A label of the same name already on the series
 is kept as `exported_<name>`, as a Prometheus scrape with `honor_labels: false` would.
+
+The endpoint is public, so its cost is bounded (issue #9, finding 1: 40 selectors of 32 regex matchers held the
+event loop for 20 s, one RE2 call through the binding costing about 10 us): at most `MAX_SELECTORS` selectors of
+`MAX_MATCHERS` matchers; samples are indexed once per exposition by label value (`Source`), so a matcher is
+tested once per distinct value, never per sample, and an exact `__name__` is a dict lookup; and parsing,
+indexing and matching are generators that `run_in_slices` drives a couple of milliseconds at a time, yielding
+the loop in between and giving up past a budget.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import re2
 
 MAX_REGEX_CHARS = 512
-MAX_MATCHERS = 32
+COMPILED_REGEXES = 1024
+MAX_SELECTORS = 10
+MAX_MATCHERS = 20
+# Work between two looks at the clock, well under a millisecond: lines parsed, samples indexed or rendered, and
+# label values tested (one RE2 call through the binding costs about 10 us).
+STEP_LINES = 256
+STEP_VALUES = 16
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -28,11 +44,21 @@ class SelectorError(ValueError):
     pass
 
 
+class BudgetExceeded(Exception):
+    """The work took more event-loop time than its budget."""
+
+
 def compile_label_regex(pattern: str) -> Any:
     """RE2, as Prometheus uses: linear time whatever the pattern, so `/federate` cannot be made to backtrack
     for minutes (`(.*.*)*X` takes Python's `re` over two minutes on an 18-character name)."""
     if len(pattern) > MAX_REGEX_CHARS:
         raise SelectorError(f"regular expression longer than {MAX_REGEX_CHARS} characters")
+    return _compile(pattern)
+
+
+# A Prometheus server sends the same selectors every scrape; compiling one costs about 125 us.
+@functools.lru_cache(maxsize=COMPILED_REGEXES)
+def _compile(pattern: str) -> Any:
     try:
         return re2.compile(pattern, _RE2_OPTIONS)
     except re2.error as exc:
@@ -45,22 +71,36 @@ class Matcher:
     op: str
     value: str
     regex: Any = field(default=None, compare=False, repr=False)
+    # A regex matcher's answer per label value for the request that parsed it: every service exposes the same
+    # metric names and most of the same label values. Bounded by the distinct values of the expositions.
+    seen: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def matches(self, actual: str) -> bool:
         if self.op == "=":
             return actual == self.value
         if self.op == "!=":
             return actual != self.value
-        hit = self.regex.fullmatch(actual) is not None
-        return hit if self.op == "=~" else not hit
+        hit = self.seen.get(actual)
+        if hit is None:
+            hit = self.seen[actual] = (self.regex.fullmatch(actual) is not None) == (self.op == "=~")
+        return hit
 
 
 @dataclass(frozen=True)
 class Selector:
     matchers: tuple[Matcher, ...]
 
+    @property
+    def exact_name(self) -> str | None:
+        """The metric name an `__name__="x"` matcher requires, if there is one."""
+        return next((m.value for m in self.matchers if m.label == "__name__" and m.op == "="), None)
+
     def matches(self, name: str, labels: dict[str, str]) -> bool:
         return all(m.matches(name if m.label == "__name__" else labels.get(m.label, "")) for m in self.matchers)
+
+    def cheapest_first(self) -> list[Matcher]:
+        """The matchers in the order that empties a selection soonest: exact ones (a dict lookup), then names."""
+        return sorted(self.matchers, key=lambda m: (m.op not in ("=", "!="), m.label != "__name__"))
 
 
 def _read_string(text: str, pos: int) -> tuple[str, int]:
@@ -159,6 +199,11 @@ def _parse_labels(text: str, pos: int) -> tuple[tuple[tuple[str, str], ...], int
 
 def parse_exposition(text: str) -> list[Family]:
     """Prometheus text format 0.0.4 into families of samples (comments other than TYPE are dropped)."""
+    return run_to_end(parse_exposition_steps(text))
+
+
+def parse_exposition_steps(text: str) -> Generator[None, None, list[Family]]:
+    """`parse_exposition` as a generator that yields every `STEP_LINES` lines (see `run_in_slices`)."""
     families: list[Family] = []
     kinds: dict[str, str] = {}
     current: list[Sample] = []
@@ -168,7 +213,9 @@ def parse_exposition(text: str) -> list[Family]:
         if current:
             families.append(Family(current_name, current_kind, tuple(current)))
 
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines()):
+        if number % STEP_LINES == 0:
+            yield
         if not line.strip():
             continue
         if line.startswith("#"):
@@ -197,6 +244,59 @@ def parse_exposition(text: str) -> list[Family]:
     return families
 
 
+@dataclass(frozen=True)
+class Source:
+    """One exposition and what federation adds to its series, indexed as Prometheus's TSDB does: for each label
+    (and `__name__`), each value's sample positions. A matcher then costs one test per distinct value and set
+    operations in C, not a test per sample; an exact `__name__` is a dict lookup."""
+
+    added: dict[str, str]
+    samples: list[tuple[Family, Sample]]
+    postings: dict[str, dict[str, list[int]]]
+    everything: frozenset[int]
+    # Per label, the positions of the samples that have it (filled on first use; bounded by the label names).
+    labelled: dict[str, frozenset[int]] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, added: dict[str, str], families: list[Family]) -> Source:
+        return run_to_end(index_steps(added, families))
+
+    def positions(self, matcher: Matcher) -> Generator[None, None, set[int]]:
+        """The positions of the samples `matcher` selects (a missing label reads as the empty string)."""
+        values = self.postings.get(matcher.label, {})
+        if matcher.op == "=" and matcher.value:
+            return set(values.get(matcher.value, ()))
+        chosen: set[int] = set()
+        for count, (value, where) in enumerate(values.items()):
+            if count % STEP_VALUES == 0:
+                yield
+            if matcher.matches(value):
+                chosen.update(where)
+        if matcher.matches(""):
+            having = self.labelled.get(matcher.label)
+            if having is None:
+                having = self.labelled[matcher.label] = frozenset(i for where in values.values() for i in where)
+            chosen |= self.everything - having
+        return chosen
+
+
+def index_steps(added: dict[str, str], families: list[Family]) -> Generator[None, None, Source]:
+    """`Source.of` as a generator that yields every `STEP_LINES` samples (see `run_in_slices`)."""
+    samples: list[tuple[Family, Sample]] = []
+    postings: dict[str, dict[str, list[int]]] = {"__name__": {}}
+    names = postings["__name__"]
+    for family in families:
+        for sample in family.samples:
+            position = len(samples)
+            if position % STEP_LINES == 0:
+                yield
+            samples.append((family, sample))
+            names.setdefault(sample.name, []).append(position)
+            for label, value in sample.labels:
+                postings.setdefault(label, {}).setdefault(value, []).append(position)
+    return Source(added, samples, postings, frozenset(range(len(samples))))
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -208,16 +308,69 @@ def relabel(labels: Iterable[tuple[str, str]], added: dict[str, str]) -> list[tu
 
 def render(sources: Sequence[tuple[dict[str, str], list[Family]]], selectors: Sequence[Selector]) -> str:
     """The federated exposition: the samples any selector picks, each family's lines together under one TYPE."""
+    return run_to_end(render_steps([Source.of(added, families) for added, families in sources], selectors))
+
+
+def render_steps(sources: Sequence[Source], selectors: Sequence[Selector]) -> Generator[None, None, str]:
+    """`render` as a generator that yields between matchers and every `STEP_LINES` values or lines of work (see
+    `run_in_slices`)."""
     grouped: dict[str, tuple[str, list[str]]] = {}
-    for added, families in sources:
-        for family in families:
-            for sample in family.samples:
-                if not any(selector.matches(sample.name, dict(sample.labels)) for selector in selectors):
-                    continue
-                body = ",".join(f'{k}="{_escape(v)}"' for k, v in relabel(sample.labels, added))
-                grouped.setdefault(family.name, (family.kind, []))[1].append(f"{sample.name}{{{body}}} {sample.value}")
+    for source in sources:
+        chosen: set[int] = set()
+        for selector in selectors:
+            selected: set[int] | None = None
+            for matcher in selector.cheapest_first():
+                found = yield from source.positions(matcher)
+                selected = found if selected is None else selected & found
+                yield
+                if not selected:
+                    break
+            chosen |= selected or set()
+        for count, position in enumerate(sorted(chosen)):
+            if count % STEP_LINES == 0:
+                yield
+            family, sample = source.samples[position]
+            body = ",".join(f'{k}="{_escape(v)}"' for k, v in relabel(sample.labels, source.added))
+            grouped.setdefault(family.name, (family.kind, []))[1].append(f"{sample.name}{{{body}}} {sample.value}")
     lines: list[str] = []
     for name, (kind, samples) in grouped.items():
         lines.append(f"# TYPE {name} {kind}")
         lines.extend(samples)
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+# --- driving the generators -------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def run_to_end(steps: Generator[None, None, T]) -> T:
+    """A step generator's result, computed at once (for callers off the event loop, and tests)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+async def run_in_slices(
+    steps: Generator[None, None, T], *, slice_s: float, budget_s: float, rest_ratio: float = 0.0
+) -> T:
+    """A step generator's result, computed on the event loop at most `slice_s` at a time, yielding to the other
+    tasks in between (and sleeping `rest_ratio` times each slice's length, so the work takes at most
+    1 / (1 + rest_ratio) of the loop); `BudgetExceeded` once its slices add up to more than `budget_s`."""
+    used = 0.0
+    started = time.perf_counter()
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        now = time.perf_counter()
+        if now - started >= slice_s:
+            used += now - started
+            if used > budget_s:
+                steps.close()
+                raise BudgetExceeded(f"more than {budget_s} s of work")
+            await asyncio.sleep((now - started) * rest_ratio)
+            started = time.perf_counter()

@@ -161,18 +161,32 @@ def test_bad_scalar_settings_name_the_variable(name: str, value: str) -> None:
         load_proxy_settings(environ={name: value})
 
 
+PRODUCTION = {"APGMS_ENV": "production", "APGMS_MASTER_KEY": PRODUCTION_KEY, "PUBLIC_HOSTS": "api.example"}
+SCRAPE_TOKEN = "0123456789abcdef0123456789abcdef"
+
+
 def test_production_has_no_default_cors_origins() -> None:
-    settings = load_proxy_settings(environ={"APGMS_ENV": "production", "APGMS_MASTER_KEY": PRODUCTION_KEY})
+    settings = load_proxy_settings(environ=PRODUCTION)
     assert settings.is_production
     assert settings.cors_allowed_origins == frozenset()
 
 
 def test_cors_origins_are_read_and_trailing_slashes_dropped() -> None:
     settings = load_proxy_settings(
-        environ={
-            "APGMS_ENV": "production",
-            "APGMS_MASTER_KEY": PRODUCTION_KEY,
-            "CORS_ALLOWED_ORIGINS": "https://app.example/, https://b.example",
-        }
+        environ={**PRODUCTION, "CORS_ALLOWED_ORIGINS": "https://app.example/, https://b.example"}
     )
     assert settings.cors_allowed_origins == frozenset({"https://app.example", "https://b.example"})
+
+
+def test_the_scrape_token_is_a_secret_and_optional() -> None:
+    settings = load_proxy_settings(environ={**PRODUCTION, "METRICS_BEARER_TOKEN": SCRAPE_TOKEN})
+    assert settings.metrics_bearer_token is not None
+    assert settings.metrics_bearer_token.reveal() == SCRAPE_TOKEN
+    assert SCRAPE_TOKEN not in repr(settings)
+    assert load_proxy_settings(environ=PRODUCTION).metrics_bearer_token is None
+
+
+@pytest.mark.parametrize("value", ["short", "x" * 31, "has space " + "x" * 32, "dev-only-" + "x" * 32])
+def test_weak_or_malformed_scrape_tokens_are_refused_in_production(value: str) -> None:
+    with pytest.raises(ConfigError, match="METRICS_BEARER_TOKEN"):
+        load_proxy_settings(environ={**PRODUCTION, "METRICS_BEARER_TOKEN": value})
