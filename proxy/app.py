@@ -67,7 +67,15 @@ def create_app(settings: ProxySettings) -> ProxyDispatch:
 
     runtime.on_startup.append(start)
     runtime.on_shutdown.append(stop)
-    edge = [Middleware(EdgeMiddleware, allowed_origins=settings.cors_allowed_origins)]
+    edge = [
+        Middleware(
+            EdgeMiddleware,
+            allowed_origins=settings.cors_allowed_origins,
+            public_hosts=settings.public_hosts if settings.is_production else None,
+            trusted_hops=settings.trusted_hops,
+            hsts=settings.is_production,
+        )
+    ]
     own_endpoints = edge
     if settings.is_production:
         own_endpoints = [*edge, Middleware(ScrapeCredentialMiddleware, token=settings.metrics_bearer_token)]

@@ -39,6 +39,7 @@ DEFAULT_DEV_ORIGINS = ("http://localhost:3000", "http://127.0.0.1:3000")
 # A scrape credential is a bearer token (RFC 6750 section 2.1 characters); 32 characters of hex are 128 bits.
 MIN_SCRAPE_TOKEN_CHARS = 32
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+HOST_PORT = re.compile(r"[a-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9a-f:.]+\](:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ProxySettings(Settings):
     regulator_max_concurrency: int
     federate_timeout_s: float
     metrics_bearer_token: Secret | None  # required on /metrics and /federate in production
+    public_hosts: frozenset[bytes]  # the Host values accepted in production, lowercase
 
 
 def parse_overrides(env: Env, name: str, cast: type[float] | type[int]) -> dict[str, float] | dict[str, int]:
@@ -120,6 +122,18 @@ def parse_scrape_token(env: Env, production: bool) -> Secret | None:
     return Secret(raw)
 
 
+def parse_public_hosts(env: Env, production: bool) -> frozenset[bytes]:
+    """`PUBLIC_HOSTS=api.example.com,api.example.com:8443`: required in production, where any other Host is 400."""
+    raw = env.text("PUBLIC_HOSTS", "")
+    hosts = [host.strip().lower() for host in raw.split(",") if host.strip()]
+    for host in hosts:
+        if not HOST_PORT.fullmatch(host):
+            raise ConfigError(f"PUBLIC_HOSTS entries must look like host or host:port, got {host!r}")
+    if production and not hosts:
+        raise ConfigError("PUBLIC_HOSTS is required when APGMS_ENV=production (the Host names clients use)")
+    return frozenset(host.encode() for host in hosts)
+
+
 def load_proxy_settings(environ: Mapping[str, str] | None = None) -> ProxySettings:
     merged = environ_with_dotenv(environ)
     # The proxy keeps no state of its own: DATABASE_URL and REDIS_URL, when present for the services, are ignored.
@@ -160,4 +174,5 @@ def load_proxy_settings(environ: Mapping[str, str] | None = None) -> ProxySettin
         regulator_max_concurrency=env.integer("REGULATOR_MAX_CONCURRENCY", REGULATOR_MAX_CONCURRENCY, minimum=1),
         federate_timeout_s=env.number("FEDERATE_TIMEOUT_S", FEDERATE_TIMEOUT_S, minimum=0.1),
         metrics_bearer_token=parse_scrape_token(env, base.is_production),
+        public_hosts=parse_public_hosts(env, base.is_production),
     )

@@ -1,10 +1,11 @@
-"""What the front door adds to every response: security headers, and the CORS allowlist."""
+"""What the front door adds to every response: security headers (HSTS too in production), the CORS allowlist, and
+in production the Host allowlist."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from shared.context import HeaderHook, header, watch_response
+from shared.context import HeaderHook, header, nearest_forwarded, watch_response
 from shared.errors import problem_response
 from shared.metrics import record_security_event
 from shared.types import ASGIApp, Receive, Scope, Send
@@ -25,26 +26,42 @@ CORS_EXPOSE_HEADERS = "x-request-id, idempotent-replay, retry-after"
 CORS_MAX_AGE_S = 600
 
 
-SECURITY_HEADER_NAMES = frozenset(name for name, _ in SECURITY_HEADERS)
+# Two years with subdomains, the preload list's requirement; production only: TLS ends in front of the proxy there,
+# and a developer's browser must not remember it for localhost.
+HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+PRODUCTION_SECURITY_HEADERS = (*SECURITY_HEADERS, HSTS)
+RawHeaders = list[tuple[bytes, bytes]]
 
 
-def with_security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The response headers plus ours (a CSP for HTML); an upstream's own value for one of them is kept.
-    One pass over the headers: this runs for every response."""
-    present: set[bytes] = set()
-    content_type: bytes | None = None
-    for name, value in headers:  # ASGI header names are lowercase (Starlette's and the forwarder's are)
-        if name in SECURITY_HEADER_NAMES or name == b"content-security-policy":
-            present.add(name)
-        elif name == b"content-type" and content_type is None:
-            content_type = value
-    if present:
-        headers.extend(item for item in SECURITY_HEADERS if item[0] not in present)
-    else:
-        headers.extend(SECURITY_HEADERS)
-    if content_type is not None and content_type.startswith(b"text/html") and b"content-security-policy" not in present:
-        headers.append((b"content-security-policy", HTML_CSP))
-    return headers
+def security_headers(defaults: tuple[tuple[bytes, bytes], ...]) -> Callable[[RawHeaders], RawHeaders]:
+    """A header hook adding `defaults` (and a CSP for HTML); an upstream's own value for one of them is kept."""
+    names = frozenset(name for name, _ in defaults)
+
+    def add(headers: RawHeaders) -> RawHeaders:
+        # One pass over the headers: this runs for every response.
+        present: set[bytes] = set()
+        content_type: bytes | None = None
+        for name, value in headers:  # ASGI header names are lowercase (Starlette's and the forwarder's are)
+            if name in names or name == b"content-security-policy":
+                present.add(name)
+            elif name == b"content-type" and content_type is None:
+                content_type = value
+        if present:
+            headers.extend(item for item in defaults if item[0] not in present)
+        else:
+            headers.extend(defaults)
+        if (
+            content_type is not None
+            and content_type.startswith(b"text/html")
+            and b"content-security-policy" not in present
+        ):
+            headers.append((b"content-security-policy", HTML_CSP))
+        return headers
+
+    return add
+
+
+with_security_headers = security_headers(SECURITY_HEADERS)
 
 
 def merge_vary(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -57,13 +74,15 @@ def merge_vary(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [*others, (b"vary", b", ".join(values))] if values else others
 
 
-def with_cors(extra: list[tuple[bytes, bytes]]) -> Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]]:
+def with_cors(
+    extra: list[tuple[bytes, bytes]], secure: Callable[[RawHeaders], RawHeaders] = with_security_headers
+) -> Callable[[RawHeaders], RawHeaders]:
     """A header hook: the CORS headers `extra` (replacing an upstream's own), then the security headers."""
     replaced = {name for name, _ in extra if name != b"vary"}
 
-    def decorate(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    def decorate(headers: RawHeaders) -> RawHeaders:
         headers = merge_vary([*((k, v) for k, v in headers if k.lower() not in replaced), *extra])
-        return with_security_headers(headers)
+        return secure(headers)
 
     return decorate
 
@@ -74,11 +93,27 @@ def is_same_origin(origin: str, host: str | None, scheme: str) -> bool:
 
 class EdgeMiddleware:
     """Refuses cross-origin requests from origins not on the allowlist (403 `cors_forbidden`), answers
-    preflights, and adds CORS and security headers to every response."""
+    preflights, and adds CORS and security headers to every response.
 
-    def __init__(self, app: ASGIApp, *, allowed_origins: frozenset[str]) -> None:
+    With `public_hosts` (production), a request for any other host is 400 `bad_host` (issue #9, finding 11: the
+    `X-Forwarded-Host` the services see, and build links from, is never attacker-chosen); the host is the
+    trusted `X-Forwarded-Host` when `trusted_hops` > 0 and a proxy of ours sent one, else `Host`. With `hsts`,
+    every response says `Strict-Transport-Security`."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed_origins: frozenset[str],
+        public_hosts: frozenset[bytes] | None = None,
+        trusted_hops: int = 0,
+        hsts: bool = False,
+    ) -> None:
         self.app = app
         self.allowed_origins = allowed_origins
+        self.public_hosts = public_hosts
+        self.trusted_hops = trusted_hops
+        self.secure = security_headers(PRODUCTION_SECURITY_HEADERS) if hsts else with_security_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,28 +132,39 @@ class EdgeMiddleware:
         if hosts > 1 or (not host and scope.get("http_version") == "1.1"):
             # RFC 9112 section 3.2: the server must refuse it. Two hosts would let us route, forward and log
             # different ones. (granian hands a missing Host over as an empty one.)
-            hooks.append(with_security_headers)
+            hooks.append(self.secure)
             response = problem_response("bad_request", "An HTTP/1.1 request needs exactly one Host header")
             await response(scope, receive, send)
             return
+        if self.public_hosts is not None and self.public_host(scope, host) not in self.public_hosts:
+            hooks.append(self.secure)
+            await problem_response("bad_host", "This host is not served here")(scope, receive, send)
+            return
         if origin is None:  # most requests: API clients and integrations send no Origin
-            hooks.append(with_security_headers)
+            hooks.append(self.secure)
             await self.app(scope, receive, send)
             return
         await self._cross_origin(
             scope, receive, send, hooks, origin.decode("latin-1"), host.decode("latin-1") if host else None
         )
 
+    def public_host(self, scope: Scope, host: bytes | None) -> bytes | None:
+        if self.trusted_hops > 0:
+            forwarded = nearest_forwarded(v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-host")
+            if forwarded is not None:
+                return forwarded.lower().encode("latin-1")
+        return host.lower() if host is not None else None
+
     async def _cross_origin(
         self, scope: Scope, receive: Receive, send: Send, hooks: list[HeaderHook], origin: str, host: str | None
     ) -> None:
         if is_same_origin(origin, host, scope.get("scheme", "http")):
-            hooks.append(with_security_headers)
+            hooks.append(self.secure)
             await self.app(scope, receive, send)
             return
         if origin not in self.allowed_origins:
             record_security_event("cors.reject", origin=origin[:200], path=scope["path"])
-            hooks.append(with_security_headers)
+            hooks.append(self.secure)
             await problem_response("cors_forbidden", "This origin is not allowed to call the API")(scope, receive, send)
             return
         cors = [
@@ -134,9 +180,9 @@ class EdgeMiddleware:
                 (b"access-control-allow-headers", CORS_ALLOW_HEADERS.encode()),
                 (b"access-control-max-age", str(CORS_MAX_AGE_S).encode()),
             ]
-            hooks.append(with_cors(preflight))
+            hooks.append(with_cors(preflight, self.secure))
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
             return
-        hooks.append(with_cors(cors))
+        hooks.append(with_cors(cors, self.secure))
         await self.app(scope, receive, send)

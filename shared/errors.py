@@ -39,6 +39,7 @@ class ErrorKind:
 
 ERRORS: dict[str, ErrorKind] = {
     "bad_request": ErrorKind(400, "Bad request"),
+    "bad_host": ErrorKind(400, "Host not served here"),
     "invalid_body": ErrorKind(400, "Request body is invalid"),
     "invalid_query": ErrorKind(400, "Query parameters are invalid"),
     "unauthorized": ErrorKind(401, "Authentication required"),

@@ -178,6 +178,23 @@ def test_cors_origins_are_read_and_trailing_slashes_dropped() -> None:
     assert settings.cors_allowed_origins == frozenset({"https://app.example", "https://b.example"})
 
 
+def test_production_refuses_to_start_without_public_hosts() -> None:
+    with pytest.raises(ConfigError, match="PUBLIC_HOSTS is required"):
+        load_proxy_settings(environ={**PRODUCTION, "PUBLIC_HOSTS": ""})
+
+
+def test_public_hosts_are_lowercased_bytes_and_optional_in_dev() -> None:
+    settings = load_proxy_settings(environ={**PRODUCTION, "PUBLIC_HOSTS": "API.example, api.example:8443,[::1]:3000"})
+    assert settings.public_hosts == frozenset({b"api.example", b"api.example:8443", b"[::1]:3000"})
+    assert load_proxy_settings(environ={}).public_hosts == frozenset()
+
+
+@pytest.mark.parametrize("value", ["https://api.example", "api.example/x", "api example", "a.example:port"])
+def test_malformed_public_hosts_are_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="PUBLIC_HOSTS"):
+        load_proxy_settings(environ={**PRODUCTION, "PUBLIC_HOSTS": value})
+
+
 def test_the_scrape_token_is_a_secret_and_optional() -> None:
     settings = load_proxy_settings(environ={**PRODUCTION, "METRICS_BEARER_TOKEN": SCRAPE_TOKEN})
     assert settings.metrics_bearer_token is not None

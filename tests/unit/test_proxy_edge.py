@@ -235,3 +235,49 @@ async def test_a_500_from_the_error_boundary_carries_the_edge_headers_and_the_re
     assert response.headers.get_list("x-request-id") == ["rid-500"]
     assert {name: response.headers[name] for name in SECURITY} == SECURITY
     assert response.headers["access-control-allow-origin"] == ALLOWED  # a browser may read why it failed
+
+
+def production_edge(trusted_hops: int = 0) -> TestClient:
+    edge = EdgeMiddleware(
+        inner,
+        allowed_origins=frozenset({ALLOWED}),
+        public_hosts=frozenset({b"api.example", b"api.example:8443"}),
+        trusted_hops=trusted_hops,
+        hsts=True,
+    )
+    return TestClient(edge, base_url="http://api.example")
+
+
+@pytest.mark.parametrize("host", ["api.example", "API.Example", "api.example:8443"])
+def test_a_public_host_passes_with_hsts(host: str) -> None:
+    with production_edge() as client:
+        response = client.get("/data", headers={"host": host})
+    assert response.status_code == 200
+    assert response.headers["strict-transport-security"] == "max-age=63072000; includeSubDomains"
+    assert_security_headers(response)
+
+
+@pytest.mark.parametrize("host", ["evil.example", "api.example:80", "api.example.evil.example"])
+def test_any_other_host_is_400_bad_host(host: str) -> None:
+    with production_edge() as client:
+        response = client.get("/data", headers={"host": host})
+    assert (response.status_code, response.json()["code"]) == (400, "bad_host")
+    assert response.headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_behind_a_trusted_hop_its_forwarded_host_is_the_one_checked() -> None:
+    with production_edge(trusted_hops=1) as client:
+        internal = {"host": "proxy.internal"}
+        assert (
+            client.get("/data", headers={**internal, "x-forwarded-host": "x.example, api.example"}).status_code == 200
+        )
+        refused = client.get("/data", headers={**internal, "x-forwarded-host": "api.example, evil.example"})
+        assert refused.status_code == 400
+        assert client.get("/data", headers={"host": "api.example"}).status_code == 200, "no header: the Host"
+    with production_edge(trusted_hops=0) as client:
+        forged = client.get("/data", headers={"host": "evil.example", "x-forwarded-host": "api.example"})
+        assert forged.status_code == 400, "untrusted: the client's X-Forwarded-Host is not looked at"
+
+
+def test_no_hsts_outside_production(client: TestClient) -> None:
+    assert "strict-transport-security" not in client.get("/data").headers
