@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import string
+import sys
 import uuid
 from decimal import Decimal
 
@@ -10,8 +12,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from services.auth.mfa import RECOVERY_ALPHABET, new_recovery_code, new_totp_secret, otpauth_uri
 from shared.redact import (
     _MAYBE_SENSITIVE,
+    _NON_ASCII_VISIBLE,
     REDACTED,
     _maybe_sensitive,
     _redact_scanned,
@@ -61,6 +65,26 @@ PII_CASES = [
     ),
     pytest.param("Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l", "YWxhZGRpbjpvcGVuc2VzYW1l", id="basic-no-digits"),
     pytest.param("dsn postgresql://apgms:s3cr3t-pw@db.internal:5432/apgms", "s3cr3t-pw", id="url-credentials"),
+    pytest.param("retry with refresh_token=Zm9vYmFyYmF6cXV4 later", "Zm9vYmFyYmF6cXV4", id="refresh-token-in-text"),
+    pytest.param("GET /cb?access_token=abcDEFghiJKL&state=x", "abcDEFghiJKL", id="access-token-in-query"),
+    pytest.param('body {"refresh_token": "abc-def_ghi", "x": 1}', "abc-def_ghi", id="refresh-token-in-json"),
+    pytest.param("enrolled with JBSWY3DPEHPK3PXP today", "JBSWY3DPEHPK3PXP", id="totp-secret"),
+    pytest.param(
+        "otpauth://totp/APGMS:admin%40demo.apgms.example?secret=JBSWY3DPEHPK3PXP&issuer=APGMS",
+        "JBSWY3DPEHPK3PXP",
+        id="otpauth-secret",
+    ),
+    pytest.param(
+        "otpauth://totp/APGMS:admin%40demo.apgms.example?secret=JBSWY3DPEHPK3PXP&issuer=APGMS",
+        "admin%40demo",
+        id="otpauth-label-email",
+    ),
+    pytest.param("used recovery code 7k2m-q9xz-h4tb once", "7k2m-q9xz-h4tb", id="recovery-code"),
+    pytest.param("used recovery code ABCD-EFGH-JKMN once", "ABCD-EFGH-JKMN", id="recovery-code-upper-case"),
+    pytest.param("login for aud\u0130tor@demo.apgms.example", "tor@demo", id="email-dotted-capital-i"),
+    pytest.param("login for aud\u0130tor@demo.apgms.example", "aud\u0130", id="email-non-ascii-local-part"),
+    pytest.param("contact j\u00f6rg@b\u00fccher.example today", "j\u00f6rg", id="email-non-ascii-domain"),
+    pytest.param("mail \u5c71\u7530@\u4f8b\u3048.\u30c6\u30b9\u30c8 ok", "\u5c71\u7530", id="email-cjk"),
 ]
 
 
@@ -138,6 +162,10 @@ def test_trusted_fields_are_left_untouched(field: str, value: object) -> None:
         "GET /v1/bas/2025-Q3/lodge",
         "client 203.0.113.7 sent 12 items",
         "retry in 0.5s after 3 attempts",
+        "first-time-user-flow",
+        "INTERNAL_SERVER_ERROR",
+        "Applied migration auth/0002_mfa.sql",
+        "refresh rotated the family",
     ],
 )
 def test_ordinary_text_and_money_are_not_mangled(text: str) -> None:
@@ -226,6 +254,101 @@ def test_property_tfn_separated_by_spaces_never_survives(before: str, digits: st
     assert digits[3:] not in redacted.replace(" ", "")
 
 
+URLSAFE = string.ascii_letters + string.digits + "-_"
+# Tokens as `secrets.token_urlsafe` makes them; a digit keeps them distinct from FILLER (which has none).
+OPAQUE_TOKENS = st.text(alphabet=URLSAFE, min_size=16, max_size=64).filter(lambda t: any(c.isdigit() for c in t))
+SECRET_NAMES = st.sampled_from(
+    ["refresh_token", "access_token", "id_token", "token", "client_secret", "otp_secret", "password", "Refresh_Token"]
+)
+SECRET_PAIRS = st.sampled_from(["{k}={v}", "{k}: {v}", '"{k}": "{v}"', '"{k}":"{v}"', "'{k}': '{v}'", "?{k}={v}&x=1"])
+
+
+@settings(database=None, deadline=None)
+@given(before=FILLER, name=SECRET_NAMES, form=SECRET_PAIRS, token=OPAQUE_TOKENS, after=FILLER)
+@example(before="retry", name="refresh_token", form="{k}={v}", token="Zm9vYmFy0", after="")
+def test_property_a_named_token_in_text_never_survives(
+    before: str, name: str, form: str, token: str, after: str
+) -> None:
+    text = f"{before} {form.format(k=name, v=token)} {after}"
+    assert token not in redact_text(text)
+    assert token not in redact_text(f'{{"event": "x", "body": {text!r}}}')
+
+
+BASE32 = string.ascii_uppercase + "234567"
+
+
+@settings(database=None, deadline=None)
+@given(before=FILLER, secret=st.text(alphabet=BASE32, min_size=16, max_size=64), after=FILLER, uri=st.booleans())
+@example(before="", secret="JBSWY3DPEHPK3PXP", after="", uri=False)
+@example(before="x", secret="ABCDEFGHIJKLMNOP", after="y", uri=True)
+def test_property_a_totp_secret_never_survives(before: str, secret: str, after: str, uri: bool) -> None:
+    embedded = f"otpauth://totp/APGMS:jane%40example.com?secret={secret}&issuer=APGMS" if uri else secret
+    redacted = redact_text(f"{before} {embedded} {after}")
+    assert secret not in redacted
+    assert "jane" not in redacted
+
+
+@settings(database=None, deadline=None)
+@given(
+    before=FILLER,
+    groups=st.lists(st.text(alphabet=RECOVERY_ALPHABET, min_size=4, max_size=4), min_size=3, max_size=3),
+    upper=st.booleans(),
+    after=FILLER,
+)
+@example(before="code", groups=["abcd", "efgh", "jkmn"], upper=False, after="used")
+def test_property_a_recovery_code_never_survives(before: str, groups: list[str], upper: bool, after: str) -> None:
+    code = "-".join(groups).upper() if upper else "-".join(groups)
+    redacted = redact_text(f"{before} {code} {after}")
+    assert code not in redacted
+    assert "[REDACTED:recovery_code]" in redacted
+
+
+def test_generated_secrets_of_the_auth_service_never_survive() -> None:
+    for _ in range(200):
+        secret, code = new_totp_secret(), new_recovery_code()
+        uri = otpauth_uri(secret, "j\u00f6rg@example.com")
+        redacted = redact_text(f"secret {secret} and code {code} and {uri}")
+        assert secret not in redacted and code not in redacted and "rg@example" not in redacted
+
+
+# RFC 6531 addresses: any character but white space, controls and RFC 5322's specials, in either part.
+INTERNATIONAL_CHARS = st.characters(exclude_categories=("Z", "C"), exclude_characters='"(),:;<>@[\\] \t\r\n')
+INTERNATIONAL_LETTERS = st.characters(categories=("L",)) | st.sampled_from(string.ascii_letters)
+
+
+@st.composite
+def international_emails(draw: st.DrawFn) -> str:
+    local = draw(st.text(alphabet=INTERNATIONAL_CHARS, min_size=1, max_size=20))
+    labels = draw(
+        st.lists(
+            st.text(alphabet=INTERNATIONAL_LETTERS | st.sampled_from("0123456789-"), min_size=1, max_size=12),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    tld = draw(st.text(alphabet=INTERNATIONAL_LETTERS, min_size=2, max_size=8))
+    return f"{local}@{'.'.join(labels)}.{tld}"
+
+
+@settings(database=None, deadline=None)
+@given(before=FILLER, email=international_emails(), after=FILLER)
+@example(before="login for", email="aud\u0130tor@demo.apgms.example", after="")
+@example(before="", email="\u5c71\u7530@\u4f8b\u3048.\u30c6\u30b9\u30c8", after="ok")
+def test_property_a_non_ascii_email_never_survives(before: str, email: str, after: str) -> None:
+    redacted = redact_text(f"{before} {email} {after}")
+    local, _, domain = email.rpartition("@")
+    assert email not in redacted
+    assert f"{local}@" not in redacted
+    assert f"@{domain}" not in redacted
+
+
+def test_the_non_ascii_class_is_every_non_ascii_character_but_white_space() -> None:
+    visible = re.compile(_NON_ASCII_VISIBLE)
+    for code_point in range(0x80, sys.maxunicode + 1):
+        character = chr(code_point)
+        assert (visible.fullmatch(character) is not None) == (not character.isspace()), hex(code_point)
+
+
 @pytest.mark.parametrize(
     ("key", "value", "secret"),
     [
@@ -284,6 +407,18 @@ SENSITIVE_PIECES = st.sampled_from(
         "\u0661\u0662\u0663",  # Arabic-Indic digits
         "\u0664\u0665\u0666\u0667",
         "\u00e9",
+        "refresh_token",
+        "_token",
+        "JBSW",
+        "Y3DP",
+        "EHPK3PXP",
+        "ABCDEFGH",
+        "Q",
+        "abcd-",
+        "efgh-jkmn",
+        "%40",
+        "aud\u0130tor",
+        "j\u00f6rg",
     ]
 )
 
