@@ -6,6 +6,7 @@ presenting a token that was already rotated means it leaked (or was replayed), s
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 import uuid
@@ -77,7 +78,12 @@ class Issuer:
         family: store.RefreshToken | None,
     ) -> dict[str, Any]:
         """A new access and refresh token pair: a new family at login, else the next token of `family` (the token
-        being rotated), which never outlives the family's `REFRESH_FAMILY_MAX_AGE`."""
+        being rotated), which never outlives the family's `REFRESH_FAMILY_MAX_AGE`. Must run in a transaction:
+        the user's row stays share-locked until it commits."""
+        role = await store.role_for_new_tokens(conn, user.id)
+        if role is None:
+            raise ApiError("invalid_token", "The account is disabled")
+        user = dataclasses.replace(user, role=role)
         refresh = secrets.token_urlsafe(32)
         now = datetime.now(UTC)
         started = family.family_started_at if family else now

@@ -198,6 +198,18 @@ async def update_user(
     return UserState(**dict(row)) if row is not None else None
 
 
+async def role_for_new_tokens(conn: asyncpg.Connection, user_id: uuid.UUID) -> str | None:
+    """The user's current role, the row share-locked until the transaction ends; None when disabled or gone.
+
+    Read when tokens are minted, not when the login began: a role change or a disable waits for this transaction,
+    so the revocation it then writes covers the tokens minted here, and a login that began before it (then spent
+    its argon2 time) cannot mint a token with the old role after it (issue #9, finding 7)."""
+    role: str | None = await conn.fetchval(
+        "SELECT role FROM auth.users WHERE id = $1 AND disabled_at IS NULL FOR SHARE", user_id
+    )
+    return role
+
+
 async def revoke_user_refresh_tokens(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
     """Revoke every refresh family of a user (disabled: re-enabling them must not revive their old sessions)."""
     result: str = await conn.execute(

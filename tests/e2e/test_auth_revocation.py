@@ -140,3 +140,71 @@ async def test_update_user_rules(start_service, http, org, other_org, database_u
     status, body = await patch(target, {"disabled": False, "role": "auditor"})
     assert (status, body["disabled"], body["role"]) == (200, False, "auditor")
     assert (await login(http, auth.url, org.email("analyst")))["user"]["role"] == "auditor"
+
+
+ROLE_CHANGE_TRIALS = 6
+LOGIN_LOOPS = 4
+LOGINS_PER_LOOP = 40
+
+
+async def log_in_until_demoted(http, auth_url: str, email: str, addresses: str, demoted: asyncio.Event) -> list[str]:
+    """Log in again and again (each from its own address) until a login after the demotion says `finance`."""
+    tokens = []
+    for attempt in range(LOGINS_PER_LOOP):
+        status, body, _ = await call(
+            http,
+            "POST",
+            f"{auth_url}/auth/login",
+            json={"email": email, "password": PASSWORD},
+            headers={"x-forwarded-for": f"{addresses}.{attempt + 1}"},
+        )
+        assert status == 200, body
+        tokens.append(body["access_token"])
+        if demoted.is_set() and body["user"]["role"] == "finance":
+            break
+    return tokens
+
+
+async def test_a_login_racing_a_role_change_gets_no_token_that_outlives_it(
+    start_service, http, org, database_url
+) -> None:
+    """Logins of an admin keep running while another admin demotes them. Before the user row was re-read under a
+    lock when the tokens are minted, a login that had read the user before the change (then spent its argon2
+    time) signed an admin token after it, which kept working: in every trial, once per login loop."""
+    auth = start_service("auth", {"TRUSTED_PROXY_HOPS": "1"})
+    await login(http, auth.url, org.email("finance"))  # creates the first signing key
+    acting_admin = sign(admin_claims(org), await server_key(database_url))
+    survivors = []
+    for trial in range(ROLE_CHANGE_TRIALS):
+        email = f"racer.{trial}.{org.id.hex[:8]}@example.com"
+        status, created, _ = await call(
+            http,
+            "POST",
+            f"{auth.url}/users",
+            token=acting_admin,
+            json={"email": email, "password": PASSWORD, "role": "admin"},
+        )
+        assert status == 201, created
+        demoted = asyncio.Event()
+
+        async def demote(user_id: str, done: asyncio.Event) -> None:
+            await asyncio.sleep(0.3)
+            status, body, _ = await call(
+                http, "PATCH", f"{auth.url}/users/{user_id}", token=acting_admin, json={"role": "finance"}
+            )
+            assert status == 200, body
+            done.set()
+
+        _, *minted = await asyncio.gather(
+            demote(created["id"], demoted),
+            *(
+                log_in_until_demoted(http, auth.url, email, f"198.{trial}.{loop}", demoted)
+                for loop in range(LOGIN_LOOPS)
+            ),
+        )
+        for token in (token for tokens in minted for token in tokens):
+            status, body, _ = await call(http, "GET", f"{auth.url}/users", token=token)
+            assert status in (200, 401, 403), body
+            if status == 200:
+                survivors.append(trial)
+    assert survivors == [], f"an admin token minted across the demotion kept working in trials {survivors}"
