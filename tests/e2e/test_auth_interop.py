@@ -12,10 +12,9 @@ import jwt as pyjwt
 import pytest
 from auth_support import call, login
 from joserfc.jwk import OKPKey
+from test_auth_tokens import dev_box
 
 from services.auth import store
-from shared.config import load_settings
-from shared.crypto import SecretBox
 from shared.tokens import USER_AUDIENCE
 
 pytestmark = pytest.mark.e2e
@@ -29,8 +28,7 @@ async def store_key_as_before_the_switch(database_url: str) -> str:
     key = OKPKey.generate_key("Ed25519", parameters={"kid": kid, "use": "sig", "alg": "Ed25519"})
     connection = await asyncpg.connect(database_url)
     try:
-        box = SecretBox(load_settings("auth", {}, database_required=False).master_key)
-        sealed = box.seal(key.as_pem(private=True), associated=kid.encode())
+        sealed = dev_box().seal(key.as_pem(private=True), associated=kid.encode())
         await store.insert_active_key(connection, kid, key.as_dict(private=False), sealed)
         await connection.execute("UPDATE auth.signing_keys SET alg = 'Ed25519' WHERE kid = $1", kid)
     finally:
