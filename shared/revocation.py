@@ -14,7 +14,7 @@ read, and at once in the process that wrote it.
 Without Redis (`REDIS_URL` unset: `make run` on a machine without redis-server) the times live in the process that
 wrote them: the auth service enforces its own, other services cannot see them. When Redis cannot be read, the last
 snapshot stays in force (fail open: a Redis outage must not log everybody out), with a warning line per outage and
-`revocation_refresh_failures_total`; a token then lives at most its 15 minutes, as before this check existed.
+`revocation_redis_failures_total{op="read"}`; a token then lives at most its 15 minutes, as before this check existed.
 """
 
 from __future__ import annotations
@@ -39,9 +39,13 @@ ENTRY_LIFETIME_S = ACCESS_TOKEN_TTL_S + 2 * LEEWAY_S
 # Ten thousand logouts in 16 minutes is far beyond our traffic; past it the oldest entries are dropped (logged).
 MAX_ENTRIES = 100_000
 
-REFRESH_FAILURES = Counter(
-    "revocation_refresh_failures_total", "Reads of the revocation list from Redis that failed (last snapshot kept)."
+REDIS_FAILURES = Counter(
+    "revocation_redis_failures_total",
+    "Failed reads (the last snapshot stays in force) and writes (held in the writing process only) of revocations.",
+    ["op"],
 )
+for _op in ("read", "write"):
+    REDIS_FAILURES.labels(op=_op)
 log = get_logger(__name__)
 
 
@@ -122,7 +126,7 @@ class Revocations:
                     pipe.expire(REDIS_KEY, ENTRY_LIFETIME_S + 60)
                     await pipe.execute()
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
-            REFRESH_FAILURES.inc()
+            REDIS_FAILURES.labels(op="write").inc()
             log.error("revocation_write_failed", error=type(exc).__name__, entries=keys)
 
     async def refresh(self) -> None:
@@ -139,7 +143,7 @@ class Revocations:
                     ),
                 )
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
-            REFRESH_FAILURES.inc()
+            REDIS_FAILURES.labels(op="read").inc()
             if not self._failing:
                 log.warning("revocation_refresh_failed", error=type(exc).__name__, kept_entries=len(self.entries))
             self._failing = True

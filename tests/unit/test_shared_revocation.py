@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 
 from shared.revocation import (
     ENTRY_LIFETIME_S,
-    REFRESH_FAILURES,
+    REDIS_FAILURES,
     Revocations,
     not_before,
     prune,
@@ -76,6 +76,10 @@ class FakeRedis:
             raise self.error
         return self.rows
 
+    def pipeline(self, **_: Any) -> Any:
+        assert self.error is not None, "only the failing write is exercised here"
+        raise self.error
+
 
 async def test_the_snapshot_follows_redis_and_survives_an_outage() -> None:
     client = FakeRedis([(b"user:user-1", float(not_before(NOW)))])
@@ -83,14 +87,24 @@ async def test_the_snapshot_follows_redis_and_survives_an_outage() -> None:
     await revocations.refresh()
     assert revocations.refuses(principal(int(NOW), session_id=None))
 
-    failures = REFRESH_FAILURES._value.get()
+    failures = REDIS_FAILURES.labels(op="read")._value.get()
     client.error = aioredis.ConnectionError("down")
     await revocations.refresh()
     await revocations.refresh()
-    assert REFRESH_FAILURES._value.get() == failures + 2
+    assert REDIS_FAILURES.labels(op="read")._value.get() == failures + 2
     assert revocations.refuses(principal(int(NOW), session_id=None)), "the last snapshot stays in force"
 
     client.error = None
     client.rows = []
     await revocations.refresh()
     assert not revocations.refuses(principal(int(NOW), session_id=None))
+
+
+async def test_a_failed_write_is_counted_and_holds_in_the_writing_process() -> None:
+    client = FakeRedis([])
+    client.error = aioredis.ConnectionError("down")
+    revocations = Revocations(client, clock=lambda: NOW)  # type: ignore[arg-type]
+    failures = REDIS_FAILURES.labels(op="write")._value.get()
+    await revocations.revoke(user_id="user-1")
+    assert REDIS_FAILURES.labels(op="write")._value.get() == failures + 1
+    assert revocations.refuses(principal(int(NOW), session_id=None))
