@@ -208,3 +208,14 @@ async def test_a_login_racing_a_role_change_gets_no_token_that_outlives_it(
             if status == 200:
                 survivors.append(trial)
     assert survivors == [], f"an admin token minted across the demotion kept working in trials {survivors}"
+
+
+async def test_without_redis_the_auth_service_still_enforces_its_own_revocations(start_service, http, org) -> None:
+    auth = start_service("auth", {"REDIS_URL": None})
+    session = await login(http, auth.url, org.email("admin"))
+    status, body, _ = await call(http, "GET", f"{auth.url}/users", token=session["access_token"])
+    assert status == 200, body
+    status, _, _ = await call(http, "POST", f"{auth.url}/auth/logout", json={"refresh_token": session["refresh_token"]})
+    assert status == 204
+    status, body, _ = await call(http, "GET", f"{auth.url}/users", token=session["access_token"])
+    assert (status, body["code"]) == (401, "invalid_token")
