@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, NoReturn, TypeVar
@@ -17,7 +20,7 @@ from apgms.devservers import DATABASE_ERRORS, redact_url
 from apgms.seed import SeedError, demo_password, logins_table, password_line, seed_demo
 from services.auth.keys import PUBLISH_AHEAD_S, RETIRE_AFTER_S, rotate
 from services.auth.oauth import ClientError, create_client
-from shared.config import ConfigError, Env, Settings, environ_with_dotenv, load_settings
+from shared.config import MASTER_KEY_BYTES, ConfigError, Env, Settings, environ_with_dotenv, load_settings, read_dotenv
 from shared.crypto import SecretBox
 from shared.migrations import MigrationError, ServiceStatus, migrate, status
 
@@ -40,10 +43,22 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def database_url() -> str:
+def command_environ(*, master_key: bool = False) -> dict[str, str]:
+    """What a command reads: the environment over `.env`; with `master_key` and without APGMS_MASTER_KEY, the
+    checkout's key (the one `make run` uses)."""
     environ = environ_with_dotenv(None, devstack.PROJECT_ROOT / ".env")
     if not environ.get("DATABASE_URL"):
         fail("DATABASE_URL is not set; set it to the PostgreSQL URL, e.g. postgresql://user@127.0.0.1:5432/apgms")
+    if master_key:
+        try:
+            environ = devstack.with_dev_master_key(environ)
+        except OSError as error:
+            fail(f"cannot read or create the checkout's master key: {error}")
+    return environ
+
+
+def database_url() -> str:
+    environ = command_environ()
     try:
         url = Env(environ).url("DATABASE_URL", ("postgres", "postgresql"), required=True)
     except ConfigError as error:
@@ -114,14 +129,10 @@ def db_status() -> None:
 # --- auth: demo data, signing keys, API clients ------------------------------------------------------------------
 
 
-def environ() -> dict[str, str]:
-    return environ_with_dotenv(None, devstack.PROJECT_ROOT / ".env")
-
-
-def auth_settings() -> Settings:
-    """DATABASE_URL and APGMS_MASTER_KEY as the auth service reads them (the dev key applies outside production)."""
+def auth_settings(environ: dict[str, str], *, sealing: bool) -> Settings:
+    """DATABASE_URL and APGMS_MASTER_KEY as the auth service reads them; `sealing`: the command needs the key."""
     try:
-        return load_settings("auth", environ())
+        return load_settings("auth", environ, master_key_required=sealing)
     except ConfigError as error:
         fail(str(error))
 
@@ -146,10 +157,12 @@ def with_connection(settings: Settings, work: Callable[[asyncpg.Connection], Awa
 @app.command()
 def seed() -> None:
     """Create the demo org with an admin (TOTP enrolled), a finance user and an auditor; safe to run again."""
-    settings = auth_settings()
+    environ = command_environ(master_key=True)
+    settings = auth_settings(environ, sealing=True)
+    box = SecretBox(settings.require_master_key())
     try:
-        password = demo_password(environ())
-        result = with_connection(settings, lambda conn: seed_demo(conn, SecretBox(settings.master_key), password))
+        password = demo_password(environ)
+        result = with_connection(settings, lambda conn: seed_demo(conn, box, password))
     except SeedError as error:
         fail(str(error))
     created = sum(login.created for login in result.logins)
@@ -165,8 +178,8 @@ def seed() -> None:
 @keys_app.command("rotate")
 def keys_rotate() -> None:
     """Retire the active signing key (it keeps verifying until its tokens expire) and start signing with a new one."""
-    settings = auth_settings()
-    box = SecretBox(settings.master_key)
+    settings = auth_settings(command_environ(master_key=True), sealing=True)
+    box = SecretBox(settings.require_master_key())
     old, new = with_connection(settings, lambda conn: rotate(conn, box))
     if old is None:
         console.print(f"There was no active key. New signing key: {new}", soft_wrap=True)
@@ -185,7 +198,7 @@ def clients_add(
     scope: Annotated[list[str], typer.Option("--scope", help="A scope it may request; repeat for more.")],
 ) -> None:
     """Register an API client; prints its id and secret (the secret is shown only this once)."""
-    settings = auth_settings()
+    settings = auth_settings(command_environ(), sealing=False)
     try:
         client_id, secret = with_connection(settings, lambda conn: create_client(conn, org, name, scope))
     except ClientError as error:
@@ -198,6 +211,39 @@ def clients_add(
     table.add_row("org", str(org))
     table.add_row("scopes", " ".join(dict.fromkeys(scope)))
     console.print(table)
+
+
+# --- docker compose ------------------------------------------------------------------------------------------
+
+# What docker-compose.yml takes from `.env` (which compose reads by itself): nothing secret is in the repository.
+COMPOSE_SECRETS = ("APGMS_COMPOSE_DB_PASSWORD", "APGMS_COMPOSE_REDIS_PASSWORD", "APGMS_COMPOSE_MASTER_KEY")
+COMPOSE_PASSWORD_BYTES = 32
+
+
+def compose_secret(name: str) -> str:
+    if name.endswith("MASTER_KEY"):
+        return base64.b64encode(os.urandom(MASTER_KEY_BYTES)).decode()
+    return secrets.token_urlsafe(COMPOSE_PASSWORD_BYTES)  # URL-safe: it goes into DATABASE_URL and REDIS_URL
+
+
+@app.command("dev-secrets")
+def dev_secrets() -> None:
+    """Generate the docker compose stack's database and Redis passwords and master key into `.env` (mode 0600).
+
+    Values already there are kept: the database volume keeps the password it was created with."""
+    path = devstack.PROJECT_ROOT / ".env"
+    existing = read_dotenv(path)
+    missing = [name for name in COMPOSE_SECRETS if not existing.get(name)]
+    if not missing:
+        console.print(f"{path} already holds {', '.join(COMPOSE_SECRETS)}; nothing changed.", soft_wrap=True)
+        return
+    text = path.read_text() if path.exists() else ""
+    lines = [f"{name}={compose_secret(name)}" for name in missing]
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(descriptor, "a") as file:
+        file.write(("\n" if text and not text.endswith("\n") else "") + "\n".join(lines) + "\n")
+    path.chmod(0o600)
+    console.print(f"Wrote {', '.join(missing)} to {path}; `docker compose up` reads them from there.", soft_wrap=True)
 
 
 def main() -> None:

@@ -9,9 +9,12 @@ with backoff when they crash, except on exit code 2, a configuration error, whic
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -34,11 +37,21 @@ from apgms.devservers import (
 )
 from apgms.localredis import LocalRedis
 from apgms.seed import DemoSeed, SeedError, demo_password, seed_demo
-from shared.config import PROXY_PORT, SERVICE_PORTS, ConfigError, environ_with_dotenv, load_settings
+from shared.config import (
+    MASTER_KEY_BYTES,
+    PROXY_PORT,
+    SERVICE_PORTS,
+    ConfigError,
+    environ_with_dotenv,
+    load_settings,
+)
 from shared.crypto import SecretBox
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DEV_DIR = PROJECT_ROOT / ".devdb"
+DEV_DIR_NAME = ".devdb"
+DEFAULT_DEV_DIR = PROJECT_ROOT / DEV_DIR_NAME
+# The checkout's own master key (APGMS_MASTER_KEY unless set), in the dev dir: git-ignored, mode 0600.
+MASTER_KEY_FILE = "master.key"
 HOST = "127.0.0.1"
 
 BACKOFF_INITIAL_S = 0.5
@@ -116,7 +129,40 @@ def child_env(base: Mapping[str, str], spec: ProcessSpec, database_url: str, red
 
 
 def dev_dir(environ: Mapping[str, str]) -> Path:
-    return Path(environ["APGMS_DEV_DIR"]).absolute() if environ.get("APGMS_DEV_DIR") else DEFAULT_DEV_DIR
+    # PROJECT_ROOT read at the call: tests point it at a directory of their own.
+    return Path(environ["APGMS_DEV_DIR"]).absolute() if environ.get("APGMS_DEV_DIR") else PROJECT_ROOT / DEV_DIR_NAME
+
+
+def dev_master_key(directory: Path) -> str:
+    """This checkout's master key (base64 of MASTER_KEY_BYTES random bytes) in `directory`/master.key, created on
+    first use. Every checkout has its own, so a database copied off a machine cannot be opened with a key
+    published anywhere. The file is written whole under another name and linked into place: two commands
+    starting at once agree on one key."""
+    path = directory / MASTER_KEY_FILE
+    if not path.exists():
+        # Not 0700: as root, PostgreSQL runs as `postgres` in a subdirectory and must be able to enter this one.
+        directory.mkdir(parents=True, exist_ok=True)
+        descriptor, draft_name = tempfile.mkstemp(prefix=f".{MASTER_KEY_FILE}.", dir=directory)  # mode 0600
+        draft = Path(draft_name)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(base64.b64encode(os.urandom(MASTER_KEY_BYTES)).decode() + "\n")
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another command created it first; its key is the one
+        finally:
+            draft.unlink()
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def with_dev_master_key(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` with APGMS_MASTER_KEY set to the checkout's key, unless it names one (or is production's)."""
+    env = dict(environ)
+    if not env.get("APGMS_MASTER_KEY") and env.get("APGMS_ENV") != "production":
+        env["APGMS_MASTER_KEY"] = dev_master_key(dev_dir(env))
+    return env
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:
@@ -330,11 +376,11 @@ def stack_table(
 async def seed_dev_demo(env: Mapping[str, str], database_url: str) -> DemoSeed:
     """Seed the demo org (idempotent) with the settings the dev processes get."""
     dev_env = {**env, "APGMS_ENV": "dev", "DATABASE_URL": database_url}
-    settings = load_settings("auth", dev_env)
+    settings = load_settings("auth", dev_env, master_key_required=True)
     password = demo_password(dev_env)
     connection = await asyncpg.connect(database_url)
     try:
-        return await seed_demo(connection, SecretBox(settings.master_key), password)
+        return await seed_demo(connection, SecretBox(settings.require_master_key()), password)
     finally:
         await connection.close()
 
@@ -361,7 +407,7 @@ async def run_dev(
     from shared.migrations import MigrationError, migrate
 
     console = console or Console(highlight=False)
-    env = environ_with_dotenv(environ, PROJECT_ROOT / ".env")
+    env = {**environ_with_dotenv(environ, PROJECT_ROOT / ".env"), "APGMS_ENV": "dev"}
     busy = [spec for spec in processes if port_in_use(spec.port)]
     if busy:
         taken = ", ".join(f"{spec.port} ({spec.name})" for spec in busy)
@@ -389,6 +435,13 @@ async def run_dev(
     postgres: LocalPostgres | None = None
     redis: LocalRedis | None = None
     try:
+        if (dev_dir(env) / "pg" / "PG_VERSION").exists() and not (dev_dir(env) / MASTER_KEY_FILE).exists():
+            console.print(
+                f"[yellow]The data in {shown_path(dev_dir(env))} was made before each checkout had a master key of "
+                "its own: what it sealed (signing keys, TOTP secrets) does not open with the new key. Remove that "
+                "directory to start afresh.[/]"
+            )
+        env = with_dev_master_key(env)
         database_url = env.get("DATABASE_URL")
         if not database_url:
             postgres = LocalPostgres(dev_dir(env) / "pg")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import shutil
 import signal
@@ -186,6 +187,7 @@ def auth_service(dsn: str, port: int, workdir: Path) -> Iterator[subprocess.Pope
     env = {
         **os.environ,
         "APGMS_ENV": "test",
+        "APGMS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),  # a throwaway database: a throwaway key
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "DATABASE_URL": dsn,

@@ -32,8 +32,10 @@ GRACEFUL_TIMEOUT_S = 15.0
 SHUTDOWN_DELAY_S = 2.0
 DEFAULT_TOKEN_ISSUER = "urn:apgms:auth"  # noqa: S105 (an identifier, not a secret)
 MASTER_KEY_BYTES = 32
-# Dev-only: 32 bytes that say what they are. Production refuses it (it carries DEV_ONLY_MARKER).
-DEV_MASTER_KEY = base64.b64encode(b"apgms-dev-only-master-key-000000").decode()
+# The dev master key of earlier versions, published in this repository: whoever can read a database sealed under it
+# can open its signing keys and mint tokens. Refused in every environment; `make run` and the `apgms` CLI generate
+# a key per checkout instead (apgms.devstack.dev_master_key).
+PUBLIC_DEV_MASTER_KEY = base64.b64encode(b"apgms-dev-only-master-key-000000").decode()
 
 
 # Dev-only credentials shipped in the repo (docker-compose.yml, .env examples) contain this marker;
@@ -142,18 +144,28 @@ class Env:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def master_key(self, name: str) -> Secret:
-        """32 bytes, base64; the dev default is refused (and required to be replaced) in production."""
+    def master_key(self, name: str, *, required: bool) -> Secret | None:
+        """32 bytes, base64; always required in production. The published dev key of earlier versions is refused
+        everywhere, and in production any key carrying DEV_ONLY_MARKER."""
         production = self._environ.get("APGMS_ENV") == "production"
-        value = self._raw(name, _MISSING if production else DEV_MASTER_KEY) or DEV_MASTER_KEY
+        value = self._raw(name, None)
+        if value is None:
+            if required or production:
+                raise ConfigError(
+                    f"{name} is required but not set (32 random bytes, base64; `make run` and the apgms CLI "
+                    "generate one per checkout in .devdb/master.key)"
+                )
+            return None
         try:
             key = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise ConfigError(f"{name} must be {MASTER_KEY_BYTES} bytes, base64-encoded") from None
         if len(key) != MASTER_KEY_BYTES:
             raise ConfigError(f"{name} must be {MASTER_KEY_BYTES} bytes, base64-encoded")
+        if key == base64.b64decode(PUBLIC_DEV_MASTER_KEY):
+            raise ConfigError(f"{name} is the dev key published in earlier versions, refused everywhere")
         if production and DEV_ONLY_MARKER.encode() in key:
-            raise ConfigError(f"{name} is the dev-only default, refused when APGMS_ENV=production")
+            raise ConfigError(f"{name} is a dev-only key, refused when APGMS_ENV=production")
         return Secret(value)
 
     def url(self, name: str, schemes: tuple[str, ...], *, required: bool) -> Secret | None:
@@ -193,13 +205,18 @@ class Settings:
     graceful_timeout_s: float
     shutdown_delay_s: float
     trusted_hops: int
-    master_key: Secret
+    master_key: Secret | None  # None only outside production, for a process that seals nothing
     token_issuer: str
     auth_url: str
 
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    def require_master_key(self) -> Secret:
+        if self.master_key is None:
+            raise ConfigError("APGMS_MASTER_KEY is required but not set")
+        return self.master_key
 
 
 def environ_with_dotenv(environ: Mapping[str, str] | None = None, dotenv: Path = Path(".env")) -> dict[str, str]:
@@ -211,9 +228,14 @@ def environ_with_dotenv(environ: Mapping[str, str] | None = None, dotenv: Path =
 
 
 def load_settings(
-    service: str, environ: Mapping[str, str] | None = None, *, database_required: bool = True
+    service: str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    database_required: bool = True,
+    master_key_required: bool = False,
 ) -> Settings:
-    """Read and validate every variable once; raises `ConfigError` naming the first bad one."""
+    """Read and validate every variable once; raises `ConfigError` naming the first bad one. A service that seals
+    secrets (auth) needs APGMS_MASTER_KEY in every environment; in production every process needs it."""
     env = Env(environ_with_dotenv(environ))
     return Settings(
         service=service,
@@ -230,7 +252,7 @@ def load_settings(
         graceful_timeout_s=env.number("GRACEFUL_TIMEOUT_S", GRACEFUL_TIMEOUT_S),
         shutdown_delay_s=env.number("SHUTDOWN_DELAY_S", SHUTDOWN_DELAY_S),
         trusted_hops=env.integer("TRUSTED_PROXY_HOPS", 0, minimum=0),
-        master_key=env.master_key("APGMS_MASTER_KEY"),
+        master_key=env.master_key("APGMS_MASTER_KEY", required=master_key_required),
         token_issuer=env.text("TOKEN_ISSUER", DEFAULT_TOKEN_ISSUER),
         auth_url=env.text("AUTH_URL", f"http://127.0.0.1:{SERVICE_PORTS['auth']}").rstrip("/"),
     )

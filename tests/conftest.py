@@ -9,6 +9,7 @@ instead; the databases it creates there have unique names and are dropped afterw
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -58,6 +59,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # PostgreSQL (a daemon of its own) running. As a KeyboardInterrupt, the session is torn down first.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
+    # One random master key per session (there is no built-in one): service processes and CLI runs inherit it, and
+    # tests that open what a service sealed read it from os.environ.
+    os.environ.setdefault("APGMS_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from shared.tokens import USER_AUDIENCE
 def create_app(settings: Settings) -> Starlette:
     runtime = build_runtime(settings)
     assert runtime.db is not None
-    box = SecretBox(settings.master_key)
+    box = SecretBox(settings.require_master_key())
     routes = [
         Route("/auth/login", sessions.login, methods=["POST"]),
         Route("/auth/refresh", sessions.refresh, methods=["POST"]),

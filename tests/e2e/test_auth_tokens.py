@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import os
 import statistics
 import time
 from typing import Any
@@ -17,7 +18,7 @@ from auth_support import PASSWORD, Org, b64url, call, login
 from joserfc.jwk import OKPKey
 
 from services.auth.keys import PUBLISH_AHEAD_S, rotate
-from shared.config import load_settings
+from shared.config import Secret
 from shared.crypto import SecretBox
 from shared.tokens import REGULATOR_AUDIENCE, USER_AUDIENCE, access_claims, sign
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 
 def dev_box() -> SecretBox:
-    return SecretBox(load_settings("auth", {}, database_required=False).master_key)
+    return SecretBox(Secret(os.environ["APGMS_MASTER_KEY"]))  # the session's key (tests/conftest.py)
 
 
 async def server_key(database_url: str) -> OKPKey:

@@ -24,7 +24,7 @@ from apgms.seed import DEMO_ORG_NAME, DEMO_USERS, DEV_DEMO_PASSWORD
 from services.auth import store
 from services.auth.keys import SigningKeys, add_active_key
 from services.auth.passwords import verify_password
-from shared.config import load_settings
+from shared.config import Secret
 from shared.crypto import SecretBox
 from shared.tokens import USER_AUDIENCE, access_claims, sign, verify
 
@@ -46,7 +46,7 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 def dev_box() -> SecretBox:
-    return SecretBox(load_settings("auth", {}, database_required=False).master_key)
+    return SecretBox(Secret(os.environ["APGMS_MASTER_KEY"]))  # the session's key (tests/conftest.py)
 
 
 async def run(database_url: str, *args: str, **env: str | None) -> tuple[int, str, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import DEV_MASTER_KEY, ConfigError, Secret, environ_with_dotenv, load_settings, read_dotenv
+from shared.config import PUBLIC_DEV_MASTER_KEY, ConfigError, Secret, environ_with_dotenv, load_settings, read_dotenv
 
 DB_PASSWORD = "hunter2-Sup3r"
 PRODUCTION_KEY = base64.b64encode(bytes(range(32))).decode()
@@ -214,17 +214,39 @@ def test_secret_compares_by_value_but_prints_masked() -> None:
     assert Secret("hunter2").reveal() == "hunter2"
 
 
-def test_master_key_defaults_to_the_dev_key_outside_production() -> None:
-    settings = load_settings("auth", {"APGMS_ENV": "dev"}, database_required=False)
-    assert base64.b64decode(settings.master_key.reveal()) == b"apgms-dev-only-master-key-000000"
-    assert "apgms-dev-only" not in repr(settings)
+def test_there_is_no_built_in_master_key() -> None:
+    # A key in the repository would be everyone's key: outside production a process that seals nothing has none,
+    # and one that seals (auth) must be given one.
+    assert load_settings("core", {"APGMS_ENV": "dev"}, database_required=False).master_key is None
+    with pytest.raises(ConfigError) as caught:
+        load_settings("auth", {}, database_required=False, master_key_required=True)
+    assert "APGMS_MASTER_KEY is required" in str(caught.value) and ".devdb/master.key" in str(caught.value)
+    with pytest.raises(ConfigError, match="APGMS_MASTER_KEY is required"):
+        load_settings("core", {"APGMS_ENV": "dev"}, database_required=False).require_master_key()
+
+
+def test_a_given_master_key_is_used_and_never_printed() -> None:
+    settings = load_settings(
+        "auth", {"APGMS_MASTER_KEY": PRODUCTION_KEY}, database_required=False, master_key_required=True
+    )
+    assert settings.require_master_key() == Secret(PRODUCTION_KEY)
+    assert PRODUCTION_KEY not in repr(settings)
+
+
+@pytest.mark.parametrize("env", ["dev", "test", "production"])
+def test_the_published_dev_key_of_earlier_versions_is_refused_everywhere(env: str) -> None:
+    message = config_error({"APGMS_ENV": env, "APGMS_MASTER_KEY": PUBLIC_DEV_MASTER_KEY}, database_required=False)
+    assert "APGMS_MASTER_KEY is the dev key published in earlier versions" in message
+
+
+DEV_ONLY_KEY = base64.b64encode(b"my-dev-only-key-of-32-bytes-long").decode()
 
 
 @pytest.mark.parametrize(
     ("environ", "fragment"),
     [
         ({"APGMS_ENV": "production"}, "APGMS_MASTER_KEY is required"),
-        ({"APGMS_ENV": "production", "APGMS_MASTER_KEY": DEV_MASTER_KEY}, "dev-only default"),
+        ({"APGMS_ENV": "production", "APGMS_MASTER_KEY": DEV_ONLY_KEY}, "dev-only key"),
         ({"APGMS_MASTER_KEY": "not base64!"}, "32 bytes, base64"),
         ({"APGMS_MASTER_KEY": base64.b64encode(b"short").decode()}, "32 bytes, base64"),
     ],

@@ -1,0 +1,105 @@
+"""docker-compose.yml: only the proxy is published (on loopback), no credential is written in it, Redis needs a
+password, and every secret it takes is one `apgms dev-secrets` generates."""
+
+from __future__ import annotations
+
+import base64
+import re
+import stat
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from apgms import devstack
+from apgms.cli import COMPOSE_SECRETS, app
+from shared.config import Env, read_dotenv
+
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+# `${NAME:?message}`: compose refuses to start while NAME has no value.
+REQUIRED_VARIABLE = re.compile(r"\$\{(\w+):\?[^}]*\}")
+
+
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def interpolate(text: str, values: dict[str, str]) -> str:
+    return REQUIRED_VARIABLE.sub(lambda match: values[match.group(1)], text)
+
+
+def test_only_the_proxy_publishes_a_port_and_only_on_loopback() -> None:
+    services = compose()["services"]
+    published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
+    assert published == {"proxy": ["127.0.0.1:3000:3000"]}
+    assert not any("network_mode" in service for service in services.values())
+
+
+SECRET_VARIABLES = {"POSTGRES_PASSWORD", "APGMS_MASTER_KEY", "REDISCLI_AUTH"}
+
+
+def test_no_credential_is_written_in_the_file() -> None:
+    assert "dev-only" not in COMPOSE_FILE.read_text()
+    services = compose()["services"]
+    for name, service in services.items():
+        for variable, value in (service.get("environment") or {}).items():
+            if variable in SECRET_VARIABLES:
+                assert REQUIRED_VARIABLE.fullmatch(value), f"{name}: {variable} is a literal"
+            elif "://" in str(value):
+                # A URL's password, if any, is a variable: with it taken out, none is left.
+                assert urlsplit(REQUIRED_VARIABLE.sub("", str(value))).password in (None, ""), f"{name}: {variable}"
+    found = {variable for service in services.values() for variable in service.get("environment") or {}}
+    assert found >= SECRET_VARIABLES
+
+
+def test_redis_requires_the_password_the_services_use() -> None:
+    services = compose()["services"]
+    command = services["redis"]["command"]
+    password = command[command.index("--requirepass") + 1]
+    assert REQUIRED_VARIABLE.fullmatch(password)
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == password  # the healthcheck's redis-cli
+    values = {name: f"generated-{name.lower()}" for name in COMPOSE_SECRETS}
+    for name in ("auth", "core", "compliance", "regulator"):
+        environment = {key: interpolate(str(value), values) for key, value in services[name]["environment"].items()}
+        redis_url = Env(environment).url("REDIS_URL", ("redis",), required=True)
+        assert redis_url is not None and f":{interpolate(password, values)}@redis:" in redis_url.reveal()
+        database_url = Env(environment).url("DATABASE_URL", ("postgresql",), required=True)
+        db_password = interpolate(services["db"]["environment"]["POSTGRES_PASSWORD"], values)
+        assert database_url is not None and f":{db_password}@db:" in database_url.reveal()
+
+
+def test_only_auth_gets_the_master_key() -> None:
+    services = compose()["services"]
+    holders = [name for name, service in services.items() if "APGMS_MASTER_KEY" in (service.get("environment") or {})]
+    assert holders == ["auth"]
+    assert REQUIRED_VARIABLE.fullmatch(services["auth"]["environment"]["APGMS_MASTER_KEY"])
+
+
+def test_dev_secrets_generates_every_variable_the_file_requires() -> None:
+    assert set(REQUIRED_VARIABLE.findall(COMPOSE_FILE.read_text())) == set(COMPOSE_SECRETS)
+
+
+def test_dev_secrets_writes_each_secret_once_into_a_private_env_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devstack, "PROJECT_ROOT", tmp_path)
+    (tmp_path / ".env").write_text("LOG_LEVEL=debug")  # a developer's own, without a final newline
+    result = CliRunner().invoke(app, ["dev-secrets"])
+    assert result.exit_code == 0, result.output
+    written = read_dotenv(tmp_path / ".env")
+    assert written["LOG_LEVEL"] == "debug"
+    assert set(written) == {"LOG_LEVEL", *COMPOSE_SECRETS}
+    assert len(base64.b64decode(written["APGMS_COMPOSE_MASTER_KEY"], validate=True)) == 32
+    assert len({written[name] for name in COMPOSE_SECRETS}) == 3
+    for name in COMPOSE_SECRETS:
+        assert written[name] not in result.output, "secrets are written to the file, never printed"
+    assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+
+    again = CliRunner().invoke(app, ["dev-secrets"])
+    assert again.exit_code == 0 and "nothing changed" in again.output
+    assert read_dotenv(tmp_path / ".env") == written, "the database volume keeps its first password"
