@@ -261,6 +261,18 @@ class Source:
     def of(cls, added: dict[str, str], families: list[Family]) -> Source:
         return run_to_end(index_steps(added, families))
 
+    def selected(self, selector: Selector) -> Generator[None, None, set[int]]:
+        """The positions of the samples `selector` selects: its matchers' selections intersected, cheapest first,
+        stopping once nothing is left."""
+        chosen: set[int] | None = None
+        for matcher in selector.cheapest_first():
+            found = yield from self.positions(matcher)
+            chosen = found if chosen is None else chosen & found
+            yield
+            if not chosen:
+                return set()
+        return chosen or set()
+
     def positions(self, matcher: Matcher) -> Generator[None, None, set[int]]:
         """The positions of the samples `matcher` selects (a missing label reads as the empty string)."""
         values = self.postings.get(matcher.label, {})
@@ -318,14 +330,7 @@ def render_steps(sources: Sequence[Source], selectors: Sequence[Selector]) -> Ge
     for source in sources:
         chosen: set[int] = set()
         for selector in selectors:
-            selected: set[int] | None = None
-            for matcher in selector.cheapest_first():
-                found = yield from source.positions(matcher)
-                selected = found if selected is None else selected & found
-                yield
-                if not selected:
-                    break
-            chosen |= selected or set()
+            chosen |= yield from source.selected(selector)
         for count, position in enumerate(sorted(chosen)):
             if count % STEP_LINES == 0:
                 yield

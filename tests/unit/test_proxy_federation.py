@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Generator
+
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.federation import Matcher, Selector, SelectorError, parse_exposition, parse_selector, relabel, render
+from proxy.federation import (
+    BudgetExceeded,
+    Matcher,
+    Selector,
+    SelectorError,
+    Source,
+    parse_exposition,
+    parse_selector,
+    relabel,
+    render,
+    run_in_slices,
+    run_to_end,
+)
+from proxy.scrape import ExpositionCache
 
 
 @pytest.mark.parametrize(
@@ -213,3 +230,78 @@ def test_catastrophic_backtracking_patterns_match_in_linear_time() -> None:
 def test_regexes_re2_cannot_run_safely_are_refused(pattern: str) -> None:
     with pytest.raises(SelectorError):
         parse_selector(f'{{job=~"{pattern}"}}')
+
+
+# --- bounded work (issue #9, finding 1) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        '{__name__=~"app_.*",route!="/alerts"}',
+        '{route=~"/a.*|/bas"}',
+        '{route="",__name__=~".+"}',
+        '{missing!~"x",__name__="app_queue_depth"}',
+        'app_latency_seconds_bucket{le=~"[01]\\\\..*",route="/bas"}',
+    ],
+)
+def test_the_index_selects_exactly_what_a_scan_of_every_sample_would(selector: str) -> None:
+    families = parse_exposition(exposition())
+    parsed = parse_selector(selector)
+    source = Source.of({"service": "core", "instance": "h:1"}, families)
+    chosen = run_to_end(source.selected(parsed))
+    scanned = {
+        position
+        for position, (_, sample) in enumerate(source.samples)
+        if parsed.matches(sample.name, dict(sample.labels))
+    }
+    assert chosen == scanned and scanned
+
+
+def test_more_than_the_caps_is_refused() -> None:
+    twenty = ",".join(f'l{i}="x"' for i in range(19))
+    parse_selector(f"name{{{twenty}}}")
+    with pytest.raises(SelectorError, match="more than 20 matchers"):
+        parse_selector(f'name{{{twenty},l19="x"}}')
+
+
+async def test_work_past_its_budget_stops_and_the_loop_is_yielded_between_slices() -> None:
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    def endless() -> Generator[None, None, str]:
+        while True:
+            time.sleep(0.0005)
+            yield
+
+    other = asyncio.create_task(other_task())
+    try:
+        with pytest.raises(BudgetExceeded):
+            await run_in_slices(endless(), slice_s=0.002, budget_s=0.05)
+    finally:
+        other.cancel()
+    assert turns >= 10, "the other task ran between the slices"
+
+
+async def test_concurrent_federations_share_one_fetch() -> None:
+    fetches = 0
+    release = asyncio.Event()
+
+    async def fetch() -> list[Source]:
+        nonlocal fetches
+        fetches += 1
+        await release.wait()
+        return []
+
+    cache = ExpositionCache(fetch, ttl_s=60)
+    waiting = [asyncio.create_task(cache.get()) for _ in range(10)]
+    await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*waiting) == [[]] * 10
+    await cache.get()
+    assert fetches == 1
