@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from apgms import devstack
-from apgms.devservers import DATABASE_ERRORS, redact_url
+from apgms.devservers import DATABASE_ERRORS, LocalPostgres, redact_url
 from apgms.seed import SeedError, demo_password, logins_table, password_line, seed_demo
 from services.auth.keys import PUBLISH_AHEAD_S, RETIRE_AFTER_S, rotate
 from services.auth.oauth import ClientError, create_client
@@ -44,17 +44,33 @@ def fail(message: str) -> NoReturn:
 
 
 def command_environ(*, master_key: bool = False) -> dict[str, str]:
-    """What a command reads: the environment over `.env`; with `master_key` and without APGMS_MASTER_KEY, the
-    checkout's key (the one `make run` uses)."""
+    """What a command reads: the environment over `.env`; without DATABASE_URL, `make run`'s database (outside
+    production); with `master_key` and without APGMS_MASTER_KEY, the checkout's key (the one `make run` uses)."""
     environ = environ_with_dotenv(None, devstack.PROJECT_ROOT / ".env")
     if not environ.get("DATABASE_URL"):
-        fail("DATABASE_URL is not set; set it to the PostgreSQL URL, e.g. postgresql://user@127.0.0.1:5432/apgms")
+        environ["DATABASE_URL"] = dev_database_url(environ)
     if master_key:
         try:
             environ = devstack.with_dev_master_key(environ)
         except OSError as error:
             fail(f"cannot read or create the checkout's master key: {error}")
     return environ
+
+
+def dev_database_url(environ: dict[str, str]) -> str:
+    """The DSN of `make run`'s PostgreSQL while it runs; otherwise the command stops saying how to get one."""
+    example = "e.g. postgresql://user@127.0.0.1:5432/apgms"
+    if environ.get("APGMS_ENV") == "production":
+        fail(f"DATABASE_URL is not set; set it to the PostgreSQL URL, {example}")
+    data_dir = devstack.dev_dir(environ) / "pg"
+    dsn = LocalPostgres(data_dir).running_dsn()
+    if dsn is None:
+        fail(
+            f"DATABASE_URL is not set and make run's PostgreSQL ({devstack.shown_path(data_dir)}) is not running: "
+            f"start it with `make run` (in another terminal), or set DATABASE_URL to a PostgreSQL URL, {example}"
+        )
+    error_console.print(f"Using make run's database at {dsn} (DATABASE_URL is not set)", soft_wrap=True)
+    return dsn
 
 
 def database_url() -> str:
@@ -79,7 +95,7 @@ def dev() -> None:
 
 @db_app.command("migrate")
 def db_migrate() -> None:
-    """Apply every pending migration (DATABASE_URL)."""
+    """Apply every pending migration (DATABASE_URL, else the database of a running `make run`)."""
     dsn = database_url()
     try:
         applied = asyncio.run(migrate(dsn))

@@ -293,6 +293,10 @@ async def drop_database(admin_dsn: str, name: str) -> None:
 # --- PostgreSQL ------------------------------------------------------------------------------------------------
 
 
+def _local_dsn(port: int) -> str:
+    return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/postgres"
+
+
 class LocalPostgres:
     """A PostgreSQL server of our own in `data_dir` (created with initdb on first start, reused afterwards)."""
 
@@ -311,12 +315,22 @@ class LocalPostgres:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.port}/postgres"
+        return _local_dsn(self.port)
 
     @property
     def running(self) -> bool:
         pid = read_pid_file(self.data_dir / "postmaster.pid")
         return pid is not None and process_matches(pid, "postgres")
+
+    def running_dsn(self) -> str | None:
+        """The DSN of the server running in `data_dir` now, whoever started it (`make run` in another terminal), or
+        None. PostgreSQL writes its port on the fourth line of postmaster.pid."""
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            port = int(lines[3])
+        except (OSError, IndexError, ValueError):
+            return None
+        return _local_dsn(port) if self.running else None
 
     def start(self) -> None:
         if self._port is not None:
