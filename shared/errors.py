@@ -3,6 +3,7 @@
     ApiError(code)                 raised by handlers; rendered with the table's status and title
       └─ ValidationFailed          `invalid_body` / `invalid_query` with `errors: [{path, message}]`
     HTTPException (Starlette)      mapped by status: 404 not_found, 405 method_not_allowed, ...
+    ClientDisconnect (Starlette)   the client left mid-body: nothing sent, one info line, 499 in the access log
     any other exception            500 internal_error, logged once with the request ID
 
 Every body carries `type`, `title`, `status`, `detail`, `code` and `request_id`; none carries a stack trace.
@@ -18,15 +19,17 @@ from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from shared.context import GRACE_PERIOD_OVER, current_request_id, watch_response
+from shared.context import GRACE_PERIOD_OVER, Exchange, current_request_id, watch_response
 from shared.log import get_logger
 from shared.types import ASGIApp, Receive, Scope, Send
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://apgms.example/problems/"
+# nginx's status for a request whose client closed the connection first: logged and counted, never sent.
+CLIENT_CLOSED_REQUEST = 499
 
 log = get_logger(__name__)
 
@@ -52,6 +55,7 @@ ERRORS: dict[str, ErrorKind] = {
     "not_found": ErrorKind(404, "Not found"),
     "method_not_allowed": ErrorKind(405, "Method not allowed"),
     "not_acceptable": ErrorKind(406, "Not acceptable"),
+    "request_timeout": ErrorKind(408, "Request body not received in time"),
     "conflict": ErrorKind(409, "Conflict"),
     "idempotency_conflict": ErrorKind(409, "Idempotency key reused with a different request"),
     "org_choice_required": ErrorKind(409, "The password matches accounts in several orgs; choose one with org_id"),
@@ -62,6 +66,7 @@ ERRORS: dict[str, ErrorKind] = {
     "audit_failed": ErrorKind(500, "Audit trail could not be written"),
     "upstream_unavailable": ErrorKind(502, "Upstream service unavailable"),
     "service_unavailable": ErrorKind(503, "Service unavailable"),
+    "upstream_busy": ErrorKind(503, "Upstream service busy"),
     "upstream_timeout": ErrorKind(504, "Upstream service timed out"),
 }
 
@@ -154,10 +159,18 @@ async def handle_http_exception(_: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {ApiError: handle_api_error, HTTPException: handle_http_exception}
 
 
+def client_closed_request(scope: Scope, exchange: Exchange) -> None:
+    """The client closed its connection before its request was complete: nothing can be sent, so the access log
+    and the metrics record 499 (not a server error), with one info line."""
+    if not exchange.started:
+        exchange.status = CLIENT_CLOSED_REQUEST
+    log.info("client_disconnected", path=scope.get("path"), method=scope.get("method"))
+
+
 class ErrorBoundaryMiddleware:
-    """Turns an unexpected exception into one logged line and a 500 `internal_error` problem, and a request
+    """Turns an unexpected exception into one logged line and a 500 `internal_error` problem, a request
     cancelled because the shutdown grace period ran out into a 503 `service_unavailable` (the client may retry
-    elsewhere; it is not a server error).
+    elsewhere; it is not a server error), and a body the client abandoned into a 499 (see `client_closed_request`).
 
     It sits inside the request-context and metrics middleware, so the 500 is counted and carries `x-request-id`;
     Starlette's own ServerErrorMiddleware would re-raise past them and let the server print a traceback.
@@ -184,6 +197,8 @@ class ErrorBoundaryMiddleware:
                 task.uncancel()  # handled here: nothing further up should see a pending cancellation
             detail = "The server shut down before this request finished"
             await problem_response("service_unavailable", detail, headers={"connection": "close"})(scope, receive, send)
+        except ClientDisconnect:
+            client_closed_request(scope, exchange)
         except Exception:
             log.exception("unhandled_error", path=scope.get("path"), method=scope.get("method"))
             if not exchange.started:

@@ -206,3 +206,36 @@ async def test_any_other_cancellation_passes_through_untouched() -> None:
     sent, task = await run_until_cancelled(waits_forever, "client went away")
     assert task.cancelled()
     assert sent == []
+
+
+async def test_an_upload_the_client_abandons_is_one_info_line_and_a_499_not_a_500() -> None:
+    from starlette.requests import Request as StarletteRequest
+
+    from shared.context import RequestContextMiddleware
+    from shared.metrics import REQUESTS, MetricsMiddleware
+
+    async def reads_the_body(scope: Scope, receive: Receive, _: Send) -> None:
+        await StarletteRequest(scope, receive).body()
+
+    messages = iter([{"type": "http.request", "body": b'{"a":', "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive() -> Message:
+        return next(messages)
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    app = RequestContextMiddleware(MetricsMiddleware(ErrorBoundaryMiddleware(reads_the_body)))
+    scope = {"type": "http", "method": "POST", "path": "/upload", "headers": [], "client": ("203.0.113.9", 1)}
+    before = REQUESTS.values.get(("POST", "unmatched", "499"), 0)
+    with capture_logs() as logs:
+        await app(scope, receive, send)
+    assert sent == []  # nobody is left to answer
+    assert [(entry["event"], entry["log_level"]) for entry in logs] == [
+        ("client_disconnected", "info"),
+        ("request", "info"),
+    ]
+    assert logs[1]["status"] == 499
+    assert REQUESTS.values[("POST", "unmatched", "499")] == before + 1
