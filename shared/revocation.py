@@ -164,8 +164,13 @@ class Revocations:
 
     async def _run(self) -> None:
         while True:
-            await self.refresh()
             await asyncio.sleep(self._refresh_interval_s)
+            try:
+                await self.refresh()
+            except Exception:
+                # Whatever went wrong, the loop must go on: a dead loop would freeze the snapshot silently.
+                REDIS_FAILURES.labels(op="read").inc()
+                log.exception("revocation_refresh_crashed")
 
     async def start(self) -> None:
         if self._redis is not None and self._task is None:
