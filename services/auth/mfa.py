@@ -318,7 +318,7 @@ async def step_up(request: Request, principal: Principal) -> Response:
 )
 @guard(roles={"admin"}, step_up=True)
 async def reset_totp(request: Request, principal: Principal) -> Response:
-    """`DELETE /users/{user_id}/mfa`: for a lost authenticator; the user enrols again (with their password)."""
+    """`DELETE /users/{user_id}/mfa`: for a lost authenticator; the user logs in and enrols again."""
     try:
         user_id = uuid.UUID(request.path_params["user_id"])
     except ValueError:
@@ -327,6 +327,10 @@ async def reset_totp(request: Request, principal: Principal) -> Response:
         # Another org's user is 404, exactly like a user that does not exist.
         if not await store.reset_mfa(conn, uuid.UUID(principal.org_id), user_id):
             raise ApiError("not_found")
+        # The authenticator may be in someone else's hands (or enrolled by them): their sessions end with it, and
+        # so do the step-up tokens it granted.
+        await store.revoke_user_refresh_tokens(conn, user_id)
+    await request.app.state.runtime.revocations.revoke(user_id=str(user_id))
     # The audit trail is a later issue; until then this line is the record.
     log.info("audit", action="mfa.reset", actor=principal.subject, org_id=principal.org_id, user_id=str(user_id))
     return Response(status_code=204)

@@ -7,6 +7,8 @@ needs that and a step-up with the current one; an admin with step-up can remove 
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import aiohttp
@@ -117,7 +119,8 @@ async def test_an_admin_with_step_up_removes_a_users_authenticator_in_their_org_
 ) -> None:
     auth = start_service("auth")
     user = org.users["finance"]
-    user_token = (await login(http, auth.url, user.email))["access_token"]
+    user_session = await login(http, auth.url, user.email)
+    user_token = user_session["access_token"]
     lost, _, _ = await enrol(http, auth.url, user_token)
     reset_url = f"{auth.url}/users/{user.id}/mfa"
 
@@ -141,8 +144,18 @@ async def test_an_admin_with_step_up_removes_a_users_authenticator_in_their_org_
 
     status, body, _ = await call(http, "DELETE", reset_url, token=stepped_up)
     assert (status, body) == (204, None)
+    reset_second = int(time.time())
     for table in ("totp_credentials", "recovery_codes"):
         assert await fetchrows(database_url, f"SELECT 1 FROM auth.{table} WHERE user_id = $1", user.id) == []  # noqa: S608
+    # The user's sessions and tokens end with the authenticator (it may be in someone else's hands).
+    status, body, _ = await call(http, "GET", f"{auth.url}/auth/me", token=user_token)
+    assert_problem(status, body, 401, "invalid_token")
+    refresh = {"refresh_token": user_session["refresh_token"]}
+    status, body, _ = await post(http, f"{auth.url}/auth/refresh", None, refresh)
+    assert_problem(status, body, 401, "invalid_token")
+    # Tokens are refused up to the end of the revocation's second (`iat` has a one-second resolution).
+    await asyncio.sleep(max(reset_second + 1 - time.time(), 0))
+    user_token = (await login(http, auth.url, user.email))["access_token"]
     assert (await me(http, auth.url, user_token))["mfa_enrolled"] is False
     status, body, _ = await step_up(http, auth.url, user_token, code(lost, step + 1))
     assert_problem(status, body, 409, "conflict")
