@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from proxy.config import ProxySettings
 from proxy.edge import EdgeMiddleware
-from proxy.forward import SKIP_AUTO_HEADERS, ForwardedRequest, Forwarder
+from proxy.forward import SKIP_AUTO_HEADERS, ClientCap, ForwardedRequest, Forwarder, PoolGate
 from proxy.scrape import ScrapeCredentialMiddleware, federate_endpoint
 from proxy.upstreams import Upstream, build_upstreams, run_health_checks
 from shared.app import Runtime, build_runtime, build_service_app, service_middleware, wrap
@@ -100,6 +100,10 @@ def create_app(settings: ProxySettings) -> ProxyDispatch:
         trusted_hops=settings.trusted_hops,
         regulator_slots=asyncio.Semaphore(settings.regulator_max_concurrency),
         connect_timeout_s=settings.connect_timeout_s,
+        pool_gates={service: PoolGate(settings.pool_size) for service in upstreams},
+        pool_wait_s=settings.pool_wait_s,
+        clients=ClientCap(settings.max_requests_per_client),
+        body=settings.body,
         is_draining=lambda: runtime.health.draining,
     )
     proxied = wrap(forwarder, service_middleware(settings, runtime, edge, detect_anomalies=False))

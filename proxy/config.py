@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from urllib.parse import urlsplit
 
+from proxy.forward import MAX_REQUESTS_PER_CLIENT, POOL_WAIT_S, BodyPolicy
 from proxy.routing import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PREFIXES,
@@ -50,6 +51,9 @@ class ProxySettings(Settings):
     cors_allowed_origins: frozenset[str]
     connect_timeout_s: float
     pool_size: int
+    pool_wait_s: float
+    max_requests_per_client: int
+    body: BodyPolicy
     regulator_max_concurrency: int
     federate_timeout_s: float
     metrics_bearer_token: Secret | None  # required on /metrics and /federate in production
@@ -171,6 +175,13 @@ def load_proxy_settings(environ: Mapping[str, str] | None = None) -> ProxySettin
         cors_allowed_origins=origins,
         connect_timeout_s=env.number("PROXY_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S, minimum=0.01),
         pool_size=env.integer("PROXY_POOL_SIZE", POOL_SIZE_PER_UPSTREAM, minimum=1),
+        pool_wait_s=env.number("PROXY_POOL_WAIT_S", POOL_WAIT_S, minimum=0.01),
+        max_requests_per_client=env.integer("PROXY_MAX_REQUESTS_PER_CLIENT", MAX_REQUESTS_PER_CLIENT, minimum=1),
+        body=BodyPolicy(
+            buffer_max_bytes=env.integer("PROXY_BUFFER_MAX_BYTES", BodyPolicy.buffer_max_bytes, minimum=0),
+            idle_timeout_s=env.number("PROXY_BODY_IDLE_TIMEOUT_S", BodyPolicy.idle_timeout_s, minimum=0.01),
+            total_timeout_s=env.number("PROXY_BODY_TIMEOUT_S", BodyPolicy.total_timeout_s, minimum=0.01),
+        ),
         regulator_max_concurrency=env.integer("REGULATOR_MAX_CONCURRENCY", REGULATOR_MAX_CONCURRENCY, minimum=1),
         federate_timeout_s=env.number("FEDERATE_TIMEOUT_S", FEDERATE_TIMEOUT_S, minimum=0.1),
         metrics_bearer_token=parse_scrape_token(env, base.is_production),

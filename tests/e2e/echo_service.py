@@ -34,6 +34,7 @@ async def slow(request: Request) -> JSONResponse:
 
 
 async def echo(request: Request) -> Response:
+    log.info("echo_arrived", path=request.url.path)  # in flight: tests can wait for this instead of sleeping
     await asyncio.sleep(float(request.query_params.get("sleep", "0")))
     if "bytes" in request.query_params:
         total = int(request.query_params["bytes"])

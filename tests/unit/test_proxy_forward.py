@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message
 
 from proxy.app import create_app
 from proxy.config import load_proxy_settings
-from proxy.forward import Forwarder, discard_body
+from proxy.forward import BodyPolicy, ClientCap, Forwarder, PoolGate, discard_body
 from proxy.routing import MiB, build_route_table
 from proxy.upstreams import HealthPolicy, build_upstreams
 from shared.context import RequestContextMiddleware
@@ -602,6 +602,10 @@ async def test_a_connect_timeout_is_a_connection_failure_retried_elsewhere() -> 
         trusted_hops=0,
         regulator_slots=asyncio.Semaphore(1),
         connect_timeout_s=0.1,
+        pool_gates={service: PoolGate(1)},
+        pool_wait_s=0.1,
+        clients=ClientCap(1),
+        body=BodyPolicy(),
     )
     app = RequestContextMiddleware(forwarder)
     transport = httpx2.ASGITransport(app)
