@@ -11,7 +11,8 @@ from starlette.routing import Route
 
 from proxy.config import ProxySettings
 from proxy.edge import EdgeMiddleware
-from proxy.forward import SKIP_AUTO_HEADERS, ClientCap, ForwardedRequest, Forwarder, PoolGate
+from proxy.forward import SKIP_AUTO_HEADERS, ForwardedRequest, Forwarder
+from proxy.limits import ClientCap, PoolGate
 from proxy.scrape import ScrapeCredentialMiddleware, federate_endpoint
 from proxy.upstreams import Upstream, build_upstreams, run_health_checks
 from shared.app import Runtime, build_runtime, build_service_app, service_middleware, wrap

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from urllib.parse import urlsplit
 
-from proxy.forward import MAX_REQUESTS_PER_CLIENT, POOL_WAIT_S, BodyPolicy
+from proxy.limits import MAX_REQUESTS_PER_CLIENT, POOL_WAIT_S, BodyPolicy
 from proxy.routing import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PREFIXES,

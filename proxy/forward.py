@@ -3,8 +3,9 @@
 A request body is read whole, within the route's limit and the body deadlines, before an upstream connection
 (or a regulator slot) is taken, as nginx's request buffering does: a client trickling its body holds nothing of
 the upstream's. Only routes whose limit is above `BodyPolicy.buffer_max_bytes` (bulk import) stream their body,
-under the same deadlines. Responses stream back; content encodings pass through untouched (the client sessions
-are created with `auto_decompress=False` and add no `Accept-Encoding` of their own).
+under the same deadlines (`proxy.limits` has these rules, the pool gate and the per-address cap). Responses
+stream back; content encodings pass through untouched (the client sessions are created with
+`auto_decompress=False` and add no `Accept-Encoding` of their own).
 
 Failures, each an RFC 9457 problem with the request ID:
     400 bad_request           the path cannot be normalised safely, Content-Length is malformed, or a chunked
@@ -27,8 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -39,28 +39,24 @@ from aiohttp.typedefs import LooseHeaders
 from multidict import CIMultiDict
 
 from proxy.headers import Headers, downstream_response_headers, upstream_request_headers
-from proxy.routing import BadPath, MiB, ProxyRoute, RouteTable, encode_path, normalise_path
+from proxy.limits import (
+    BodyError,
+    BodyPolicy,
+    BodyReader,
+    BodyTimedOut,
+    BodyTooLarge,
+    ClientCap,
+    PoolGate,
+    discard_body,
+)
+from proxy.routing import BadPath, ProxyRoute, RouteTable, encode_path, normalise_path
 from proxy.upstreams import HealthPolicy, Instance, Upstream
 from shared.context import request_context, watch_response
 from shared.errors import client_closed_request, problem_response
 from shared.log import get_logger
 from shared.metrics import LATENCY_BUCKETS_S, RequestCounter, RequestHistogram, record_security_event
-from shared.types import Message, Receive, Scope, Send
+from shared.types import Receive, Scope, Send
 
-# After a 413, how much of the rest of the body is still read (and dropped), and for how long: see discard_body.
-LINGER_BYTES = 64 * 1024 * 1024
-LINGER_S = 5.0
-LINGER_IDLE_S = 1.0
-# Routes whose body limit is at most this read the body whole before taking an upstream connection; the others
-# (bulk import, 20 MiB) stream it. nginx buffers request bodies the same way.
-BUFFER_MAX_BYTES = 1 * MiB
-# 408 after this long without a byte of the body, or when the whole body has not arrived within the total.
-BODY_IDLE_TIMEOUT_S = 10.0
-BODY_TIMEOUT_S = 60.0
-# How long a request may wait for a pooled upstream connection (503 upstream_busy after it).
-POOL_WAIT_S = 2.0
-# Requests in flight per client address (429 past it); see ClientCap.
-MAX_REQUESTS_PER_CLIENT = 64
 RETRY_AFTER_S = "1"
 # A body this small whose length the upstream declared is read whole and sent in one message.
 SMALL_BODY_BYTES = 64 * 1024
@@ -119,179 +115,6 @@ log = get_logger(__name__)
 def client_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
     # sock_read bounds the wait for the response headers (and each later read): no extra timer per request.
     return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
-
-
-async def discard_body(
-    receive: Receive, limit_bytes: int = LINGER_BYTES, limit_s: float = LINGER_S, idle_s: float = LINGER_IDLE_S
-) -> None:
-    """Read and drop what is left of a refused request body, within limits. A client usually sends its whole
-    body before it reads the answer; closing on it mid-upload resets the connection and it never sees the 413
-    (nginx's lingering close does the same). A client that sends nothing for `idle_s` is not uploading: it is
-    left at once."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    dropped = 0
-    while dropped < limit_bytes and (left := deadline - loop.time()) > 0:
-        try:
-            message = await asyncio.wait_for(receive(), min(idle_s, left))
-        except TimeoutError:
-            return
-        if message["type"] != "http.request":
-            return
-        dropped += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
-
-
-class BodyError(Exception):
-    """A request body that could not be read whole; `BodyReader.failure` says which way."""
-
-
-class BodyTooLarge(BodyError):
-    pass
-
-
-class BodyTimedOut(BodyError):
-    pass
-
-
-class ClientDisconnected(BodyError):
-    pass
-
-
-@dataclass(frozen=True)
-class BodyPolicy:
-    """How request bodies are read: whole up to `buffer_max_bytes` of route limit (streamed above it), and within
-    two deadlines, per read and for the whole body (408 past either)."""
-
-    buffer_max_bytes: int = BUFFER_MAX_BYTES
-    idle_timeout_s: float = BODY_IDLE_TIMEOUT_S
-    total_timeout_s: float = BODY_TIMEOUT_S
-
-
-@dataclass
-class BodyReader:
-    """Reads the ASGI request body within the route's limit and the body deadlines: whole (`read`), or streamed
-    upstream (`chunks`). A failure is kept in `failure`: aiohttp wraps what the body iterator raises, so the
-    forwarder asks the reader rather than the exception. No frame that holds body data is part of a raised
-    exception's traceback (see `shared.runner.tune_gc`)."""
-
-    receive: Receive
-    limit: int
-    idle_s: float
-    deadline: float  # the event loop's time by which the whole body must have arrived
-    received: int = 0
-    started: bool = False
-    failure: type[BodyError] | None = None
-
-    async def _next(self) -> Message | None:
-        """The next body message, or None once the body has failed."""
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout_at(min(loop.time() + self.idle_s, self.deadline)):
-                message = await self.receive()
-        except TimeoutError:
-            self.failure = BodyTimedOut
-            return None
-        if message["type"] == "http.disconnect":
-            # The client went away, or the server gave up on a malformed body (bad chunked encoding).
-            self.failure = ClientDisconnected
-            return None
-        self.received += len(message.get("body", b""))
-        if self.received > self.limit:
-            self.failure = BodyTooLarge
-            return None
-        return message
-
-    async def read(self) -> bytes | None:
-        """The whole body, or None when it failed."""
-        message = await self._next()
-        if message is None:
-            return None
-        if not message.get("more_body", False):
-            body: bytes = message.get("body", b"")  # most bodies arrive in one message
-            return body
-        parts = [message.get("body", b"")]
-        while more := await self._next():
-            parts.append(more.get("body", b""))
-            if not more.get("more_body", False):
-                return b"".join(parts)
-        return None
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        self.started = True
-        while message := await self._next():
-            if chunk := message.get("body", b""):
-                yield chunk
-            if not message.get("more_body", False):
-                return
-        assert self.failure is not None
-        raise self.failure
-
-
-class ClientCap:
-    """Requests in flight per client address, at most `limit` each. An address is forgotten when its count
-    returns to zero, so the table never holds more entries than there are requests in flight."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight: dict[str | None, int] = {}
-
-    def enter(self, address: str | None) -> bool:
-        count = self.in_flight.get(address, 0)
-        if count >= self.limit:
-            return False
-        self.in_flight[address] = count + 1
-        return True
-
-    def leave(self, address: str | None) -> None:
-        count = self.in_flight.pop(address) - 1
-        if count:
-            self.in_flight[address] = count
-
-
-class PoolGate:
-    """The connections of one service's pool, counted before aiohttp is asked for one: a request takes one at once
-    when one is free (`try_take`, no coroutine: this runs for every request) or waits for one at most `wait_s`
-    (`wait`), and gives it back with `release`, which hands it straight to the longest waiter. aiohttp's own wait
-    for a pooled connection has no bound apart from `ClientTimeout.connect`, which also covers the TCP handshake
-    and raises the same error: a full pool would look like a dead instance. An asyncio.Semaphore costs 8k
-    instructions per request here (bench/proxy_instructions.py); this, under 1k."""
-
-    def __init__(self, size: int) -> None:
-        self.free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def try_take(self) -> bool:
-        if self.free:  # never free while others wait: `release` hands a connection to a waiter first
-            self.free -= 1
-            return True
-        return False
-
-    async def wait(self, wait_s: float) -> bool:
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)  # a waiter that gave up stays until a release skips it: no O(n) removal
-        try:
-            async with asyncio.timeout(wait_s):
-                await waiter
-        except TimeoutError:
-            pass
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed one as this request was cancelled: it goes to the next
-            raise
-        if waiter.done() and not waiter.cancelled():
-            return True  # possibly handed one just as the time ran out
-        waiter.cancel()
-        return False
-
-    def release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.free += 1
 
 
 @dataclass

@@ -28,7 +28,8 @@ from starlette.types import ASGIApp, Message
 
 from proxy.app import create_app
 from proxy.config import load_proxy_settings
-from proxy.forward import BodyPolicy, ClientCap, Forwarder, PoolGate, discard_body
+from proxy.forward import Forwarder
+from proxy.limits import BodyPolicy, ClientCap, PoolGate, discard_body
 from proxy.routing import MiB, build_route_table
 from proxy.upstreams import HealthPolicy, build_upstreams
 from shared.context import RequestContextMiddleware

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from proxy.forward import BodyReader, BodyTimedOut, BodyTooLarge, ClientCap, ClientDisconnected, PoolGate
+from proxy.limits import BodyReader, BodyTimedOut, BodyTooLarge, ClientCap, ClientDisconnected, PoolGate
 from shared.types import Message
 
 
