@@ -219,8 +219,8 @@ def tune_gc() -> None:
     (`gc.freeze`), and young collections run every 10,000 net allocations instead of 700. Reference counting
     still frees everything acyclic at once, as before; cyclic garbage lives a little longer, so code that ends
     in a reference cycle (an exception kept with its traceback) should not keep large buffers in it
-    (`proxy.limits.BodyReader` keeps body data out of the frames of what it raises). At 50,000 a review measured 676 MB held by
-    the garbage of refused 1 MiB uploads; at 10,000 it is a fifth of that at worst.
+    (`proxy.limits.BodyReader` keeps body data out of the frames of what it raises). At 50,000 a review measured
+    676 MB held by the garbage of refused 1 MiB uploads; at 10,000 it is a fifth of that at worst.
     """
     gc.collect()
     gc.freeze()
