@@ -423,6 +423,18 @@ async def test_a_body_exactly_at_the_limit_is_forwarded(upstreams: Upstreams) ->
     assert len(upstreams.arrived) == 1
 
 
+async def test_a_chunked_body_is_buffered_and_sent_upstream_with_its_length(upstreams: Upstreams) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"q" * 1000
+
+    async with proxy(upstreams.env()) as client:
+        response = await client.post("/bas/lodge", content=chunks())
+    assert response.status_code == 200
+    (seen,) = upstreams.seen
+    assert (seen.body_bytes, seen.header("content-length"), seen.header("transfer-encoding")) == (3000, ["3000"], [])
+
+
 async def test_a_streamed_body_growing_past_the_limit_is_413(upstreams: Upstreams) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(40):
