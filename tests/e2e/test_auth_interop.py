@@ -46,9 +46,13 @@ def verify_with_pyjwt(jwks_url: str, token: str) -> dict[str, Any]:
 
 
 def verify_with_authlib(jwks: dict[str, Any], token: str) -> dict[str, Any]:
-    # authlib announces that authlib.jose moves to joserfc (its own filter shows that warning always); the clients
-    # this test stands for still use it.
-    with warnings.catch_warnings(record=True):
+    # authlib announces that authlib.jose moves to joserfc; the clients this test stands for still use it.
+    # authlib.deprecate installs an "always" filter for its warning when first imported: import it first, so
+    # that the "ignore" below comes after it and wins whether or not authlib was imported before this test.
+    import authlib.deprecate  # type: ignore[import-untyped]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", authlib.deprecate.AuthlibDeprecationWarning)
         from authlib.jose import JsonWebKey, JsonWebToken  # type: ignore[import-untyped]
 
     claims = JsonWebToken(["EdDSA"]).decode(
