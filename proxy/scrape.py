@@ -30,7 +30,7 @@ from proxy.federation import (
     Source,
     index_steps,
     parse_exposition_steps,
-    parse_selector,
+    parse_selector_steps,
     render_steps,
     run_in_slices,
 )
@@ -146,11 +146,11 @@ def check_match_count(raw: Sequence[str]) -> None:
 
 def parse_match_steps(raw: Sequence[str]) -> Generator[None, None, list[Selector]]:
     """The `match[]` selectors of a request, or `invalid_query` naming each malformed one; yields after each
-    selector (compiling a selector's 20 regexes takes about 2.5 ms, ten requests at once were 250 ms)."""
+    regex compiled (one takes up to about 5 ms, see `proxy.federation.RE2_MAX_MEM_BYTES`) and each selector."""
     selectors, errors = [], []
     for index, text in enumerate(raw):
         try:
-            selectors.append(parse_selector(text))
+            selectors.append((yield from parse_selector_steps(text)))
         except SelectorError as exc:
             errors.append(FieldError(f"match[].{index}", str(exc)))
         yield
