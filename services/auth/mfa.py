@@ -307,9 +307,10 @@ async def step_up(request: Request, principal: Principal) -> Response:
         )
         raise ApiError("mfa_invalid")
     await attempts.record_success(principal.subject)
-    token = await request.app.state.issuer.access_token(
-        user, amr=["pwd", "otp"], auth_time=int(time.time()), session_id=principal.session_id
-    )
+    async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        token = await request.app.state.issuer.stepped_up_token(
+            conn, user, auth_time=int(time.time()), session_id=principal.session_id
+        )
     return JSONResponse(TokenResponse(access_token=token, expires_in=ACCESS_TOKEN_TTL_S).model_dump(exclude_none=True))
 
 

@@ -69,6 +69,21 @@ class Issuer:
         )
         return sign(claims, await self.keys.signing_key())
 
+    async def stepped_up_token(
+        self, conn: asyncpg.Connection, user: store.User, auth_time: int, session_id: str | None
+    ) -> str:
+        """An access token with `otp` in `amr` for `user`, once a code was accepted. Must run in a transaction:
+        like `session`, it reads the role when it signs, under a share lock, and refuses a disabled user or a
+        session that was ended, so a demotion, disable or logout that committed while the code was being checked
+        (up to ten PBKDF2 checks for a recovery code) is not outlived by the token (issue #9, finding 7)."""
+        role = await store.role_for_new_tokens(conn, user.id)
+        if role is None:
+            raise ApiError("invalid_token", "The account is disabled")
+        if session_id is not None and not await store.session_is_live(conn, _family_id(session_id)):
+            raise ApiError("invalid_token", "The session has ended")
+        user = dataclasses.replace(user, role=role)
+        return await self.access_token(user, ["pwd", "otp"], auth_time, session_id=session_id)
+
     async def session(
         self,
         conn: asyncpg.Connection,
@@ -104,6 +119,13 @@ class Issuer:
             expires_in=ACCESS_TOKEN_TTL_S,
             user={"id": str(user.id), "org_id": str(user.org_id), "role": user.role, "mfa_enrolled": user.mfa_enrolled},
         ).model_dump(exclude_none=True)
+
+
+def _family_id(session_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(session_id)
+    except ValueError:
+        raise ApiError("invalid_token") from None
 
 
 async def current_user(conn: asyncpg.Connection, principal: Principal) -> store.User:

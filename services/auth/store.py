@@ -210,6 +210,16 @@ async def role_for_new_tokens(conn: asyncpg.Connection, user_id: uuid.UUID) -> s
     return role
 
 
+async def session_is_live(conn: asyncpg.Connection, family_id: uuid.UUID) -> bool:
+    """Whether the refresh family `family_id` still has an unrevoked token, those rows share-locked until the
+    transaction ends: a logout, a reuse, a disable or an MFA reset revoking them waits for it (then its
+    revocation covers what was minted in it), and one that committed first is seen (issue #9, finding 7)."""
+    rows = await conn.fetch(
+        "SELECT id FROM auth.refresh_tokens WHERE family_id = $1 AND revoked_at IS NULL FOR SHARE", family_id
+    )
+    return bool(rows)
+
+
 async def revoke_user_refresh_tokens(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
     """Revoke every refresh family of a user (disabled: re-enabling them must not revive their old sessions)."""
     result: str = await conn.execute(
