@@ -24,6 +24,10 @@ CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_ALLOW_HEADERS = "authorization, content-type, idempotency-key, x-request-id, traceparent"
 CORS_EXPOSE_HEADERS = "x-request-id, idempotent-replay, retry-after"
 CORS_MAX_AGE_S = 600
+# The proxy's own endpoints, which the Host allowlist does not apply to: load balancer and Kubernetes probes send
+# the instance's address as Host, Prometheus the target's name. Nothing there builds a link from the host or
+# carries it to a service, and `/metrics` and `/federate` need the scrape credential in production.
+HOST_EXEMPT_PATHS = frozenset({"/health", "/ready", "/metrics", "/federate"})
 
 
 # Two years with subdomains, the preload list's requirement; production only: TLS ends in front of the proxy there,
@@ -96,9 +100,9 @@ class EdgeMiddleware:
     preflights, and adds CORS and security headers to every response.
 
     With `public_hosts` (production), a request for any other host is 400 `bad_host` (issue #9, finding 11: the
-    `X-Forwarded-Host` the services see, and build links from, is never attacker-chosen); the host is the
-    trusted `X-Forwarded-Host` when `trusted_hops` > 0 and a proxy of ours sent one, else `Host`. With `hsts`,
-    every response says `Strict-Transport-Security`."""
+    `X-Forwarded-Host` the services see, and build links from, is never attacker-chosen), except on
+    `HOST_EXEMPT_PATHS`; the host is the trusted `X-Forwarded-Host` when `trusted_hops` > 0 and a proxy of ours
+    sent one, else `Host`. With `hsts`, every response says `Strict-Transport-Security`."""
 
     def __init__(
         self,
@@ -136,7 +140,11 @@ class EdgeMiddleware:
             response = problem_response("bad_request", "An HTTP/1.1 request needs exactly one Host header")
             await response(scope, receive, send)
             return
-        if self.public_hosts is not None and self.public_host(scope, host) not in self.public_hosts:
+        if (
+            self.public_hosts is not None
+            and self.public_host(scope, host) not in self.public_hosts
+            and scope["path"] not in HOST_EXEMPT_PATHS
+        ):
             hooks.append(self.secure)
             await problem_response("bad_host", "This host is not served here")(scope, receive, send)
             return

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.e2e
 PRODUCTION_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 HSTS = "max-age=63072000; includeSubDomains"
 TOKEN_FORM = {"grant_type": "client_credentials"}
+SCRAPE_TOKEN = "forwarding-test-scrape-credential-0123456789"
 
 
 def production_proxy(start_service: Any, upstreams: dict[str, list[str]], trusted_hops: int, **env: str) -> Any:
@@ -114,3 +115,37 @@ async def test_behind_a_trusted_balancer_the_forwarded_host_it_set_must_be_publi
     upstream = header_map(echo)
     assert upstream["x-forwarded-host"] == "api.example"
     assert upstream["x-forwarded-proto"] == "http"
+
+
+async def test_in_production_probes_and_scrapes_answer_any_host_and_proxied_routes_do_not(
+    start_service: Any, http: aiohttp.ClientSession
+) -> None:
+    """The review of the Host allowlist: load balancer and Kubernetes probes (Host: the instance's address) got 400
+    from /health and /ready, and Prometheus's scrape of apgms-proxy:3000 got 400 from /metrics. (Waiting for the
+    proxy to start probes /health with Host 127.0.0.1:<port>, which PUBLIC_HOSTS does not list either.)"""
+    core = start_echo(start_service, "core")
+    port = free_port()
+    proxy = start_proxy(
+        start_service,
+        {"core": [core.url]},
+        APGMS_ENV="production",
+        APGMS_MASTER_KEY=PRODUCTION_KEY,
+        PORT=str(port),
+        PUBLIC_HOSTS="api.example.com",
+        METRICS_BEARER_TOKEN=SCRAPE_TOKEN,
+    )
+
+    async def status(path: str, host: str, **headers: str) -> int:
+        async with http.get(f"{proxy.url}{path}", headers={"host": host, **headers}) as response:
+            await response.read()
+            return response.status
+
+    for path in ("/health", "/ready"):
+        assert await status(path, "10.0.0.7:3000") in (200, 503), path
+    assert await status("/health", "10.0.0.7:3000") == 200
+    scrape = {"authorization": f"Bearer {SCRAPE_TOKEN}"}
+    assert await status("/metrics", "apgms-proxy:3000", **scrape) == 200
+    assert await status('/federate?match[]={__name__="apgms_api_requests_total"}', "apgms-proxy:3000", **scrape) == 200
+    assert await status("/metrics", "apgms-proxy:3000") == 401, "exempt from the host check, not from the credential"
+    assert await status("/bank-lines", "10.0.0.7:3000") == 400
+    assert await status("/bank-lines", "api.example.com") == 200

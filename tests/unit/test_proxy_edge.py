@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import Message
 
-from proxy.edge import HTML_CSP, EdgeMiddleware
+from proxy.edge import HOST_EXEMPT_PATHS, HTML_CSP, EdgeMiddleware
 from shared.context import RequestContextMiddleware
 from shared.errors import ErrorBoundaryMiddleware
 from shared.types import Receive, Scope, Send
@@ -281,3 +281,13 @@ def test_behind_a_trusted_hop_its_forwarded_host_is_the_one_checked() -> None:
 
 def test_no_hsts_outside_production(client: TestClient) -> None:
     assert "strict-transport-security" not in client.get("/data").headers
+
+
+@pytest.mark.parametrize("path", sorted(HOST_EXEMPT_PATHS))
+def test_the_proxys_own_endpoints_answer_any_host(path: str) -> None:
+    """Load balancer and Kubernetes probes send the instance's address as Host, Prometheus the target's name."""
+    with production_edge() as client:
+        passed = client.get(path, headers={"host": "10.0.0.7:3000"})
+        assert passed.status_code == 404, "reached the app behind the edge (which has no such route)"
+        assert passed.headers["strict-transport-security"].startswith("max-age=")
+        assert client.get(f"{path}/x", headers={"host": "10.0.0.7:3000"}).status_code == 400, "exact paths only"
