@@ -78,9 +78,10 @@ async def _admin_totp(conn: asyncpg.Connection, box: SecretBox, admin: store.Use
         except SealError:
             return None
     secret = pyotp.random_base32()
-    await store.begin_totp(conn, admin.id, box.seal(secret.encode(), associated=admin.id.bytes))
+    sealed = box.seal(secret.encode(), associated=admin.id.bytes)
+    await store.begin_totp(conn, admin.id, sealed)
     # Step 0 confirms without using up a real step: the admin's first code is accepted.
-    if not await store.accept_totp_step(conn, admin.id, 0, confirm=True):
+    if not await store.confirm_totp(conn, admin.id, sealed, 0):
         raise SeedError(f"could not confirm the TOTP enrolment of {admin.email}")
     return secret
 

@@ -238,17 +238,30 @@ async def totp_confirm(request: Request, principal: Principal) -> Response:
             # Ten PBKDF2 hashes take ~0.2 s of CPU: off the event loop, and only once the code is known to be right.
             hashed = await run_in_threadpool(hash_recovery_codes, codes)
             async with conn.transaction():
+                # Only the secret this code was checked against: a `begin` committed meanwhile put a newer one
+                # there, which the user never saw.
                 if credential.confirmed:
                     accepted = await store.confirm_totp_replacement(conn, user_id, pending, step)
                 else:
-                    accepted = await store.accept_totp_step(conn, user_id, step, confirm=True)
+                    accepted = await store.confirm_totp(conn, user_id, pending, step)
                 if accepted:
                     await store.replace_recovery_codes(conn, user_id, hashed)
+                elif await _enrolment_changed(conn, user_id, pending):
+                    raise ApiError("conflict", _ENROLMENT_CHANGED)
     if not accepted:
         await attempts.record_failure(principal.subject, None)
         raise ApiError("mfa_invalid")
     await attempts.record_success(principal.subject)
     return JSONResponse(RecoveryCodes(recovery_codes=codes).model_dump())
+
+
+async def _enrolment_changed(conn: asyncpg.Connection, user_id: uuid.UUID, pending: str) -> bool:
+    """Whether the secret being confirmed is no longer the one waiting for confirmation."""
+    credential = await store.totp_credential(conn, user_id)
+    if credential is None:
+        return True
+    waiting = credential.pending_sealed if credential.confirmed else credential.secret_sealed
+    return waiting != pending
 
 
 def _classify(code: str) -> tuple[str | None, str | None]:
@@ -274,7 +287,7 @@ async def _accept_code(
     if totp_code is not None:
         secret = _open(box, credential.secret_sealed, user_id)
         step = matching_step(secret, totp_code, time.time(), after=credential.last_step)
-        return step is not None and await store.accept_totp_step(conn, user_id, step, confirm=False)
+        return step is not None and await store.accept_totp_step(conn, user_id, step)
     assert recovery is not None
     stored = await store.unused_recovery_codes(conn, user_id)
     # Up to ten PBKDF2 checks: off the event loop.

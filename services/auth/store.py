@@ -459,19 +459,34 @@ async def reset_mfa(conn: asyncpg.Connection, org_id: uuid.UUID, user_id: uuid.U
     return True
 
 
-async def accept_totp_step(conn: asyncpg.Connection, user_id: uuid.UUID, step: int, *, confirm: bool) -> bool:
-    """Record `step` as used, atomically; False when it (or a later step) was already accepted: no replay."""
+async def confirm_totp(conn: asyncpg.Connection, user_id: uuid.UUID, secret_sealed: str, step: int) -> bool:
+    """Confirm a first enrolment of the secret `secret_sealed` with `step` used; False when it is no longer the
+    user's unconfirmed secret (confirmed already, or begun again meanwhile: the user never saw the newer one) or
+    the step was already accepted."""
     row = await conn.fetchval(
         """
-        UPDATE auth.totp_credentials
-        SET last_step = $2, confirmed_at = CASE WHEN $3 THEN coalesce(confirmed_at, now()) ELSE confirmed_at END
-        WHERE user_id = $1 AND (last_step IS NULL OR last_step < $2)
-            AND (confirmed_at IS NOT NULL OR $3)
+        UPDATE auth.totp_credentials SET last_step = $3, confirmed_at = now()
+        WHERE user_id = $1 AND secret_sealed = $2 AND confirmed_at IS NULL AND (last_step IS NULL OR last_step < $3)
+        RETURNING user_id
+        """,
+        user_id,
+        secret_sealed,
+        step,
+    )
+    return row is not None
+
+
+async def accept_totp_step(conn: asyncpg.Connection, user_id: uuid.UUID, step: int) -> bool:
+    """Record `step` of the confirmed secret as used, atomically; False when it (or a later step) was already
+    accepted: no replay."""
+    row = await conn.fetchval(
+        """
+        UPDATE auth.totp_credentials SET last_step = $2
+        WHERE user_id = $1 AND (last_step IS NULL OR last_step < $2) AND confirmed_at IS NOT NULL
         RETURNING user_id
         """,
         user_id,
         step,
-        confirm,
     )
     return row is not None
 

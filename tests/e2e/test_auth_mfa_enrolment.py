@@ -12,6 +12,8 @@ import time
 import uuid
 
 import aiohttp
+import asyncpg
+import pyotp
 import pytest
 from auth_support import PASSWORD, Org, call, login
 from test_auth_mfa import (
@@ -27,6 +29,10 @@ from test_auth_mfa import (
     step_up,
     wrong_code,
 )
+from test_auth_step_up_revocation import wait_until_blocked_on
+from test_auth_tokens import dev_box
+
+from services.auth import store
 
 pytestmark = pytest.mark.e2e
 
@@ -170,3 +176,40 @@ async def test_an_admin_with_step_up_removes_a_users_authenticator_in_their_org_
     again, _, again_step = await enrol(http, auth.url, user_token)
     status, body, _ = await step_up(http, auth.url, user_token, code(again, again_step))
     assert status == 200, body
+
+
+async def test_a_begin_racing_a_confirm_does_not_confirm_a_secret_the_user_never_saw(
+    start_service: StartService, http: aiohttp.ClientSession, org: Org, database_url: str
+) -> None:
+    """The confirm checks its code against the secret it read; a `begin` committed before its update put another
+    secret there. Made certain by holding the credential's row lock: the confirm waits at its update while the
+    holder begins again (the store's own `begin_totp`) and commits. Before the update required the secret it
+    checked, the newer secret was confirmed and recovery codes issued for it."""
+    auth = start_service("auth")
+    user = org.users["finance"]
+    token = (await login(http, auth.url, user.email))["access_token"]
+    seen = await begin(http, auth.url, token)
+    step = await settled_step()
+    holder = await asyncpg.connect(database_url)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM auth.totp_credentials WHERE user_id = $1 FOR UPDATE", user.id)
+        confirming = asyncio.create_task(
+            post(http, f"{auth.url}/auth/mfa/totp/confirm", token, {"code": code(seen, step)})
+        )
+        await wait_until_blocked_on(database_url, "totp_credentials")
+        unseen = pyotp.random_base32(length=32)
+        assert await store.begin_totp(holder, user.id, dev_box().seal(unseen.encode(), associated=user.id.bytes))
+        await held.commit()
+    finally:
+        await holder.close()
+    status, body, _ = await confirming
+
+    assert_problem(status, body, 409, "conflict")
+    rows = await fetchrows(
+        database_url, "SELECT confirmed_at, secret_sealed FROM auth.totp_credentials WHERE user_id = $1", user.id
+    )
+    assert rows[0]["confirmed_at"] is None, "a secret the user never saw was confirmed"
+    assert await fetchrows(database_url, "SELECT 1 FROM auth.recovery_codes WHERE user_id = $1", user.id) == []
+    assert dev_box().open(rows[0]["secret_sealed"], associated=user.id.bytes).decode() == unseen
