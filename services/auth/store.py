@@ -177,6 +177,21 @@ class UserState:
     disabled: bool
 
 
+async def lock_users(conn: asyncpg.Connection, org_id: uuid.UUID, user_ids: Sequence[uuid.UUID]) -> list[UserState]:
+    """The states of those of `user_ids` that are in `org_id`, their rows locked for update until the transaction
+    ends. Always locked in id order, so two transactions locking the same two users (two admins changing each
+    other) queue instead of deadlocking."""
+    rows = await conn.fetch(
+        """
+        SELECT id, org_id, role, disabled_at IS NOT NULL AS disabled FROM auth.users
+        WHERE id = ANY($1::uuid[]) AND org_id = $2 ORDER BY id FOR UPDATE
+        """,
+        list(user_ids),
+        org_id,
+    )
+    return [UserState(**dict(row)) for row in rows]
+
+
 async def update_user(
     conn: asyncpg.Connection, org_id: uuid.UUID, user_id: uuid.UUID, role: str | None, disabled: bool | None
 ) -> UserState | None:

@@ -102,9 +102,16 @@ async def update_user(request: Request, principal: Principal) -> Response:
         raise ApiError("not_found") from None
     if str(user_id) == principal.subject:
         raise ApiError("conflict", "You cannot change your own role or disable yourself; ask another admin")
+    acting_id, org_id = uuid.UUID(principal.subject), uuid.UUID(principal.org_id)
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        # The token says admin, but another admin may be demoting or disabling the actor right now: re-read them
+        # under the lock, or two admins demoting each other at once would leave the org with none.
+        locked = {state.id: state for state in await store.lock_users(conn, org_id, [acting_id, user_id])}
+        acting = locked.get(acting_id)
+        if acting is None or acting.role != "admin" or acting.disabled:
+            raise ApiError("forbidden", "You are no longer an admin of this org")
         # Another org's user is 404, exactly like a user that does not exist.
-        user = await store.update_user(conn, uuid.UUID(principal.org_id), user_id, body.role, body.disabled)
+        user = await store.update_user(conn, org_id, user_id, body.role, body.disabled)
         if user is None:
             raise ApiError("not_found")
         if body.disabled:

@@ -7,8 +7,10 @@ import asyncio
 import time
 from typing import Any
 
+import asyncpg
 import pytest
 from auth_support import PASSWORD, call, login
+from test_auth_step_up_revocation import wait_until_blocked_on
 from test_auth_tokens import admin_claims, server_key
 
 from shared.tokens import sign
@@ -219,3 +221,53 @@ async def test_without_redis_the_auth_service_still_enforces_its_own_revocations
     assert status == 204
     status, body, _ = await call(http, "GET", f"{auth.url}/users", token=session["access_token"])
     assert (status, body["code"]) == (401, "invalid_token")
+
+
+async def test_two_admins_demoting_each_other_at_once_leave_the_org_an_admin(
+    start_service, http, org, database_url
+) -> None:
+    """Both requests pass the guard (each token says admin) before either commits. Made certain by holding both
+    users' row locks until both requests wait on them. Before the actor was re-read under a lock, both
+    demotions went through and the org had no admin left."""
+    auth = start_service("auth")
+    await login(http, auth.url, org.email("finance"))  # creates the first signing key
+    key = await server_key(database_url)
+    first = org.users["admin"]
+    status, created, _ = await call(
+        http,
+        "POST",
+        f"{auth.url}/users",
+        token=sign(admin_claims(org), key),
+        json={"email": f"other.admin.{org.id.hex[:8]}@example.com", "password": PASSWORD, "role": "admin"},
+    )
+    assert status == 201, created
+    second_id = created["id"]
+    tokens = {str(first.id): sign(admin_claims(org), key), second_id: sign(admin_claims(org, sub=second_id), key)}
+
+    holder = await asyncpg.connect(database_url)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM auth.users WHERE id = ANY($1::uuid[]) FOR UPDATE", [first.id, second_id])
+        demotions = [
+            asyncio.create_task(
+                call(http, "PATCH", f"{auth.url}/users/{target}", token=tokens[actor], json={"role": "analyst"})
+            )
+            for actor, target in ((str(first.id), second_id), (second_id, str(first.id)))
+        ]
+        await wait_until_blocked_on(database_url, "auth.users", waiting=2)
+        await held.commit()
+    finally:
+        await holder.close()
+    answers = [(status, body) for status, body, _ in await asyncio.gather(*demotions)]
+
+    assert sorted(status for status, _ in answers) == [200, 403], answers
+    assert [body["code"] for status, body in answers if status == 403] == ["forbidden"]
+    connection = await asyncpg.connect(database_url)
+    try:
+        admins = await connection.fetchval(
+            "SELECT count(*) FROM auth.users WHERE org_id = $1 AND role = 'admin' AND disabled_at IS NULL", org.id
+        )
+    finally:
+        await connection.close()
+    assert admins == 1

@@ -27,14 +27,17 @@ WAIT_FOR_LOCK_S = 10.0
 POLL_INTERVAL_S = 0.02
 
 
-async def wait_until_blocked_on(database_url: str, table: str) -> None:
-    """Until a backend waits for a lock in a statement on `table` (polled outside any transaction: the activity
-    view is a snapshot for the whole of one)."""
+async def wait_until_blocked_on(database_url: str, table: str, waiting: int = 1) -> None:
+    """Until `waiting` backends wait for a lock in a statement on `table` (polled outside any transaction: the
+    activity view is a snapshot for the whole of one)."""
     deadline = time.monotonic() + WAIT_FOR_LOCK_S
     connection = await asyncpg.connect(database_url)
     try:
-        while not await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1", f"%{table}%"
+        while (
+            await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1", f"%{table}%"
+            )
+            < waiting
         ):
             assert time.monotonic() < deadline, f"nothing waited for a lock on {table}"
             await asyncio.sleep(POLL_INTERVAL_S)
