@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from shared.context import HeaderHook, header, nearest_forwarded, watch_response
+from proxy.headers import requested_host
+from shared.context import HeaderHook, header, watch_response
 from shared.errors import problem_response
 from shared.metrics import record_security_event
 from shared.types import ASGIApp, Receive, Scope, Send
@@ -142,7 +143,7 @@ class EdgeMiddleware:
             return
         if (
             self.public_hosts is not None
-            and self.public_host(scope, host) not in self.public_hosts
+            and self.public_host(scope) not in self.public_hosts
             and scope["path"] not in HOST_EXEMPT_PATHS
         ):
             hooks.append(self.secure)
@@ -156,12 +157,9 @@ class EdgeMiddleware:
             scope, receive, send, hooks, origin.decode("latin-1"), host.decode("latin-1") if host else None
         )
 
-    def public_host(self, scope: Scope, host: bytes | None) -> bytes | None:
-        if self.trusted_hops > 0:
-            forwarded = nearest_forwarded(v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-host")
-            if forwarded is not None:
-                return forwarded.lower().encode("latin-1")
-        return host.lower() if host is not None else None
+    def public_host(self, scope: Scope) -> bytes:
+        """The host checked is the `X-Forwarded-Host` the forwarder will send (`proxy.headers.requested_host`)."""
+        return requested_host(scope["headers"], self.trusted_hops).lower().encode("latin-1")
 
     async def _cross_origin(
         self, scope: Scope, receive: Receive, send: Send, hooks: list[HeaderHook], origin: str, host: str | None

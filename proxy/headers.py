@@ -49,6 +49,34 @@ def connection_tokens(value: str) -> set[str]:
     return {token.strip().lower() for token in value.split(",") if token.strip()}
 
 
+def public_host(host: str, forwarded_hosts: list[str], trusted_hops: int) -> str:
+    """The host the client asked for, which the Host allowlist checks and `X-Forwarded-Host` carries upstream: the
+    entry the nearest trusted proxy set when `trusted_hops` > 0 and there is one, else `host`. Both callers pass
+    only what the `Connection` header did not name (a review found the allowlist reading a forwarded host that was
+    then dropped, so `Connection: x-forwarded-host` sent an unchecked Host upstream)."""
+    return (nearest_forwarded(forwarded_hosts) if trusted_hops > 0 else None) or host
+
+
+def requested_host(raw: Iterable[tuple[bytes, bytes]], trusted_hops: int) -> str:
+    """`public_host` of a request's ASGI headers, with `upstream_request_headers`'s rules: the first `Host`, and
+    no header the `Connection` header names."""
+    host: str | None = None
+    forwarded: list[str] = []
+    named: set[str] = set()
+    for name, value in raw:
+        if name == b"host" and host is None:
+            host = value.decode("latin-1")
+        elif name == b"x-forwarded-host":
+            forwarded.append(value.decode("latin-1"))
+        elif name == b"connection":
+            named |= connection_tokens(value.decode("latin-1"))
+    if "x-forwarded-host" in named:
+        forwarded = []
+    if "host" in named:
+        host = None
+    return public_host(host or "", forwarded, trusted_hops)
+
+
 class UpstreamHead(NamedTuple):
     headers: Headers
     content_length: str | None  # the client's first Content-Length, as sent
@@ -101,11 +129,11 @@ def upstream_request_headers(
         chain = trusted_chain(incoming.get("x-forwarded-for", []), peer, trusted_hops)
         proto = (nearest_forwarded(incoming.get("x-forwarded-proto", [])) or "").lower()
         forwarded_proto = proto if proto in ("http", "https") else scheme
-        forwarded_host = nearest_forwarded(incoming.get("x-forwarded-host", [])) or host
+        forwarded_host = public_host(host, incoming.get("x-forwarded-host", []), trusted_hops)
     else:
         host = next((value for name, value in special if name == "host"), "")
         chain = [peer] if peer else []
-        forwarded_proto, forwarded_host = scheme, host
+        forwarded_proto, forwarded_host = scheme, public_host(host, [], trusted_hops)
     if chain:
         kept.append(("x-forwarded-for", ", ".join(chain)))
     kept.append(("x-forwarded-proto", forwarded_proto))

@@ -149,3 +149,25 @@ async def test_in_production_probes_and_scrapes_answer_any_host_and_proxied_rout
     assert await status("/metrics", "apgms-proxy:3000") == 401, "exempt from the host check, not from the credential"
     assert await status("/bank-lines", "10.0.0.7:3000") == 400
     assert await status("/bank-lines", "api.example.com") == 200
+
+
+async def test_a_forwarded_host_named_in_connection_is_neither_checked_nor_sent(
+    start_service: Any, http: aiohttp.ClientSession
+) -> None:
+    """The review: behind a trusted hop, `X-Forwarded-Host: api.example` passed the allowlist, the forwarder then
+    dropped it as named by `Connection` and sent the client's `Host: evil.example` upstream as X-Forwarded-Host."""
+    core = start_echo(start_service, "core")
+    proxy = production_proxy(start_service, {"core": [core.url]}, 1)
+
+    async def get(host: str, forwarded_host: str) -> tuple[int, Any]:
+        headers = {"host": host, "x-forwarded-host": forwarded_host, "connection": "x-forwarded-host"}
+        async with http.get(f"{proxy.url}/bank-lines", headers=headers) as response:
+            return response.status, await response.json(content_type=None)
+
+    status, body = await get("evil.example", "api.example")
+    assert (status, body.get("code")) == (400, "bad_host"), body
+    status, echo = await get("api.example", "evil.example")
+    assert status == 200
+    assert header_map(echo)["x-forwarded-host"] == "api.example", "the Host, checked, is what the service sees"
+    core.wait_for_log(lambda r: r.get("event") == "echo")
+    assert len([r for r in core.log_lines() if r.get("event") == "echo"]) == 1, "the refused request never got there"

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from proxy.headers import HOP_BY_HOP, downstream_response_headers, upstream_request_headers
+from proxy.edge import EdgeMiddleware
+from proxy.headers import HOP_BY_HOP, downstream_response_headers, requested_host, upstream_request_headers
+from shared.types import Message, Receive, Scope, Send
 
 REQUEST_ID = "ours-123"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -238,3 +240,62 @@ def test_downstream_response_headers_leave_date_and_server_to_our_server(name: s
 def test_response_header_values_pass_byte_for_byte() -> None:
     raw = [(b"Content-Disposition", 'attachment; filename="r\u00e9sum\u00e9.pdf"'.encode())]
     assert downstream_response_headers(raw) == [(b"content-disposition", raw[0][1])]
+
+
+# --- the host the allowlist checks is the host sent upstream (review of the issue #9 finding 11 fix) -------------
+
+PUBLIC = frozenset({b"api.example.com"})
+
+
+async def edge_status(headers: list[tuple[bytes, bytes]], trusted_hops: int) -> int:
+    """The status the production edge gives these headers on a proxied route (200: let through)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    edge = EdgeMiddleware(app, allowed_origins=frozenset(), public_hosts=PUBLIC, trusted_hops=trusted_hops, hsts=True)
+    scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": "/bank-lines", "headers": headers}
+    started: list[int] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            started.append(message["status"])
+
+    await edge(scope, receive, send)
+    return started[0]
+
+
+def sent_host(headers: list[tuple[bytes, bytes]], trusted_hops: int) -> str | None:
+    head = upstream_request_headers(
+        headers, peer="10.0.0.2", scheme="http", request_id="r", traceparent="t", trusted_hops=trusted_hops
+    )
+    return next((value for name, value in head.headers if name == "x-forwarded-host"), None)
+
+
+@pytest.mark.parametrize("trusted_hops", [0, 1, 2])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"host", b"evil.example"), (b"x-forwarded-host", b"api.example.com"), (b"connection", b"x-forwarded-host")],
+        [(b"host", b"evil.example"), (b"x-forwarded-host", b"api.example.com"), (b"connection", b"X-Forwarded-Host")],
+        [(b"host", b"api.example.com"), (b"x-forwarded-host", b"evil.example"), (b"connection", b"x-forwarded-host")],
+        [(b"host", b"evil.example"), (b"x-forwarded-host", b"api.example.com")],
+        [(b"host", b"api.example.com"), (b"x-forwarded-host", b"evil.example")],
+        [(b"host", b"api.example.com"), (b"connection", b"host"), (b"x-forwarded-host", b"api.example.com")],
+        [(b"host", b"api.example.com"), (b"connection", b"host")],
+        [(b"host", b"api.example.com"), (b"x-forwarded-host", b"evil.example, api.example.com")],
+    ],
+)
+async def test_the_edge_lets_through_exactly_the_requests_whose_forwarded_host_is_public(
+    headers: list[tuple[bytes, bytes]], trusted_hops: int
+) -> None:
+    """The review: `Connection: x-forwarded-host` made the edge check the forwarded host while the forwarder dropped
+    it and sent the client's Host (`evil.example`) upstream as `X-Forwarded-Host`."""
+    sent = sent_host(headers, trusted_hops)
+    assert requested_host(headers, trusted_hops) == (sent or "")
+    expected = 200 if sent is not None and sent.lower().encode() in PUBLIC else 400
+    assert await edge_status(headers, trusted_hops) == expected
