@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
-from services.auth.emails import canonical_email
+from services.auth.emails import EMAIL_MAX_CHARS, canonical_email
 from services.auth.passwords import MIN_PASSWORD_CHARS
 
 EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$"
@@ -21,7 +21,7 @@ def _canonical_if_text(value: Any) -> Any:
 
 # Canonicalised (services/auth/emails.py) before the shape is checked, so ` Ann@Example.com` and its fullwidth
 # spelling are one address, and anything the rule refuses is a 400 naming the field.
-Email = Annotated[str, BeforeValidator(_canonical_if_text), Field(pattern=EMAIL_PATTERN, max_length=320)]
+Email = Annotated[str, BeforeValidator(_canonical_if_text), Field(pattern=EMAIL_PATTERN, max_length=EMAIL_MAX_CHARS)]
 
 
 class Strict(BaseModel):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+import unicodedata
+from types import SimpleNamespace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.auth.emails import canonical_email, email_key
+from services.auth import emails
+from services.auth.emails import EMAIL_MAX_CHARS, canonical_email, email_key
 
 ADDRESS = "Jessie.Auditor@Demo.APGMS.example"
 
@@ -65,3 +70,38 @@ def test_a_key_is_printable_lower_case_ascii_and_its_own_key(text: str) -> None:
     assert key == key.lower() == key.casefold()
     assert email_key(key) == key
     assert email_key(canonical_email(text)) == key
+
+
+@pytest.mark.parametrize("text", ["a" * 321, "\u33c2" * 340_000, " " * 400 + ADDRESS])
+def test_text_over_the_limit_is_refused_before_it_is_normalised(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def normalise(*_: object) -> str:
+        raise AssertionError("normalised text over the limit")
+
+    monkeypatch.setattr(emails, "unicodedata", SimpleNamespace(normalize=normalise))
+    with pytest.raises(ValueError, match=f"at most {EMAIL_MAX_CHARS} characters"):
+        email_key(text)
+
+
+def test_an_address_of_exactly_the_limit_is_a_key() -> None:
+    address = "a" * 64 + "@" + "b" * (EMAIL_MAX_CHARS - 64 - 1 - len(".example")) + ".example"
+    assert len(address) == EMAIL_MAX_CHARS
+    assert email_key(address) == address
+
+
+@given(st.text(max_size=40))
+def test_nfkc_never_shortens_a_text_it_makes_ascii(text: str) -> None:
+    """Why refusing text over the limit before NFKC loses no address but space-padded ones (emails.py)."""
+    normalised = unicodedata.normalize("NFKC", text)
+    if normalised.isascii():
+        assert len(normalised) >= len(text)
+
+
+def test_no_character_nfkc_makes_ascii_is_shorter_after_it() -> None:
+    """The same, exhaustively for single characters; composition only ever produces non-ASCII characters."""
+    for point in range(sys.maxunicode + 1):
+        character = chr(point)
+        normalised = unicodedata.normalize("NFKC", character)
+        if normalised.isascii():
+            assert len(normalised) >= 1, hex(point)
+        if unicodedata.normalize("NFD", character) != character:
+            assert not character.isascii(), hex(point)
