@@ -179,6 +179,7 @@ def load_proxy_settings(environ: Mapping[str, str] | None = None) -> ProxySettin
         max_requests_per_client=env.integer("PROXY_MAX_REQUESTS_PER_CLIENT", MAX_REQUESTS_PER_CLIENT, minimum=1),
         body=BodyPolicy(
             buffer_max_bytes=env.integer("PROXY_BUFFER_MAX_BYTES", BodyPolicy.buffer_max_bytes, minimum=0),
+            buffer_total_bytes=env.integer("PROXY_BUFFER_TOTAL_BYTES", BodyPolicy.buffer_total_bytes, minimum=0),
             idle_timeout_s=env.number("PROXY_BODY_IDLE_TIMEOUT_S", BodyPolicy.idle_timeout_s, minimum=0.01),
             total_timeout_s=env.number("PROXY_BODY_TIMEOUT_S", BodyPolicy.total_timeout_s, minimum=0.01),
         ),

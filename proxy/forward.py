@@ -19,6 +19,8 @@ Failures, each an RFC 9457 problem with the request ID:
     499 (logged, not sent)    the client closed the connection before its declared Content-Length arrived
     502 upstream_unavailable  connection to the instance failed (idempotent methods were retried elsewhere)
     503 service_unavailable   no healthy instance, or the regulator route is at its concurrency limit
+    503 service_unavailable   buffering the body would take the process past `buffer_total_bytes`; the
+                              connection is closed
     503 upstream_busy         no pooled connection to the service came free within the pool wait
     504 upstream_timeout      no response headers within the route's timeout
 """
@@ -30,7 +32,7 @@ import functools
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -45,6 +47,8 @@ from proxy.limits import (
     BodyReader,
     BodyTimedOut,
     BodyTooLarge,
+    BufferBudget,
+    BuffersFull,
     ClientCap,
     PoolGate,
     discard_body,
@@ -136,6 +140,11 @@ class Forwarder:
     clients: ClientCap
     body: BodyPolicy
     is_draining: Callable[[], bool] = lambda: False
+    # The bytes of bodies being buffered, process-wide (sized by `body.buffer_total_bytes` in `__post_init__`).
+    buffers: BufferBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.buffers = BufferBudget(self.body.buffer_total_bytes)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
         """The coroutine that answers this request. Routing needs no waiting, so it is done here, before any
@@ -168,6 +177,7 @@ class Forwarder:
                 headers={"retry-after": RETRY_AFTER_S, "connection": "close"},
             )(scope, receive, send)
             return
+        reader: BodyReader | None = None
         try:
             peer = scope.get("client")
             headers, declared, chunked = upstream_request_headers(
@@ -191,7 +201,7 @@ class Forwarder:
             stream: BodyReader | None = None
             if length or chunked:  # GETs and other bodiless requests skip all of this
                 deadline = asyncio.get_running_loop().time() + self.body.total_timeout_s
-                reader = BodyReader(receive, route.max_body_bytes, self.body.idle_timeout_s, deadline)
+                reader = BodyReader(receive, route.max_body_bytes, self.body.idle_timeout_s, deadline, self.buffers)
                 if route.max_body_bytes > self.body.buffer_max_bytes:
                     stream = reader
                 elif (data := await reader.read()) is None:
@@ -231,6 +241,8 @@ class Forwarder:
                 await self._discard_rest(receive)
         finally:
             self.clients.leave(client)
+            if reader is not None:
+                reader.release()
 
     async def _refuse_body(
         self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute, *, holding: bool = False
@@ -265,6 +277,13 @@ class Forwarder:
     ) -> None:
         if reader.failure is BodyTooLarge:
             await self._refuse_body(scope, receive, send, route, holding=holding)
+        elif reader.failure is BuffersFull:
+            log.warning("request_buffers_full", limit_bytes=self.buffers.limit_bytes)
+            await problem_response(
+                "service_unavailable",
+                "The gateway is holding too many request bodies; retry",
+                headers={"retry-after": RETRY_AFTER_S, "connection": "close"},
+            )(scope, receive, send)
         elif reader.failure is BodyTimedOut:
             await problem_response(
                 "request_timeout",

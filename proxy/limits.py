@@ -20,6 +20,9 @@ LINGER_IDLE_S = 1.0
 # Routes whose body limit is at most this read the body whole before taking an upstream connection; the others
 # (bulk import, 20 MiB) stream it. nginx buffers request bodies the same way.
 BUFFER_MAX_BYTES = 1 * MiB
+# Bytes of request bodies the whole process may hold while buffering them (503 past it): the per-address cap
+# bounds one address (64 x 1 MiB), not many.
+BUFFER_TOTAL_BYTES = 256 * MiB
 # 408 after this long without a byte of the body, or when the whole body has not arrived within the total.
 BODY_IDLE_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 60.0
@@ -67,12 +70,37 @@ class ClientDisconnected(BodyError):
     pass
 
 
+class BuffersFull(BodyError):
+    """Buffering this body would take the process past its `BufferBudget`."""
+
+
+class BufferBudget:
+    """The bytes of request bodies being buffered by the whole process, at most `limit_bytes`. A reader takes its
+    bytes as they arrive, so a client pays for what it has sent, not what it declared, and the request gives them
+    back when it ends (`BodyReader.release`)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit_bytes:
+            return False
+        self.used += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+
+
 @dataclass(frozen=True)
 class BodyPolicy:
     """How request bodies are read: whole up to `buffer_max_bytes` of route limit (streamed above it), and within
-    two deadlines, per read and for the whole body (408 past either)."""
+    two deadlines, per read and for the whole body (408 past either); at most `buffer_total_bytes` buffered by
+    the process at once (503 past it)."""
 
     buffer_max_bytes: int = BUFFER_MAX_BYTES
+    buffer_total_bytes: int = BUFFER_TOTAL_BYTES
     idle_timeout_s: float = BODY_IDLE_TIMEOUT_S
     total_timeout_s: float = BODY_TIMEOUT_S
 
@@ -88,7 +116,9 @@ class BodyReader:
     limit: int
     idle_s: float
     deadline: float  # the event loop's time by which the whole body must have arrived
+    budget: BufferBudget | None = None  # taken from by `read`, not by `chunks` (a streamed body is not held)
     received: int = 0
+    reserved: int = 0  # bytes taken from the budget
     started: bool = False
     failure: type[BodyError] | None = None
 
@@ -105,11 +135,23 @@ class BodyReader:
             # The client went away, or the server gave up on a malformed body (bad chunked encoding).
             self.failure = ClientDisconnected
             return None
-        self.received += len(message.get("body", b""))
+        size = len(message.get("body", b""))
+        self.received += size
         if self.received > self.limit:
             self.failure = BodyTooLarge
             return None
+        if self.budget is not None and not self.started:
+            if not self.budget.take(size):
+                self.failure = BuffersFull
+                return None
+            self.reserved += size
         return message
+
+    def release(self) -> None:
+        """Gives the buffered bytes back to the budget (the request is over); idempotent."""
+        if self.budget is not None and self.reserved:
+            self.budget.give_back(self.reserved)
+            self.reserved = 0
 
     async def read(self) -> bytes | None:
         """The whole body, or None when it failed."""

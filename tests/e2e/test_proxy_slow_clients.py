@@ -190,3 +190,37 @@ async def test_trickling_bodies_take_no_regulator_slot(start_service) -> None:
         assert response.status == 200, await response.text()
     answers = await asyncio.wait_for(asyncio.gather(*tricklers), timeout=12)
     assert [status_of(answer) for answer in answers] == [408] * 5
+
+
+async def test_bodies_buffered_at_once_are_bounded_process_wide_and_given_back(start_service) -> None:
+    """The review of the fix: every request may hold up to 1 MiB for up to 60 s, and the per-address cap bounds one
+    address, not many. Past PROXY_BUFFER_TOTAL_BYTES a body is refused (503 with Retry-After) instead of held."""
+    core = start_echo(start_service, "core")
+    proxy = start_proxy(
+        start_service, {"core": [core.url]}, PROXY_BUFFER_TOTAL_BYTES="100000", PROXY_BODY_IDLE_TIMEOUT_S="10"
+    )
+    head = b"POST /bank-lines HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n"
+    holders = []
+    for _ in range(2):  # 80,000 bytes held, each body 20,000 short of its Content-Length
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(head + b" " * 40000)
+        await writer.drain()
+        holders.append((reader, writer))
+    await asyncio.sleep(0.5)  # let the proxy read what they sent (nothing to await: it answers nothing yet)
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(head + b" " * 40000)
+    answer = await asyncio.wait_for(reader.read(65536), timeout=5)
+    writer.close()
+    assert (status_of(answer), problem_code(answer)) == (503, "service_unavailable"), answer[:300]
+    assert b"\r\nretry-after: 1\r\n" in answer.lower()
+
+    first_reader, first_writer = holders[0]
+    first_writer.write(b" " * 20000)  # the first completes: its bytes are given back when its request ends
+    assert status_of(await asyncio.wait_for(first_reader.read(65536), timeout=5)) == 200
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(head + b" " * 60000)
+    assert status_of(await asyncio.wait_for(reader.read(65536), timeout=5)) == 200
+    for _, holder in [*holders, (reader, writer)]:
+        holder.close()
+    assert proxy.wait_for_log(lambda r: r.get("event") == "request_buffers_full")

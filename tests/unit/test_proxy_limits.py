@@ -9,7 +9,16 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from proxy.limits import BodyReader, BodyTimedOut, BodyTooLarge, ClientCap, ClientDisconnected, PoolGate
+from proxy.limits import (
+    BodyReader,
+    BodyTimedOut,
+    BodyTooLarge,
+    BufferBudget,
+    BuffersFull,
+    ClientCap,
+    ClientDisconnected,
+    PoolGate,
+)
 from shared.types import Message
 
 
@@ -129,3 +138,45 @@ async def test_a_waiter_cancelled_after_being_handed_a_connection_passes_it_on()
     with pytest.raises(asyncio.CancelledError):
         await cancelled
     assert await asyncio.wait_for(after, 1) is True
+
+
+# --- the process-wide budget of buffered bodies (review of the issue #9 finding 2 fix) ----------------------------
+
+
+def budgeted(receive: Callable[[], Awaitable[Message]], budget: BufferBudget, limit: int = 100) -> BodyReader:
+    return BodyReader(receive, limit, 1.0, asyncio.get_running_loop().time() + 5.0, budget)
+
+
+async def test_bodies_buffered_at_once_share_one_budget_and_give_it_back() -> None:
+    """Each request may hold its route's limit (1 MiB) for 60 s, and the per-address cap bounds one address only:
+    many addresses together are bounded by the budget."""
+    budget = BufferBudget(150)
+    first = budgeted(receiving(body(b"a" * 100)), budget)
+    assert await first.read() == b"a" * 100
+    assert budget.used == 100
+    second = budgeted(receiving(body(b"b" * 40, True), body(b"b" * 40)), budget)
+    assert await second.read() is None
+    assert second.failure is BuffersFull
+    assert budget.used == 140, "what it had buffered stays taken until its request ends"
+    second.release()
+    first.release()
+    first.release()  # idempotent: the forwarder releases in a finally whatever happened before
+    assert budget.used == 0
+    third = budgeted(receiving(body(b"c" * 100)), budget)
+    assert await third.read() == b"c" * 100
+
+
+async def test_a_body_that_fails_otherwise_gives_back_what_it_took() -> None:
+    budget = BufferBudget(1000)
+    quiet = BodyReader(receiving(body(b"x" * 30, True)), 100, 0.05, asyncio.get_running_loop().time() + 5.0, budget)
+    assert await quiet.read() is None
+    assert (quiet.failure, budget.used) == (BodyTimedOut, 30)
+    quiet.release()
+    assert budget.used == 0
+
+
+async def test_a_streamed_body_takes_nothing_from_the_budget() -> None:
+    budget = BufferBudget(10)
+    streamed = budgeted(receiving(body(b"ab" * 20, True), body(b"c" * 40)), budget)
+    assert [chunk async for chunk in streamed.chunks()] == [b"ab" * 20, b"c" * 40]
+    assert budget.used == 0
