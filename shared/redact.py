@@ -13,8 +13,13 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 REDACTED = "[REDACTED]"
-# Base32 TOTP secrets this long or longer are masked: 80 bits, RFC 4226's minimum (ours have 32 characters).
-TOTP_SECRET_MIN_CHARS = 16
+# What the auth service makes (services/auth/mfa.py; tests/unit/test_shared_redact.py keeps them equal): TOTP
+# secrets of exactly 32 base32 characters, recovery codes `xxxx-xxxx-xxxx` in Crockford's base32 (no i, l, o, u)
+# with at least one letter that is not a hex digit. Matching exactly these, not any run of 16 capitals or any
+# 4-4-4 group, keeps ordinary text readable: `INTERNAL_SERVER_ERROR`-style words, `time-zone-area`, and hex
+# request ids such as `a9f3-4b2c-8d1e`, which log correlation needs.
+TOTP_SECRET_CHARS = 32
+RECOVERY_CODE_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
 # Any character outside ASCII but Unicode's white space (what `\s` matches), as a character class.
 _NON_ASCII_VISIBLE = (
@@ -28,6 +33,17 @@ SECRET_FIELD = re.compile(
     r"\btfn|\babn|\bbsb|account[_-]?(number|no)|card[_-]?number",
     re.IGNORECASE,
 )
+
+
+def _recovery_code_pattern() -> str:
+    """Three groups of four of the alphabet, all lower or all upper case, not all of them hex digits."""
+    cases = []
+    for alphabet, hex_digits in ((RECOVERY_CODE_ALPHABET, "0-9a-f"), (RECOVERY_CODE_ALPHABET.upper(), "0-9A-F")):
+        group = f"[{alphabet}]{{4}}"
+        not_hex = "".join(c for c in alphabet if c not in "0123456789abcdefABCDEF")
+        cases.append(f"(?=[{hex_digits}-]*[{not_hex}]){group}-{group}-{group}")
+    return rf"(?:(?<![\w-])|(?<=%[0-9A-Fa-f]{{2}}))(?:{'|'.join(cases)})(?![\w-])"
+
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [REDACTED]"),
@@ -66,13 +82,17 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<!\w)(?<!\d\.)\d{3}[ -]?\d{3}[ -]?\d{2,3}(?!\w|\.\d)"), "[REDACTED:tfn]"),
     # Any other long run of digits is taken as an account number.
     (re.compile(r"(?<!\w)(?<!\d\.)\d{6,}(?!\w|\.\d)"), "[REDACTED:number]"),
-    # Recovery codes as services/auth/mfa.py prints them (`abcd-efgh-jkmn`), in either case; a fourth group makes
-    # it a hyphenated word, not a code.
-    (re.compile(r"(?<![\w-])[0-9A-Za-z]{4}-[0-9A-Za-z]{4}-[0-9A-Za-z]{4}(?![\w-])"), "[REDACTED:recovery_code]"),
-    # TOTP secrets: base32 (RFC 4648), 16 characters (80 bits) or more, as authenticators and otpauth URIs show
-    # them. Anywhere, not only as a word: a secret glued to other text is still the secret. Last, so that an email
-    # or a digit run with such a part is caught whole first.
-    (re.compile(rf"[A-Z2-7]{{{TOTP_SECRET_MIN_CHARS},}}"), "[REDACTED:totp_secret]"),
+    # Recovery codes as services/auth/mfa.py prints them (`7k2m-q9xz-h4tb`), or all upper case as someone may
+    # retype them; a fourth group makes it a hyphenated word, not a code. A %XX escape before it still counts as
+    # a boundary (a code in an encoded URL).
+    (re.compile(_recovery_code_pattern()), "[REDACTED:recovery_code]"),
+    # TOTP secrets: exactly our length of base32 (RFC 4648), as a word of its own or after a %XX escape (an
+    # otpauth URI inside an encoded URL). Last, so that an email or a digit run with such a part is caught whole
+    # first. `secret=...` (the otpauth URI, a form) and `"secret": "..."` are the named-pair pattern's.
+    (
+        re.compile(rf"(?:(?<![A-Za-z0-9])|(?<=%[0-9A-Fa-f]{{2}}))[A-Z2-7]{{{TOTP_SECRET_CHARS}}}(?![A-Za-z0-9])"),
+        "[REDACTED:totp_secret]",
+    ),
 )
 
 # Values of these fields are ours and never PII; scanning them would mangle ids, timings and status codes.
@@ -95,11 +115,11 @@ _TRUSTED_FIELDS = frozenset(
     }
 )
 # Every pattern above needs one of these: a digit, "@", "=", ":", "eyJ", "bearer" or "basic", two hyphens (a
-# recovery code), or an upper-case ASCII letter in a text of 16 characters or more (a TOTP secret). A string with
+# recovery code), or an upper-case ASCII letter in a text of 32 characters or more (a TOTP secret). A string with
 # none cannot match, so most log values (event names, paths) skip the scan. tests/unit/test_shared_redact.py
 # checks that this never changes a result.
 _MAYBE_SENSITIVE = re.compile(  # \d: the digit patterns match any Unicode digit
-    rf"[\d@=:]|eyJ|(?i:bearer|basic)|-[^-]*-|\A(?=[\s\S]{{{TOTP_SECRET_MIN_CHARS}}})[\s\S]*?[A-Z]"
+    rf"[\d@=:]|eyJ|(?i:bearer|basic)|-[^-]*-|\A(?=[\s\S]{{{TOTP_SECRET_CHARS}}})[\s\S]*?[A-Z]"
 )
 _SENSITIVE_CHARACTERS = frozenset("0123456789@=:")
 
@@ -112,7 +132,7 @@ def _maybe_sensitive(text: str) -> bool:
     if not _SENSITIVE_CHARACTERS.isdisjoint(text) or "eyJ" in text:
         return True
     lowered = text.lower()
-    if "bearer" in lowered or "basic" in lowered or (lowered != text and len(text) >= TOTP_SECRET_MIN_CHARS):
+    if "bearer" in lowered or "basic" in lowered or (lowered != text and len(text) >= TOTP_SECRET_CHARS):
         return True
     # A method call costs several times an `in`: counted only in text with a hyphen (most paths have none).
     return "-" in text and text.count("-") >= 2

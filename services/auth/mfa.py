@@ -66,6 +66,7 @@ MFA_LOCKOUT_S = 300.0
 
 _TOTP_CODE = re.compile(r"[0-9]{6}")
 # What people type for the letters Crockford's alphabet leaves out.
+_HEX_OR_HYPHEN = frozenset("0123456789abcdef-")
 _RECOVERY_LOOKALIKES = str.maketrans({"o": "0", "i": "1", "l": "1", "-": None, " ": None})
 _ENROL_FIRST = "Enrol an authenticator first: POST /auth/mfa/totp/begin"
 _ALREADY_ENROLLED = "An authenticator is already enrolled; to replace it, POST /auth/mfa/totp/begin again"
@@ -109,11 +110,17 @@ def matching_step(
 
 
 def new_recovery_code() -> str:
-    """`xxxx-xxxx-xxxx` in lower-case Crockford base32: 60 random bits."""
-    groups = (
-        "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(RECOVERY_GROUP_CHARS)) for _ in range(RECOVERY_GROUPS)
-    )
-    return "-".join(groups)
+    """`xxxx-xxxx-xxxx` in lower-case Crockford base32: 60 random bits, less the 1 in 4096 codes made only of hex
+    digits, which are drawn again: log redaction (shared/redact.py) tells a code from a hex request id by a
+    letter after `f`."""
+    while True:
+        groups = (
+            "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(RECOVERY_GROUP_CHARS))
+            for _ in range(RECOVERY_GROUPS)
+        )
+        code = "-".join(groups)
+        if not set(code) <= _HEX_OR_HYPHEN:
+            return code
 
 
 def normalise_recovery_code(text: str) -> str | None:

@@ -75,3 +75,17 @@ async def test_no_credential_reaches_the_log_after_login_refresh_and_totp_enrolm
     assert leaked == [], "\n".join(auth.output()[-20:])
     paths_logged = [line["path"] for line in auth.log_lines() if line.get("event") == "request"]
     assert sum("[REDACTED" in path for path in paths_logged) >= len(paths), paths_logged
+
+
+async def test_request_ids_and_upper_case_words_are_logged_as_they_are(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    """Redaction matches our secrets' formats, not any 4-4-4 group or run of capitals: a hex id, a zone name and
+    an upper-case word in a path reach the log whole (they were `[REDACTED:recovery_code]` and
+    `[REDACTED:totp_secret]`)."""
+    auth = start_service("auth")
+    path = "/auth/reports/a9f3-4b2c-8d1e/time-zone-area/ORGANISATIONREPORTGENERATED"
+    status, _, _ = await call(http, "GET", auth.url + path, headers={"x-request-id": "abcd-1234-ef56"})
+    assert status in (401, 404, 405)
+    line = await auth.wait_for_log_async(lambda line: line.get("event") == "request" and "reports" in line["path"])
+    assert line["path"] == path

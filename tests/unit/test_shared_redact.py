@@ -12,7 +12,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from services.auth.mfa import RECOVERY_ALPHABET, new_recovery_code, new_totp_secret, otpauth_uri
+from services.auth.mfa import (
+    RECOVERY_ALPHABET,
+    RECOVERY_GROUP_CHARS,
+    RECOVERY_GROUPS,
+    TOTP_SECRET_CHARS,
+    new_recovery_code,
+    new_totp_secret,
+    otpauth_uri,
+)
+from shared import redact
 from shared.redact import (
     _MAYBE_SENSITIVE,
     _NON_ASCII_VISIBLE,
@@ -68,7 +77,11 @@ PII_CASES = [
     pytest.param("retry with refresh_token=Zm9vYmFyYmF6cXV4 later", "Zm9vYmFyYmF6cXV4", id="refresh-token-in-text"),
     pytest.param("GET /cb?access_token=abcDEFghiJKL&state=x", "abcDEFghiJKL", id="access-token-in-query"),
     pytest.param('body {"refresh_token": "abc-def_ghi", "x": 1}', "abc-def_ghi", id="refresh-token-in-json"),
-    pytest.param("enrolled with JBSWY3DPEHPK3PXP today", "JBSWY3DPEHPK3PXP", id="totp-secret"),
+    pytest.param("enrolled with JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PX7 today", "JBSWY3DPEHPK3PXP", id="totp-secret"),
+    pytest.param(
+        "qr?chl=otpauth%3A%2F%2Ftotp%2FX%3Fsecret%3DJBSWY3DPEHPK3PXPJBSWY3DPEHPK3PX7%26i", "JBSW", id="totp-url-encoded"
+    ),
+    pytest.param('{"secret":"JBSWY3DPEHPK3PXP"}', "JBSWY3DPEHPK3PXP", id="totp-secret-json-field"),
     pytest.param(
         "otpauth://totp/APGMS:admin%40demo.apgms.example?secret=JBSWY3DPEHPK3PXP&issuer=APGMS",
         "JBSWY3DPEHPK3PXP",
@@ -81,6 +94,7 @@ PII_CASES = [
     ),
     pytest.param("used recovery code 7k2m-q9xz-h4tb once", "7k2m-q9xz-h4tb", id="recovery-code"),
     pytest.param("used recovery code ABCD-EFGH-JKMN once", "ABCD-EFGH-JKMN", id="recovery-code-upper-case"),
+    pytest.param("GET /mfa%2F7k2m-q9xz-h4tb", "7k2m-q9xz-h4tb", id="recovery-code-url-encoded"),
     pytest.param("login for aud\u0130tor@demo.apgms.example", "tor@demo", id="email-dotted-capital-i"),
     pytest.param("login for aud\u0130tor@demo.apgms.example", "aud\u0130", id="email-non-ascii-local-part"),
     pytest.param("contact j\u00f6rg@b\u00fccher.example today", "j\u00f6rg", id="email-non-ascii-domain"),
@@ -275,12 +289,30 @@ def test_property_a_named_token_in_text_never_survives(
 
 
 BASE32 = string.ascii_uppercase + "234567"
+TOTP_SECRETS = st.text(alphabet=BASE32, min_size=TOTP_SECRET_CHARS, max_size=TOTP_SECRET_CHARS)
+HEX = "0123456789abcdef"
+# Text around what must survive: nothing any pattern could take (no digit, "@", ":", "=", hyphen, capital or "b").
+PLAIN_FILLER = st.text(alphabet="acdefghijklmnopqrstuvwxyz .,", max_size=40)
+# As new_recovery_code makes them: not every character a hex digit.
+RECOVERY_GROUP_LISTS = st.lists(
+    st.text(alphabet=RECOVERY_ALPHABET, min_size=RECOVERY_GROUP_CHARS, max_size=RECOVERY_GROUP_CHARS),
+    min_size=RECOVERY_GROUPS,
+    max_size=RECOVERY_GROUPS,
+).filter(lambda groups: not set("".join(groups)) <= set(HEX))
+
+
+def test_the_formats_are_the_auth_services() -> None:
+    assert redact.TOTP_SECRET_CHARS == TOTP_SECRET_CHARS == len(new_totp_secret())
+    assert redact.RECOVERY_CODE_ALPHABET == RECOVERY_ALPHABET
+    codes = [new_recovery_code() for _ in range(2000)]
+    assert all(re.fullmatch(r"[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{4}", code) for code in codes)
+    assert not any(set(code) <= set(HEX + "-") for code in codes)
 
 
 @settings(database=None, deadline=None)
-@given(before=FILLER, secret=st.text(alphabet=BASE32, min_size=16, max_size=64), after=FILLER, uri=st.booleans())
-@example(before="", secret="JBSWY3DPEHPK3PXP", after="", uri=False)
-@example(before="x", secret="ABCDEFGHIJKLMNOP", after="y", uri=True)
+@given(before=FILLER, secret=TOTP_SECRETS, after=FILLER, uri=st.booleans())
+@example(before="", secret="JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PX7", after="", uri=False)
+@example(before="x", secret="ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", after="y", uri=True)
 def test_property_a_totp_secret_never_survives(before: str, secret: str, after: str, uri: bool) -> None:
     embedded = f"otpauth://totp/APGMS:jane%40example.com?secret={secret}&issuer=APGMS" if uri else secret
     redacted = redact_text(f"{before} {embedded} {after}")
@@ -291,7 +323,7 @@ def test_property_a_totp_secret_never_survives(before: str, secret: str, after: 
 @settings(database=None, deadline=None)
 @given(
     before=FILLER,
-    groups=st.lists(st.text(alphabet=RECOVERY_ALPHABET, min_size=4, max_size=4), min_size=3, max_size=3),
+    groups=RECOVERY_GROUP_LISTS,
     upper=st.booleans(),
     after=FILLER,
 )
@@ -301,6 +333,45 @@ def test_property_a_recovery_code_never_survives(before: str, groups: list[str],
     redacted = redact_text(f"{before} {code} {after}")
     assert code not in redacted
     assert "[REDACTED:recovery_code]" in redacted
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ORGANISATIONREPORTGENERATED",
+        "ValueError: ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567X",  # 33 characters: not a secret of ours
+        "INTERNAL_SERVER_ERROR_WHILE_RENDERING_THE_REPORT",
+        "time-zone-area",
+        "a9f3-4b2c-8d1e",
+        "x-request-id: abcd-1234-ef56",
+        "request abcd-1234-ef56 failed",
+        "A9F3-4B2C-8D1E",
+        "long-term-plan",
+    ],
+)
+def test_ordinary_upper_case_words_and_hex_groups_survive(text: str) -> None:
+    assert redact_text(text) == text
+
+
+@settings(database=None, deadline=None)
+@given(
+    before=FILLER, groups=st.lists(st.text(alphabet=HEX, min_size=4, max_size=4), min_size=3, max_size=3), after=FILLER
+)
+def test_property_hex_groups_such_as_request_ids_survive(before: str, groups: list[str], after: str) -> None:
+    text = f"{before} x-request-id: {'-'.join(groups)} {after}"
+    assert redact_text(text) == text
+
+
+@settings(database=None, deadline=None)
+@given(
+    word=st.text(alphabet=string.ascii_uppercase + "_", min_size=16, max_size=31),
+    before=PLAIN_FILLER,
+    after=PLAIN_FILLER,
+)
+def test_property_upper_case_words_shorter_than_a_secret_survive(word: str, before: str, after: str) -> None:
+    text = f"{before} {word} {after}"
+    assert redact_text(text) == text
 
 
 def test_generated_secrets_of_the_auth_service_never_survive() -> None:
@@ -416,6 +487,12 @@ SENSITIVE_PIECES = st.sampled_from(
         "Q",
         "abcd-",
         "efgh-jkmn",
+        "a9f3-",
+        "4b2c-8d1e",
+        "GHJK-",
+        "%3D",
+        "%2f",
+        "JBSWY3DPEHPK3PX7",
         "%40",
         "aud\u0130tor",
         "j\u00f6rg",
