@@ -1,4 +1,20 @@
-"""All SQL of the auth service. Functions take a connection so callers choose the transaction."""
+"""All SQL of the auth service. Functions take a connection so callers choose the transaction.
+
+Lock order. A transaction that locks more than one of these takes them in this order, skipping any it does not
+need, and never one earlier in the list after one later:
+
+1. user rows (`lock_users` FOR UPDATE for a change to the user; `role_for_new_tokens` and `refresh_token_for_update`
+   FOR SHARE for whatever mints or ends the user's tokens), several users in id order;
+2. the refresh family's advisory lock (`refresh_token_for_update`, `session_is_live`);
+3. refresh-token rows (FOR UPDATE / FOR SHARE, or the UPDATEs that rotate and revoke them).
+
+A path that took them in another order deadlocked with one that kept it: a refresh held its token row and waited
+for the user row to mint, while a disable held the user row and waited to revoke that token row, and PostgreSQL
+aborted one of them (a 500). Revoking all of a user's tokens (disable, MFA reset) holds the user row FOR UPDATE,
+so no refresh, logout or step-up of that user is between its family lock and its commit meanwhile, and its
+UPDATE, a statement begun after that lock, sees every token they minted: an MFA reset that locked no user row
+missed the token a concurrent refresh minted, which outlived the reset (docs/decisions.md).
+"""
 
 from __future__ import annotations
 
@@ -228,7 +244,11 @@ async def role_for_new_tokens(conn: asyncpg.Connection, user_id: uuid.UUID) -> s
 async def session_is_live(conn: asyncpg.Connection, family_id: uuid.UUID) -> bool:
     """Whether the refresh family `family_id` still has an unrevoked token, those rows share-locked until the
     transaction ends: a logout, a reuse, a disable or an MFA reset revoking them waits for it (then its
-    revocation covers what was minted in it), and one that committed first is seen (issue #9, finding 7)."""
+    revocation covers what was minted in it), and one that committed first is seen (issue #9, finding 7). The caller
+    holds the user's row (`role_for_new_tokens`): the lock order in the module docstring."""
+    # The family lock first (module docstring): share-locking the family's rows one by one while a logout held
+    # one and revoked the others deadlocked.
+    await _lock_family(conn, family_id)
     rows = await conn.fetch(
         "SELECT id FROM auth.refresh_tokens WHERE family_id = $1 AND revoked_at IS NULL FOR SHARE", family_id
     )
@@ -236,7 +256,8 @@ async def session_is_live(conn: asyncpg.Connection, family_id: uuid.UUID) -> boo
 
 
 async def revoke_user_refresh_tokens(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
-    """Revoke every refresh family of a user (disabled: re-enabling them must not revive their old sessions)."""
+    """Revoke every refresh family of a user (disabled: re-enabling them must not revive their old sessions). Call
+    holding the user's row FOR UPDATE (`lock_users`, `reset_mfa`): the lock order in the module docstring."""
     result: str = await conn.execute(
         "UPDATE auth.refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", user_id
     )
@@ -274,19 +295,28 @@ async def insert_refresh_token(
     )
 
 
-async def refresh_token_for_update(conn: asyncpg.Connection, token_hash: bytes) -> RefreshToken | None:
-    """The token row, read after its whole family is locked for the rest of the transaction.
-
-    Every change to a family (rotate, revoke on reuse, logout) happens under this lock, so a revocation sees every
-    token minted before it and a rotation after it sees the revocation: locking only the presented row let a
-    concurrent rotation mint a token the revoking UPDATE's snapshot could not see (issue #9, finding 3)."""
-    family_id = await conn.fetchval("SELECT family_id FROM auth.refresh_tokens WHERE token_hash = $1", token_hash)
-    if family_id is None:
-        return None
+async def _lock_family(conn: asyncpg.Connection, family_id: uuid.UUID) -> None:
     await conn.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))", REFRESH_FAMILY_LOCK_CLASS, family_id
     )
-    # A new statement after the lock: in READ COMMITTED it sees what the previous holder committed.
+
+
+async def refresh_token_for_update(conn: asyncpg.Connection, token_hash: bytes) -> RefreshToken | None:
+    """The token row, read after its user's row is share-locked and its whole family locked for the rest of the
+    transaction, in the lock order of the module docstring.
+
+    Every change to a family (rotate, revoke on reuse, logout) happens under the family lock, so a revocation sees
+    every token minted before it and a rotation after it sees the revocation: locking only the presented row let a
+    concurrent rotation mint a token the revoking UPDATE's snapshot could not see (issue #9, finding 3). The user's
+    row comes first because minting share-locks it (`role_for_new_tokens`) and a disable locks it before revoking
+    the token rows."""
+    # A token's family and user never change: read them without a lock to know what to lock.
+    owner = await conn.fetchrow("SELECT family_id, user_id FROM auth.refresh_tokens WHERE token_hash = $1", token_hash)
+    if owner is None:
+        return None
+    await conn.execute("SELECT 1 FROM auth.users WHERE id = $1 FOR SHARE", owner["user_id"])
+    await _lock_family(conn, owner["family_id"])
+    # A new statement after the locks: in READ COMMITTED it sees what the previous holder committed.
     row = await conn.fetchrow(
         """
         SELECT id, family_id, user_id, amr, auth_time, expires_at, rotated_at, revoked_at, family_started_at
@@ -464,9 +494,11 @@ async def confirm_totp_replacement(
 
 async def reset_mfa(conn: asyncpg.Connection, org_id: uuid.UUID, user_id: uuid.UUID) -> bool:
     """Remove the user's authenticator and recovery codes (they enrol again); False when `org_id` has no such
-    user. Call in a transaction."""
-    if not await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM auth.users WHERE id = $1 AND org_id = $2)", user_id, org_id
+    user. Call in a transaction: the user's row stays locked until it ends, so the caller's revocation of the
+    user's refresh tokens sees every token minted before it and none is minted after (the module's lock order)."""
+    if (
+        await conn.fetchval("SELECT id FROM auth.users WHERE id = $1 AND org_id = $2 FOR UPDATE", user_id, org_id)
+        is None
     ):
         return False
     await conn.execute("DELETE FROM auth.totp_credentials WHERE user_id = $1", user_id)
