@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from services.auth import store
 from services.auth.emails import email_key
 from services.auth.keys import SigningKeys
-from services.auth.models import LoginRequest, Me, RefreshRequest, TokenResponse
+from services.auth.models import LoginRequest, Me, RefreshRequest, TokenResponse, UserSummary
 from services.auth.passwords import passwords_match, token_hash
 from shared.authz import guard
 from shared.config import Settings
@@ -117,7 +117,9 @@ class Issuer:
             access_token=await self.access_token(user, amr, auth_time, session_id=str(family_id)),
             refresh_token=refresh,
             expires_in=ACCESS_TOKEN_TTL_S,
-            user={"id": str(user.id), "org_id": str(user.org_id), "role": user.role, "mfa_enrolled": user.mfa_enrolled},
+            user=UserSummary.model_validate(
+                {"id": str(user.id), "org_id": str(user.org_id), "role": user.role, "mfa_enrolled": user.mfa_enrolled}
+            ),
         ).model_dump(exclude_none=True)
 
 
