@@ -66,3 +66,14 @@ async def login(http: aiohttp.ClientSession, base_url: str, email: str, password
     status, body, _ = await call(http, "POST", f"{base_url}/auth/login", json={"email": email, "password": password})
     assert status == 200, body
     return dict(body)
+
+
+async def create_user(
+    http: aiohttp.ClientSession, base_url: str, admin_token: str, email: str, role: str
+) -> dict[str, Any]:
+    """`POST /users` as `admin_token` (an admin's, stepped up), with password `PASSWORD`: the new user's JSON."""
+    status, created, _ = await call(
+        http, "POST", f"{base_url}/users", token=admin_token, json={"email": email, "password": PASSWORD, "role": role}
+    )
+    assert status == 201, created
+    return created

@@ -16,7 +16,7 @@ import asyncio
 
 import asyncpg
 import pytest
-from auth_support import PASSWORD, call, login
+from auth_support import call, create_user, login
 from test_auth_mfa import enrol, step_up
 from test_auth_step_up_revocation import wait_until_blocked_on
 from test_auth_tokens import admin_claims, server_key
@@ -37,14 +37,7 @@ async def test_a_session_call_racing_a_disable_or_mfa_reset_neither_fails_nor_ou
     auth = start_service("auth")
     await login(http, auth.url, org.email("finance"))  # creates the first signing key
     acting_admin = sign(admin_claims(org), await server_key(database_url))
-    status, created, _ = await call(
-        http,
-        "POST",
-        f"{auth.url}/users",
-        token=acting_admin,
-        json={"email": f"raced.user.{org.id.hex[:8]}@example.com", "password": PASSWORD, "role": "finance"},
-    )
-    assert status == 201, created
+    created = await create_user(http, auth.url, acting_admin, f"raced.user.{org.id.hex[:8]}@example.com", "finance")
     session = await login(http, auth.url, f"raced.user.{org.id.hex[:8]}@example.com")
     # Rotated once, so the family has two live rows for the revoking UPDATEs to take in some order.
     status, rotated, _ = await call(

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from auth_support import PASSWORD, call, login
+from auth_support import PASSWORD, call, create_user, login
 from test_auth_step_up_revocation import wait_until_blocked_on
 from test_auth_tokens import admin_claims, server_key
 
@@ -59,14 +59,7 @@ async def test_tokens_stop_working_on_every_service_within_5_s(start_service, ht
     await login(http, auth.url, org.email("finance"))  # creates the first signing key
     acting_admin = sign(admin_claims(org), await server_key(database_url))  # stepped up, another admin
     victim_email = f"second.admin.{org.id.hex[:8]}@example.com"
-    status, created, _ = await call(
-        http,
-        "POST",
-        f"{auth.url}/users",
-        token=acting_admin,
-        json={"email": victim_email, "password": PASSWORD, "role": "admin"},
-    )
-    assert status == 201, created
+    created = await create_user(http, auth.url, acting_admin, victim_email, "admin")
     session = await login(http, auth.url, victim_email)
     other_session = await login(http, other_auth.url, victim_email)
     urls = [f"{auth.url}/users", f"{other_auth.url}/users", f"{guarded.url}/whoami"]
@@ -179,14 +172,7 @@ async def test_a_login_racing_a_role_change_gets_no_token_that_outlives_it(
     survivors = []
     for trial in range(ROLE_CHANGE_TRIALS):
         email = f"racer.{trial}.{org.id.hex[:8]}@example.com"
-        status, created, _ = await call(
-            http,
-            "POST",
-            f"{auth.url}/users",
-            token=acting_admin,
-            json={"email": email, "password": PASSWORD, "role": "admin"},
-        )
-        assert status == 201, created
+        created = await create_user(http, auth.url, acting_admin, email, "admin")
         demoted = asyncio.Event()
 
         async def demote(user_id: str, done: asyncio.Event) -> None:
@@ -233,14 +219,9 @@ async def test_two_admins_demoting_each_other_at_once_leave_the_org_an_admin(
     await login(http, auth.url, org.email("finance"))  # creates the first signing key
     key = await server_key(database_url)
     first = org.users["admin"]
-    status, created, _ = await call(
-        http,
-        "POST",
-        f"{auth.url}/users",
-        token=sign(admin_claims(org), key),
-        json={"email": f"other.admin.{org.id.hex[:8]}@example.com", "password": PASSWORD, "role": "admin"},
+    created = await create_user(
+        http, auth.url, sign(admin_claims(org), key), f"other.admin.{org.id.hex[:8]}@example.com", "admin"
     )
-    assert status == 201, created
     second_id = created["id"]
     tokens = {str(first.id): sign(admin_claims(org), key), second_id: sign(admin_claims(org, sub=second_id), key)}
 

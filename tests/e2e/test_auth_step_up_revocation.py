@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import jwt
 import pytest
-from auth_support import PASSWORD, call, login
+from auth_support import call, create_user, login
 from test_auth_mfa import enrol, step_up
 from test_auth_tokens import admin_claims, server_key
 
@@ -57,14 +57,7 @@ async def test_a_step_up_racing_a_change_gets_no_token_that_outlives_it(
     await login(http, auth.url, org.email("finance"))  # creates the first signing key
     acting_admin = sign(admin_claims(org), await server_key(database_url))
     email = f"stepping.admin.{org.id.hex[:8]}@example.com"
-    status, created, _ = await call(
-        http,
-        "POST",
-        f"{auth.url}/users",
-        token=acting_admin,
-        json={"email": email, "password": PASSWORD, "role": "admin"},
-    )
-    assert status == 201, created
+    created = await create_user(http, auth.url, acting_admin, email, "admin")
     session = await login(http, auth.url, email)
     _, recovery_codes, _ = await enrol(http, auth.url, session["access_token"])
 
