@@ -1,0 +1,319 @@
+"""The audit trail: one hash chain per org, one record per state change or PII read, checked by `verify`.
+
+    AuditRecord       one row: org_id, seq, at, actor, action, target, request_id, detail, prev_hash, hash
+    next_record       the record that follows `prev` in its org's chain (seq + 1, linked, hashed)
+    verify(rows)      VerifyResult: how many rows hold, and the first broken link (its seq and why)
+
+The hash, so that a verifier outside this code can recompute it (`chain_hash`):
+
+    hash = lowercase hex of sha256(bytes.fromhex(prev_hash) || JCS(row))
+
+where JCS is RFC 8785 canonical JSON and `row` is the JSON object of every column except `hash`:
+
+    org_id      string, the UUID in lowercase 8-4-4-4-12 form
+    seq         integer, 1 for an org's first record, then +1 with no gap (at most 2**53 - 1, JSON's exact range)
+    at          string, UTC with exactly six fraction digits and a Z: "2026-11-27T21:55:37.000000Z"
+    actor       string: "user:<uuid>", "client:<client id>", "regulator:<name>" or "system"
+    action      string, dotted lowercase name ("user.create", "pii.read")
+    target      string, an identifier of what was acted on
+    request_id  string, or null when no request caused it
+    detail      object, the record's detail as stored in jsonb: strings, integers, booleans, null, arrays and
+                objects, no floats (amounts are 2-place strings, `shared.money`); no plaintext PII: ids, not
+                names or emails
+    prev_hash   string, the previous record's hash; for seq 1, `GENESIS_HASH` (64 zeros)
+
+A chain shows edits, deletions and reordering of the rows it holds, not a rewrite of its tail: whoever can write
+the table can delete the last rows, or recompute every hash after the row they change. `verify` catches that only
+against an `Anchor` (a seq and hash published where the writer cannot change it, such as a regulator's copy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
+
+import orjson
+
+from shared.canonical import canonical_json
+from shared.context import REQUEST_ID_PATTERN
+
+__all__ = [
+    "FIRST_SEQ",
+    "GENESIS_HASH",
+    "HASHED_FIELDS",
+    "MAX_ACTION_CHARS",
+    "MAX_DETAIL_BYTES",
+    "MAX_SEQ",
+    "MAX_TARGET_CHARS",
+    "Actor",
+    "ActorKind",
+    "Anchor",
+    "AuditRecord",
+    "BrokenLink",
+    "InvalidAuditField",
+    "VerifyResult",
+    "chain_hash",
+    "hashed_fields",
+    "next_record",
+    "parse_actor",
+    "verify",
+]
+
+FIRST_SEQ = 1
+# JSON numbers are exact only up to 2**53 - 1 (RFC 8785 section 3.2.2.3); rfc8785 refuses integers past it.
+MAX_SEQ = 2**53 - 1
+HASH_HEX_CHARS = hashlib.sha256().digest_size * 2
+# Zeros rather than the digest of a phrase: a verifier needs nothing but this text to check the first link.
+GENESIS_HASH = "0" * HASH_HEX_CHARS
+MAX_ACTION_CHARS = 64
+MAX_TARGET_CHARS = 256
+# A detail summarises a change (ids, old and new states, amounts); a bound keeps request bodies, and the PII in
+# them, from being copied in whole.
+MAX_DETAIL_BYTES = 16 * 1024
+# The columns under the hash besides prev_hash, in the order of the docstring's table.
+HASHED_FIELDS = ("org_id", "seq", "at", "actor", "action", "target", "request_id", "detail")
+
+ActorKind = Literal["user", "client", "regulator", "system"]
+ACTOR_KINDS: tuple[ActorKind, ...] = get_args(ActorKind)
+
+_HASH = re.compile(f"[0-9a-f]{{{HASH_HEX_CHARS}}}")
+# Client ids and regulator names are handles, never emails or names: the chain is kept for years and shown to
+# regulators, so it holds no PII.
+_ACTOR_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_ACTION = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
+_TARGET = re.compile(r"[\x21-\x7e]+")
+
+
+class InvalidAuditField(ValueError):
+    """A record cannot be written as asked; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acted: a user, an API client, a regulator, or the system itself (`id` None)."""
+
+    kind: ActorKind
+    id: str | None
+
+    def __str__(self) -> str:
+        return self.kind if self.id is None else f"{self.kind}:{self.id}"
+
+
+def parse_actor(text: str) -> Actor:
+    """The actor named by `text`; `InvalidAuditField` unless it is exactly `user:<uuid>` (lowercase, hyphenated),
+    `client:<id>`, `regulator:<name>` or `system`, so one actor is always written one way."""
+    if text == "system":
+        return Actor("system", None)
+    kind, sep, ident = text.partition(":")
+    if not sep or kind not in ACTOR_KINDS or kind == "system" or not _ACTOR_ID.fullmatch(ident):
+        raise InvalidAuditField(f"actor must be user:<uuid>, client:<id>, regulator:<name> or system, not {text!r}")
+    if kind == "user" and not _is_canonical_uuid(ident):
+        raise InvalidAuditField(f"a user actor is user:<uuid> in lowercase 8-4-4-4-12 form, not {text!r}")
+    return Actor(kind, ident)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One row of an org's chain, as stored. Built by `next_record`; read back from storage as it is, unchecked,
+    so that `verify` can report a tampered row rather than fail to load it."""
+
+    org_id: uuid.UUID
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    request_id: str | None
+    detail: Mapping[str, Any]
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A link known from outside the table (an export, a regulator's copy): row `seq` must have `hash`."""
+
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class BrokenLink:
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """`checked` rows hold, in order from seq 1; `broken` is the first link that does not, or None."""
+
+    checked: int
+    broken: BrokenLink | None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+
+def hashed_fields(
+    *,
+    org_id: uuid.UUID,
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    target: str,
+    request_id: str | None,
+    detail: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The columns under the hash besides prev_hash, as `chain_hash` takes them (`canonical_json` writes the UUID
+    and the datetime in the forms the module docstring gives)."""
+    return {
+        "org_id": org_id,
+        "seq": seq,
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "request_id": request_id,
+        "detail": detail,
+    }
+
+
+def chain_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
+    """sha256(bytes of `prev_hash` || JCS of `fields` with `prev_hash` added), in lowercase hex. `fields` are
+    exactly `HASHED_FIELDS`, encoded by `hashed_fields`."""
+    if not _HASH.fullmatch(prev_hash):
+        raise InvalidAuditField(f"prev_hash must be {HASH_HEX_CHARS} lowercase hex digits")
+    if set(fields) != set(HASHED_FIELDS):
+        raise InvalidAuditField(f"hashed fields must be exactly {', '.join(HASHED_FIELDS)}")
+    row = canonical_json({**fields, "prev_hash": prev_hash})
+    return hashlib.sha256(bytes.fromhex(prev_hash) + row).hexdigest()
+
+
+def next_record(
+    prev: AuditRecord | None,
+    org_id: uuid.UUID,
+    at: datetime,
+    actor: str,
+    action: str,
+    target: str,
+    request_id: str | None,
+    detail: Mapping[str, Any],
+) -> AuditRecord:
+    """The record after `prev` (None: the org's first) in `org_id`'s chain, validated and hashed.
+    `InvalidAuditField` names the first field that cannot be written; `detail` is kept as the JSON it hashes as."""
+    if prev is not None and prev.org_id != org_id:
+        raise InvalidAuditField(f"prev belongs to org {prev.org_id}, not {org_id}")
+    seq = FIRST_SEQ if prev is None else prev.seq + 1
+    if seq > MAX_SEQ:
+        raise InvalidAuditField(f"seq would pass {MAX_SEQ}")
+    parse_actor(actor)
+    if len(action) > MAX_ACTION_CHARS or not _ACTION.fullmatch(action):
+        raise InvalidAuditField(f"action must be a dotted lowercase name of at most {MAX_ACTION_CHARS} characters")
+    if len(target) > MAX_TARGET_CHARS or not _TARGET.fullmatch(target):
+        raise InvalidAuditField(f"target must be 1-{MAX_TARGET_CHARS} visible ASCII characters")
+    if request_id is not None and not REQUEST_ID_PATTERN.fullmatch(request_id):
+        raise InvalidAuditField("request_id must be a request id as the request context accepts it")
+    if at.utcoffset() is None:
+        raise InvalidAuditField("at must be timezone-aware: a naive time names no instant")
+    if not isinstance(detail, Mapping):
+        raise InvalidAuditField("detail must be a JSON object")
+    try:
+        detail_bytes = canonical_json(detail)
+    except (TypeError, ValueError) as exc:
+        raise InvalidAuditField(f"detail is not canonical JSON: {exc}") from exc
+    if len(detail_bytes) > MAX_DETAIL_BYTES:
+        raise InvalidAuditField(f"detail is {len(detail_bytes)} bytes as JSON, over {MAX_DETAIL_BYTES}")
+    # Stored as parsed back: the caller's dict cannot change under the hash, and storage returns what was hashed.
+    json_detail = orjson.loads(detail_bytes)
+    at = at.astimezone(UTC)
+    fields = hashed_fields(
+        org_id=org_id,
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action,
+        target=target,
+        request_id=request_id,
+        detail=json_detail,
+    )
+    prev_hash = GENESIS_HASH if prev is None else prev.hash
+    return AuditRecord(
+        org_id=org_id,
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action,
+        target=target,
+        request_id=request_id,
+        detail=json_detail,
+        prev_hash=prev_hash,
+        hash=chain_hash(prev_hash, fields),
+    )
+
+
+def verify(rows: Iterable[AuditRecord], *, anchor: Anchor | None = None) -> VerifyResult:
+    """Check one org's rows, given in seq order from seq 1; stop at the first broken link. A row is reported at
+    the seq its position should hold: an edited row at its own, a deleted one at its seq (the gap), rows out of
+    order at the first misplaced position. With `anchor`, the chain must reach it and hold its hash there."""
+    org_id: uuid.UUID | None = None
+    expected_seq, expected_prev, checked = FIRST_SEQ, GENESIS_HASH, 0
+    for row in rows:
+        reason = _fault(row, org_id, expected_seq, expected_prev)
+        if reason is None and anchor is not None and anchor.seq == expected_seq and row.hash != anchor.hash:
+            reason = f"row {expected_seq} is not the anchored row"
+        if reason is not None:
+            return VerifyResult(checked, BrokenLink(expected_seq, reason))
+        org_id, expected_prev = row.org_id, row.hash
+        expected_seq, checked = expected_seq + 1, checked + 1
+    if anchor is not None and anchor.seq >= expected_seq:
+        reason = f"chain ends at row {expected_seq - 1}, before anchored row {anchor.seq}"
+        return VerifyResult(checked, BrokenLink(expected_seq, reason))
+    return VerifyResult(checked, None)
+
+
+def _fault(row: AuditRecord, org_id: uuid.UUID | None, expected_seq: int, expected_prev: str) -> str | None:
+    # Content first, so an edit of any column (seq and org_id included) is reported as an edit of this row.
+    if _recomputed_hash(row) != row.hash:
+        return f"row {expected_seq} was edited"
+    if org_id is not None and row.org_id != org_id:
+        return f"row {expected_seq} belongs to org {row.org_id}, not {org_id}"
+    if row.seq > expected_seq:
+        return f"seq gap: expected {expected_seq}, found {row.seq}"
+    if row.seq < expected_seq:  # every seq below expected_seq has been seen
+        return f"seq repeat: expected {expected_seq}, found {row.seq}"
+    if row.prev_hash != expected_prev:
+        if expected_seq == FIRST_SEQ:
+            return f"row {FIRST_SEQ} does not start the chain"
+        return f"row {expected_seq} does not follow row {expected_seq - 1}"
+    return None
+
+
+def _recomputed_hash(row: AuditRecord) -> str | None:
+    try:
+        fields = hashed_fields(
+            org_id=row.org_id,
+            seq=row.seq,
+            at=row.at,
+            actor=row.actor,
+            action=row.action,
+            target=row.target,
+            request_id=row.request_id,
+            detail=row.detail,
+        )
+        return chain_hash(row.prev_hash, fields)
+    except (TypeError, ValueError):  # a column no writer could have produced
+        return None
+
+
+def _is_canonical_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
