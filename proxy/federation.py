@@ -108,11 +108,6 @@ class Matcher:
 class Selector:
     matchers: tuple[Matcher, ...]
 
-    @property
-    def exact_name(self) -> str | None:
-        """The metric name an `__name__="x"` matcher requires, if there is one."""
-        return next((m.value for m in self.matchers if m.label == "__name__" and m.op == "="), None)
-
     def matches(self, name: str, labels: dict[str, str]) -> bool:
         return all(m.matches(name if m.label == "__name__" else labels.get(m.label, "")) for m in self.matchers)
 
