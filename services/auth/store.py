@@ -496,10 +496,7 @@ async def reset_mfa(conn: asyncpg.Connection, org_id: uuid.UUID, user_id: uuid.U
     """Remove the user's authenticator and recovery codes (they enrol again); False when `org_id` has no such
     user. Call in a transaction: the user's row stays locked until it ends, so the caller's revocation of the
     user's refresh tokens sees every token minted before it and none is minted after (the module's lock order)."""
-    if (
-        await conn.fetchval("SELECT id FROM auth.users WHERE id = $1 AND org_id = $2 FOR UPDATE", user_id, org_id)
-        is None
-    ):
+    if not await lock_users(conn, org_id, [user_id]):
         return False
     await conn.execute("DELETE FROM auth.totp_credentials WHERE user_id = $1", user_id)
     await conn.execute("DELETE FROM auth.recovery_codes WHERE user_id = $1", user_id)
