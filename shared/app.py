@@ -48,10 +48,10 @@ class Runtime:
     settings: Settings
     health: Health
     in_flight: InFlight
+    revocations: Revocations
     db: Database | None = None
     redis: aioredis.Redis | None = None
     verifier: Verifier | None = None
-    revocations: Revocations | None = None
     on_startup: list[Hook] = field(default_factory=list)
     on_shutdown: list[Hook] = field(default_factory=list)
     closing: asyncio.Task[None] | None = None

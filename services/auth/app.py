@@ -44,9 +44,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.box = box
         app.state.login_guard = LoginGuard(make_backend(rt.redis))
         # The auth service verifies its own tokens from its own keys, not over HTTP to itself.
-        rt.verifier = new_verifier(
-            keys.jwks, settings.token_issuer, USER_AUDIENCE, rt.revocations.refuses if rt.revocations else None
-        )
+        rt.verifier = new_verifier(keys.jwks, settings.token_issuer, USER_AUDIENCE, rt.revocations.refuses)
 
     runtime.on_startup.append(start)
     return app

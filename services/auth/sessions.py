@@ -32,7 +32,6 @@ from shared.errors import ApiError
 from shared.metrics import record_security_event
 from shared.openapi import documented
 from shared.ratelimit import LoginGuard, rate_limited_error
-from shared.revocation import Revocations
 from shared.tokens import ACCESS_TOKEN_TTL_S, USER_AUDIENCE, Principal, access_claims, sign
 from shared.validation import parse_body
 
@@ -144,11 +143,6 @@ def live_family(row: store.RefreshToken, now: datetime) -> bool:
     return row.expires_at > now and row.family_started_at + REFRESH_FAMILY_MAX_AGE > now
 
 
-def _revocations(request: Request) -> Revocations:
-    revocations: Revocations = request.app.state.runtime.revocations
-    return revocations
-
-
 def _deps(request: Request) -> tuple[asyncpg.Pool, Issuer, LoginGuard]:
     state = request.app.state
     return state.runtime.db.pool, state.issuer, state.login_guard
@@ -222,7 +216,7 @@ async def refresh(request: Request) -> Response:
                 return JSONResponse(tokens)
     if reused is not None:
         # Whoever holds the family's access tokens, the thief or the user, loses them too.
-        await _revocations(request).revoke(session_id=str(reused.family_id))
+        await request.app.state.runtime.revocations.revoke(session_id=str(reused.family_id))
         record_security_event("token.invalid", reason="refresh token reused", principal=str(reused.user_id))
     raise ApiError("invalid_token", "The refresh token is invalid, expired or revoked")
 
@@ -237,7 +231,7 @@ async def logout(request: Request) -> Response:
             await store.revoke_family(conn, row.family_id)
     if row is not None:
         # The session's access tokens stop working on every service within seconds, not at their expiry.
-        await _revocations(request).revoke(session_id=str(row.family_id))
+        await request.app.state.runtime.revocations.revoke(session_id=str(row.family_id))
     return Response(status_code=204)
 
 
