@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import secrets
 import uuid
@@ -20,7 +19,7 @@ from apgms.devservers import DATABASE_ERRORS, LocalPostgres, redact_url
 from apgms.seed import SeedError, demo_password, logins_table, password_line, seed_demo
 from services.auth.keys import PUBLISH_AHEAD_S, RETIRE_AFTER_S, rotate
 from services.auth.oauth import ClientError, create_client
-from shared.config import MASTER_KEY_BYTES, ConfigError, Env, Settings, environ_with_dotenv, load_settings, read_dotenv
+from shared.config import ConfigError, Env, Settings, environ_with_dotenv, load_settings, new_master_key, read_dotenv
 from shared.crypto import SecretBox
 from shared.migrations import MigrationError, ServiceStatus, migrate, status
 
@@ -238,7 +237,7 @@ COMPOSE_PASSWORD_BYTES = 32
 
 def compose_secret(name: str) -> str:
     if name.endswith("MASTER_KEY"):
-        return base64.b64encode(os.urandom(MASTER_KEY_BYTES)).decode()
+        return new_master_key()
     return secrets.token_urlsafe(COMPOSE_PASSWORD_BYTES)  # URL-safe: it goes into DATABASE_URL and REDIS_URL
 
 

@@ -9,7 +9,6 @@ with backoff when they crash, except on exit code 2, a configuration error, whic
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import signal
 import socket
@@ -38,12 +37,12 @@ from apgms.devservers import (
 from apgms.localredis import LocalRedis
 from apgms.seed import DemoSeed, SeedError, demo_password, seed_demo
 from shared.config import (
-    MASTER_KEY_BYTES,
     PROXY_PORT,
     SERVICE_PORTS,
     ConfigError,
     environ_with_dotenv,
     load_settings,
+    new_master_key,
 )
 from shared.crypto import SecretBox
 
@@ -145,7 +144,7 @@ def dev_master_key(directory: Path) -> str:
         descriptor, draft_name = tempfile.mkstemp(prefix=f".{MASTER_KEY_FILE}.", dir=directory)  # mode 0600
         draft = Path(draft_name)
         with os.fdopen(descriptor, "w") as file:
-            file.write(base64.b64encode(os.urandom(MASTER_KEY_BYTES)).decode() + "\n")
+            file.write(new_master_key() + "\n")
         try:
             os.link(draft, path)
         except FileExistsError:
@@ -435,9 +434,15 @@ async def run_dev(
     postgres: LocalPostgres | None = None
     redis: LocalRedis | None = None
     try:
-        if (dev_dir(env) / "pg" / "PG_VERSION").exists() and not (dev_dir(env) / MASTER_KEY_FILE).exists():
+        data_dir = dev_dir(env)
+        own_key_or_database = env.get("APGMS_MASTER_KEY") or env.get("DATABASE_URL")
+        if (
+            (data_dir / "pg" / "PG_VERSION").exists()
+            and not (data_dir / MASTER_KEY_FILE).exists()
+            and not own_key_or_database
+        ):
             console.print(
-                f"[yellow]The data in {shown_path(dev_dir(env))} was made before each checkout had a master key of "
+                f"[yellow]The data in {shown_path(data_dir)} was made before each checkout had a master key of "
                 "its own: what it sealed (signing keys, TOTP secrets) does not open with the new key. Remove that "
                 "directory to start afresh.[/]"
             )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import shutil
 import signal
@@ -51,6 +50,7 @@ from services.auth.passwords import (  # noqa: E402
     hash_password,
     verify_password,
 )
+from shared.config import new_master_key  # noqa: E402
 from shared.migrations import migrate  # noqa: E402
 from shared.revocation import refused, session_entry, user_entry  # noqa: E402
 from shared.tokens import (  # noqa: E402
@@ -187,7 +187,7 @@ def auth_service(dsn: str, port: int, workdir: Path) -> Iterator[subprocess.Pope
     env = {
         **os.environ,
         "APGMS_ENV": "test",
-        "APGMS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),  # a throwaway database: a throwaway key
+        "APGMS_MASTER_KEY": new_master_key(),  # a throwaway database: a throwaway key
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "DATABASE_URL": dsn,

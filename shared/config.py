@@ -256,3 +256,8 @@ def load_settings(
         token_issuer=env.text("TOKEN_ISSUER", DEFAULT_TOKEN_ISSUER),
         auth_url=env.text("AUTH_URL", f"http://127.0.0.1:{SERVICE_PORTS['auth']}").rstrip("/"),
     )
+
+
+def new_master_key() -> str:
+    """A fresh random master key, base64-encoded as `APGMS_MASTER_KEY` takes it."""
+    return base64.b64encode(os.urandom(MASTER_KEY_BYTES)).decode()

@@ -9,7 +9,6 @@ instead; the databases it creates there have unique names and are dropped afterw
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from apgms.devservers import (
     free_port,
 )
 from apgms.localredis import LocalRedis
+from shared.config import new_master_key
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DATABASE = "apgms_template"
@@ -61,7 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, _interrupt)
     # One random master key per session (there is no built-in one): service processes and CLI runs inherit it, and
     # tests that open what a service sealed read it from os.environ.
-    os.environ.setdefault("APGMS_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
+    os.environ.setdefault("APGMS_MASTER_KEY", new_master_key())
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from apgms.seed import DEMO_ORG_NAME, DEMO_USERS, DEV_DEMO_PASSWORD
 from services.auth import store
 from services.auth.keys import SigningKeys, add_active_key
 from services.auth.passwords import verify_password
-from shared.config import Secret
+from shared.config import Secret, new_master_key
 from shared.crypto import SecretBox
 from shared.tokens import USER_AUDIENCE, access_claims, sign, verify
 
@@ -97,7 +97,7 @@ async def test_seed_is_idempotent_and_enrols_the_admin_in_totp(database_url: str
 async def test_seed_takes_the_password_from_the_environment_and_refuses_the_default_in_production(
     database_url: str, conn: asyncpg.Connection
 ) -> None:
-    production_key = base64.b64encode(os.urandom(32)).decode()
+    production_key = new_master_key()
     code, _, err = await run(database_url, "seed", APGMS_ENV="production", APGMS_MASTER_KEY=production_key)
     assert code == 1
     assert err.strip() == "error: APGMS_DEMO_PASSWORD is required when APGMS_ENV=production"

@@ -3,20 +3,17 @@ is neither adopted nor in the way."""
 
 from __future__ import annotations
 
-import base64
-import os
-
 import asyncpg
 
 from apgms.seed import DEMO_ORG_NAME, DEMO_USERS, DEV_DEMO_PASSWORD, seed_demo
 from services.auth import store
 from services.auth.passwords import hash_password
-from shared.config import Secret
+from shared.config import Secret, new_master_key
 from shared.crypto import SecretBox
 
 
 async def test_a_demo_address_in_another_org_is_left_alone(database_url: str) -> None:
-    box = SecretBox(Secret(base64.b64encode(os.urandom(32)).decode()))
+    box = SecretBox(Secret(new_master_key()))
     conn = await asyncpg.connect(database_url)
     try:
         other_org = await store.create_org(conn, "Someone Else Pty Ltd")
