@@ -160,29 +160,10 @@ class VerifyResult:
         return self.broken is None
 
 
-def hashed_fields(
-    *,
-    org_id: uuid.UUID,
-    seq: int,
-    at: datetime,
-    actor: str,
-    action: str,
-    target: str,
-    request_id: str | None,
-    detail: Mapping[str, Any],
-) -> dict[str, Any]:
-    """The columns under the hash besides prev_hash, as `chain_hash` takes them (`canonical_json` writes the UUID
-    and the datetime in the forms the module docstring gives)."""
-    return {
-        "org_id": org_id,
-        "seq": seq,
-        "at": at,
-        "actor": actor,
-        "action": action,
-        "target": target,
-        "request_id": request_id,
-        "detail": detail,
-    }
+def hashed_fields(record: AuditRecord) -> dict[str, Any]:
+    """The record's columns under the hash besides prev_hash (`HASHED_FIELDS`), as `chain_hash` takes them
+    (`canonical_json` writes the UUID and the datetime in the forms the module docstring gives)."""
+    return {name: getattr(record, name) for name in HASHED_FIELDS}
 
 
 def chain_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
@@ -233,29 +214,18 @@ def next_record(
     # Stored as parsed back: the caller's dict cannot change under the hash, and storage returns what was hashed.
     json_detail = orjson.loads(detail_bytes)
     at = at.astimezone(UTC)
-    fields = hashed_fields(
-        org_id=org_id,
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=action,
-        target=target,
-        request_id=request_id,
-        detail=json_detail,
-    )
+    fields: dict[str, Any] = {
+        "org_id": org_id,
+        "seq": seq,
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "request_id": request_id,
+        "detail": json_detail,
+    }
     prev_hash = GENESIS_HASH if prev is None else prev.hash
-    return AuditRecord(
-        org_id=org_id,
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=action,
-        target=target,
-        request_id=request_id,
-        detail=json_detail,
-        prev_hash=prev_hash,
-        hash=chain_hash(prev_hash, fields),
-    )
+    return AuditRecord(**fields, prev_hash=prev_hash, hash=chain_hash(prev_hash, fields))
 
 
 def verify(rows: Iterable[AuditRecord], *, anchor: Anchor | None = None) -> VerifyResult:
@@ -297,17 +267,7 @@ def _fault(row: AuditRecord, org_id: uuid.UUID | None, expected_seq: int, expect
 
 def _recomputed_hash(row: AuditRecord) -> str | None:
     try:
-        fields = hashed_fields(
-            org_id=row.org_id,
-            seq=row.seq,
-            at=row.at,
-            actor=row.actor,
-            action=row.action,
-            target=row.target,
-            request_id=row.request_id,
-            detail=row.detail,
-        )
-        return chain_hash(row.prev_hash, fields)
+        return chain_hash(row.prev_hash, hashed_fields(row))
     except (TypeError, ValueError):  # a column no writer could have produced
         return None
 
