@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from shared.context import nearest_forwarded
+from shared.context import believed_scheme, nearest_forwarded
 
 Headers = list[tuple[str, str]]
 
@@ -118,22 +118,15 @@ def upstream_request_headers(
         kept = [(name, value) for name, value in kept if name not in named]
         special = [(name, value) for name, value in special if name not in named]
 
-    host = ""
-    if trusted_hops > 0:
-        incoming: dict[str, list[str]] = {}
+    host = next((value for name, value in special if name == "host"), "")
+    incoming: dict[str, list[str]] = {}
+    if trusted_hops > 0:  # with no trusted hop, the client's own forwarding headers are never read
         for name, value in special:
             if name in FORWARDING:
                 incoming.setdefault(name, []).append(value)
-            elif name == "host" and not host:
-                host = value
-        chain = trusted_chain(incoming.get("x-forwarded-for", []), peer, trusted_hops)
-        proto = (nearest_forwarded(incoming.get("x-forwarded-proto", [])) or "").lower()
-        forwarded_proto = proto if proto in ("http", "https") else scheme
-        forwarded_host = public_host(host, incoming.get("x-forwarded-host", []), trusted_hops)
-    else:
-        host = next((value for name, value in special if name == "host"), "")
-        chain = [peer] if peer else []
-        forwarded_proto, forwarded_host = scheme, public_host(host, [], trusted_hops)
+    chain = trusted_chain(incoming.get("x-forwarded-for", []), peer, trusted_hops)
+    forwarded_proto = believed_scheme(incoming.get("x-forwarded-proto", []), scheme)
+    forwarded_host = public_host(host, incoming.get("x-forwarded-host", []), trusted_hops)
     if chain:
         kept.append(("x-forwarded-for", ", ".join(chain)))
     kept.append(("x-forwarded-proto", forwarded_proto))

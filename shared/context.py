@@ -112,8 +112,13 @@ def forwarded_scheme(scope: Scope, trusted_hops: int) -> str:
     own = str(scope.get("scheme", "http"))
     if trusted_hops <= 0:
         return own
-    said = nearest_forwarded(v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-proto")
-    said = said.lower() if said else None
+    return believed_scheme((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-proto"), own)
+
+
+def believed_scheme(lines: Iterable[str], own: str) -> str:
+    """The scheme the nearest proxy said in these `X-Forwarded-Proto` lines (`http` or `https`), else `own`: the
+    one rule for the services' HTTPS checks and the proxy's forwarded headers."""
+    said = (nearest_forwarded(lines) or "").lower()
     return said if said in ("http", "https") else own
 
 
