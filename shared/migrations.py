@@ -1,4 +1,5 @@
-"""Per-service SQL migrations: numbered `.sql` files under `services/<name>/migrations/`.
+"""SQL migrations: numbered `.sql` files, owned by `shared` (`shared/sql/`, the schemas every service writes to,
+such as the audit chain) or by one service (`services/<name>/migrations/`).
 
 `migrate` applies every pending file of every service in one transaction under an advisory lock (so two
 processes migrating at once serialise), recording each file's SHA-256. A file changed or removed after it was
@@ -16,7 +17,10 @@ from pathlib import Path
 import asyncpg
 
 SERVICES = ("auth", "core", "compliance", "regulator")
-MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "services"
+SHARED = "shared"
+# Apply order: shared first, since services' tables may refer to its schemas.
+OWNERS = (SHARED, *SERVICES)
+MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent
 FILE_PATTERN = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # Any fixed 64-bit number; every migrating process takes the same transaction-level lock.
 ADVISORY_LOCK_KEY = 0x41_50_47_4D_53_4D_49_47
@@ -75,11 +79,16 @@ class ServiceStatus:
         return not self.pending and not self.changed
 
 
-def discover(services: Iterable[str] = SERVICES, root: Path = MIGRATIONS_ROOT) -> list[MigrationFile]:
-    """Every migration file, in apply order (service order, then version)."""
+def migrations_folder(owner: str, root: Path = MIGRATIONS_ROOT) -> Path:
+    """Where `owner`'s files live under the project root `root`."""
+    return root / "shared" / "sql" if owner == SHARED else root / "services" / owner / "migrations"
+
+
+def discover(services: Iterable[str] = OWNERS, root: Path = MIGRATIONS_ROOT) -> list[MigrationFile]:
+    """Every migration file, in apply order (owner order, then version)."""
     found: list[MigrationFile] = []
     for service in services:
-        folder = root / service / "migrations"
+        folder = migrations_folder(service, root)
         versions: set[int] = set()
         for path in sorted(folder.glob("*.sql")):
             match = FILE_PATTERN.fullmatch(path.name)
@@ -111,7 +120,7 @@ def plan(files: Sequence[MigrationFile], applied: Sequence[AppliedMigration]) ->
 
 
 def summarise(
-    files: Sequence[MigrationFile], applied: Sequence[AppliedMigration], services: Iterable[str] = SERVICES
+    files: Sequence[MigrationFile], applied: Sequence[AppliedMigration], services: Iterable[str] = OWNERS
 ) -> list[ServiceStatus]:
     by_key = {(f.service, f.version): f for f in files}
     done = {(row.service, row.version): row for row in applied}
@@ -146,7 +155,7 @@ async def _applied(connection: asyncpg.Connection) -> list[AppliedMigration]:
     return [AppliedMigration(r["service"], r["version"], r["name"], r["checksum"]) for r in rows]
 
 
-async def migrate(dsn: str, services: Iterable[str] = SERVICES, root: Path = MIGRATIONS_ROOT) -> list[MigrationFile]:
+async def migrate(dsn: str, services: Iterable[str] = OWNERS, root: Path = MIGRATIONS_ROOT) -> list[MigrationFile]:
     """Apply every pending migration in one transaction; returns what was applied (empty when up to date)."""
     files = discover(services, root)
     connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
@@ -170,7 +179,7 @@ async def migrate(dsn: str, services: Iterable[str] = SERVICES, root: Path = MIG
         await connection.close()
 
 
-async def status(dsn: str, services: Iterable[str] = SERVICES, root: Path = MIGRATIONS_ROOT) -> list[ServiceStatus]:
+async def status(dsn: str, services: Iterable[str] = OWNERS, root: Path = MIGRATIONS_ROOT) -> list[ServiceStatus]:
     """Applied, pending and changed files per service; raises when the database cannot be reached."""
     service_list = list(services)
     files = discover(service_list, root)

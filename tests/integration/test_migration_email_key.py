@@ -11,9 +11,9 @@ import pytest_asyncio
 
 from apgms.devservers import create_database, drop_database
 from services.auth import store
-from shared.migrations import MIGRATIONS_ROOT
+from shared.migrations import migrations_folder
 
-AUTH_MIGRATIONS = MIGRATIONS_ROOT / "auth" / "migrations"
+AUTH_MIGRATIONS = migrations_folder("auth")
 # Accepted before 0004; PostgreSQL's lower() made the first `auditor@example.com` on a UTF-8 database.
 DOTTED_I = "aud\u0130tor@example.com"
 FULLWIDTH = "\uff46\uff55\uff4c\uff4c@example.com"

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from shared.migrations import MIGRATIONS_ROOT, SERVICES, MigrationError, discover, migrate, status
+from shared.migrations import OWNERS, SERVICES, MigrationError, discover, migrate, migrations_folder, status
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -32,8 +32,8 @@ async def empty_database_url(postgres_dsn: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 def migrations_copy(tmp_path: Path) -> Path:
-    for service in SERVICES:
-        shutil.copytree(MIGRATIONS_ROOT / service / "migrations", tmp_path / service / "migrations")
+    for owner in OWNERS:
+        shutil.copytree(migrations_folder(owner), migrations_folder(owner, tmp_path))
     return tmp_path
 
 
@@ -42,7 +42,7 @@ async def test_fresh_database_is_all_pending_then_up_to_date(empty_database_url:
     assert all(s.pending and not s.applied for s in before)
 
     applied = await migrate(empty_database_url)
-    assert {m.service for m in applied} == set(SERVICES)
+    assert {m.service for m in applied} == set(OWNERS)
 
     after = await status(empty_database_url)
     assert all(s.up_to_date and s.applied for s in after)
@@ -55,15 +55,15 @@ async def test_fresh_database_is_all_pending_then_up_to_date(empty_database_url:
     finally:
         await connection.close()
     assert set(SERVICES) <= schemas
-    assert {r["service"] for r in rows} == set(SERVICES)
+    assert {r["service"] for r in rows} == set(OWNERS)
     assert all(len(r["checksum"]) == 64 for r in rows)
 
 
 async def test_tampered_applied_migration_is_refused(empty_database_url: str, migrations_copy: Path) -> None:
     await migrate(empty_database_url, root=migrations_copy)
-    tampered = migrations_copy / "core" / "migrations" / "0001_schema.sql"
+    tampered = migrations_folder("core", migrations_copy) / "0001_schema.sql"
     tampered.write_text(tampered.read_text() + "\nCREATE TABLE core.sneaky (id int);\n")
-    (migrations_copy / "core" / "migrations" / "0002_next.sql").write_text("CREATE TABLE core.next (id int);")
+    (migrations_folder("core", migrations_copy) / "0002_next.sql").write_text("CREATE TABLE core.next (id int);")
 
     with pytest.raises(MigrationError, match=r"core/0001_schema\.sql was changed after it was applied"):
         await migrate(empty_database_url, root=migrations_copy)
@@ -80,8 +80,8 @@ async def test_tampered_applied_migration_is_refused(empty_database_url: str, mi
 
 
 async def test_a_failing_migration_leaves_nothing_applied(empty_database_url: str, migrations_copy: Path) -> None:
-    (migrations_copy / "auth" / "migrations" / "0099_good.sql").write_text("CREATE TABLE auth.good (id int);")
-    (migrations_copy / "regulator" / "migrations" / "0099_bad.sql").write_text("CREATE TABLE nope.bad (id int);")
+    (migrations_folder("auth", migrations_copy) / "0099_good.sql").write_text("CREATE TABLE auth.good (id int);")
+    (migrations_folder("regulator", migrations_copy) / "0099_bad.sql").write_text("CREATE TABLE nope.bad (id int);")
 
     with pytest.raises(asyncpg.exceptions.InvalidSchemaNameError):
         await migrate(empty_database_url, root=migrations_copy)
