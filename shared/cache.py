@@ -9,8 +9,19 @@ import redis.asyncio as aioredis
 
 from shared.config import Secret
 
+__all__ = [
+    "REDIS_CONNECT_TIMEOUT_S",
+    "REDIS_HEALTH_CHECK_INTERVAL_S",
+    "REDIS_SOCKET_TIMEOUT_S",
+    "create_redis",
+    "ping_redis",
+]
+
 REDIS_SOCKET_TIMEOUT_S = 2.0
 REDIS_CONNECT_TIMEOUT_S = 2.0
+# A pooled connection idle for longer is PINGed before use, so one the server or a firewall dropped is replaced
+# instead of failing the command that picks it up.
+REDIS_HEALTH_CHECK_INTERVAL_S = 30
 
 
 def create_redis(url: Secret) -> aioredis.Redis:
@@ -19,7 +30,7 @@ def create_redis(url: Secret) -> aioredis.Redis:
         url.reveal(),
         socket_timeout=REDIS_SOCKET_TIMEOUT_S,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-        health_check_interval=30,
+        health_check_interval=REDIS_HEALTH_CHECK_INTERVAL_S,
     )
 
 

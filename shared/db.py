@@ -17,9 +17,15 @@ import orjson
 from shared.config import Secret, Settings
 from shared.log import get_logger
 
+__all__ = ["CONNECTION_LOST", "Database", "backoff_delays", "init_connection"]
+
 CONNECT_BACKOFF_INITIAL_S = 0.5
 CONNECT_BACKOFF_MAX_S = 10.0
 POOL_MAX_INACTIVE_S = 60.0
+# What a graceful pool close may take (connections finishing their queries) before they are terminated.
+POOL_CLOSE_TIMEOUT_S = 5.0
+# Backoff doubles after each failed attempt, up to CONNECT_BACKOFF_MAX_S.
+BACKOFF_FACTOR = 2
 
 log = get_logger(__name__)
 
@@ -40,7 +46,7 @@ def backoff_delays(
     delay = initial_s
     while True:
         yield delay
-        delay = min(delay * 2, cap_s)
+        delay = min(delay * BACKOFF_FACTOR, cap_s)
 
 
 async def init_connection(connection: asyncpg.Connection) -> None:
@@ -143,6 +149,6 @@ class Database:
             self._watcher.cancel()
         if self._pool is not None:
             try:
-                await asyncio.wait_for(self._pool.close(), timeout=5)
+                await asyncio.wait_for(self._pool.close(), timeout=POOL_CLOSE_TIMEOUT_S)
             except TimeoutError:
                 self._pool.terminate()

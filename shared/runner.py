@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import uvloop
 from granian.constants import HTTPModes, Interfaces
@@ -34,8 +34,24 @@ from shared.context import GRACE_PERIOD_OVER
 from shared.log import configure_logging, get_logger
 from shared.types import ServiceApp
 
+__all__ = [
+    "Server",
+    "bind_address",
+    "drain",
+    "handle_signals",
+    "hypercorn_config",
+    "load_or_exit",
+    "run_service",
+    "serve_granian",
+    "serve_hypercorn",
+    "tune_gc",
+]
+
 # After our drain, what hypercorn still gives the last connections to close.
 FINAL_GRACE_S = 0.5
+# How long hypercorn keeps an idle keep-alive connection: above the 60 s idle timeout of common load balancers
+# (AWS ALB), so the balancer, not us, closes an idle connection and never sends on one we just closed.
+HYPERCORN_KEEP_ALIVE_S = 75
 GRANIAN_BACKLOG = 1024
 # granian's constructor applies its logging config: its default would give `_granian` a plain-text handler of its
 # own and close ours. Incremental and empty, it only sets that logger's level (no handlers), so its records
@@ -44,13 +60,12 @@ GRANIAN_LOGGING: dict[str, Any] = {"version": 1, "incremental": True, "handlers"
 # What closing the pools may take once the shutdown deadline has passed.
 CLOSE_TIMEOUT_S = 5.0
 # How long granian waits for a request head, which is also how long it keeps an idle keep-alive connection
-# (hypercorn's keep_alive_timeout above is 75 s; granian allows at most 60 s).
+# (hypercorn's is HYPERCORN_KEEP_ALIVE_S; granian allows at most 60 s).
 GRANIAN_HEADER_TIMEOUT_MS = 60_000
 # Young-generation collections every 10,000 net allocations instead of 700 (see tune_gc).
 GC_YOUNG_THRESHOLD = 10_000
 
 log = get_logger(__name__)
-S = TypeVar("S", bound=Settings)
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -60,7 +75,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.accesslog = None
     # Its own "Running on" lines would bypass our JSON logging; we log `listening` instead.
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.keep_alive_timeout = 75
+    config.keep_alive_timeout = HYPERCORN_KEEP_ALIVE_S
     config.include_server_header = False
     return config
 

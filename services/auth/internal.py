@@ -10,11 +10,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from services.auth import store
-from services.auth.models import PageQuery
 from shared.authz import guard
 from shared.errors import ApiError
 from shared.openapi import documented
-from shared.pagination import decode_cursor, encode_cursor
+from shared.pagination import PageQuery, decode_cursor, encode_cursor
 from shared.tokens import Principal
 from shared.validation import parse_query
 

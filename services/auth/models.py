@@ -1,4 +1,6 @@
-"""Request and response bodies of the auth service; they validate requests and document `/openapi.json`."""
+"""Request and response bodies of the auth service; they validate requests and document `/openapi.json`.
+
+Roles come from `shared.roles` and page queries from `shared.pagination`, which every service shares."""
 
 from __future__ import annotations
 
@@ -9,9 +11,18 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from services.auth.emails import EMAIL_MAX_CHARS, canonical_email
 from services.auth.passwords import MIN_PASSWORD_CHARS
+from shared.pagination import PageQuery as PageQuery  # re-exported until services/auth/users.py imports it from shared
+from shared.roles import Role
 
 EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$"
-Role = Literal["admin", "finance", "analyst", "auditor"]
+# Long passphrases are welcome; past this a request is an attempt to make argon2 hash megabytes.
+MAX_PASSWORD_CHARS = 1024
+# A refresh token is 32 random bytes, base64url (43 characters); the bounds only keep junk out of the lookup.
+MIN_REFRESH_TOKEN_CHARS = 20
+MAX_REFRESH_TOKEN_CHARS = 200
+# A TOTP code is 6 digits and a recovery code 14 characters; anything longer is refused before any lookup.
+MAX_STEP_UP_CODE_CHARS = 64
+TOTP_CODE_PATTERN = r"^[0-9]{6}$"
 
 
 def _canonical_if_text(value: Any) -> Any:
@@ -30,14 +41,14 @@ class Strict(BaseModel):
 
 class LoginRequest(Strict):
     email: Email
-    password: str = Field(min_length=1, max_length=1024)
+    password: str = Field(min_length=1, max_length=MAX_PASSWORD_CHARS)
     org_id: uuid.UUID | None = Field(
         default=None, description="Only when the address has accounts in several orgs: the org to log in to"
     )
 
 
 class RefreshRequest(Strict):
-    refresh_token: str = Field(min_length=20, max_length=200)
+    refresh_token: str = Field(min_length=MIN_REFRESH_TOKEN_CHARS, max_length=MAX_REFRESH_TOKEN_CHARS)
 
 
 class UserSummary(BaseModel):
@@ -63,7 +74,7 @@ class Me(UserSummary):
 
 class CreateUserRequest(Strict):
     email: Email
-    password: str = Field(min_length=MIN_PASSWORD_CHARS, max_length=1024)
+    password: str = Field(min_length=MIN_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS)
     role: Role
 
 
@@ -100,18 +111,10 @@ class UpdatedUser(BaseModel):
     disabled: bool
 
 
-class PageQuery(Strict):
-    cursor: str | None = Field(default=None, max_length=200)
-    limit: int = Field(default=50, ge=1, le=200)
-
-
-TOTP_CODE_PATTERN = r"^[0-9]{6}$"
-
-
 class TotpBeginRequest(Strict):
     password: str = Field(
         min_length=1,
-        max_length=1024,
+        max_length=MAX_PASSWORD_CHARS,
         description="The account's password, entered again: an access token alone cannot enrol an authenticator",
     )
 
@@ -130,4 +133,6 @@ class RecoveryCodes(BaseModel):
 
 
 class StepUpRequest(Strict):
-    code: str = Field(min_length=1, max_length=64, description="A 6-digit TOTP code or a recovery code")
+    code: str = Field(
+        min_length=1, max_length=MAX_STEP_UP_CODE_CHARS, description="A 6-digit TOTP code or a recovery code"
+    )

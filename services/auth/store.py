@@ -29,7 +29,6 @@ import orjson
 
 from services.auth.emails import canonical_email, email_key
 
-ROLES = ("admin", "finance", "analyst", "auditor")
 # The two-key advisory locks are a space apart from the one-key ones (migrations, the first signing key); this
 # class number keeps refresh families apart from any other two-key lock.
 REFRESH_FAMILY_LOCK_CLASS = 0x52_46_41_4D

@@ -12,6 +12,7 @@ import asyncpg
 
 from services.auth import store
 from services.auth.passwords import hash_password
+from shared.roles import ROLES
 
 PASSWORD = "correct horse battery staple"
 
@@ -36,7 +37,7 @@ async def create_org(database_url: str, name: str = "Test Org") -> Org:
     try:
         org = Org(await store.create_org(connection, name))
         password_hash = hash_password(PASSWORD)
-        for role in store.ROLES:
+        for role in ROLES:
             email = f"{role}.{org.id.hex[:8]}@example.com"
             user = await store.create_user(connection, org.id, email, password_hash, role)
             assert user is not None
