@@ -25,6 +25,19 @@ where JCS is RFC 8785 canonical JSON and `row` is the JSON object of every colum
 A chain shows edits, deletions and reordering of the rows it holds, not a rewrite of its tail: whoever can write
 the table can delete the last rows, or recompute every hash after the row they change. `verify` catches that only
 against an `Anchor` (a seq and hash published where the writer cannot change it, such as a regulator's copy).
+
+The asyncpg adapter, over `audit.records` (shared/sql/0001_audit.sql, which refuses UPDATE, DELETE and TRUNCATE):
+
+    append(conn, ...)          the next record of an org, inserted in the caller's transaction; `AuditFailed` if not
+    records(conn, org_id)      the org's rows in seq order, read in bounded batches
+    verify_org(conn, org_id)   `verify` over `records`, for chains too long to hold in memory
+
+`append` serialises an org's writers with a transaction-scoped advisory lock, `pg_advisory_xact_lock(AUDIT_LOCK_CLASS,
+hashtext(org_id::text))`: the two-key form, which PostgreSQL keeps apart from the one-key locks (migrations, the
+first signing key), with a class number of its own (auth's refresh families use another). Two orgs whose ids hash
+alike only queue behind each other. The lock is held to the end of the caller's transaction, so `append` is the
+transaction's last statement: every writer of the org waits for whatever follows it, and a lock taken after it
+could deadlock with another writer of the org.
 """
 
 from __future__ import annotations
@@ -32,17 +45,20 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
+import asyncpg
 import orjson
 
 from shared.canonical import canonical_json
-from shared.context import REQUEST_ID_PATTERN
+from shared.context import REQUEST_ID_PATTERN, current_request_id
+from shared.errors import AuditFailed
 
 __all__ = [
+    "AUDIT_LOCK_CLASS",
     "FIRST_SEQ",
     "GENESIS_HASH",
     "HASHED_FIELDS",
@@ -50,18 +66,26 @@ __all__ = [
     "MAX_DETAIL_BYTES",
     "MAX_SEQ",
     "MAX_TARGET_CHARS",
+    "READ_BATCH_ROWS",
+    "READ_TIMEOUT_S",
     "Actor",
     "ActorKind",
     "Anchor",
+    "AuditFailed",
     "AuditRecord",
     "BrokenLink",
+    "ChainVerifier",
     "InvalidAuditField",
     "VerifyResult",
+    "append",
     "chain_hash",
     "hashed_fields",
+    "last_record",
     "next_record",
     "parse_actor",
+    "records",
     "verify",
+    "verify_org",
 ]
 
 FIRST_SEQ = 1
@@ -232,20 +256,50 @@ def verify(rows: Iterable[AuditRecord], *, anchor: Anchor | None = None) -> Veri
     """Check one org's rows, given in seq order from seq 1; stop at the first broken link. A row is reported at
     the seq its position should hold: an edited row at its own, a deleted one at its seq (the gap), rows out of
     order at the first misplaced position. With `anchor`, the chain must reach it and hold its hash there."""
-    org_id: uuid.UUID | None = None
-    expected_seq, expected_prev, checked = FIRST_SEQ, GENESIS_HASH, 0
+    verifier = ChainVerifier(anchor=anchor)
     for row in rows:
-        reason = _fault(row, org_id, expected_seq, expected_prev)
-        if reason is None and anchor is not None and anchor.seq == expected_seq and row.hash != anchor.hash:
-            reason = f"row {expected_seq} is not the anchored row"
+        if not verifier.add(row):
+            break
+    return verifier.result()
+
+
+class ChainVerifier:
+    """`verify` a row at a time, for rows read in batches (`verify_org`): `add` each in seq order from seq 1
+    until it returns False, then take `result()`. Holds one link's state, never the rows."""
+
+    def __init__(self, *, anchor: Anchor | None = None) -> None:
+        self._anchor = anchor
+        self._org_id: uuid.UUID | None = None
+        self._expected_seq, self._expected_prev, self._checked = FIRST_SEQ, GENESIS_HASH, 0
+        self._broken: BrokenLink | None = None
+
+    @property
+    def checked(self) -> int:
+        """Rows that hold so far."""
+        return self._checked
+
+    def add(self, row: AuditRecord) -> bool:
+        """Check the next row; False once a link is broken (no later row is looked at)."""
+        if self._broken is not None:
+            return False
+        seq, anchor = self._expected_seq, self._anchor
+        reason = _fault(row, self._org_id, seq, self._expected_prev)
+        if reason is None and anchor is not None and anchor.seq == seq and row.hash != anchor.hash:
+            reason = f"row {seq} is not the anchored row"
         if reason is not None:
-            return VerifyResult(checked, BrokenLink(expected_seq, reason))
-        org_id, expected_prev = row.org_id, row.hash
-        expected_seq, checked = expected_seq + 1, checked + 1
-    if anchor is not None and anchor.seq >= expected_seq:
-        reason = f"chain ends at row {expected_seq - 1}, before anchored row {anchor.seq}"
-        return VerifyResult(checked, BrokenLink(expected_seq, reason))
-    return VerifyResult(checked, None)
+            self._broken = BrokenLink(seq, reason)
+            return False
+        self._org_id, self._expected_prev = row.org_id, row.hash
+        self._expected_seq, self._checked = seq + 1, self._checked + 1
+        return True
+
+    def result(self) -> VerifyResult:
+        """The verdict on the rows added, taken as the whole chain: with an anchor, it must reach the anchor."""
+        anchor, seq = self._anchor, self._expected_seq
+        if self._broken is None and anchor is not None and anchor.seq >= seq:
+            reason = f"chain ends at row {seq - 1}, before anchored row {anchor.seq}"
+            return VerifyResult(self._checked, BrokenLink(seq, reason))
+        return VerifyResult(self._checked, self._broken)
 
 
 def _fault(row: AuditRecord, org_id: uuid.UUID | None, expected_seq: int, expected_prev: str) -> str | None:
@@ -277,3 +331,139 @@ def _is_canonical_uuid(text: str) -> bool:
         return str(uuid.UUID(text)) == text
     except ValueError:
         return False
+
+
+# --- the asyncpg adapter over audit.records -----------------------------------------------------------------------
+
+# 'AUDT': the class of the two-key advisory lock on an org's chain (a signed 32-bit number, as the key must be).
+AUDIT_LOCK_CLASS = 0x41_55_44_54
+# A batch of `records`: ~1 kB a row, so about 1 MB held at a time, and a million rows in a thousand round trips.
+READ_BATCH_ROWS = 1000
+# The deadline of one batch's read (an index range scan of READ_BATCH_ROWS rows takes milliseconds).
+READ_TIMEOUT_S = 30.0
+
+# detail crosses as text both ways, so the adapter works whether or not the connection has a jsonb codec
+# (services' pools do, shared.db.init_connection; the CLI's connection does not).
+_LAST = """
+SELECT org_id, seq, at, actor, action, target, request_id, detail::text AS detail, prev_hash, hash
+FROM audit.records WHERE org_id = $1 ORDER BY seq DESC LIMIT 1
+"""
+_PAGE = """
+SELECT org_id, seq, at, actor, action, target, request_id, detail::text AS detail, prev_hash, hash
+FROM audit.records WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+"""
+_INSERT = """
+INSERT INTO audit.records (org_id, seq, at, actor, action, target, request_id, detail, prev_hash, hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10)
+"""
+
+
+async def append(
+    connection: asyncpg.Connection,
+    *,
+    org_id: uuid.UUID,
+    actor: str,
+    action: str,
+    target: str,
+    detail: Mapping[str, Any],
+    request_id: str | None = None,
+    at: datetime | None = None,
+) -> AuditRecord:
+    """Write the org's next record (`next_record`) in the caller's transaction, as its last statement (the module
+    docstring says why); `request_id` None means the current request's, `at` None now. Any failure is
+    `AuditFailed`, raised from its cause, so the caller's `async with connection.transaction()` rolls the change
+    back with it."""
+    org = str(org_id)
+    if not connection.is_in_transaction():
+        raise AuditFailed(org, action, actor, "append must run inside the transaction of the change it records")
+    try:
+        await connection.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", AUDIT_LOCK_CLASS, org)
+        # Read after the lock, in a statement of its own: under READ COMMITTED its snapshot holds the record of
+        # the writer that released the lock last.
+        prev = await last_record(connection, org_id)
+        request_id = request_id if request_id is not None else current_request_id.get()
+        at = at if at is not None else datetime.now(UTC)
+        record = next_record(prev, org_id, at, actor, action, target, request_id, detail)
+        await connection.execute(
+            _INSERT,
+            record.org_id,
+            record.seq,
+            record.at,
+            record.actor,
+            record.action,
+            record.target,
+            record.request_id,
+            orjson.dumps(record.detail).decode(),
+            record.prev_hash,
+            record.hash,
+        )
+    except Exception as exc:
+        raise AuditFailed(org, action, actor, f"{type(exc).__name__}: {exc}") from exc
+    return record
+
+
+async def last_record(connection: asyncpg.Connection, org_id: uuid.UUID) -> AuditRecord | None:
+    """The org's record with the highest seq, or None when it has none."""
+    row = await connection.fetchrow(
+        _LAST,
+        org_id,
+        timeout=READ_TIMEOUT_S,
+    )
+    return _record(row) if row is not None else None
+
+
+async def records(
+    connection: asyncpg.Connection, org_id: uuid.UUID, *, after_seq: int = 0, batch_rows: int = READ_BATCH_ROWS
+) -> AsyncIterator[AuditRecord]:
+    """The org's rows with seq above `after_seq`, in seq order, read `batch_rows` at a time (keyset pages on the
+    primary key), as stored and unchecked."""
+    while True:
+        rows = await connection.fetch(
+            _PAGE,
+            org_id,
+            after_seq,
+            batch_rows,
+            timeout=READ_TIMEOUT_S,
+        )
+        for row in rows:
+            yield _record(row)
+        if len(rows) < batch_rows:
+            return
+        after_seq = rows[-1]["seq"]
+
+
+async def verify_org(
+    connection: asyncpg.Connection,
+    org_id: uuid.UUID,
+    *,
+    anchor: Anchor | None = None,
+    batch_rows: int = READ_BATCH_ROWS,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyResult:
+    """`verify` the org's whole chain from storage, a batch at a time; `progress` is told the rows checked so far
+    after each batch. Rows are read until the first broken link, never all at once."""
+    verifier = ChainVerifier(anchor=anchor)
+    async for row in records(connection, org_id, batch_rows=batch_rows):
+        if not verifier.add(row):
+            break
+        if progress is not None and verifier.checked % batch_rows == 0:
+            progress(verifier.checked)
+    result = verifier.result()
+    if progress is not None:
+        progress(result.checked)
+    return result
+
+
+def _record(row: asyncpg.Record) -> AuditRecord:
+    return AuditRecord(
+        org_id=row["org_id"],
+        seq=row["seq"],
+        at=row["at"],
+        actor=row["actor"],
+        action=row["action"],
+        target=row["target"],
+        request_id=row["request_id"],
+        detail=orjson.loads(row["detail"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )

@@ -4,6 +4,8 @@
       └─ ValidationFailed          `invalid_body` / `invalid_query` with `errors: [{path, message}]`
     HTTPException (Starlette)      mapped by status: 404 not_found, 405 method_not_allowed, ...
     ClientDisconnect (Starlette)   the client left mid-body: nothing sent, one info line, 499 in the access log
+    AuditFailed                    500 audit_failed: the change's audit row was not written, so the change was not
+                                   made; one `audit_failed` line and the `audit_failed` security event
     any other exception            500 internal_error, logged once with the request ID
 
 Every body carries `type`, `title`, `status`, `detail`, `code` and `request_id`; none carries a stack trace.
@@ -24,7 +26,28 @@ from starlette.responses import Response
 
 from shared.context import GRACE_PERIOD_OVER, Exchange, current_request_id, watch_response
 from shared.log import get_logger
+from shared.metrics import record_security_event
 from shared.types import ASGIApp, Receive, Scope, Send
+
+__all__ = [
+    "CLIENT_CLOSED_REQUEST",
+    "ERRORS",
+    "EXCEPTION_HANDLERS",
+    "PROBLEM_MEDIA_TYPE",
+    "PROBLEM_TYPE_BASE",
+    "ApiError",
+    "AuditFailed",
+    "ErrorBoundaryMiddleware",
+    "ErrorKind",
+    "FieldError",
+    "audit_failed",
+    "client_closed_request",
+    "code_for_status",
+    "handle_api_error",
+    "handle_http_exception",
+    "problem_body",
+    "problem_response",
+]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://apgms.example/problems/"
@@ -102,6 +125,19 @@ class ApiError(Exception):
         super().__init__(f"{code}: {self.detail}")
 
 
+class AuditFailed(Exception):
+    """The audit row of a change could not be written (`shared.audit.append`), raised from its cause inside the
+    caller's transaction so that the change rolls back with it; the error boundary answers 500 `audit_failed`.
+    It names the org and the action, never the detail (which a log line must not carry)."""
+
+    def __init__(self, org_id: str, action: str, actor: str, reason: str) -> None:
+        self.org_id = org_id
+        self.action = action
+        self.actor = actor
+        self.reason = reason
+        super().__init__(f"audit record {action!r} of org {org_id} not written: {reason}")
+
+
 def code_for_status(status: int) -> str:
     if status in _CODE_BY_STATUS:
         return _CODE_BY_STATUS[status]
@@ -167,6 +203,21 @@ def client_closed_request(scope: Scope, exchange: Exchange) -> None:
     log.info("client_disconnected", path=scope.get("path"), method=scope.get("method"))
 
 
+def audit_failed(scope: Scope, exc: AuditFailed) -> None:
+    """Count and log a change refused because its audit row could not be written: the `audit_failed` security
+    event, and one `audit_failed` error line with the cause (no detail, so no PII)."""
+    record_security_event("audit_failed", org_id=exc.org_id, principal=exc.actor, action=exc.action)
+    log.error(
+        "audit_failed",
+        org_id=exc.org_id,
+        action=exc.action,
+        reason=exc.reason,
+        path=scope.get("path"),
+        method=scope.get("method"),
+        exc_info=exc,
+    )
+
+
 class ErrorBoundaryMiddleware:
     """Turns an unexpected exception into one logged line and a 500 `internal_error` problem, a request
     cancelled because the shutdown grace period ran out into a 503 `service_unavailable` (the client may retry
@@ -199,6 +250,10 @@ class ErrorBoundaryMiddleware:
             await problem_response("service_unavailable", detail, headers={"connection": "close"})(scope, receive, send)
         except ClientDisconnect:
             client_closed_request(scope, exchange)
+        except AuditFailed as exc:
+            audit_failed(scope, exc)
+            if not exchange.started:
+                await problem_response("audit_failed")(scope, receive, send)
         except Exception:
             log.exception("unhandled_error", path=scope.get("path"), method=scope.get("method"))
             if not exchange.started:
