@@ -1,0 +1,580 @@
+"""PII at rest: envelope encryption with one data key (DEK) per org, wrapped by a key-encryption key (KEK).
+
+    KekProvider (Protocol, async)  wrap(dek) -> WrappedKey, unwrap(WrappedKey) -> dek, current_kek_id
+      └─ LocalKekProvider          KEKs from APGMS_KEK_FILE or APGMS_KEK (kek_provider_from_env); a cloud KMS is
+                                   another class behind the same three members (async, since a KMS is a network call)
+    DataKeyCache                   unwrapped DEKs by org: at most DEK_CACHE_MAX_ORGS, each for DEK_CACHE_TTL_S
+    PiiCipher(pool, provider)      encrypt / decrypt (and *_many, one key lookup), destroy(org), rotate_kek()
+    PiiError                       CiphertextInvalid, KeyDestroyed, KekUnavailable
+
+A sealed value (bytea in the caller's table) is
+
+    offset  size    field
+    0       1       version, VERSION (1)
+    1       4       key_id: which of the org's DEKs sealed it, unsigned big-endian (the first DEK is 1)
+    5       12      nonce, random
+    17      n + 16  AES-256-GCM ciphertext of the UTF-8 plaintext (n bytes), then the 16-byte tag
+
+so a value costs HEADER_BYTES + 16 = 33 bytes more than its text. The associated data is the 5-byte header, then
+b"apgms-pii", the org id (16 bytes), table, NUL, column, NUL and the row id if the caller gave one (else nothing;
+an empty row id is refused): a value moved to another org, table, column or row, or given another key id, fails
+its tag. Every failure to open is `CiphertextInvalid`, whatever the cause, so callers need not tell them apart.
+
+DEKs live in `pii.data_keys`, wrapped. An org's first encryption creates its DEK in a transaction of its own
+(committed before any row uses it, so a caller's rollback cannot leave rows sealed under a key that was never
+stored). `destroy(org)` deletes the wrapped DEKs, keeping a tombstone row: afterwards opening the org's values
+raises `KeyDestroyed`, and so does encrypting for it (a deleted org gets no new key). Another process may keep
+using a DEK it cached for up to DEK_CACHE_TTL_S after a destroy. Random 96-bit nonces bound a DEK to 2**32
+values (NIST SP 800-38D 8.3); a new key_id per org is the way past that, and the format already carries it.
+
+KEK rotation: put the new KEK first in APGMS_KEK_FILE (the old ones after it), then `rotate_kek()` re-wraps every
+DEK not under the current KEK, RE_WRAP_BATCH_SIZE rows per transaction; sealed values are untouched (their DEKs
+are the same bytes). `kek_usage()` says when an old KEK wraps nothing any more and can be removed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import struct
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import asyncpg
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from shared.config import DEV_ONLY_MARKER, PUBLIC_DEV_MASTER_KEY, ConfigError, Secret
+from shared.crypto import NONCE_BYTES, SealError, SecretBox
+
+__all__ = [
+    "DEK_CACHE_MAX_ORGS",
+    "DEK_CACHE_TTL_S",
+    "DEV_KEK",
+    "HEADER_BYTES",
+    "VERSION",
+    "Binding",
+    "CiphertextInvalid",
+    "DataKey",
+    "DataKeyCache",
+    "KekProvider",
+    "KekRotation",
+    "KekUnavailable",
+    "KeyDestroyed",
+    "LocalKekProvider",
+    "OrgKeys",
+    "PiiCipher",
+    "PiiError",
+    "WrappedKey",
+    "kek_provider_from_env",
+    "open_value",
+    "seal_value",
+]
+
+VERSION = 1
+DEK_BYTES = 32  # AES-256
+KEK_BYTES = 32
+_HEADER = struct.Struct(">BI")  # version, key_id
+HEADER_BYTES = _HEADER.size
+TAG_BYTES = 16
+FIRST_KEY_ID = 1
+MAX_KEY_ID = 2**32 - 1
+DOMAIN = b"apgms-pii"
+# Table and column names as PostgreSQL spells an unquoted identifier: no NUL, so the associated data is unambiguous.
+IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# Long enough for a burst of a page's or an import's values, short enough that a destroy or a KEK removal done by
+# another process reaches this one within a minute.
+DEK_CACHE_TTL_S = 60.0
+DEK_CACHE_MAX_ORGS = 1_000
+RE_WRAP_BATCH_SIZE = 500
+# A cache miss takes a pool connection while the caller may hold one; waiting longer would only hide exhaustion.
+POOL_ACQUIRE_TIMEOUT_S = 5.0
+# The associated data of a DEK wrapped by LocalKekProvider: a blob that opens is a wrapped DEK, not another secret
+# sealed with the same key.
+WRAP_ASSOCIATED = b"apgms-pii-dek"
+
+KEK_PROVIDERS = ("local",)
+# Dev and test only, when neither APGMS_KEK_FILE nor APGMS_KEK is set; it carries DEV_ONLY_MARKER, so production
+# refuses it like any key that does.
+DEV_KEK = base64.b64encode(b"apgms-dev-only-pii-kek-000000000").decode()
+
+
+class PiiError(Exception):
+    """A PII value could not be sealed or opened. Callers decide what a client sees; none of these is a 500 by
+    itself, and no message contains plaintext or key material."""
+
+
+class CiphertextInvalid(PiiError):
+    """Malformed, tampered with, of an unknown version or key, or bound to another org, table, column or row."""
+
+
+class KeyDestroyed(PiiError):
+    """The org's data key was destroyed (crypto-shredded): its values cannot be opened, nor new ones sealed."""
+
+
+class KekUnavailable(PiiError):
+    """A DEK is wrapped under a KEK the provider does not hold, or its wrapping does not open."""
+
+
+# --- pure core: keys, binding, format ----------------------------------------------------------------------------
+
+
+class DataKey:
+    """An unwrapped DEK, ready to use. Its repr names the key id only."""
+
+    __slots__ = ("_aead", "key_id")
+
+    def __init__(self, key_id: int, material: bytes) -> None:
+        if len(material) != DEK_BYTES:
+            raise ValueError(f"a data key is {DEK_BYTES} bytes")
+        self.key_id = key_id
+        self._aead = AESGCM(material)
+
+    def seal(self, nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
+        return self._aead.encrypt(nonce, plaintext, associated)
+
+    def open(self, nonce: bytes, sealed: bytes, associated: bytes) -> bytes:
+        """Raises `cryptography.exceptions.InvalidTag` when `sealed` or `associated` is not what was sealed."""
+        return self._aead.decrypt(nonce, sealed, associated)
+
+    def __repr__(self) -> str:
+        return f"DataKey(key_id={self.key_id}, material=<hidden>)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class OrgKeys:
+    """An org's usable DEKs by key id (the highest seals), or `destroyed` with none."""
+
+    org_id: uuid.UUID
+    keys: Mapping[int, DataKey]
+    destroyed: bool = False
+
+    @property
+    def current(self) -> DataKey:
+        if self.destroyed:
+            raise KeyDestroyed(f"the data key of org {self.org_id} was destroyed")
+        if not self.keys:
+            raise PiiError(f"org {self.org_id} has no data key")
+        return self.keys[max(self.keys)]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where a value belongs; part of its associated data."""
+
+    org_id: uuid.UUID
+    table: str
+    column: str
+    row_id: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in (("table", self.table), ("column", self.column)):
+            if not IDENTIFIER.fullmatch(value):
+                raise ValueError(f"{name} must be a lower-case SQL identifier, got {value!r}")
+        if self.row_id == "":
+            raise ValueError("row_id must be non-empty when given")
+
+    def associated(self, header: bytes) -> bytes:
+        row = b"" if self.row_id is None else self.row_id.encode()
+        return b"".join(
+            (header, DOMAIN, self.org_id.bytes, self.table.encode(), b"\0", self.column.encode(), b"\0", row)
+        )
+
+
+def seal_value(key: DataKey, binding: Binding, plaintext: str) -> bytes:
+    """The sealed form of `plaintext` under `key`, bound to `binding` (layout in the module docstring)."""
+    header = _HEADER.pack(VERSION, key.key_id)
+    nonce = os.urandom(NONCE_BYTES)
+    return header + nonce + key.seal(nonce, plaintext.encode(), binding.associated(header))
+
+
+def open_value(keys: OrgKeys, binding: Binding, blob: bytes) -> str:
+    """The plaintext of a sealed value; `KeyDestroyed` for a destroyed org, else `CiphertextInvalid` on any fault."""
+    if keys.destroyed:
+        raise KeyDestroyed(f"the data key of org {keys.org_id} was destroyed")
+    if len(blob) < HEADER_BYTES + NONCE_BYTES + TAG_BYTES:
+        raise CiphertextInvalid("sealed value is truncated")
+    version, key_id = _HEADER.unpack_from(blob)
+    if version != VERSION:
+        raise CiphertextInvalid(f"sealed value has unknown version {version}")
+    key = keys.keys.get(key_id)
+    if key is None:
+        raise CiphertextInvalid(f"sealed value names key {key_id}, which org {keys.org_id} does not have")
+    nonce = blob[HEADER_BYTES : HEADER_BYTES + NONCE_BYTES]
+    try:
+        plaintext = key.open(nonce, blob[HEADER_BYTES + NONCE_BYTES :], binding.associated(blob[:HEADER_BYTES]))
+    except InvalidTag:
+        raise CiphertextInvalid(
+            "sealed value was tampered with or is bound to another org, table, column or row"
+        ) from None
+    return plaintext.decode()
+
+
+class DataKeyCache:
+    """Unwrapped DEKs by org, least recently used dropped past `max_orgs`, each entry read again after `ttl_s`."""
+
+    def __init__(
+        self,
+        max_orgs: int = DEK_CACHE_MAX_ORGS,
+        ttl_s: float = DEK_CACHE_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_orgs = max_orgs
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[uuid.UUID, tuple[float, OrgKeys]] = OrderedDict()
+
+    def get(self, org_id: uuid.UUID) -> OrgKeys | None:
+        entry = self._entries.get(org_id)
+        if entry is None:
+            return None
+        expires_at, keys = entry
+        if self._clock() >= expires_at:
+            del self._entries[org_id]
+            return None
+        self._entries.move_to_end(org_id)
+        return keys
+
+    def put(self, keys: OrgKeys) -> None:
+        self._entries[keys.org_id] = (self._clock() + self.ttl_s, keys)
+        self._entries.move_to_end(keys.org_id)
+        while len(self._entries) > self.max_orgs:
+            self._entries.popitem(last=False)
+
+    def evict(self, org_id: uuid.UUID) -> None:
+        self._entries.pop(org_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"DataKeyCache(orgs={len(self)}, max_orgs={self.max_orgs}, ttl_s={self.ttl_s})"
+
+
+# --- key-encryption keys -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A DEK as stored: wrapped by the KEK `kek_id` (the provider's name for it, stored beside the blob)."""
+
+    kek_id: str
+    blob: bytes = field(repr=False)
+
+
+class KekProvider(Protocol):
+    @property
+    def current_kek_id(self) -> str:
+        """The KEK that `wrap` uses; DEKs wrapped under any other are re-wrapped by a rotation."""
+        ...
+
+    async def wrap(self, dek: bytes) -> WrappedKey:
+        """`dek` wrapped under the current KEK."""
+        ...
+
+    async def unwrap(self, wrapped: WrappedKey) -> bytes:
+        """The DEK; `KekUnavailable` when the KEK is not held or the blob does not open."""
+        ...
+
+
+class LocalKekProvider:
+    """KEKs held in this process: the first wraps, every one unwraps (retired KEKs stay until nothing uses them).
+    A KEK's id is SecretBox's fingerprint of it, so a mislabelled key cannot be stored."""
+
+    def __init__(self, keys: Sequence[Secret]) -> None:
+        if not keys:
+            raise ValueError("LocalKekProvider needs at least one KEK")
+        boxes = [SecretBox(key) for key in keys]
+        self._boxes = {box.key_id: box for box in boxes}
+        if len(self._boxes) != len(boxes):
+            raise ValueError("the same KEK is listed twice")
+        self._current = boxes[0]
+
+    @property
+    def current_kek_id(self) -> str:
+        return self._current.key_id
+
+    @property
+    def kek_ids(self) -> tuple[str, ...]:
+        return tuple(self._boxes)
+
+    async def wrap(self, dek: bytes) -> WrappedKey:
+        return WrappedKey(self._current.key_id, self._current.seal(dek, WRAP_ASSOCIATED).encode())
+
+    async def unwrap(self, wrapped: WrappedKey) -> bytes:
+        box = self._boxes.get(wrapped.kek_id)
+        if box is None:
+            raise KekUnavailable(f"no KEK {wrapped.kek_id!r} is configured (APGMS_KEK_FILE lists the retired ones)")
+        try:
+            return box.open(wrapped.blob.decode(), WRAP_ASSOCIATED)
+        except (SealError, UnicodeDecodeError):
+            raise KekUnavailable(f"a DEK wrapped under KEK {wrapped.kek_id!r} does not open") from None
+
+    def __repr__(self) -> str:
+        return f"LocalKekProvider(current={self.current_kek_id!r}, keks={len(self._boxes)})"
+
+
+def _kek(value: str, source: str, *, production: bool) -> Secret:
+    try:
+        key = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{source}: each KEK must be {KEK_BYTES} bytes, base64-encoded") from None
+    if len(key) != KEK_BYTES:
+        raise ConfigError(f"{source}: each KEK must be {KEK_BYTES} bytes, base64-encoded")
+    if key == base64.b64decode(PUBLIC_DEV_MASTER_KEY):
+        raise ConfigError(f"{source}: a KEK is the dev key published in earlier versions, refused everywhere")
+    if production and DEV_ONLY_MARKER.encode() in key:
+        raise ConfigError(f"{source}: a KEK is a dev-only key, refused when APGMS_ENV=production")
+    return Secret(value)
+
+
+def kek_provider_from_env(environ: Mapping[str, str]) -> KekProvider:
+    """The provider APGMS_KEK_PROVIDER names (only `local` so far). `local` reads APGMS_KEK_FILE (one base64 KEK a
+    line, current first, `#` comments) or APGMS_KEK (comma-separated, current first); with neither, DEV_KEK outside
+    production. Raises `ConfigError` naming the variable, never echoing a key."""
+    kind = environ.get("APGMS_KEK_PROVIDER") or "local"
+    if kind not in KEK_PROVIDERS:
+        raise ConfigError(f"APGMS_KEK_PROVIDER must be one of {', '.join(KEK_PROVIDERS)}, got {kind!r}")
+    production = environ.get("APGMS_ENV") == "production"
+    path, inline = environ.get("APGMS_KEK_FILE"), environ.get("APGMS_KEK")
+    if path and inline:
+        raise ConfigError("set APGMS_KEK_FILE or APGMS_KEK, not both")
+    if path:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"APGMS_KEK_FILE {path} cannot be read: {error.__class__.__name__}") from None
+        values = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        source = "APGMS_KEK_FILE"
+    elif inline:
+        values = [part.strip() for part in inline.split(",") if part.strip()]
+        source = "APGMS_KEK"
+    elif production:
+        raise ConfigError("APGMS_KEK_FILE or APGMS_KEK is required when APGMS_ENV=production (32 bytes, base64)")
+    else:
+        values, source = [DEV_KEK], "the dev-only default KEK"
+    if not values:
+        raise ConfigError(f"{source} holds no key")
+    keys = [_kek(value, source, production=production) for value in values]
+    try:
+        return LocalKekProvider(keys)
+    except ValueError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+# --- storage: pii.data_keys (all SQL of this module) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataKeyRow:
+    org_id: uuid.UUID
+    key_id: int
+    wrapped: WrappedKey | None  # None once destroyed
+    created_at: datetime
+    destroyed_at: datetime | None
+
+
+def _row(record: asyncpg.Record) -> DataKeyRow:
+    wrapped = None if record["wrapped"] is None else WrappedKey(record["kek_id"], bytes(record["wrapped"]))
+    return DataKeyRow(record["org_id"], record["key_id"], wrapped, record["created_at"], record["destroyed_at"])
+
+
+async def _data_keys(conn: asyncpg.Connection, org_id: uuid.UUID) -> list[DataKeyRow]:
+    rows = await conn.fetch(
+        "SELECT org_id, key_id, kek_id, wrapped, created_at, destroyed_at FROM pii.data_keys "
+        "WHERE org_id = $1 ORDER BY key_id",
+        org_id,
+    )
+    return [_row(r) for r in rows]
+
+
+async def _insert_first_key(conn: asyncpg.Connection, org_id: uuid.UUID, wrapped: WrappedKey) -> None:
+    # Two processes creating the org's first key at once: the second waits for the first and inserts nothing.
+    await conn.execute(
+        "INSERT INTO pii.data_keys (org_id, key_id, kek_id, wrapped) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        org_id,
+        FIRST_KEY_ID,
+        wrapped.kek_id,
+        wrapped.blob,
+    )
+
+
+async def _destroy(conn: asyncpg.Connection, org_id: uuid.UUID) -> int:
+    # The tombstone first: an org that never had a key gets one destroyed key, so no encryption creates one later
+    # (a concurrent first encryption waits on this row and then finds it destroyed).
+    await conn.execute(
+        "INSERT INTO pii.data_keys (org_id, key_id, destroyed_at) VALUES ($1, $2, now()) ON CONFLICT DO NOTHING",
+        org_id,
+        FIRST_KEY_ID,
+    )
+    shredded = await conn.fetch(
+        "UPDATE pii.data_keys SET wrapped = NULL, kek_id = NULL, destroyed_at = now() "
+        "WHERE org_id = $1 AND destroyed_at IS NULL RETURNING key_id",
+        org_id,
+    )
+    return len(shredded)
+
+
+async def _rows_to_rewrap(conn: asyncpg.Connection, current_kek_id: str, limit: int) -> list[DataKeyRow]:
+    rows = await conn.fetch(
+        "SELECT org_id, key_id, kek_id, wrapped, created_at, destroyed_at FROM pii.data_keys "
+        "WHERE wrapped IS NOT NULL AND kek_id <> $1 ORDER BY org_id, key_id LIMIT $2 FOR UPDATE",
+        current_kek_id,
+        limit,
+    )
+    return [_row(r) for r in rows]
+
+
+async def _set_wrapped(conn: asyncpg.Connection, row: DataKeyRow, wrapped: WrappedKey) -> None:
+    await conn.execute(
+        "UPDATE pii.data_keys SET kek_id = $3, wrapped = $4, rewrapped_at = now() WHERE org_id = $1 AND key_id = $2",
+        row.org_id,
+        row.key_id,
+        wrapped.kek_id,
+        wrapped.blob,
+    )
+
+
+async def kek_usage(conn: asyncpg.Connection) -> dict[str, int]:
+    """How many live DEKs each KEK wraps; a KEK absent here can be removed from the provider."""
+    rows = await conn.fetch(
+        "SELECT kek_id, count(*) AS keys FROM pii.data_keys WHERE wrapped IS NOT NULL GROUP BY kek_id ORDER BY kek_id"
+    )
+    return {r["kek_id"]: r["keys"] for r in rows}
+
+
+# --- the adapter -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KekRotation:
+    rewrapped: int
+    batches: int
+    kek_usage: dict[str, int]  # after the rotation: only the current KEK, unless rows were added meanwhile
+
+
+class PiiCipher:
+    """Seals and opens an org's PII values, reading (and on first use creating) its DEK through `pool`."""
+
+    def __init__(self, pool: asyncpg.Pool, provider: KekProvider, cache: DataKeyCache | None = None) -> None:
+        self._pool = pool
+        self._provider = provider
+        self._cache = DataKeyCache() if cache is None else cache
+
+    def __repr__(self) -> str:
+        return f"PiiCipher(provider={self._provider!r}, cache={self._cache!r})"
+
+    async def encrypt(
+        self, org_id: uuid.UUID, table: str, column: str, plaintext: str, *, row_id: str | None = None
+    ) -> bytes:
+        """`plaintext` sealed for org/table/column(/row); `KeyDestroyed` once the org's key is destroyed."""
+        binding = Binding(org_id, table, column, row_id)
+        return seal_value((await self._keys(org_id, create=True)).current, binding, plaintext)
+
+    async def decrypt(
+        self, org_id: uuid.UUID, table: str, column: str, blob: bytes, *, row_id: str | None = None
+    ) -> str:
+        """The plaintext of a value `encrypt` sealed with the same org/table/column(/row); `CiphertextInvalid` or
+        `KeyDestroyed` otherwise."""
+        binding = Binding(org_id, table, column, row_id)
+        return open_value(await self._keys(org_id, create=False), binding, blob)
+
+    async def encrypt_many(
+        self,
+        org_id: uuid.UUID,
+        table: str,
+        column: str,
+        plaintexts: Sequence[str],
+        *,
+        row_ids: Sequence[str | None] | None = None,
+    ) -> list[bytes]:
+        """`encrypt` for each value, with one key lookup; `row_ids`, when given, pairs with `plaintexts`."""
+        bindings = _bindings(org_id, table, column, len(plaintexts), row_ids)
+        key = (await self._keys(org_id, create=True)).current
+        return [seal_value(key, binding, text) for binding, text in zip(bindings, plaintexts, strict=True)]
+
+    async def decrypt_many(
+        self,
+        org_id: uuid.UUID,
+        table: str,
+        column: str,
+        blobs: Sequence[bytes],
+        *,
+        row_ids: Sequence[str | None] | None = None,
+    ) -> list[str]:
+        """`decrypt` for each value, with one key lookup; the first that fails raises."""
+        bindings = _bindings(org_id, table, column, len(blobs), row_ids)
+        keys = await self._keys(org_id, create=False)
+        return [open_value(keys, binding, blob) for binding, blob in zip(bindings, blobs, strict=True)]
+
+    async def destroy(self, org_id: uuid.UUID, *, conn: asyncpg.Connection | None = None) -> int:
+        """Delete the org's wrapped DEKs (crypto-shredding), in `conn`'s transaction when given, and forget them
+        here; returns how many were destroyed (0 when already destroyed or never created)."""
+        self._cache.evict(org_id)
+        if conn is not None:
+            destroyed = await _destroy(conn, org_id)
+        else:
+            async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as own, own.transaction():
+                destroyed = await _destroy(own, org_id)
+        self._cache.evict(org_id)
+        return destroyed
+
+    async def rotate_kek(self, *, batch_size: int = RE_WRAP_BATCH_SIZE) -> KekRotation:
+        """Re-wrap every DEK not under the provider's current KEK, `batch_size` per transaction."""
+        current = self._provider.current_kek_id
+        rewrapped = batches = 0
+        async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as conn:
+            while True:
+                async with conn.transaction():
+                    rows = await _rows_to_rewrap(conn, current, batch_size)
+                    for row in rows:
+                        if row.wrapped is None:  # the query selects live keys only
+                            continue
+                        dek = await self._provider.unwrap(row.wrapped)
+                        await _set_wrapped(conn, row, await self._provider.wrap(dek))
+                if not rows:
+                    break
+                rewrapped += len(rows)
+                batches += 1
+            return KekRotation(rewrapped, batches, await kek_usage(conn))
+
+    async def _keys(self, org_id: uuid.UUID, *, create: bool) -> OrgKeys:
+        cached = self._cache.get(org_id)
+        if cached is not None:
+            return cached
+        async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as conn:
+            rows = await _data_keys(conn, org_id)
+            if not rows and create:
+                await _insert_first_key(conn, org_id, await self._provider.wrap(os.urandom(DEK_BYTES)))
+                rows = await _data_keys(conn, org_id)
+        if not rows:
+            # Never cached: the org's first encryption, here or in another process, would make it stale.
+            return OrgKeys(org_id, {})
+        opened = {
+            row.key_id: DataKey(row.key_id, await self._provider.unwrap(row.wrapped))
+            for row in rows
+            if row.wrapped is not None
+        }
+        keys = OrgKeys(org_id, opened, destroyed=not opened)
+        self._cache.put(keys)
+        return keys
+
+
+def _bindings(
+    org_id: uuid.UUID, table: str, column: str, count: int, row_ids: Sequence[str | None] | None
+) -> list[Binding]:
+    if row_ids is None:
+        return [Binding(org_id, table, column)] * count
+    if len(row_ids) != count:
+        raise ValueError(f"{len(row_ids)} row ids for {count} values")
+    return [Binding(org_id, table, column, row_id) for row_id in row_ids]
