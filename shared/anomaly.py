@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from redis.exceptions import RedisError
 
-from shared.context import request_context, watch_response
+from shared.context import request_state, watch_response
 from shared.log import get_logger
 from shared.metrics import record_security_event
 from shared.ratelimit import Backend, key_digest, to_window_ms
@@ -63,7 +63,7 @@ class AnomalyMiddleware:
     """Feeds every HTTP response status to the detector once the response has been sent.
 
     It must sit outside the middleware that sets the principal and inside `RequestContextMiddleware`'s scope (it
-    reads both from `scope["state"]` after the response). A failing backend never fails the request.
+    reads both from the request's `RequestState` after the response). A failing backend never fails the request.
     """
 
     def __init__(self, app: ASGIApp, detector: AnomalyDetector) -> None:
@@ -79,12 +79,10 @@ class AnomalyMiddleware:
         status = exchange.status
         if status not in WATCHED_STATUSES:
             return
-        state = scope.get("state", {})
-        address = request_context(scope).client if "context" in state else None
-        subject = getattr(state.get("principal"), "subject", None)
+        state = request_state(scope)
+        address = state.context.client if state.context is not None else None
+        subject = state.principal.subject if state.principal is not None else None
         try:
-            await self.detector.observe(
-                status, address=address, principal=str(subject) if subject is not None else None
-            )
+            await self.detector.observe(status, address=address, principal=subject)
         except (RedisError, OSError) as exc:
             log.warning("anomaly_observe_failed", error=type(exc).__name__, detail=str(exc))

@@ -19,6 +19,7 @@ import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared.context import request_state
 from shared.errors import ApiError
 from shared.metrics import record_security_event
 from shared.tokens import JwksCache, Principal, TokenError, Verifier
@@ -67,7 +68,7 @@ async def authenticate(request: Request, verifier: Verifier) -> Principal:
     except TokenError as exc:
         record_security_event("token.invalid", reason=str(exc), path=request.url.path)
         raise ApiError("invalid_token", headers=BEARER_CHALLENGE) from None
-    request.scope.setdefault("state", {})["principal"] = principal
+    request_state(request.scope).principal = principal
     return principal
 
 

@@ -7,6 +7,11 @@ binds the values to contextvars (so every log line and every outgoing call carri
 It is also the one middleware that wraps `send`: the others learn the response status from the request's
 `Exchange` after the app returned, and add response headers by registering a hook on it (`watch_response`).
 One wrapper instead of one per middleware: each was a coroutine per message on every request.
+
+What the modules serving one request tell each other (the context, the exchange, the route label a handler that
+routes by itself chose, extra fields for the access line, the authenticated principal, a refused body still on the
+wire) is one typed object, `RequestState`, reached with `request_state(scope)`: not keys in `scope["state"]`,
+which stays Starlette's (`request.state`, and the lifespan state servers copy into it).
 """
 
 from __future__ import annotations
@@ -19,8 +24,43 @@ import time
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from shared.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:  # shared.tokens logs, and shared.log imports this module
+    from shared.tokens import Principal
+
+__all__ = [
+    "CONNECTION_CLOSE",
+    "GRACE_PERIOD_OVER",
+    "REQUEST_ID_HEADER",
+    "REQUEST_STATE_KEY",
+    "TRACEPARENT_HEADER",
+    "Exchange",
+    "HeaderHook",
+    "InFlight",
+    "RawHeaders",
+    "RequestContext",
+    "RequestContextMiddleware",
+    "RequestState",
+    "accept_request_id",
+    "accept_traceparent",
+    "believed_scheme",
+    "build_context",
+    "client_address",
+    "current_request_id",
+    "current_traceparent",
+    "forwarded_scheme",
+    "header",
+    "is_valid_traceparent",
+    "nearest_forwarded",
+    "new_request_id",
+    "new_traceparent",
+    "request_context",
+    "request_state",
+    "watch_response",
+]
 
 REQUEST_ID_HEADER = "x-request-id"
 TRACEPARENT_HEADER = "traceparent"
@@ -222,10 +262,45 @@ class Exchange:
         return observed
 
 
+# The scope key of the request's `RequestState` (an extension key of ours, beside Starlette's `route`, `app`).
+REQUEST_STATE_KEY = "apgms.request_state"
+
+
+@dataclass(slots=True)
+class RequestState:
+    """What the modules serving one request tell each other, set up by `RequestContextMiddleware` (which fills
+    `context` and `exchange`). Each field has one writer:
+
+    - `context`, `exchange`: `RequestContextMiddleware`;
+    - `route_label`: a handler that routes by itself (the proxy's forwarder), read by the metrics middleware in
+      place of the matched Starlette route;
+    - `log_fields`: extra fields of the request's access line (`traffic`), never replacing the line's own;
+    - `principal`: `shared.authz.authenticate`, read by the anomaly middleware after the response;
+    - `refused_body`: the forwarder, when it answered 413 while holding an upstream connection and the rest of
+      the body is still to be dropped.
+    """
+
+    context: RequestContext | None = None
+    exchange: Exchange | None = None
+    route_label: str | None = None
+    log_fields: dict[str, Any] = field(default_factory=dict)
+    principal: Principal | None = None
+    refused_body: bool = False
+
+
+def request_state(scope: Scope) -> RequestState:
+    """The request's state: the one `RequestContextMiddleware` set up, or, for code running without it (unit tests
+    of one middleware), an empty one kept in the scope, so that what one module writes the next one reads."""
+    state: RequestState | None = scope.get(REQUEST_STATE_KEY)
+    if state is None:
+        state = scope[REQUEST_STATE_KEY] = RequestState()
+    return state
+
+
 def watch_response(scope: Scope, send: Send) -> tuple[Exchange, Send]:
     """The request's `Exchange`, and the `send` to pass on: the one `RequestContextMiddleware` set up, or, for a
     middleware running without it (unit tests), a new one that observes `send` itself."""
-    exchange = scope.get("state", {}).get("exchange")
+    exchange = request_state(scope).exchange
     if exchange is not None:
         return exchange, send
     exchange = Exchange()
@@ -264,9 +339,7 @@ class RequestContextMiddleware:
             return headers
 
         exchange = Exchange(header_hooks=[add_request_id])
-        state = scope.setdefault("state", {})
-        state["context"] = context
-        state["exchange"] = exchange
+        scope[REQUEST_STATE_KEY] = RequestState(context=context, exchange=exchange)
         id_token = current_request_id.set(context.request_id)
         trace_token = current_traceparent.set(context.traceparent)
         send_with_id = exchange.observe(send)
@@ -281,6 +354,9 @@ class RequestContextMiddleware:
 
 
 def request_context(scope: Scope) -> RequestContext:
-    """The context bound by `RequestContextMiddleware` for this request."""
-    context: RequestContext = scope["state"]["context"]
+    """The context bound by `RequestContextMiddleware` for this request; LookupError without that middleware (a
+    stack built wrongly)."""
+    context = request_state(scope).context
+    if context is None:
+        raise LookupError("no request context: RequestContextMiddleware is not in this stack")
     return context

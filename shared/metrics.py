@@ -25,7 +25,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.context import watch_response
+from shared.context import request_state, watch_response
 from shared.log import get_logger, write_access_line
 from shared.types import ASGIApp, Receive, Scope, Send
 
@@ -152,10 +152,11 @@ def route_template(path_format: str) -> str:
 
 
 def route_label(scope: Scope) -> str:
-    """The matched route's template; a handler that routes by itself (the proxy) sets `state["route_label"]`."""
-    override = scope.get("state", {}).get("route_label")
+    """The matched route's template; a handler that routes by itself (the proxy) sets the request state's
+    `route_label`."""
+    override = request_state(scope).route_label
     if override is not None:
-        return str(override)
+        return override
     route = scope.get("route")
     path = getattr(route, "path", None)
     if not isinstance(path, str):
@@ -192,8 +193,8 @@ class MetricsMiddleware:
             route = route_label(scope)
             REQUESTS.inc((method, route, str(status)))
             REQUEST_DURATION.observe((method, route), elapsed)
-            state = scope.get("state", {})
-            context = state.get("context")
+            state = request_state(scope)
+            context = state.context
             # Probes and scrapes arrive every few hundred ms from the proxy and Prometheus; their successes would
             # drown the access log, so they are debug lines. Their failures stay info.
             level = "debug" if route in PROBE_ROUTES and status < 400 else "info"
@@ -205,7 +206,7 @@ class MetricsMiddleware:
                 status,
                 round(elapsed * 1000, 2),
                 context.client if context else None,
-                state.get("log_fields"),
+                state.log_fields,
             )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from shared.anomaly import AnomalyDetector, AnomalyMiddleware
-from shared.context import RequestContextMiddleware
+from shared.context import RequestContextMiddleware, request_state
 from shared.errors import ApiError
 from shared.log import capture_logs
 from shared.ratelimit import (
@@ -29,6 +28,7 @@ from shared.ratelimit import (
     rate_limited_error,
     retry_after_s,
 )
+from shared.tokens import Principal
 
 EMAIL = "Ann.Smith@Example.com"
 
@@ -333,7 +333,17 @@ async def unauthorized(_: Request) -> Response:
 
 
 async def forbidden(request: Request) -> Response:
-    request.state.principal = SimpleNamespace(subject="user-7")
+    request_state(request.scope).principal = Principal(
+        subject="user-7",
+        kind="user",
+        org_id="org-1",
+        role="admin",
+        scopes=frozenset(),
+        amr=("pwd",),
+        auth_time=None,
+        token_id="jti",
+        audience="urn:apgms:api",
+    )
     return PlainTextResponse("no", status_code=403)
 
 

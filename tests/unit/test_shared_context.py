@@ -6,12 +6,21 @@ import os
 import re
 import string
 import uuid
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from shared.context import (
+    REQUEST_STATE_KEY,
+    RequestContextMiddleware,
+    RequestState,
     accept_request_id,
     accept_traceparent,
     build_context,
@@ -20,7 +29,10 @@ from shared.context import (
     nearest_forwarded,
     new_request_id,
     new_traceparent,
+    request_context,
+    request_state,
 )
+from shared.types import Message, Receive, Scope, Send
 
 ALLOWED_ID_CHARS = string.ascii_letters + string.digits + "._:-"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -236,3 +248,96 @@ def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
     os.close(read_end)
     os.waitpid(pid, 0)
     assert child and child != [new_request_id(), new_traceparent()]
+
+
+# --- per-request state ----------------------------------------------------------------------------------------------
+
+
+def http_scope() -> dict[str, Any]:
+    return {"type": "http", "method": "GET", "path": "/", "headers": [(b"x-request-id", b"req-7")], "client": None}
+
+
+async def serve(app: Any, scope: dict[str, Any]) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_the_middleware_sets_one_typed_state_that_inner_code_writes_and_outer_code_reads() -> None:
+    seen: list[RequestState] = []
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        state = request_state(scope)
+        seen.append(state)
+        state.route_label = "/things"
+        state.log_fields["traffic"] = "regulator"
+        state.refused_body = True
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def outer(scope: Scope, receive: Receive, send: Send) -> None:
+        await RequestContextMiddleware(handler)(scope, receive, send)
+        state = request_state(scope)  # after the response: what the handler wrote
+        assert (state.route_label, state.log_fields, state.refused_body) == ("/things", {"traffic": "regulator"}, True)
+        assert state.exchange is not None and state.exchange.status == 204
+
+    scope = http_scope()
+    sent = await serve(outer, scope)
+    [state] = seen
+    assert state is scope[REQUEST_STATE_KEY]
+    assert state.context is not None and state.context.request_id == "req-7"
+    assert request_context(scope) is state.context
+    assert state.principal is None
+    assert "state" not in scope  # Starlette's `scope["state"]` holds nothing of ours
+    assert (b"x-request-id", b"req-7") in sent[0]["headers"]
+
+
+async def test_each_request_has_a_state_of_its_own() -> None:
+    states: list[RequestState] = []
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        states.append(request_state(scope))
+        request_state(scope).log_fields["n"] = len(states)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = RequestContextMiddleware(handler)
+    await serve(app, http_scope())
+    await serve(app, http_scope())
+    first, second = states
+    assert first is not second
+    assert (first.log_fields, second.log_fields) == ({"n": 1}, {"n": 2})
+
+
+def test_the_state_is_slotted_so_a_misspelt_field_cannot_be_written() -> None:
+    state = RequestState()
+    with pytest.raises(AttributeError):
+        state.route = "/typo"  # type: ignore[attr-defined]
+    assert not hasattr(state, "__dict__")
+
+
+def test_without_the_middleware_the_state_is_empty_but_shared_and_the_context_is_an_error() -> None:
+    scope = http_scope()
+    state = request_state(scope)
+    state.route_label = "/x"
+    assert request_state(scope) is state  # kept in the scope: what one middleware writes the next one reads
+    assert (state.context, state.exchange, state.log_fields, state.refused_body) == (None, None, {}, False)
+    with pytest.raises(LookupError, match="RequestContextMiddleware"):
+        request_context(scope)
+
+
+def test_starlettes_request_state_keeps_working_beside_ours() -> None:
+    async def endpoint(request: Request) -> Response:
+        request.state.note = "kept"
+        return PlainTextResponse(f"{request.state.note} {request_state(request.scope).context is not None}")
+
+    app = RequestContextMiddleware(Starlette(routes=[Route("/", endpoint)]))
+    with TestClient(app) as client:
+        assert client.get("/").text == "kept True"
