@@ -1,4 +1,6 @@
-"""The forwarding handler: one request in, one upstream attempt (or a retry), the response streamed back.
+"""The forwarding handler: one request in, one upstream attempt (or a retry), the response streamed back. Three
+steps after routing: `_prepare` (headers, target, body), `_send` (to an instance, retried elsewhere when safe),
+`_stream_back`.
 
 A request body is read whole, within the route's limit and the body deadlines, before an upstream connection
 (or a regulator slot) is taken, as nginx's request buffering does: a client trickling its body holds nothing of
@@ -30,10 +32,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 from aiohttp import hdrs
@@ -55,7 +56,7 @@ from proxy.limits import (
 )
 from proxy.routing import BadPath, ProxyRoute, RouteTable, encode_path, normalise_path
 from proxy.upstreams import HealthPolicy, Instance, Upstream
-from shared.context import request_context, watch_response
+from shared.context import RequestContext, request_context, request_state, watch_response
 from shared.errors import client_closed_request, problem_response
 from shared.log import get_logger
 from shared.metrics import LATENCY_BUCKETS_S, RequestCounter, RequestHistogram, record_security_event
@@ -115,17 +116,44 @@ UPSTREAM_DURATION = RequestHistogram(
 log = get_logger(__name__)
 
 
-@functools.lru_cache(maxsize=64)
+# Timeouts are per route (a handful) and per connect timeout (one): a small cache holds every pair.
+CLIENT_TIMEOUTS_CACHED = 64
+
+
+@functools.lru_cache(maxsize=CLIENT_TIMEOUTS_CACHED)
 def client_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
     # sock_read bounds the wait for the response headers (and each later read): no extra timer per request.
     return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A request ready to go upstream, as `Forwarder._prepare` made it: the target (path and query), the
+    forwarded headers, and the body: read whole (`data`), or to be streamed from `reader` (`streamed`)."""
+
+    target: str
+    headers: Headers
+    data: bytes | None = None
+    # The body's reader (None without a body): what a streamed body is read from, and what holds a buffered
+    # body's bytes against the process-wide budget until the request is over (`release`).
+    reader: BodyReader | None = None
+    streamed: bool = False
+    # Whether the client declared a Content-Length (a body that stops short of it is the client closing).
+    declared: bool = False
+
+    @property
+    def stream(self) -> BodyReader | None:
+        return self.reader if self.streamed else None
+
+    def release(self) -> None:
+        if self.reader is not None:
+            self.reader.release()
+
+
 @dataclass
 class Forwarder:
-    """The innermost handler of the proxy's stack (`proxy.app`). Calling it returns the coroutine that answers
-    the request rather than being one, so servers that tell ASGI 2 from 3 by introspection would misread it:
-    it is always served inside the shared middleware."""
+    """The innermost handler of the proxy's stack (`proxy.app`): routes the request, then prepares it
+    (`_prepare`), sends it with retries (`_send`) and streams the answer back (`_stream_back`)."""
 
     routes: RouteTable
     upstreams: Mapping[str, Upstream]
@@ -146,27 +174,24 @@ class Forwarder:
     def __post_init__(self) -> None:
         self.buffers = BufferBudget(self.body.buffer_total_bytes)
 
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
-        """The coroutine that answers this request. Routing needs no waiting, so it is done here, before any
-        coroutine exists: the one returned is the forwarding itself (one frame less on every resumption)."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Counts the request against its client address's cap while it runs; prepares it (the head checked, a
+        body within the buffer size read whole); then takes a regulator slot (on that route) and a pooled
+        connection, in that order, so that a slow client holds neither; sends it and streams the answer back."""
         raw_path = scope.get("raw_path") or scope["path"].encode()
         try:
             path = normalise_path(raw_path.decode("latin-1"))
         except BadPath as exc:
-            return problem_response("bad_request", f"Unacceptable path: {exc}")(scope, receive, send)
+            await problem_response("bad_request", f"Unacceptable path: {exc}")(scope, receive, send)
+            return
         route = self.routes.match(path)
         if route is None:
-            return problem_response("not_found", "No service serves this path")(scope, receive, send)
-        state = scope.setdefault("state", {})
-        state["route_label"] = route.prefix
+            await problem_response("not_found", "No service serves this path")(scope, receive, send)
+            return
+        state = request_state(scope)
+        state.route_label = route.prefix
         if route.is_regulator:
-            state["log_fields"] = {"traffic": "regulator"}
-        return self._forward(scope, receive, send, route, path)
-
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute, path: str) -> None:
-        """Counts the request against its client address's cap while it runs; checks the head; reads a body
-        within the buffer size whole; then takes a regulator slot (on that route) and a pooled connection, in that
-        order, so that a slow client holds neither."""
+            state.log_fields["traffic"] = "regulator"
         context = request_context(scope)
         client = context.client
         if not self.clients.enter(client):
@@ -177,78 +202,95 @@ class Forwarder:
                 headers={"retry-after": RETRY_AFTER_S, "connection": "close"},
             )(scope, receive, send)
             return
-        reader: BodyReader | None = None
         try:
-            peer = scope.get("client")
-            headers, declared, chunked = upstream_request_headers(
-                scope["headers"],
-                peer=peer[0] if peer else None,
-                scheme=scope.get("scheme", "http"),
-                request_id=context.request_id,
-                traceparent=context.traceparent,
-                trusted_hops=self.trusted_hops,
-            )
-            if declared is not None and not declared.strip().isdigit():
-                await problem_response("bad_request", "Content-Length must be a number")(scope, receive, send)
+            outgoing = await self._prepare(scope, receive, send, route, path, context)
+            if outgoing is None:
                 return
-            length = int(declared) if declared is not None else None
-            if length is not None and length > route.max_body_bytes:
-                await self._refuse_body(scope, receive, send, route)
-                return
-            if length:
-                headers.append(("content-length", str(length)))
-            data: bytes | None = None
-            stream: BodyReader | None = None
-            if length or chunked:  # GETs and other bodiless requests skip all of this
-                deadline = asyncio.get_running_loop().time() + self.body.total_timeout_s
-                reader = BodyReader(receive, route.max_body_bytes, self.body.idle_timeout_s, deadline, self.buffers)
-                if route.max_body_bytes > self.body.buffer_max_bytes:
-                    stream = reader
-                elif (data := await reader.read()) is None:
-                    await self._body_failed(scope, receive, send, route, reader, declared is not None)
-                    return
-            query = scope.get("query_string", b"").decode("latin-1")
-            target = encode_path(path) + (f"?{query}" if query else "")
-
-            slots = self.regulator_slots if route.is_regulator else None
-            if slots is not None:
-                if slots.locked():
-                    await problem_response(
-                        "service_unavailable",
-                        "The regulator route is at its concurrency limit",
-                        headers={"retry-after": RETRY_AFTER_S},
-                    )(scope, receive, send)
-                    return
-                await slots.acquire()
             try:
-                gate = self.pool_gates[route.service]
-                if not gate.try_take() and not await gate.wait(self.pool_wait_s):
-                    log.warning("upstream_busy", upstream=route.service, wait_s=self.pool_wait_s)
-                    await problem_response(
-                        "upstream_busy",
-                        f"Every connection to {route.service} is in use",
-                        headers={"retry-after": RETRY_AFTER_S},
-                    )(scope, receive, send)
-                    return
-                try:
-                    await self._exchange(scope, receive, send, route, target, headers, data, stream, declared)
-                finally:
-                    gate.release()
-            finally:
+                slots = self.regulator_slots if route.is_regulator else None
                 if slots is not None:
-                    slots.release()
-            if scope["state"].get("refused_body"):  # a streamed body refused while the upstream was held
+                    if slots.locked():
+                        await problem_response(
+                            "service_unavailable",
+                            "The regulator route is at its concurrency limit",
+                            headers={"retry-after": RETRY_AFTER_S},
+                        )(scope, receive, send)
+                        return
+                    await slots.acquire()
+                try:
+                    gate = self.pool_gates[route.service]
+                    if not gate.try_take() and not await gate.wait(self.pool_wait_s):
+                        log.warning("upstream_busy", upstream=route.service, wait_s=self.pool_wait_s)
+                        await problem_response(
+                            "upstream_busy",
+                            f"Every connection to {route.service} is in use",
+                            headers={"retry-after": RETRY_AFTER_S},
+                        )(scope, receive, send)
+                        return
+                    try:
+                        response = await self._send(scope, receive, send, route, outgoing)
+                        if response is not None:
+                            await self._stream_back(send, response)
+                    finally:
+                        gate.release()
+                finally:
+                    if slots is not None:
+                        slots.release()
+            finally:
+                outgoing.release()
+            if state.refused_body:  # a streamed body refused while the upstream was held
                 await self._discard_rest(receive)
         finally:
             self.clients.leave(client)
-            if reader is not None:
+
+    async def _prepare(
+        self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute, path: str, context: RequestContext
+    ) -> Outgoing | None:
+        """The request as it goes upstream: its headers, target and body (read whole within the buffer size, or
+        to be streamed). None when the request was answered here instead (a malformed or oversized head, a body
+        that failed); it then holds nothing of the buffer budget."""
+        peer = scope.get("client")
+        headers, declared, chunked = upstream_request_headers(
+            scope["headers"],
+            peer=peer[0] if peer else None,
+            scheme=scope.get("scheme", "http"),
+            request_id=context.request_id,
+            traceparent=context.traceparent,
+            trusted_hops=self.trusted_hops,
+        )
+        if declared is not None and not declared.strip().isdigit():
+            await problem_response("bad_request", "Content-Length must be a number")(scope, receive, send)
+            return None
+        length = int(declared) if declared is not None else None
+        if length is not None and length > route.max_body_bytes:
+            await self._refuse_body(scope, receive, send, route)
+            return None
+        if length:
+            headers.append(("content-length", str(length)))
+        query = scope.get("query_string", b"").decode("latin-1")
+        target = encode_path(path) + (f"?{query}" if query else "")
+        if not (length or chunked):  # GETs and other bodiless requests
+            return Outgoing(target, headers)
+        deadline = asyncio.get_running_loop().time() + self.body.total_timeout_s
+        reader = BodyReader(receive, route.max_body_bytes, self.body.idle_timeout_s, deadline, self.buffers)
+        if route.max_body_bytes > self.body.buffer_max_bytes:
+            return Outgoing(target, headers, reader=reader, streamed=True, declared=declared is not None)
+        data = None
+        try:
+            data = await reader.read()
+        finally:
+            if data is None:  # failed, or cancelled: nothing of it is kept
                 reader.release()
+        if data is None:
+            await self._body_failed(scope, receive, send, route, reader, declared is not None)
+            return None
+        return Outgoing(target, headers, data=data, reader=reader, declared=declared is not None)
 
     async def _refuse_body(
         self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute, *, holding: bool = False
     ) -> None:
         """413, with the connection closed after it (the unread body is still on the wire). The rest of the body
-        is then dropped (see discard_body); by `_forward` once it holds nothing of the upstream's when `holding`
+        is then dropped (see discard_body); by `__call__` once it holds nothing of the upstream's when `holding`
         (a pooled connection, a regulator slot)."""
         await problem_response(
             "payload_too_large",
@@ -256,7 +298,7 @@ class Forwarder:
             headers={"connection": "close"},
         )(scope, receive, send)
         if holding:
-            scope["state"]["refused_body"] = True
+            request_state(scope).refused_body = True
         else:
             await self._discard_rest(receive)
 
@@ -298,24 +340,17 @@ class Forwarder:
             # A chunked body cut off by its client and a malformed one look alike; one still listening is told.
             await problem_response("bad_request", "The request body ended before it was complete")(scope, receive, send)
 
-    async def _exchange(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        route: ProxyRoute,
-        target: str,
-        headers: Headers,
-        data: bytes | None,
-        stream: BodyReader | None,
-        declared: str | None,
-    ) -> None:
-        """Sends the request to an instance (another after a connection failure, when that is safe) and streams
-        its answer back."""
+    async def _send(
+        self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute, outgoing: Outgoing
+    ) -> aiohttp.ClientResponse | None:
+        """The upstream's response (headers received) from an instance, another one after a connection failure
+        when that is safe; None when the request was answered here instead (no instance, a timeout, a body that
+        failed while streaming)."""
         method = scope["method"]
         upstream = self.upstreams[route.service]
         session = self.sessions[route.service]
         timeout = client_timeout(self.connect_timeout_s, route.timeout_s)
+        stream = outgoing.stream
 
         tried: list[Instance] = []
         while True:
@@ -324,16 +359,16 @@ class Forwarder:
                 code = "upstream_unavailable" if tried else "service_unavailable"
                 detail = f"No healthy instance of {route.service}" if not tried else f"{route.service} is unreachable"
                 await problem_response(code, detail)(scope, receive, send)
-                return
+                return None
             tried.append(instance)
             started = time.perf_counter()
             try:
-                forwarding = _forwarded_headers.set(headers)
+                forwarding = _forwarded_headers.set(outgoing.headers)
                 try:
                     response = await session.request(
                         method,
-                        instance.url + target,
-                        data=stream.chunks() if stream is not None else data,
+                        instance.url + outgoing.target,
+                        data=stream.chunks() if stream is not None else outgoing.data,
                         allow_redirects=False,
                         timeout=timeout,
                     )
@@ -342,15 +377,15 @@ class Forwarder:
             except (aiohttp.ClientError, TimeoutError, BodyError) as exc:
                 if stream is not None and stream.failure is not None:
                     # aiohttp may wrap our exception; either way the upstream is not to blame.
-                    await self._body_failed(scope, receive, send, route, stream, declared is not None, holding=True)
-                    return
+                    await self._body_failed(scope, receive, send, route, stream, outgoing.declared, holding=True)
+                    return None
                 connect_timeout = isinstance(exc, aiohttp.ConnectionTimeoutError)
                 if isinstance(exc, TimeoutError) and not connect_timeout:
                     UPSTREAM_REQUESTS.inc((route.service, "timeout"))
                     await problem_response(
                         "upstream_timeout", f"{route.service} did not answer within {route.timeout_s:g}s"
                     )(scope, receive, send)
-                    return
+                    return None
                 # A handshake that never completed is a connection failure (retry, eject), not a slow upstream.
                 UPSTREAM_REQUESTS.inc((route.service, "connect_error"))
                 if connect_timeout or isinstance(exc, aiohttp.ClientConnectorError):
@@ -360,12 +395,15 @@ class Forwarder:
                 if method in IDEMPOTENT_METHODS and (stream is None or not stream.started):
                     continue
                 await problem_response("upstream_unavailable", f"{route.service} is unreachable")(scope, receive, send)
-                return
-            break
+                return None
+            instance.record_success()
+            UPSTREAM_DURATION.observe((route.service,), time.perf_counter() - started)
+            UPSTREAM_REQUESTS.inc((route.service, str(response.status)))
+            return response
 
-        instance.record_success()
-        UPSTREAM_DURATION.observe((route.service,), time.perf_counter() - started)
-        UPSTREAM_REQUESTS.inc((route.service, str(response.status)))
+    async def _stream_back(self, send: Send, response: aiohttp.ClientResponse) -> None:
+        """The upstream's response to the client: its head (hop-by-hop headers dropped), then its body as it
+        comes, and the upstream connection back to the pool."""
         async with response:
             await send(
                 {
