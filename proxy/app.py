@@ -21,6 +21,13 @@ from shared.log import get_logger
 from shared.types import ASGIApp, Receive, Scope, Send
 
 KEEPALIVE_TIMEOUT_S = 30.0
+# How long a resolved upstream name is kept (aiohttp's default, named): an instance rescheduled at a new address
+# under the same name is reached within this.
+DNS_CACHE_TTL_S = 60
+# The pool of the session for health checks and /federate, each of which reaches every instance at once: room for
+# this many instances per service, and some spare.
+HEALTH_CONNECTIONS_PER_UPSTREAM = 4
+HEALTH_SPARE_CONNECTIONS = 8
 
 log = get_logger(__name__)
 
@@ -37,7 +44,9 @@ def upstream_check(upstream: Upstream) -> Check:
 
 
 def new_session(pool_size: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=pool_size, keepalive_timeout=KEEPALIVE_TIMEOUT_S, ttl_dns_cache=60)
+    connector = aiohttp.TCPConnector(
+        limit=pool_size, keepalive_timeout=KEEPALIVE_TIMEOUT_S, ttl_dns_cache=DNS_CACHE_TTL_S
+    )
     return aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,
@@ -57,7 +66,7 @@ def create_app(settings: ProxySettings) -> ProxyDispatch:
     async def start(_: Runtime) -> None:
         for service in upstreams:
             sessions[service] = new_session(settings.pool_size)
-        sessions["_health"] = new_session(len(upstreams) * 4 + 8)
+        sessions["_health"] = new_session(len(upstreams) * HEALTH_CONNECTIONS_PER_UPSTREAM + HEALTH_SPARE_CONNECTIONS)
         tasks.append(asyncio.create_task(run_health_checks(sessions["_health"], upstreams, settings.health)))
 
     async def stop(_: Runtime) -> None:

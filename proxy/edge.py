@@ -25,6 +25,8 @@ CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_ALLOW_HEADERS = "authorization, content-type, idempotency-key, x-request-id, traceparent"
 CORS_EXPOSE_HEADERS = "x-request-id, idempotent-replay, retry-after"
 CORS_MAX_AGE_S = 600
+# A refused Origin is logged cut to this length: it is the client's to choose.
+LOGGED_ORIGIN_CHARS = 200
 # The proxy's own endpoints, which the Host allowlist does not apply to: load balancer and Kubernetes probes send
 # the instance's address as Host, Prometheus the target's name. Nothing there builds a link from the host or
 # carries it to a service, and `/metrics` and `/federate` need the scrape credential in production.
@@ -169,7 +171,7 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         if origin not in self.allowed_origins:
-            record_security_event("cors.reject", origin=origin[:200], path=scope["path"])
+            record_security_event("cors.reject", origin=origin[:LOGGED_ORIGIN_CHARS], path=scope["path"])
             hooks.append(self.secure)
             await problem_response("cors_forbidden", "This origin is not allowed to call the API")(scope, receive, send)
             return
