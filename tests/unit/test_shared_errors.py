@@ -17,6 +17,7 @@ from shared.errors import (
     ERRORS,
     PROBLEM_MEDIA_TYPE,
     ApiError,
+    AuditFailed,
     ErrorBoundaryMiddleware,
     FieldError,
     code_for_status,
@@ -152,6 +153,52 @@ async def test_error_boundary_turns_an_exception_into_a_500_problem(request_id: 
     assert body["code"] == "internal_error"
     assert body["request_id"] == request_id
     assert b"secret-key-name" not in b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_a_failed_audit_write_is_a_500_audit_failed_counted_and_logged_once(request_id: str) -> None:
+    from prometheus_client import REGISTRY
+
+    org_id, actor = "7d7a6b0e-5c1f-4a39-9a57-0f3c2b1e8d44", "user:3f2c1b0a-9e8d-4c7b-8a69-5f4e3d2c1b0a"
+
+    async def audited(_: Scope, __: Receive, ___: Send) -> None:
+        try:
+            raise ConnectionResetError("the database went away")
+        except ConnectionResetError as exc:
+            raise AuditFailed(org_id, "user.create", actor, "ConnectionResetError: the database went away") from exc
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    def audit_failed_total() -> float:
+        return REGISTRY.get_sample_value("security_events_total", {"event": "audit_failed"}) or 0.0
+
+    before = audit_failed_total()
+    scope = {"type": "http", "method": "POST", "path": "/users", "headers": []}
+    with capture_logs() as logs:
+        await ErrorBoundaryMiddleware(audited)(scope, receive, send)
+    assert sent[0]["status"] == 500
+    body = orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert (body["code"], body["title"], body["request_id"]) == (
+        "audit_failed",
+        ERRORS["audit_failed"].title,
+        request_id,
+    )
+    assert b"database" not in b"".join(m.get("body", b"") for m in sent[1:])
+    assert audit_failed_total() == before + 1
+    assert [entry["event"] for entry in logs] == ["security_event", "audit_failed"]
+    security, failed = logs
+    assert (security["security.event"], security["org_id"], security["action"]) == (
+        "audit_failed",
+        org_id,
+        "user.create",
+    )
+    assert (failed["log_level"], failed["org_id"], failed["action"]) == ("error", org_id, "user.create")
+    assert failed["reason"] == "ConnectionResetError: the database went away"
 
 
 async def run_until_cancelled(app: ASGIApp, message: str) -> tuple[list[Message], asyncio.Task[None]]:
