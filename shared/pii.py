@@ -4,7 +4,8 @@
       └─ LocalKekProvider          KEKs from APGMS_KEK_FILE or APGMS_KEK (kek_provider_from_env); a cloud KMS is
                                    another class behind the same three members (async, since a KMS is a network call)
     DataKeyCache                   unwrapped DEKs by org: at most DEK_CACHE_MAX_ORGS, each for DEK_CACHE_TTL_S
-    PiiCipher(pool, provider)      encrypt / decrypt (and *_many, one key lookup), destroy(org), rotate_kek()
+    PiiCipher(pool, provider)      encrypt / decrypt (and *_many, one key lookup), destroy(org)
+    rotate_kek(conn, provider)     re-wrap every DEK under the current KEK; kek_usage(conn) shows what is left
     PiiError                       CiphertextInvalid, KeyDestroyed, KekUnavailable
 
 A sealed value (bytea in the caller's table) is
@@ -27,9 +28,10 @@ raises `KeyDestroyed`, and so does encrypting for it (a deleted org gets no new 
 using a DEK it cached for up to DEK_CACHE_TTL_S after a destroy. Random 96-bit nonces bound a DEK to 2**32
 values (NIST SP 800-38D 8.3); a new key_id per org is the way past that, and the format already carries it.
 
-KEK rotation: put the new KEK first in APGMS_KEK_FILE (the old ones after it), then `rotate_kek()` re-wraps every
-DEK not under the current KEK, RE_WRAP_BATCH_SIZE rows per transaction; sealed values are untouched (their DEKs
-are the same bytes). `kek_usage()` says when an old KEK wraps nothing any more and can be removed.
+KEK rotation: put the new KEK first in APGMS_KEK_FILE (the old ones after it), then `rotate_kek` (the CLI's
+`apgms pii rotate-kek`) re-wraps every DEK not under the current KEK, RE_WRAP_BATCH_SIZE rows per transaction;
+sealed values are untouched (their DEKs are the same bytes). `kek_usage` says when an old KEK wraps nothing any
+more and can be removed.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ __all__ = [
     "PiiError",
     "WrappedKey",
     "kek_provider_from_env",
+    "kek_usage",
     "open_value",
+    "rotate_kek",
     "seal_value",
 ]
 
@@ -453,14 +457,33 @@ async def kek_usage(conn: asyncpg.Connection) -> dict[str, int]:
     return {r["kek_id"]: r["keys"] for r in rows}
 
 
-# --- the adapter -------------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class KekRotation:
     rewrapped: int
     batches: int
     kek_usage: dict[str, int]  # after the rotation: only the current KEK, unless rows were added meanwhile
+
+
+async def rotate_kek(
+    conn: asyncpg.Connection, provider: KekProvider, *, batch_size: int = RE_WRAP_BATCH_SIZE
+) -> KekRotation:
+    """Re-wrap every live DEK not under `provider`'s current KEK, `batch_size` rows per transaction on `conn`;
+    sealed values and cached DEKs stay valid (the DEKs are the same bytes)."""
+    current = provider.current_kek_id
+    rewrapped = batches = 0
+    while True:
+        async with conn.transaction():
+            rows = await _rows_to_rewrap(conn, current, batch_size)
+            for row in rows:
+                if row.wrapped is not None:  # always: the query selects live keys only
+                    await _set_wrapped(conn, row, await provider.wrap(await provider.unwrap(row.wrapped)))
+        if not rows:
+            return KekRotation(rewrapped, batches, await kek_usage(conn))
+        rewrapped += len(rows)
+        batches += 1
+
+
+# --- the adapter -------------------------------------------------------------------------------------------------
 
 
 class PiiCipher:
@@ -528,25 +551,6 @@ class PiiCipher:
                 destroyed = await _destroy(own, org_id)
         self._cache.evict(org_id)
         return destroyed
-
-    async def rotate_kek(self, *, batch_size: int = RE_WRAP_BATCH_SIZE) -> KekRotation:
-        """Re-wrap every DEK not under the provider's current KEK, `batch_size` per transaction."""
-        current = self._provider.current_kek_id
-        rewrapped = batches = 0
-        async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as conn:
-            while True:
-                async with conn.transaction():
-                    rows = await _rows_to_rewrap(conn, current, batch_size)
-                    for row in rows:
-                        if row.wrapped is None:  # the query selects live keys only
-                            continue
-                        dek = await self._provider.unwrap(row.wrapped)
-                        await _set_wrapped(conn, row, await self._provider.wrap(dek))
-                if not rows:
-                    break
-                rewrapped += len(rows)
-                batches += 1
-            return KekRotation(rewrapped, batches, await kek_usage(conn))
 
     async def _keys(self, org_id: uuid.UUID, *, create: bool) -> OrgKeys:
         cached = self._cache.get(org_id)

@@ -22,6 +22,7 @@ from shared.pii import (
     LocalKekProvider,
     PiiCipher,
     kek_usage,
+    rotate_kek,
 )
 
 OLD_KEK = Secret(base64.b64encode(os.urandom(32)).decode())
@@ -48,7 +49,10 @@ def cipher(pool: asyncpg.Pool, *keks: Secret, cache: DataKeyCache | None = None)
 
 
 async def key_rows(pool: asyncpg.Pool, org_id: uuid.UUID) -> list[asyncpg.Record]:
-    return await pool.fetch("SELECT * FROM pii.data_keys WHERE org_id = $1 ORDER BY key_id", org_id)
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT * FROM pii.data_keys WHERE org_id = $1 ORDER BY key_id", org_id
+    )
+    return rows
 
 
 async def test_values_round_trip_under_one_stored_wrapped_key_per_org(pool: asyncpg.Pool) -> None:
@@ -177,10 +181,10 @@ async def test_kek_rotation_rewraps_every_key_and_leaves_every_value_readable(po
     with pytest.raises(KekUnavailable):
         await new_only.decrypt(orgs[0], "bank_lines", "payee", sealed[orgs[0]][0])
 
-    rotation = await cipher(pool, NEW_KEK, OLD_KEK).rotate_kek(batch_size=3)
-    assert (rotation.rewrapped, rotation.batches) == (7, 3)
     async with pool.acquire() as conn:
+        rotation = await rotate_kek(conn, LocalKekProvider([NEW_KEK, OLD_KEK]), batch_size=3)
         assert rotation.kek_usage == await kek_usage(conn) == {new_id: 7}
+    assert (rotation.rewrapped, rotation.batches) == (7, 3)
     for org in orgs:
         [row] = await key_rows(pool, org)
         assert row["kek_id"] == new_id != old_id
@@ -193,4 +197,5 @@ async def test_kek_rotation_rewraps_every_key_and_leaves_every_value_readable(po
         assert await retired.decrypt_many(org, "bank_lines", "payee", sealed[org]) == PAYEES
     with pytest.raises(KeyDestroyed):
         await retired.encrypt(destroyed, "bank_lines", "payee", "still refused")
-    assert (await cipher(pool, NEW_KEK).rotate_kek()).rewrapped == 0
+    async with pool.acquire() as conn:
+        assert (await rotate_kek(conn, LocalKekProvider([NEW_KEK]))).rewrapped == 0
