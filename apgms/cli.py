@@ -22,6 +22,7 @@ from services.auth.oauth import ClientError, create_client
 from shared.config import ConfigError, Env, Settings, environ_with_dotenv, load_settings, new_master_key, read_dotenv
 from shared.crypto import SecretBox
 from shared.migrations import MigrationError, ServiceStatus, migrate, status
+from shared.pii import kek_provider_from_env, rotate_kek
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="APGMS development and operations tooling.")
 db_app = typer.Typer(no_args_is_help=True, help="Database migrations of every service.")
@@ -30,6 +31,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="Token signing keys of the aut
 app.add_typer(keys_app, name="keys")
 clients_app = typer.Typer(no_args_is_help=True, help="OAuth2 API clients (client credentials).")
 app.add_typer(clients_app, name="clients")
+pii_app = typer.Typer(no_args_is_help=True, help="PII data keys and their key-encryption key (KEK).")
+app.add_typer(pii_app, name="pii")
 
 T = TypeVar("T")
 
@@ -226,6 +229,28 @@ def clients_add(
     table.add_row("org", str(org))
     table.add_row("scopes", " ".join(dict.fromkeys(scope)))
     console.print(table)
+
+
+@pii_app.command("rotate-kek")
+def pii_rotate_kek() -> None:
+    """Re-wrap every org's data key under the current KEK (the first in APGMS_KEK_FILE or APGMS_KEK); no PII value
+    is re-encrypted. Once no key is left under an old KEK, that KEK can be removed from the file."""
+    environ = command_environ()
+    settings = auth_settings(environ, sealing=False)
+    try:
+        provider = kek_provider_from_env(environ)
+    except ConfigError as error:
+        fail(str(error))
+    rotation = with_connection(settings, lambda conn: rotate_kek(conn, provider))
+    console.print(
+        f"Re-wrapped {rotation.rewrapped} data key(s) under KEK {provider.current_kek_id} "
+        f"in {rotation.batches} batch(es).",
+        soft_wrap=True,
+    )
+    others = {kek: count for kek, count in rotation.kek_usage.items() if kek != provider.current_kek_id}
+    if others:
+        fail(f"data keys still under other KEKs (added during the rotation?), run it again: {others}")
+    console.print("No data key is wrapped under any other KEK; retired KEKs can be removed.", soft_wrap=True)
 
 
 # --- docker compose ------------------------------------------------------------------------------------------

@@ -8,11 +8,15 @@ import base64
 import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from typer.testing import CliRunner
 
+from apgms import devstack
+from apgms.cli import app
 from shared.config import Secret
 from shared.pii import (
     CiphertextInvalid,
@@ -199,3 +203,24 @@ async def test_kek_rotation_rewraps_every_key_and_leaves_every_value_readable(po
         await retired.encrypt(destroyed, "bank_lines", "payee", "still refused")
     async with pool.acquire() as conn:
         assert (await rotate_kek(conn, LocalKekProvider([NEW_KEK]))).rewrapped == 0
+
+
+async def test_the_cli_rotates_the_kek_named_first(
+    pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(devstack, "PROJECT_ROOT", tmp_path)  # a developer's `.env` must not decide the KEK
+    org = uuid.uuid4()
+    blob = await cipher(pool, OLD_KEK).encrypt(org, "bank_lines", "payee", "Acme Pty Ltd")
+    kek_file = tmp_path / "kek"
+    kek_file.write_text(f"# new first, then the one being retired\n{NEW_KEK.reveal()}\n{OLD_KEK.reveal()}\n")
+    environment = {"DATABASE_URL": database_url, "APGMS_ENV": "test", "APGMS_KEK_FILE": str(kek_file)}
+
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["pii", "rotate-kek"], env=environment)
+
+    new_id = LocalKekProvider([NEW_KEK]).current_kek_id
+    assert result.exit_code == 0, result.output
+    assert f"Re-wrapped 1 data key(s) under KEK {new_id}" in result.stdout
+    assert "retired KEKs can be removed" in result.stdout
+    assert await cipher(pool, NEW_KEK).decrypt(org, "bank_lines", "payee", blob) == "Acme Pty Ltd"
+    for secret in (NEW_KEK.reveal(), OLD_KEK.reveal()):
+        assert secret not in result.output
