@@ -14,6 +14,8 @@ from shared.metrics import record_security_event
 from shared.ratelimit import Backend, key_digest, to_window_ms
 from shared.types import ASGIApp, Receive, Scope, Send
 
+__all__ = ["ANOMALY_THRESHOLD", "ANOMALY_WINDOW_S", "WATCHED_STATUSES", "AnomalyDetector", "AnomalyMiddleware"]
+
 ANOMALY_THRESHOLD = 10
 ANOMALY_WINDOW_S = 60.0
 WATCHED_STATUSES = frozenset({401, 403})

@@ -21,7 +21,20 @@ import structlog
 import structlog.testing
 
 from shared.context import current_request_id, current_traceparent
-from shared.redact import redact_fields, redact_text
+from shared.redact import redact_fields
+
+__all__ = [
+    "HEAD_FIELDS",
+    "DirectMethods",
+    "Logger",
+    "capture_logs",
+    "configure_logging",
+    "get_logger",
+    "render_line",
+    "reset_logging",
+    "utc_timestamp",
+    "write_access_line",
+]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 HEAD_FIELDS = ("time", "level", "service", "event", "request_id")
@@ -45,32 +58,48 @@ def utc_timestamp(now: float) -> str:
     return _utc_second(second) + _MILLISECONDS[micros // 1000]
 
 
-def _head(level: str | None, service: str, event: str | None, request_id: str | None) -> dict[str, Any]:
-    """The fields every line starts with, in HEAD_FIELDS order."""
-    return {
+def render_line(
+    level: str | None,
+    service: str,
+    event: Any,
+    request_id: str | None,
+    fields: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """One log line, as JSON without the newline: the one renderer, which structlog's processors, `DirectMethods`
+    and `write_access_line` all end in.
+
+    The head fields first, in HEAD_FIELDS order (`time` is now); then `fields`, which must hold none of them (the
+    callers take theirs out); then each field of `extra` the line does not have yet; then the current request's
+    traceparent, unless a field gave one. Every field is redacted (`shared.redact`; the line's own ids, timings
+    and statuses are trusted fields, which it leaves alone)."""
+    line = {
         "time": utc_timestamp(time.time()),
         "level": level,
         "service": service,
         "event": event,
         "request_id": request_id,
     }
+    line.update(fields)
+    if extra:
+        line.update({key: value for key, value in extra.items() if key not in line})  # never the line's own
+    if "traceparent" not in line and (traceparent := current_traceparent.get()) is not None:
+        line["traceparent"] = traceparent
+    redact_fields(line)
+    return orjson.dumps(line, default=str).decode()
 
 
 def _finish(service: str) -> Any:
-    """The last processor: request context, time and service added, every field redacted, the fixed fields
-    first, rendered as one JSON line. One function rather than a processor each: the access line is written
-    for every request, and each structlog processor is a call on that path."""
+    """The last processor: the head fields taken out of the event (the request ID from the request context unless
+    the event has one; a `time` or `service` of its own dropped) and the line rendered (`render_line`). One
+    function rather than a processor each: each structlog processor is a call on every line's path."""
 
     def finish(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
         request_id = event.pop("request_id") if "request_id" in event else current_request_id.get()
-        line = _head(event.pop("level", None), service, event.pop("event", None), request_id)
+        level, name = event.pop("level", None), event.pop("event", None)
         event.pop("time", None)
         event.pop("service", None)
-        line.update(event)
-        if "traceparent" not in line and (traceparent := current_traceparent.get()) is not None:
-            line["traceparent"] = traceparent
-        redact_fields(line)
-        return orjson.dumps(line, default=str).decode()
+        return render_line(level, service, name, request_id, event)
 
     return finish
 
@@ -157,17 +186,19 @@ class DirectMethods:
         }
 
     def _emitter(self, level: str, finish: Any) -> Any:
-        out = self.out
-
         def emit(event: str, *args: Any, **fields: Any) -> None:
             fields["event"] = event % args if args else event  # as structlog formats positional arguments
-            line: MutableMapping[str, Any] = structlog.processors.add_log_level(None, level, fields)
+            fields["level"] = level  # as structlog's add_log_level does for these four
+            line: MutableMapping[str, Any] = fields
             if "exc_info" in line:
                 line = structlog.processors.format_exc_info(None, level, line)
-            out.write(finish(None, level, line) + "\n")
-            out.flush()
+            self.write(finish(None, level, line))
 
         return emit
+
+    def write(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
 
 
 _direct: DirectMethods | None = None
@@ -185,11 +216,11 @@ def write_access_line(
     extra: Mapping[str, Any] | None = None,
 ) -> None:
     """The access line of one request (event `request`), exactly as `log.<level>("request", method=..., route=...,
-    path=..., status=..., duration_ms=..., client=..., **extra)` would write it, built directly: it is the one
-    line written for every request, and the general path (keyword dict, level, head fields, redaction of every
-    field) costs twice as much. `extra` never replaces a field the line has already. Under any configuration
-    other than ours (`capture_logs`), it is that call. Written without a lock: request handling runs on the
-    event loop's thread."""
+    path=..., status=..., duration_ms=..., client=..., **extra)` would write it, rendered by `render_line` straight
+    from these arguments: it is the one line written for every request, and the general path (a keyword dict,
+    the head fields taken out of it again) costs more. `extra` never replaces a field the line has already. Under
+    any configuration other than ours (`capture_logs`), it is that call. Written without a lock: request handling
+    runs on the event loop's thread."""
     direct = _direct
     if direct is None:
         own = {"method": method, "route": route, "path": path, "status": status, "duration_ms": duration_ms}
@@ -199,21 +230,9 @@ def write_access_line(
         return
     if _LEVELS[level] < direct.level:
         return
-    line = _head(level, direct.service, "request", current_request_id.get())
-    line["method"] = method
-    line["route"] = route
-    line["path"] = redact_text(path)
-    line["status"] = status
-    line["duration_ms"] = duration_ms
-    line["client"] = client
-    if extra:
-        fields = {key: value for key, value in extra.items() if key not in line}  # never the line's own
-        redact_fields(fields)
-        line.update(fields)
-    if "traceparent" not in line and (traceparent := current_traceparent.get()) is not None:
-        line["traceparent"] = traceparent
-    direct.out.write(orjson.dumps(line, default=str).decode() + "\n")
-    direct.out.flush()
+    own = {"method": method, "route": route, "path": path, "status": status, "duration_ms": duration_ms}
+    own["client"] = client
+    direct.write(render_line(level, direct.service, "request", current_request_id.get(), own, extra))
 
 
 class Logger:

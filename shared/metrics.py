@@ -29,6 +29,25 @@ from shared.context import request_state, watch_response
 from shared.log import get_logger, write_access_line
 from shared.types import ASGIApp, Receive, Scope, Send
 
+__all__ = [
+    "KNOWN_METHODS",
+    "LATENCY_BUCKETS_S",
+    "PROBE_ROUTES",
+    "REQUESTS",
+    "REQUEST_DURATION",
+    "SECURITY_EVENTS",
+    "SECURITY_EVENTS_TOTAL",
+    "UNMATCHED_ROUTE",
+    "MetricsMiddleware",
+    "RequestCounter",
+    "RequestHistogram",
+    "metrics_endpoint",
+    "metrics_text",
+    "record_security_event",
+    "route_label",
+    "route_template",
+]
+
 UNMATCHED_ROUTE = "unmatched"
 PROBE_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 # Any other verb is counted as OTHER, so a client cannot grow the label set (Traefik's EXTENSION_METHOD).

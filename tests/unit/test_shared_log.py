@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+import shared.log
 from shared.context import current_request_id, current_traceparent
-from shared.log import capture_logs, configure_logging, get_logger, utc_timestamp, write_access_line
+from shared.log import capture_logs, configure_logging, get_logger, render_line, utc_timestamp, write_access_line
 
 HEAD = ["time", "level", "service", "event", "request_id"]
 
@@ -228,3 +229,54 @@ def test_under_our_configuration_the_levels_take_the_direct_path(log_stream: io.
     assert all(getattr(logger, level).__qualname__.startswith("DirectMethods.") for level in ("info", "warning"))
     with capture_logs():
         assert not logger.info.__qualname__.startswith("DirectMethods.")
+
+
+def test_render_line_puts_the_head_first_and_never_lets_extra_fields_replace_the_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shared.log.time, "time", lambda: 1_800_000_000.25)
+    with bound("req-1", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"):
+        text = render_line(
+            "info",
+            "proxy",
+            "request for jane@example.com",
+            "req-1",
+            {"path": "/users/jane@example.com", "status": 200, "client": "203.0.113.9"},
+            {"status": 500, "service": "spoof", "note": "password=hunter2", "token": "eyJabc"},
+        )
+    assert "\n" not in text
+    line = json.loads(text)
+    assert list(line) == [*HEAD, "path", "status", "client", "note", "token", "traceparent"]
+    assert line["time"] == utc_timestamp(1_800_000_000.25)
+    assert (line["level"], line["service"], line["request_id"], line["status"]) == ("info", "proxy", "req-1", 200)
+    assert line["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert line["client"] == "203.0.113.9"  # a trusted field: an address is not redacted
+    # Every other field redacted, the event too.
+    assert "jane@example.com" not in text and "hunter2" not in text and "eyJabc" not in text
+
+
+def test_a_traceparent_given_as_a_field_is_kept_and_none_is_added_outside_a_request() -> None:
+    with bound("req-1", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"):
+        assert json.loads(render_line("info", "s", "e", "req-1", {"traceparent": "x"}))["traceparent"] == "x"
+    assert "traceparent" not in json.loads(render_line("info", "s", "e", None, {}))
+
+
+def test_structlog_stdlib_direct_and_access_lines_all_come_from_render_line(
+    log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered: list[str] = []
+
+    def spy(*args: Any, **kwargs: Any) -> str:
+        rendered.append(real(*args, **kwargs))
+        return rendered[-1]
+
+    real = shared.log.render_line
+    monkeypatch.setattr(shared.log, "render_line", spy)
+    logger = get_logger("t")
+    with bound("req-1"):
+        logger.info("direct", n=1)  # DirectMethods
+        logger.bind(k="v").info("bound", n=2)  # structlog's own processor chain
+        logging.getLogger("stdlib").warning("from %s", "stdlib")  # the stdlib tree through ProcessorFormatter
+        write_access_line("info", "GET", "/x", "/x", 200, 0.5, None, {"traffic": "regulator"})
+    assert log_stream.getvalue().splitlines() == rendered
+    assert [json.loads(line)["event"] for line in rendered] == ["direct", "bound", "from stdlib", "request"]
