@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from shared.errors import ApiError
@@ -28,6 +29,7 @@ from shared.idempotency import (
     check_key,
     decide,
     fingerprint,
+    idempotent,
     replay_response,
     request_target,
     route_name,
@@ -234,3 +236,27 @@ def test_route_name_is_method_and_template_and_target_is_path_and_query() -> Non
     assert route_name(scope) == "POST /bank-lines/:line_id/split"
     assert request_target(scope) == f"/bank-lines/{line}/split?x=1"
     assert request_target({**scope, "query_string": b""}) == f"/bank-lines/{line}/split"
+
+
+# --- the handler API without a key (no database involved) ---------------------------------------------------
+
+
+def post(headers: list[tuple[bytes, bytes]]) -> Request:
+    return Request({"type": "http", "method": "POST", "path": TARGET, "query_string": b"", "headers": headers})
+
+
+async def test_without_a_key_the_work_simply_runs_and_a_required_key_is_a_400() -> None:
+    async def work() -> Response:
+        return Response(b"done", status_code=201)
+
+    no_database: Any = None
+    answer = await idempotent(post([]), no_database, work, org_id=uuid.uuid4(), actor=USER, body=b"")
+    assert (answer.status_code, answer.body, REPLAY_HEADER in answer.headers) == (201, b"done", False)
+    with pytest.raises(ApiError) as caught:
+        await idempotent(post([]), no_database, work, org_id=uuid.uuid4(), actor=USER, body=b"", required=True)
+    assert caught.value.code == "bad_request"
+    with pytest.raises(ApiError) as caught:
+        await idempotent(
+            post([(b"idempotency-key", b"a b")]), no_database, work, org_id=uuid.uuid4(), actor=USER, body=b""
+        )
+    assert caught.value.code == "bad_request"
