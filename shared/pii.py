@@ -1,12 +1,11 @@
 """PII at rest: envelope encryption with one data key (DEK) per org, wrapped by a key-encryption key (KEK).
 
-    KekProvider (Protocol, async)  wrap(dek) -> WrappedKey, unwrap(WrappedKey) -> dek, current_kek_id
-      └─ LocalKekProvider          KEKs from APGMS_KEK_FILE or APGMS_KEK (kek_provider_from_env); a cloud KMS is
-                                   another class behind the same three members (async, since a KMS is a network call)
+    KekProvider (shared.kek)       wraps and unwraps DEKs under KEKs; LocalKekProvider, kek_provider_from_env
     DataKeyCache                   unwrapped DEKs by org: at most DEK_CACHE_MAX_ORGS, each for DEK_CACHE_TTL_S
     PiiCipher(pool, provider)      encrypt / decrypt (and *_many, one key lookup), destroy(org)
     rotate_kek(conn, provider)     re-wrap every DEK under the current KEK; kek_usage(conn) shows what is left
-    PiiError                       CiphertextInvalid, KeyDestroyed, KekUnavailable
+    PiiError                       CiphertextInvalid, KeyDestroyed
+    KekUnavailable (shared.kek)    not a PiiError: the provider's, passed through when a DEK's KEK is missing
 
 A sealed value (bytea in the caller's table) is
 
@@ -28,16 +27,14 @@ raises `KeyDestroyed`, and so does encrypting for it (a deleted org gets no new 
 using a DEK it cached for up to DEK_CACHE_TTL_S after a destroy. Random 96-bit nonces bound a DEK to 2**32
 values (NIST SP 800-38D 8.3); a new key_id per org is the way past that, and the format already carries it.
 
-KEK rotation: put the new KEK first in APGMS_KEK_FILE (the old ones after it), then `rotate_kek` (the CLI's
-`apgms pii rotate-kek`) re-wraps every DEK not under the current KEK, RE_WRAP_BATCH_SIZE rows per transaction;
-sealed values are untouched (their DEKs are the same bytes). `kek_usage` says when an old KEK wraps nothing any
-more and can be removed.
+KEK rotation (the KEK order and its configuration are in shared.kek): put the new KEK first in APGMS_KEK_FILE
+(the old ones after it), then `rotate_kek` (the CLI's `apgms pii rotate-kek`) re-wraps every DEK not under the
+current KEK, RE_WRAP_BATCH_SIZE rows per transaction; sealed values are untouched (their DEKs are the same bytes).
+`kek_usage` says when an old KEK wraps nothing any more and can be removed.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import re
 import struct
@@ -45,38 +42,30 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Protocol
 
 import asyncpg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from shared.config import DEV_ONLY_MARKER, PUBLIC_DEV_MASTER_KEY, ConfigError, Secret
-from shared.crypto import NONCE_BYTES, SealError, SecretBox
+from shared.crypto import NONCE_BYTES
+from shared.kek import KekProvider, WrappedKey
 
 __all__ = [
     "DEK_CACHE_MAX_ORGS",
     "DEK_CACHE_TTL_S",
-    "DEV_KEK",
     "HEADER_BYTES",
     "VERSION",
     "Binding",
     "CiphertextInvalid",
     "DataKey",
     "DataKeyCache",
-    "KekProvider",
     "KekRotation",
-    "KekUnavailable",
     "KeyDestroyed",
-    "LocalKekProvider",
     "OrgKeys",
     "PiiCipher",
     "PiiError",
-    "WrappedKey",
-    "kek_provider_from_env",
     "kek_usage",
     "open_value",
     "rotate_kek",
@@ -85,7 +74,6 @@ __all__ = [
 
 VERSION = 1
 DEK_BYTES = 32  # AES-256
-KEK_BYTES = 32
 _HEADER = struct.Struct(">BI")  # version, key_id
 HEADER_BYTES = _HEADER.size
 TAG_BYTES = 16
@@ -101,14 +89,6 @@ DEK_CACHE_MAX_ORGS = 1_000
 RE_WRAP_BATCH_SIZE = 500
 # A cache miss takes a pool connection while the caller may hold one; waiting longer would only hide exhaustion.
 POOL_ACQUIRE_TIMEOUT_S = 5.0
-# The associated data of a DEK wrapped by LocalKekProvider: a blob that opens is a wrapped DEK, not another secret
-# sealed with the same key.
-WRAP_ASSOCIATED = b"apgms-pii-dek"
-
-KEK_PROVIDERS = ("local",)
-# Dev and test only, when neither APGMS_KEK_FILE nor APGMS_KEK is set; it carries DEV_ONLY_MARKER, so production
-# refuses it like any key that does.
-DEV_KEK = base64.b64encode(b"apgms-dev-only-pii-kek-000000000").decode()
 
 
 class PiiError(Exception):
@@ -122,10 +102,6 @@ class CiphertextInvalid(PiiError):
 
 class KeyDestroyed(PiiError):
     """The org's data key was destroyed (crypto-shredded): its values cannot be opened, nor new ones sealed."""
-
-
-class KekUnavailable(PiiError):
-    """A DEK is wrapped under a KEK the provider does not hold, or its wrapping does not open."""
 
 
 # --- pure core: keys, binding, format ----------------------------------------------------------------------------
@@ -263,117 +239,6 @@ class DataKeyCache:
 
     def __repr__(self) -> str:
         return f"DataKeyCache(orgs={len(self)}, max_orgs={self.max_orgs}, ttl_s={self.ttl_s})"
-
-
-# --- key-encryption keys -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WrappedKey:
-    """A DEK as stored: wrapped by the KEK `kek_id` (the provider's name for it, stored beside the blob)."""
-
-    kek_id: str
-    blob: bytes = field(repr=False)
-
-
-class KekProvider(Protocol):
-    @property
-    def current_kek_id(self) -> str:
-        """The KEK that `wrap` uses; DEKs wrapped under any other are re-wrapped by a rotation."""
-        ...
-
-    async def wrap(self, dek: bytes) -> WrappedKey:
-        """`dek` wrapped under the current KEK."""
-        ...
-
-    async def unwrap(self, wrapped: WrappedKey) -> bytes:
-        """The DEK; `KekUnavailable` when the KEK is not held or the blob does not open."""
-        ...
-
-
-class LocalKekProvider:
-    """KEKs held in this process: the first wraps, every one unwraps (retired KEKs stay until nothing uses them).
-    A KEK's id is SecretBox's fingerprint of it, so a mislabelled key cannot be stored."""
-
-    def __init__(self, keys: Sequence[Secret]) -> None:
-        if not keys:
-            raise ValueError("LocalKekProvider needs at least one KEK")
-        boxes = [SecretBox(key) for key in keys]
-        self._boxes = {box.key_id: box for box in boxes}
-        if len(self._boxes) != len(boxes):
-            raise ValueError("the same KEK is listed twice")
-        self._current = boxes[0]
-
-    @property
-    def current_kek_id(self) -> str:
-        return self._current.key_id
-
-    @property
-    def kek_ids(self) -> tuple[str, ...]:
-        return tuple(self._boxes)
-
-    async def wrap(self, dek: bytes) -> WrappedKey:
-        return WrappedKey(self._current.key_id, self._current.seal(dek, WRAP_ASSOCIATED).encode())
-
-    async def unwrap(self, wrapped: WrappedKey) -> bytes:
-        box = self._boxes.get(wrapped.kek_id)
-        if box is None:
-            raise KekUnavailable(f"no KEK {wrapped.kek_id!r} is configured (APGMS_KEK_FILE lists the retired ones)")
-        try:
-            return box.open(wrapped.blob.decode(), WRAP_ASSOCIATED)
-        except (SealError, UnicodeDecodeError):
-            raise KekUnavailable(f"a DEK wrapped under KEK {wrapped.kek_id!r} does not open") from None
-
-    def __repr__(self) -> str:
-        return f"LocalKekProvider(current={self.current_kek_id!r}, keks={len(self._boxes)})"
-
-
-def _kek(value: str, source: str, *, production: bool) -> Secret:
-    try:
-        key = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(f"{source}: each KEK must be {KEK_BYTES} bytes, base64-encoded") from None
-    if len(key) != KEK_BYTES:
-        raise ConfigError(f"{source}: each KEK must be {KEK_BYTES} bytes, base64-encoded")
-    if key == base64.b64decode(PUBLIC_DEV_MASTER_KEY):
-        raise ConfigError(f"{source}: a KEK is the dev key published in earlier versions, refused everywhere")
-    if production and DEV_ONLY_MARKER.encode() in key:
-        raise ConfigError(f"{source}: a KEK is a dev-only key, refused when APGMS_ENV=production")
-    return Secret(value)
-
-
-def kek_provider_from_env(environ: Mapping[str, str]) -> KekProvider:
-    """The provider APGMS_KEK_PROVIDER names (only `local` so far). `local` reads APGMS_KEK_FILE (one base64 KEK a
-    line, current first, `#` comments) or APGMS_KEK (comma-separated, current first); with neither, DEV_KEK outside
-    production. Raises `ConfigError` naming the variable, never echoing a key."""
-    kind = environ.get("APGMS_KEK_PROVIDER") or "local"
-    if kind not in KEK_PROVIDERS:
-        raise ConfigError(f"APGMS_KEK_PROVIDER must be one of {', '.join(KEK_PROVIDERS)}, got {kind!r}")
-    production = environ.get("APGMS_ENV") == "production"
-    path, inline = environ.get("APGMS_KEK_FILE"), environ.get("APGMS_KEK")
-    if path and inline:
-        raise ConfigError("set APGMS_KEK_FILE or APGMS_KEK, not both")
-    if path:
-        try:
-            lines = Path(path).read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"APGMS_KEK_FILE {path} cannot be read: {error.__class__.__name__}") from None
-        values = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        source = "APGMS_KEK_FILE"
-    elif inline:
-        values = [part.strip() for part in inline.split(",") if part.strip()]
-        source = "APGMS_KEK"
-    elif production:
-        raise ConfigError("APGMS_KEK_FILE or APGMS_KEK is required when APGMS_ENV=production (32 bytes, base64)")
-    else:
-        values, source = [DEV_KEK], "the dev-only default KEK"
-    if not values:
-        raise ConfigError(f"{source} holds no key")
-    keys = [_kek(value, source, production=production) for value in values]
-    try:
-        return LocalKekProvider(keys)
-    except ValueError as error:
-        raise ConfigError(f"{source}: {error}") from None
 
 
 # --- storage: pii.data_keys (all SQL of this module) -----------------------------------------------------------

@@ -18,16 +18,8 @@ from typer.testing import CliRunner
 from apgms import devstack
 from apgms.cli import app
 from shared.config import Secret
-from shared.pii import (
-    CiphertextInvalid,
-    DataKeyCache,
-    KekUnavailable,
-    KeyDestroyed,
-    LocalKekProvider,
-    PiiCipher,
-    kek_usage,
-    rotate_kek,
-)
+from shared.kek import KekUnavailable, LocalKekProvider
+from shared.pii import CiphertextInvalid, DataKeyCache, KeyDestroyed, PiiCipher, kek_usage, rotate_kek
 
 OLD_KEK = Secret(base64.b64encode(os.urandom(32)).decode())
 NEW_KEK = Secret(base64.b64encode(os.urandom(32)).decode())
