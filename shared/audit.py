@@ -48,7 +48,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import asyncpg
 import orjson
@@ -56,6 +56,9 @@ import orjson
 from shared.canonical import canonical_json
 from shared.context import REQUEST_ID_PATTERN, current_request_id
 from shared.errors import AuditFailed
+
+if TYPE_CHECKING:
+    from shared.tokens import Principal
 
 __all__ = [
     "AUDIT_LOCK_CLASS",
@@ -77,6 +80,7 @@ __all__ = [
     "ChainVerifier",
     "InvalidAuditField",
     "VerifyResult",
+    "actor_of",
     "append",
     "chain_hash",
     "hashed_fields",
@@ -139,6 +143,13 @@ def parse_actor(text: str) -> Actor:
     if kind == "user" and not _is_canonical_uuid(ident):
         raise InvalidAuditField(f"a user actor is user:<uuid> in lowercase 8-4-4-4-12 form, not {text!r}")
     return Actor(kind, ident)
+
+
+def actor_of(principal: Principal) -> str:
+    """The actor a caller is recorded as: `user:<id>` for a user, `client:<id>` for an org's API client or one of
+    our services (each calls with a client id of its own)."""
+    kind = "user" if principal.kind == "user" else "client"
+    return f"{kind}:{principal.subject}"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ shown once, at confirmation. Wrong codes count per user: the `MFA_MAX_FAILURES`-
 Enrolling needs the password again (checked under the login guard, like a login), so a stolen access token cannot
 enrol the thief's authenticator. Replacing an enrolled authenticator needs that and a recent step-up with the
 current one, which keeps working until the new one is confirmed. An admin (with step-up) can remove a user's
-authenticator in their org; the user then enrols again.
+authenticator in their org; the user then enrols again. A confirmed enrolment or replacement and an admin's
+removal write their audit records (`shared.audit.append`) in the change's transaction; a begun enrolment does not,
+as its secret opens nothing until it is confirmed.
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ from services.auth.models import (
 )
 from services.auth.passwords import salted_hash, salted_matches
 from services.auth.sessions import current_user, guarded_password_check
+from shared import audit
 from shared.authz import guard
 from shared.crypto import SecretBox
 from shared.errors import ApiError, FieldError
-from shared.log import get_logger
 from shared.metrics import record_security_event
 from shared.openapi import documented
 from shared.ratelimit import LoginGuard, make_backend, rate_limited_error
@@ -74,8 +76,6 @@ _REPLACE_NEEDS_STEP_UP = (
     "An authenticator is already enrolled: step up with it (POST /auth/mfa/step-up), then begin again to replace it"
 )
 _ENROLMENT_CHANGED = "The enrolment changed meanwhile; begin again"
-
-log = get_logger(__name__)
 
 
 # --- codes: plain functions over plain data -----------------------------------------------------------------------
@@ -253,6 +253,14 @@ async def totp_confirm(request: Request, principal: Principal) -> Response:
                     accepted = await store.confirm_totp(conn, user_id, pending, step)
                 if accepted:
                     await store.replace_recovery_codes(conn, user_id, hashed)
+                    await audit.append(
+                        conn,
+                        org_id=uuid.UUID(principal.org_id),
+                        actor=audit.actor_of(principal),
+                        action="mfa.totp.replace" if credential.confirmed else "mfa.totp.enrol",
+                        target=f"user:{user_id}",
+                        detail={"user_id": str(user_id), "recovery_codes": RECOVERY_CODE_COUNT},
+                    )
                 elif await _enrolment_changed(conn, user_id, pending):
                     raise ApiError("conflict", _ENROLMENT_CHANGED)
     if not accepted:
@@ -344,14 +352,21 @@ async def reset_totp(request: Request, principal: Principal) -> Response:
         user_id = uuid.UUID(request.path_params["user_id"])
     except ValueError:
         raise ApiError("not_found") from None
+    org_id = uuid.UUID(principal.org_id)
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
         # Another org's user is 404, exactly like a user that does not exist.
-        if not await store.reset_mfa(conn, uuid.UUID(principal.org_id), user_id):
+        if not await store.reset_mfa(conn, org_id, user_id):
             raise ApiError("not_found")
         # The authenticator may be in someone else's hands (or enrolled by them): their sessions end with it, and
         # so do the step-up tokens it granted.
         await store.revoke_user_refresh_tokens(conn, user_id)
+        await audit.append(
+            conn,
+            org_id=org_id,
+            actor=audit.actor_of(principal),
+            action="mfa.reset",
+            target=f"user:{user_id}",
+            detail={"user_id": str(user_id)},
+        )
     await request.app.state.runtime.revocations.revoke(user_id=str(user_id))
-    # The audit trail is a later issue; until then this line is the record.
-    log.info("audit", action="mfa.reset", actor=principal.subject, org_id=principal.org_id, user_id=str(user_id))
     return Response(status_code=204)

@@ -1,5 +1,6 @@
 """`GET /users` (the admin's org, emails masked), `POST /users` and `PATCH /users/{id}` (high-risk: they need a
-recent step-up)."""
+recent step-up). Each change writes its audit record (`shared.audit.append`, actor the acting admin, ids and
+roles only, never an email) in the change's own transaction, so neither exists without the other."""
 
 from __future__ import annotations
 
@@ -19,15 +20,13 @@ from services.auth.models import (
     UserPage,
 )
 from services.auth.passwords import hash_password
+from shared import audit
 from shared.authz import guard
 from shared.errors import ApiError
-from shared.log import get_logger
 from shared.openapi import documented
 from shared.pagination import decode_cursor, encode_cursor
 from shared.tokens import Principal
 from shared.validation import parse_body, parse_query
-
-log = get_logger(__name__)
 
 
 def mask_email(email: str) -> str:
@@ -73,8 +72,18 @@ async def create_user(request: Request, principal: Principal) -> Response:
     # With the salt of the address's other accounts (in other orgs), so that a login checks all of them with one
     # argon2 computation and its time does not tell how many orgs the address is in (docs/decisions.md).
     password_hash = await run_in_threadpool(hash_password, body.password, salt_of=same_address)
-    async with pool.acquire() as conn:
-        user = await store.create_user(conn, uuid.UUID(principal.org_id), body.email, password_hash, body.role)
+    org_id = uuid.UUID(principal.org_id)
+    async with pool.acquire() as conn, conn.transaction():
+        user = await store.create_user(conn, org_id, body.email, password_hash, body.role)
+        if user is not None:
+            await audit.append(
+                conn,
+                org_id=org_id,
+                actor=audit.actor_of(principal),
+                action="user.create",
+                target=f"user:{user.id}",
+                detail={"user_id": str(user.id), "role": user.role},
+            )
     if user is None:
         # Only the admin's own org is looked at (they see its users in GET /users anyway): an address with an
         # account in another org is created here as if it were new, so this answer tells nothing about other orgs.
@@ -116,18 +125,22 @@ async def update_user(request: Request, principal: Principal) -> Response:
             raise ApiError("not_found")
         if body.disabled:
             await store.revoke_user_refresh_tokens(conn, user_id)
+        before = locked[user_id]  # update_user found the user, so lock_users locked them
+        await audit.append(
+            conn,
+            org_id=org_id,
+            actor=audit.actor_of(principal),
+            action="user.update",
+            target=f"user:{user_id}",
+            detail={
+                "user_id": str(user_id),
+                "role": {"old": before.role, "new": user.role},
+                "disabled": {"old": before.disabled, "new": user.disabled},
+            },
+        )
     if body.role is not None or body.disabled:
         # Tokens carry the role, and a disabled user keeps none: every service refuses them within seconds.
         await request.app.state.runtime.revocations.revoke(user_id=str(user_id))
-    log.info(
-        "audit",
-        action="user.update",
-        actor=principal.subject,
-        org_id=principal.org_id,
-        user_id=str(user_id),
-        role=body.role,
-        disabled=body.disabled,
-    )
     return JSONResponse(
         UpdatedUser(id=str(user.id), org_id=str(user.org_id), role=user.role, disabled=user.disabled).model_dump()  # type: ignore[arg-type]
     )
