@@ -12,6 +12,7 @@ from typing import Annotated, NoReturn, TypeVar
 import asyncpg
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from apgms import devstack
@@ -19,6 +20,7 @@ from apgms.devservers import DATABASE_ERRORS, LocalPostgres, redact_url
 from apgms.seed import SeedError, demo_password, logins_table, password_line, seed_demo
 from services.auth.keys import PUBLISH_AHEAD_S, RETIRE_AFTER_S, rotate
 from services.auth.oauth import ClientError, create_client
+from shared.audit import VerifyResult, last_record, verify_org
 from shared.config import ConfigError, Env, Settings, environ_with_dotenv, load_settings, new_master_key, read_dotenv
 from shared.crypto import SecretBox
 from shared.migrations import MigrationError, ServiceStatus, migrate, status
@@ -27,6 +29,8 @@ from shared.pii import kek_provider_from_env, rotate_kek
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="APGMS development and operations tooling.")
 db_app = typer.Typer(no_args_is_help=True, help="Database migrations of every service.")
 app.add_typer(db_app, name="db")
+audit_app = typer.Typer(no_args_is_help=True, help="The audit trail: each org's hash chain.")
+app.add_typer(audit_app, name="audit")
 keys_app = typer.Typer(no_args_is_help=True, help="Token signing keys of the auth service.")
 app.add_typer(keys_app, name="keys")
 clients_app = typer.Typer(no_args_is_help=True, help="OAuth2 API clients (client credentials).")
@@ -142,6 +146,46 @@ def db_status() -> None:
     if pending:
         fail(f"{pending} migration(s) pending; run `apgms db migrate`")
     console.print("Database schema is up to date.")
+
+
+# --- audit: checking an org's chain -------------------------------------------------------------------------------
+
+# A chain up to this long is checked without a progress bar (a few batches: it is over in a moment).
+PROGRESS_FROM_RECORDS = 10_000
+CONNECT_TIMEOUT_S = 10.0
+
+
+async def verify_chain(dsn: str, org_id: uuid.UUID) -> VerifyResult:
+    """`verify_org` over a connection of its own, with a progress bar on stderr for a long chain in a terminal."""
+    connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    try:
+        last = await last_record(connection, org_id)
+        total = last.seq if last is not None else 0
+        show = error_console.is_terminal and total > PROGRESS_FROM_RECORDS
+        columns = (TextColumn("Checking records"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=error_console, transient=True, disable=not show) as progress:
+            task = progress.add_task("verify", total=total)
+            return await verify_org(
+                connection, org_id, progress=lambda checked: progress.update(task, completed=checked)
+            )
+    finally:
+        await connection.close()
+
+
+@audit_app.command("verify")
+def audit_verify(org: Annotated[uuid.UUID, typer.Option("--org", help="The org whose chain to check.")]) -> None:
+    """Recompute the org's audit chain from its first record; exit code 1 names the first broken link."""
+    dsn = database_url()
+    try:
+        result = asyncio.run(verify_chain(dsn, org))
+    except DATABASE_ERRORS as error:
+        fail(unreachable(dsn, error))
+    if result.broken is not None:
+        fail(
+            f"audit chain of org {org} is broken at record {result.broken.seq}: {result.broken.reason} "
+            f"({result.checked} record(s) before it check out)"
+        )
+    console.print(f"{result.checked} record(s) checked: the audit chain of org {org} is intact.", soft_wrap=True)
 
 
 # --- auth: demo data, signing keys, API clients ------------------------------------------------------------------
