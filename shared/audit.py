@@ -3,6 +3,7 @@
     AuditRecord       one row: org_id, seq, at, actor, action, target, request_id, detail, prev_hash, hash
     next_record       the record that follows `prev` in its org's chain (seq + 1, linked, hashed)
     verify(rows)      VerifyResult: how many rows hold, and the first broken link (its seq and why)
+    ChainVerifier     the same check fed a row at a time, for rows read in batches
 
 The hash, so that a verifier outside this code can recompute it (`chain_hash`):
 
@@ -28,7 +29,7 @@ against an `Anchor` (a seq and hash published where the writer cannot change it,
 
 The asyncpg adapter, over `audit.records` (shared/sql/0001_audit.sql, which refuses UPDATE, DELETE and TRUNCATE):
 
-    append(conn, ...)          the next record of an org, inserted in the caller's transaction; `AuditFailed` if not
+    append(conn, ...)          the org's next record, inserted in the caller's transaction, or `AuditFailed`
     records(conn, org_id)      the org's rows in seq order, read in bounded batches
     verify_org(conn, org_id)   `verify` over `records`, for chains too long to hold in memory
 
