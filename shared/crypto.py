@@ -16,6 +16,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.config import Secret
 
+__all__ = [
+    "NONCE_BYTES",
+    "VERSION",
+    "SealError",
+    "SecretBox",
+]
+
 NONCE_BYTES = 12
 VERSION = "v1"
 

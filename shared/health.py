@@ -13,6 +13,16 @@ from starlette.responses import Response
 
 from shared.metrics import record_security_event
 
+__all__ = [
+    "HEALTH_MEDIA_TYPE",
+    "Check",
+    "CheckResult",
+    "Health",
+    "health_json",
+    "readiness_body",
+    "run_check",
+]
+
 HEALTH_MEDIA_TYPE = "application/health+json"
 
 # A check takes a timeout in seconds and returns its latency in milliseconds, raising when it fails.

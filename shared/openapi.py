@@ -15,6 +15,12 @@ from starlette.routing import BaseRoute, Route
 
 from shared.metrics import route_template
 
+__all__ = [
+    "Doc",
+    "documented",
+    "openapi_document",
+]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _PROBLEM_SCHEMA = {

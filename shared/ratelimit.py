@@ -32,6 +32,31 @@ import redis.asyncio as aioredis
 from shared.errors import ApiError
 from shared.metrics import record_security_event
 
+__all__ = [
+    "ACCOUNT_LOG_DIGITS",
+    "BUSY_RETRY_AFTER_S",
+    "LOGIN_FAILURE_WINDOW_S",
+    "LOGIN_LOCKOUT_S",
+    "LOGIN_MAX_FAILURES",
+    "LOGIN_PER_ADDRESS_LIMIT",
+    "LOGIN_PER_ADDRESS_WINDOW_S",
+    "MEMORY_MAX_KEYS",
+    "REDIS_KEY_PREFIX",
+    "Backend",
+    "Decision",
+    "LoginGuard",
+    "MemoryBackend",
+    "RateLimiter",
+    "RedisBackend",
+    "WindowCount",
+    "account_digest",
+    "key_digest",
+    "make_backend",
+    "rate_limited_error",
+    "retry_after_s",
+    "to_window_ms",
+]
+
 REDIS_KEY_PREFIX = "apgms:"
 MEMORY_MAX_KEYS = 100_000
 LOGIN_MAX_FAILURES = 5

@@ -12,6 +12,17 @@ import re
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
+__all__ = [
+    "RECOVERY_CODE_ALPHABET",
+    "REDACTED",
+    "SECRET_FIELD",
+    "TOTP_SECRET_CHARS",
+    "redact_event",
+    "redact_fields",
+    "redact_text",
+    "redact_value",
+]
+
 REDACTED = "[REDACTED]"
 # What the auth service makes (services/auth/mfa.py; tests/unit/test_shared_redact.py keeps them equal): TOTP
 # secrets of exactly 32 base32 characters, recovery codes `xxxx-xxxx-xxxx` in Crockford's base32 (no i, l, o, u)

@@ -31,6 +31,21 @@ from prometheus_client import Counter
 from shared.log import get_logger
 from shared.tokens import ACCESS_TOKEN_TTL_S, LEEWAY_S, Principal
 
+__all__ = [
+    "ENTRY_LIFETIME_S",
+    "MAX_ENTRIES",
+    "REDIS_FAILURES",
+    "REDIS_KEY",
+    "REDIS_TIMEOUT_S",
+    "REFRESH_INTERVAL_S",
+    "Revocations",
+    "not_before",
+    "prune",
+    "refused",
+    "session_entry",
+    "user_entry",
+]
+
 REDIS_KEY = "apgms:revoked"
 REFRESH_INTERVAL_S = 1.0
 REDIS_TIMEOUT_S = 1.0

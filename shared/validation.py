@@ -11,6 +11,16 @@ from starlette.requests import Request
 
 from shared.errors import ApiError, FieldError
 
+__all__ = [
+    "MAX_JSON_BODY_BYTES",
+    "field_errors",
+    "nul_paths",
+    "parse_body",
+    "parse_query",
+    "read_json",
+    "validate",
+]
+
 M = TypeVar("M", bound=BaseModel)
 
 MiB = 1024 * 1024
