@@ -4,11 +4,17 @@ Without DATABASE_URL a project-local PostgreSQL runs in `.devdb/pg` (data kept b
 local redis-server runs when the binary exists, else the stack runs without Redis. Migrations are applied, the demo
 org is seeded (`apgms.seed`, idempotent), the processes of `DEV_PROCESSES` are started and supervised (restarted
 with backoff when they crash, except on exit code 2, a configuration error, which stops everything).
+
+Service clients are provisioned on both sides from one value per service: auth gets every
+SERVICE_CLIENT_SECRET_<NAME>, each calling service its own as SERVICE_CLIENT_SECRET (`dev_service_client_secrets`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import os
 import signal
 import socket
@@ -37,12 +43,16 @@ from apgms.devservers import (
 from apgms.localredis import LocalRedis
 from apgms.seed import DemoSeed, SeedError, demo_password, seed_demo
 from shared.config import (
+    CALLING_SERVICES,
     PROXY_PORT,
+    SERVICE_CLIENT_SECRET_VARIABLE,
     SERVICE_PORTS,
     ConfigError,
     environ_with_dotenv,
     load_settings,
     new_master_key,
+    service_client_id,
+    service_client_secret_variable,
 )
 from shared.crypto import SecretBox
 
@@ -51,6 +61,8 @@ DEV_DIR_NAME = ".devdb"
 DEFAULT_DEV_DIR = PROJECT_ROOT / DEV_DIR_NAME
 # The checkout's own master key (APGMS_MASTER_KEY unless set), in the dev dir: git-ignored, mode 0600.
 MASTER_KEY_FILE = "master.key"
+# Domain separation for the dev service client secrets derived from the master key (HMAC-SHA256).
+SERVICE_CLIENT_SECRET_LABEL = b"apgms dev service client secret:"
 HOST = "127.0.0.1"
 
 BACKOFF_INITIAL_S = 0.5
@@ -120,6 +132,8 @@ def child_env(base: Mapping[str, str], spec: ProcessSpec, database_url: str, red
     if spec.module.startswith("services."):
         # The services sit behind the proxy: its X-Forwarded-For names the client (rate limits, anomaly counts).
         env["TRUSTED_PROXY_HOPS"] = "1"
+    if spec.name in CALLING_SERVICES and (secret := base.get(service_client_secret_variable(spec.name))):
+        env[SERVICE_CLIENT_SECRET_VARIABLE] = secret
     if redis_url:
         env["REDIS_URL"] = redis_url
     else:
@@ -162,6 +176,25 @@ def with_dev_master_key(environ: Mapping[str, str]) -> dict[str, str]:
     if not env.get("APGMS_MASTER_KEY") and env.get("APGMS_ENV") != "production":
         env["APGMS_MASTER_KEY"] = dev_master_key(dev_dir(env))
     return env
+
+
+def dev_service_client_secrets(master_key: str) -> dict[str, str]:
+    """SERVICE_CLIENT_SECRET_<NAME> of each calling service, derived from the checkout's master key (HMAC-SHA256 of
+    the client id): every checkout has its own, stable across runs, with no file besides master.key."""
+    key = master_key.encode()
+    return {
+        service_client_secret_variable(name): base64.urlsafe_b64encode(
+            hmac.digest(key, SERVICE_CLIENT_SECRET_LABEL + service_client_id(name).encode(), hashlib.sha256)
+        )
+        .decode()
+        .rstrip("=")
+        for name in CALLING_SERVICES
+    }
+
+
+def with_dev_service_clients(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` with the dev service client secrets, each unless it is set; needs APGMS_MASTER_KEY."""
+    return {**dev_service_client_secrets(environ["APGMS_MASTER_KEY"]), **environ}
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:
@@ -447,6 +480,8 @@ async def run_dev(
                 "directory to start afresh.[/]"
             )
         env = with_dev_master_key(env)
+        if env.get("APGMS_MASTER_KEY"):
+            env = with_dev_service_clients(env)
         database_url = env.get("DATABASE_URL")
         if not database_url:
             postgres = LocalPostgres(dev_dir(env) / "pg")

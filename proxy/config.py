@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
 
 from proxy.limits import MAX_REQUESTS_PER_CLIENT, POOL_WAIT_S, BodyPolicy
@@ -140,8 +140,9 @@ def parse_public_hosts(env: Env, production: bool) -> frozenset[bytes]:
 
 def load_proxy_settings(environ: Mapping[str, str] | None = None) -> ProxySettings:
     merged = environ_with_dotenv(environ)
-    # The proxy keeps no state of its own: DATABASE_URL and REDIS_URL, when present for the services, are ignored.
-    base = replace(load_settings(SERVICE_NAME, merged, database_required=False), database_url=None, redis_url=None)
+    # The proxy keeps no state and seals nothing: the services' DATABASE_URL, REDIS_URL, APGMS_MASTER_KEY and client
+    # secrets are never read, so it starts without them, in production too, and a bad one cannot stop it.
+    base = load_settings(SERVICE_NAME, merged, stateless=True)
     env = Env(merged)
     body_limits = {**DEFAULT_BODY_LIMITS, **parse_overrides(env, "PROXY_BODY_LIMITS", int)}
     timeouts = parse_overrides(env, "PROXY_TIMEOUTS", float)

@@ -4,6 +4,10 @@ the lifespan that opens and closes the pool and the Redis client.
 Middleware order, outermost first: request context (request ID on every response) → metrics and access log →
 anomaly detection (repeated 401/403 per address or principal) → error boundary (an unexpected exception becomes
 a counted, logged 500 problem) → Starlette's routing.
+
+The `Runtime` holds what the process shares: the pool, Redis, a token verifier per audience (user tokens and
+service tokens, one JWKS cache), and the `ServiceClient` a service calls the others with, built from its
+SERVICE_CLIENT_SECRET.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from shared.anomaly import AnomalyDetector, AnomalyMiddleware
-from shared.authz import http_jwks_fetcher, new_verifier
+from shared.authz import http_jwks_fetcher, new_verifiers
 from shared.cache import create_redis, ping_redis
 from shared.config import Settings
 from shared.context import InFlight, RequestContextMiddleware
@@ -33,8 +37,11 @@ from shared.metrics import MetricsMiddleware, metrics_endpoint
 from shared.openapi import openapi_document
 from shared.ratelimit import make_backend
 from shared.revocation import Revocations
-from shared.tokens import USER_AUDIENCE, Verifier
+from shared.service_client import ServiceClient
+from shared.tokens import Verifier
 from shared.types import ASGIApp
+
+__all__ = ["API_VERSION", "Hook", "Runtime", "build_runtime", "build_service_app", "service_middleware", "wrap"]
 
 API_VERSION = "0.1.0"
 
@@ -51,10 +58,26 @@ class Runtime:
     revocations: Revocations
     db: Database | None = None
     redis: aioredis.Redis | None = None
-    verifier: Verifier | None = None
+    # Audience → the verifier of tokens for it (shared.authz.new_verifiers); `guard(audience=...)` picks one.
+    verifiers: dict[str, Verifier] = field(default_factory=dict)
+    # None for a process that calls no other service or was given no SERVICE_CLIENT_SECRET (outside production).
+    service_client: ServiceClient | None = None
     on_startup: list[Hook] = field(default_factory=list)
     on_shutdown: list[Hook] = field(default_factory=list)
     closing: asyncio.Task[None] | None = None
+
+    def verifier_for(self, audience: str) -> Verifier:
+        """The verifier of tokens for `audience`; a RuntimeError (a 500) when this process verifies none."""
+        try:
+            return self.verifiers[audience]
+        except KeyError:
+            raise RuntimeError(f"this process verifies no tokens for the audience {audience}") from None
+
+    def require_service_client(self) -> ServiceClient:
+        """The client to call other services with; a RuntimeError naming the missing setting when there is none."""
+        if self.service_client is None:
+            raise RuntimeError(f"{self.settings.service} has no service client: set SERVICE_CLIENT_SECRET")
+        return self.service_client
 
     async def close(self) -> None:
         """The shutdown hooks (last registered first), then Redis and the pool. Done once: a second caller
@@ -88,13 +111,19 @@ def build_runtime(settings: Settings) -> Runtime:
     health = Health(settings.service, checks, settings.ready_timeout_s)
     fetch_jwks, close_jwks = http_jwks_fetcher(settings.auth_url)
     revocations = Revocations(redis)
+    service_client = (
+        ServiceClient(settings.auth_url, settings.service_client_id, settings.service_client_secret)
+        if settings.service_client_id and settings.service_client_secret
+        else None
+    )
     runtime = Runtime(
         settings=settings,
         health=health,
         in_flight=InFlight(),
         db=db,
         redis=redis,
-        verifier=new_verifier(fetch_jwks, settings.token_issuer, USER_AUDIENCE, revocations.refuses),
+        verifiers=new_verifiers(fetch_jwks, settings.token_issuer, revocations.refuses),
+        service_client=service_client,
         revocations=revocations,
     )
 
@@ -110,6 +139,13 @@ def build_runtime(settings: Settings) -> Runtime:
     runtime.on_startup.append(start_revocations)
     runtime.on_shutdown.append(stop_revocations)
     runtime.on_shutdown.append(close_jwks_session)
+    if service_client is not None:
+        caller = service_client
+
+        async def close_service_client(_: Runtime) -> None:
+            await caller.close()
+
+        runtime.on_shutdown.append(close_service_client)
     return runtime
 
 

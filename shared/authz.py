@@ -3,6 +3,12 @@
     @guard(roles={"admin"}, step_up=True)
     async def create_user(request: Request, principal: Principal) -> Response: ...
 
+    @guard(audience=SERVICE_AUDIENCE)      # an internal route: service tokens only
+    async def org_summary(request: Request, principal: Principal) -> Response: ...
+
+A guard accepts the tokens of one audience: user routes (the default) `USER_AUDIENCE`, internal routes
+`SERVICE_AUDIENCE`, so a service token opens no user route and a user's token no internal one, whatever the kinds.
+
 Missing token → 401 `unauthorized`; bad token → 401 `invalid_token`; wrong kind, role or scope → 403
 `forbidden`; no `otp` step-up within 10 minutes → 401 `mfa_required` (counted as
 `security_events_total{event="mfa.denied"}`), for users with and without MFA enrolled.
@@ -22,11 +28,25 @@ from starlette.responses import Response
 from shared.context import request_state
 from shared.errors import ApiError
 from shared.metrics import record_security_event
-from shared.tokens import JwksCache, Principal, TokenError, Verifier
+from shared.tokens import SERVICE_AUDIENCE, USER_AUDIENCE, JwksCache, JwksFetcher, Principal, TokenError, Verifier
+
+__all__ = [
+    "BEARER_CHALLENGE",
+    "JWKS_PATH",
+    "Endpoint",
+    "authenticate",
+    "authorize",
+    "bearer_token",
+    "guard",
+    "http_jwks_fetcher",
+    "new_verifiers",
+]
 
 JWKS_PATH = "/auth/.well-known/jwks.json"
 JWKS_FETCH_TIMEOUT_S = 2.0
 BEARER_CHALLENGE = {"www-authenticate": 'Bearer realm="apgms"'}
+# The principal kinds a guard admits unless told otherwise: what each audience's tokens are issued to.
+DEFAULT_KINDS = {USER_AUDIENCE: ("user",), SERVICE_AUDIENCE: ("service",)}
 
 Endpoint = Callable[[Request, Principal], Awaitable[Response]]
 
@@ -102,15 +122,19 @@ def guard(
     roles: Collection[str] | None = None,
     scopes: Collection[str] | None = None,
     step_up: bool = False,
-    kinds: Collection[str] = ("user",),
+    kinds: Collection[str] | None = None,
+    audience: str = USER_AUDIENCE,
 ) -> Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]:
-    """Wrap an endpoint so it runs only for an authorized principal, which it receives as second argument."""
+    """Wrap an endpoint so it runs only for an authorized principal, which it receives as second argument: a token
+    for `audience` (verified by `runtime.verifier_for(audience)`) of one of `kinds` (by default the audience's
+    own: users for USER_AUDIENCE, services for SERVICE_AUDIENCE)."""
+    admitted = DEFAULT_KINDS.get(audience, ()) if kinds is None else tuple(kinds)
 
     def wrap(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(endpoint)
         async def guarded(request: Request) -> Response:
-            principal = await authenticate(request, request.app.state.runtime.verifier)
-            authorize(principal, kinds=kinds, roles=roles, scopes=scopes, step_up=step_up, now=time.time())
+            principal = await authenticate(request, request.app.state.runtime.verifier_for(audience))
+            authorize(principal, kinds=admitted, roles=roles, scopes=scopes, step_up=step_up, now=time.time())
             return await endpoint(request, principal)
 
         return guarded
@@ -118,10 +142,12 @@ def guard(
     return wrap
 
 
-def new_verifier(
-    fetch: Callable[[], Awaitable[Mapping[str, Any]]],
-    issuer: str,
-    audience: str,
-    revoked: Callable[[Principal], bool] | None = None,
-) -> Verifier:
-    return Verifier(JwksCache(fetch), issuer=issuer, audience=audience, revoked=revoked)
+def new_verifiers(
+    fetch: JwksFetcher, issuer: str, revoked: Callable[[Principal], bool] | None = None
+) -> dict[str, Verifier]:
+    """A verifier for user tokens and one for service tokens, sharing one JWKS cache (keyed by audience)."""
+    keys = JwksCache(fetch)
+    return {
+        audience: Verifier(keys, issuer=issuer, audience=audience, revoked=revoked)
+        for audience in (USER_AUDIENCE, SERVICE_AUDIENCE)
+    }

@@ -2,6 +2,10 @@
 
 Precedence is environment > `.env` file (dev and test only) > default. A missing or malformed variable raises
 `ConfigError` naming the variable; the runner turns that into one line on stderr and exit code 2.
+
+Each process reads only what it uses: the proxy keeps no state, so it never reads DATABASE_URL, REDIS_URL,
+APGMS_MASTER_KEY or a service client's credentials, and starts in production without them; only a process that
+seals secrets (auth) reads the master key; only a service that calls others reads SERVICE_CLIENT_SECRET.
 """
 
 from __future__ import annotations
@@ -15,6 +19,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 from urllib.parse import urlsplit
+
+__all__ = [
+    "CALLING_SERVICES",
+    "DEV_ONLY_MARKER",
+    "ENVIRONMENTS",
+    "MASTER_KEY_BYTES",
+    "PROXY_PORT",
+    "PUBLIC_DEV_MASTER_KEY",
+    "SERVICE_CLIENT_SECRET_VARIABLE",
+    "SERVICE_PORTS",
+    "ConfigError",
+    "Env",
+    "Environment",
+    "Secret",
+    "Settings",
+    "environ_with_dotenv",
+    "load_settings",
+    "new_master_key",
+    "new_service_client_secret",
+    "read_dotenv",
+    "service_client_id",
+    "service_client_secret_variable",
+]
 
 Environment = Literal["dev", "test", "production"]
 ENVIRONMENTS: tuple[Environment, ...] = ("dev", "test", "production")
@@ -37,6 +64,16 @@ MASTER_KEY_BYTES = 32
 # a key per checkout instead (apgms.devstack.dev_master_key).
 PUBLIC_DEV_MASTER_KEY = base64.b64encode(b"apgms-dev-only-master-key-000000").decode()
 
+
+# A service calls the others as the OAuth client `service-<name>` (client credentials at the auth service, which
+# knows each caller's secret from SERVICE_CLIENT_SECRET_<NAME>, see services/auth/config.py).
+SERVICE_CLIENT_ID_PREFIX = "service-"
+# The services that call others with a service token: all but auth, which mints its own.
+CALLING_SERVICES = tuple(name for name in SERVICE_PORTS if name != "auth")
+SERVICE_CLIENT_SECRET_VARIABLE = "SERVICE_CLIENT_SECRET"  # noqa: S105 (a variable's name, not a secret)
+# 32 random bytes as base64url are 43 characters; a shorter secret is a typo or a password someone chose.
+SERVICE_CLIENT_SECRET_BYTES = 32
+MIN_SERVICE_CLIENT_SECRET_CHARS = 43
 
 # Dev-only credentials shipped in the repo (docker-compose.yml, .env examples) contain this marker;
 # production refuses any secret that does.
@@ -186,6 +223,19 @@ class Env:
             raise problem
         return Secret(value)
 
+    def client_secret(self, name: str, *, required: bool) -> Secret | None:
+        """A service client's secret: at least MIN_SERVICE_CLIENT_SECRET_CHARS characters; in production one
+        carrying DEV_ONLY_MARKER is refused, and a missing one too when `required`."""
+        production = self._environ.get("APGMS_ENV") == "production"
+        value = self._raw(name, _MISSING if required and production else None)
+        if value is None:
+            return None
+        if len(value) < MIN_SERVICE_CLIENT_SECRET_CHARS:
+            raise ConfigError(f"{name} must be at least {MIN_SERVICE_CLIENT_SECRET_CHARS} characters")
+        if production and DEV_ONLY_MARKER in value:
+            raise ConfigError(f"{name} is a dev-only value, refused when APGMS_ENV=production")
+        return Secret(value)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -205,9 +255,13 @@ class Settings:
     graceful_timeout_s: float
     shutdown_delay_s: float
     trusted_hops: int
-    master_key: Secret | None  # None only outside production, for a process that seals nothing
+    master_key: Secret | None  # read only by a process that seals secrets (auth)
     token_issuer: str
     auth_url: str
+    # The OAuth client this service calls the others as; the secret is None outside production when not given
+    # (then the service has no `runtime.service_client`), and always for a process that calls no one.
+    service_client_id: str | None
+    service_client_secret: Secret | None
 
     @property
     def is_production(self) -> bool:
@@ -233,17 +287,25 @@ def load_settings(
     *,
     database_required: bool = True,
     master_key_required: bool = False,
+    stateless: bool = False,
+    service_client: bool = False,
 ) -> Settings:
-    """Read and validate every variable once; raises `ConfigError` naming the first bad one. A service that seals
-    secrets (auth) needs APGMS_MASTER_KEY in every environment; in production every process needs it."""
+    """Read and validate once the variables this process uses; raises `ConfigError` naming the first bad one.
+
+    `master_key_required`: the process seals secrets (auth) and needs APGMS_MASTER_KEY in every environment; no
+    other process reads it. `stateless`: DATABASE_URL and REDIS_URL are not read (the proxy). `service_client`:
+    the service calls others as the client `service-<name>` and reads its SERVICE_CLIENT_SECRET, required in
+    production."""
     env = Env(environ_with_dotenv(environ))
     return Settings(
         service=service,
         env=cast("Environment", env.choice("APGMS_ENV", ENVIRONMENTS, "dev")),
         host=env.text("HOST", DEFAULT_HOST),
         port=env.integer("PORT", SERVICE_PORTS.get(service, PROXY_PORT), minimum=0, maximum=65535),
-        database_url=env.url("DATABASE_URL", ("postgres", "postgresql"), required=database_required),
-        redis_url=env.url("REDIS_URL", ("redis", "rediss", "unix"), required=False),
+        database_url=None
+        if stateless
+        else env.url("DATABASE_URL", ("postgres", "postgresql"), required=database_required),
+        redis_url=None if stateless else env.url("REDIS_URL", ("redis", "rediss", "unix"), required=False),
         log_level=env.choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),
         db_connect_timeout_s=env.number("DB_CONNECT_TIMEOUT_S", DB_CONNECT_TIMEOUT_S),
         db_statement_timeout_ms=env.integer("DB_STATEMENT_TIMEOUT_MS", DB_STATEMENT_TIMEOUT_MS, minimum=1),
@@ -252,10 +314,29 @@ def load_settings(
         graceful_timeout_s=env.number("GRACEFUL_TIMEOUT_S", GRACEFUL_TIMEOUT_S),
         shutdown_delay_s=env.number("SHUTDOWN_DELAY_S", SHUTDOWN_DELAY_S),
         trusted_hops=env.integer("TRUSTED_PROXY_HOPS", 0, minimum=0),
-        master_key=env.master_key("APGMS_MASTER_KEY", required=master_key_required),
+        master_key=env.master_key("APGMS_MASTER_KEY", required=True) if master_key_required else None,
         token_issuer=env.text("TOKEN_ISSUER", DEFAULT_TOKEN_ISSUER),
         auth_url=env.text("AUTH_URL", f"http://127.0.0.1:{SERVICE_PORTS['auth']}").rstrip("/"),
+        service_client_id=service_client_id(service) if service_client else None,
+        service_client_secret=env.client_secret(SERVICE_CLIENT_SECRET_VARIABLE, required=True)
+        if service_client
+        else None,
     )
+
+
+def service_client_id(service: str) -> str:
+    """The OAuth client id a service calls the others as."""
+    return SERVICE_CLIENT_ID_PREFIX + service
+
+
+def service_client_secret_variable(service: str) -> str:
+    """Where the auth service reads the secret of `service`'s client: SERVICE_CLIENT_SECRET_CORE, ..."""
+    return f"{SERVICE_CLIENT_SECRET_VARIABLE}_{service.upper()}"
+
+
+def new_service_client_secret() -> str:
+    """A fresh random service client secret (base64url, MIN_SERVICE_CLIENT_SECRET_CHARS characters)."""
+    return base64.urlsafe_b64encode(os.urandom(SERVICE_CLIENT_SECRET_BYTES)).decode().rstrip("=")
 
 
 def new_master_key() -> str:

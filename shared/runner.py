@@ -246,9 +246,10 @@ def tune_gc() -> None:
 def load_or_exit(
     service: str, load: Callable[[], Settings] | None = None, *, database_required: bool = True
 ) -> Settings:
-    """Settings, or one line on stderr naming the bad variable and exit code 2 (no traceback)."""
+    """Settings, or one line on stderr naming the bad variable and exit code 2 (no traceback). Without `load`, a
+    service's: a database, and a client to call the other services with (`Runtime.service_client`)."""
     try:
-        return load() if load else load_settings(service, database_required=database_required)
+        return load() if load else load_settings(service, database_required=database_required, service_client=True)
     except ConfigError as exc:
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

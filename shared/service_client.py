@@ -1,12 +1,13 @@
 """Service-to-service HTTP calls with a client-credentials token from the auth service.
 
-    client = ServiceClient(settings.auth_url, client_id, client_secret, session)
+    client = request.app.state.runtime.service_client   # built from SERVICE_CLIENT_SECRET (shared.app)
     users = await client.get_json(f"{settings.auth_url}/internal/orgs/{org_id}/users")
 
 The token is fetched on first use, cached, and refreshed `TOKEN_REFRESH_EARLY_S` before it expires; concurrent
 callers share one fetch. Every call carries `Authorization: Bearer`, and the current request's `x-request-id`
 and `traceparent` so one request can be followed across services. A 401 (a key rotation the cache has not seen,
-a revoked token) fetches a new token and retries once.
+a revoked token) fetches a new token and retries once. Without a session of the caller's, the client opens its
+own on first use (bounded, every call with a deadline) and `close()` closes it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,23 @@ from multidict import CIMultiDictProxy
 from shared.config import Secret
 from shared.context import REQUEST_ID_HEADER, TRACEPARENT_HEADER, current_request_id, current_traceparent
 
+__all__ = [
+    "ServiceAuthError",
+    "ServiceCallError",
+    "ServiceClient",
+    "ServiceResponse",
+    "basic_credentials",
+    "context_headers",
+    "refresh_time",
+]
+
 TOKEN_PATH = "/auth/oauth/token"  # noqa: S105 (a path, not a secret)
 TOKEN_REFRESH_EARLY_S = 60.0
 TOKEN_REQUEST_TIMEOUT_S = 5.0
 ERROR_BODY_PREVIEW_CHARS = 200
+# The session a client opens for itself: at most this many connections, each call done within the timeout.
+SERVICE_CALL_POOL_SIZE = 50
+SERVICE_CALL_TIMEOUT_S = 10.0
 
 
 class ServiceAuthError(Exception):
@@ -88,14 +102,14 @@ def basic_credentials(client_id: str, client_secret: str) -> str:
 
 
 class ServiceClient:
-    """Calls other services as the API client `client_id`; one per process, sharing the caller's session."""
+    """Calls other services as the API client `client_id`; one per process, on the caller's session or its own."""
 
     def __init__(
         self,
         auth_url: str,
         client_id: str,
         client_secret: str | Secret,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | None = None,
         *,
         scopes: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
@@ -103,11 +117,28 @@ class ServiceClient:
         self.token_url = auth_url.rstrip("/") + TOKEN_PATH
         self.client_id = client_id
         self._secret = client_secret if isinstance(client_secret, Secret) else Secret(client_secret)
-        self.session = session
+        self._session = session
+        self._owns_session = session is None
         self.scopes = tuple(scopes)
         self._clock = clock
         self._token: CachedToken | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The caller's session, or the client's own, opened on first use (inside the running event loop)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=SERVICE_CALL_POOL_SIZE),
+                timeout=aiohttp.ClientTimeout(total=SERVICE_CALL_TIMEOUT_S),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session the client opened for itself (a caller's stays open)."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def access_token(self) -> str:
         """A valid token, from the cache or fetched (one fetch at a time, shared by everyone waiting)."""

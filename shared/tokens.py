@@ -4,9 +4,9 @@ Tokens are signed `alg: EdDSA` (RFC 8037's name, the one PyJWT, authlib, Envoy a
 (RFC 9068). Verification pins the signature to Ed25519 on an OKP key: our own JWS registry holds only `EdDSA`
 restricted to the Ed25519 curve and `Ed25519` (RFC 9864's name for the same signature, which tokens minted before
 the switch carry), so `alg: none`, HS256-with-the-public-key and Ed448 are refused. It requires `typ: at+jwt`,
-`iss`, `aud`, `exp`, `sub`, `org_id` and `jti`, and allows `LEEWAY_S` of clock skew on `exp`/`nbf`/`iat`. The
-JWKS is cached; an unknown `kid` triggers at most one refetch per `JWKS_REFETCH_INTERVAL_S`, and cached keys keep
-verifying while the auth service is down.
+`iss`, `aud`, `exp`, `sub`, `org_id` (which a service's token never has) and `jti`, and allows `LEEWAY_S` of clock
+skew on `exp`/`nbf`/`iat`. The JWKS is cached; an unknown `kid` triggers at most one refetch per
+`JWKS_REFETCH_INTERVAL_S`, and cached keys keep verifying while the auth service is down.
 """
 
 from __future__ import annotations
@@ -29,6 +29,29 @@ from joserfc.jwt import JWTClaimsRegistry
 
 from shared.log import get_logger
 
+__all__ = [
+    "ACCESS_TOKEN_TTL_S",
+    "ALGORITHMS",
+    "JWS_REGISTRY",
+    "LEEWAY_S",
+    "PRINCIPAL_KINDS",
+    "REGULATOR_AUDIENCE",
+    "SERVICE_AUDIENCE",
+    "STEP_UP_MAX_AGE_S",
+    "USER_AUDIENCE",
+    "JwksCache",
+    "JwksFetcher",
+    "Principal",
+    "TokenError",
+    "Verifier",
+    "access_claims",
+    "principal_from_claims",
+    "sign",
+    "token_kid",
+    "verification_keys",
+    "verify",
+]
+
 SIGNING_ALGORITHM = "EdDSA"
 LEGACY_ALGORITHM = "Ed25519"
 ALGORITHMS = [SIGNING_ALGORITHM, LEGACY_ALGORITHM]
@@ -38,8 +61,14 @@ ACCESS_TOKEN_TTL_S = 15 * 60
 LEEWAY_S = 30
 STEP_UP_MAX_AGE_S = 10 * 60
 JWKS_REFETCH_INTERVAL_S = 5.0
+# Who a token is for. User and org API-client tokens are for the API; a service's client-credentials token is
+# only for other services' internal routes, so a leaked one opens no user route and a user's none of those.
 USER_AUDIENCE = "urn:apgms:api"
+SERVICE_AUDIENCE = "urn:apgms:service"
 REGULATOR_AUDIENCE = "urn:apgms:regulator"
+# A service principal acts for no org of its own: it names the org in what it calls, so it has no org_id claim.
+PRINCIPAL_KINDS = ("user", "client", "service", "regulator")
+ORG_LESS_KINDS = ("service",)
 MAX_TOKEN_CHARS = 8192
 
 log = get_logger(__name__)
@@ -90,7 +119,9 @@ JWS_REGISTRY = _Ed25519Registry(algorithms=ALGORITHMS)
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a user (`kind="user"`) or an API client (`kind="client"`), always inside one org."""
+    """Who is calling: a user (`kind="user"`) or an org's API client (`kind="client"`), always inside one org, or
+    one of our services (`kind="service"`, audience SERVICE_AUDIENCE), whose `org_id` is empty: it acts for
+    whichever org it names in the call."""
 
     subject: str
     kind: str
@@ -124,7 +155,7 @@ def access_claims(
     audience: str,
     subject: str,
     kind: str,
-    org_id: str,
+    org_id: str | None,
     role: str | None,
     scopes: Sequence[str],
     amr: Sequence[str],
@@ -139,7 +170,6 @@ def access_claims(
         "aud": audience,
         "sub": subject,
         "kind": kind,
-        "org_id": org_id,
         "scope": " ".join(scopes),
         "amr": list(amr),
         "jti": str(uuid.uuid4()),
@@ -147,6 +177,8 @@ def access_claims(
         "nbf": issued,
         "exp": issued + ttl_s,
     }
+    if org_id is not None:
+        claims["org_id"] = org_id
     if role is not None:
         claims["role"] = role
     if auth_time is not None:
@@ -175,7 +207,7 @@ def verification_keys(jwks: Mapping[str, Any]) -> KeySet:
 
 def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     kind = claims.get("kind", "user")
-    if kind not in ("user", "client", "regulator"):
+    if kind not in PRINCIPAL_KINDS:
         raise TokenError("unknown principal kind")
     scopes = claims.get("scope", "")
     amr = claims.get("amr", [])
@@ -187,14 +219,16 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     issued_at, session_id = claims.get("iat", 0), claims.get("sid")
     if not isinstance(issued_at, int) or (session_id is not None and not isinstance(session_id, str)):
         raise TokenError("malformed iat or sid claim")
-    for name in ("sub", "org_id", "jti"):
+    for name in ("sub", "jti") if kind in ORG_LESS_KINDS else ("sub", "org_id", "jti"):
         if not isinstance(claims.get(name), str) or not claims[name]:
             raise TokenError(f"missing {name} claim")
+    if kind in ORG_LESS_KINDS and "org_id" in claims:
+        raise TokenError("a service token names no org")
     audience = claims["aud"] if isinstance(claims["aud"], str) else claims["aud"][0]
     return Principal(
         subject=claims["sub"],
         kind=kind,
-        org_id=claims["org_id"],
+        org_id=claims.get("org_id", ""),
         role=claims.get("role"),
         scopes=frozenset(scopes.split()),
         amr=tuple(amr),

@@ -38,7 +38,13 @@ from apgms.devservers import (
     free_port,
 )
 from apgms.localredis import LocalRedis
-from shared.config import new_master_key
+from shared.config import (
+    CALLING_SERVICES,
+    SERVICE_CLIENT_SECRET_VARIABLE,
+    new_master_key,
+    new_service_client_secret,
+    service_client_secret_variable,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DATABASE = "apgms_template"
@@ -62,6 +68,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # One random master key per session (there is no built-in one): service processes and CLI runs inherit it, and
     # tests that open what a service sealed read it from os.environ.
     os.environ.setdefault("APGMS_MASTER_KEY", new_master_key())
+    # The service clients likewise: auth reads every SERVICE_CLIENT_SECRET_<NAME>, and `start_service` gives each
+    # calling service its own as SERVICE_CLIENT_SECRET.
+    for name in CALLING_SERVICES:
+        os.environ.setdefault(service_client_secret_variable(name), new_service_client_secret())
 
 
 @contextmanager
@@ -291,10 +301,18 @@ StartService = Callable[..., ServiceProcess]
 
 
 def service_env(
-    base: Mapping[str, str], port: int, database_url: str, redis_url: str, overrides: Mapping[str, str | None]
+    base: Mapping[str, str],
+    port: int,
+    database_url: str,
+    redis_url: str,
+    overrides: Mapping[str, str | None],
+    name: str | None = None,
 ) -> dict[str, str]:
-    """A service's environment in tests; an override of None removes the variable."""
+    """A service's environment in tests; an override of None removes the variable. A calling service named by
+    `name` gets its client secret (the session's, which the auth process of the test knows too)."""
     env = dict(base)
+    if name in CALLING_SERVICES and (secret := base.get(service_client_secret_variable(name))):
+        env[SERVICE_CLIENT_SECRET_VARIABLE] = secret
     env.update(
         APGMS_ENV="test",
         HOST="127.0.0.1",
@@ -343,7 +361,7 @@ def start_service(database_url: str, clean_redis_url: str, tmp_path: Path) -> It
         if module is None and not (ROOT / "services" / name / "__main__.py").exists():
             raise ValueError(f"there is no services/{name}/__main__.py; pass module= to run something else")
         port = free_port()
-        env = service_env(os.environ, port, database_url, clean_redis_url, env_overrides or {})
+        env = service_env(os.environ, port, database_url, clean_redis_url, env_overrides or {}, name)
         if env.get("PORT") != str(port):
             port = int(env["PORT"])
         cwd = tmp_path / f"{name}-{len(started)}"

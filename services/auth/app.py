@@ -6,16 +6,15 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from services.auth import internal, mfa, oauth, sessions, users
+from services.auth.config import AuthSettings
 from services.auth.keys import SigningKeys
 from shared.app import Runtime, build_runtime, build_service_app
-from shared.authz import new_verifier
-from shared.config import Settings
+from shared.authz import new_verifiers
 from shared.crypto import SecretBox
 from shared.ratelimit import LoginGuard, make_backend
-from shared.tokens import USER_AUDIENCE
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: AuthSettings) -> Starlette:
     runtime = build_runtime(settings)
     assert runtime.db is not None
     box = SecretBox(settings.require_master_key())
@@ -44,7 +43,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.box = box
         app.state.login_guard = LoginGuard(make_backend(rt.redis))
         # The auth service verifies its own tokens from its own keys, not over HTTP to itself.
-        rt.verifier = new_verifier(keys.jwks, settings.token_issuer, USER_AUDIENCE, rt.revocations.refuses)
+        rt.verifiers = new_verifiers(keys.jwks, settings.token_issuer, rt.revocations.refuses)
 
     runtime.on_startup.append(start)
     return app

@@ -6,7 +6,9 @@ waits happens first: the form is read, the client row loaded and its argon2id se
 in a thread), the signing key fetched. authlib's callbacks then only look at that in-request state.
 
 The token is our normal access token (`kind: client`, subject the client id, the client's org); its scopes are
-the requested ones the client is allowed, or all it is allowed when it asks for none.
+the requested ones the client is allowed, or all it is allowed when it asks for none. Our own services are clients
+too (`service-core`, ...; their secrets are configuration, services/auth/config.py): theirs is a service token,
+`kind: service`, audience `SERVICE_AUDIENCE`, no org and no scopes, which only internal routes accept.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -39,13 +42,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.auth import store
+from services.auth.config import AuthSettings
 from services.auth.passwords import hash_password, verify_password
-from shared.config import Settings
 from shared.context import current_request_id, forwarded_scheme, request_context
 from shared.metrics import record_security_event
 from shared.openapi import documented
 from shared.ratelimit import LoginGuard, rate_limited_error
-from shared.tokens import ACCESS_TOKEN_TTL_S, USER_AUDIENCE, access_claims, sign
+from shared.tokens import ACCESS_TOKEN_TTL_S, SERVICE_AUDIENCE, USER_AUDIENCE, access_claims, sign
 
 GRANT_TYPE = "client_credentials"
 AUTH_METHODS = ("client_secret_basic", "client_secret_post")
@@ -59,6 +62,28 @@ MAX_CLIENT_NAME_CHARS = 200
 
 
 # --- pure parts ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grantee:
+    """Whom a token is issued to: an org's API client (a row of `auth.oauth_clients`) or one of our services (no
+    org, no scopes)."""
+
+    client_id: str
+    org_id: uuid.UUID | None
+    scopes: list[str]
+
+    @classmethod
+    def of_row(cls, row: store.OAuthClient) -> Grantee:
+        return cls(row.client_id, row.org_id, row.scopes)
+
+    @classmethod
+    def service(cls, client_id: str) -> Grantee:
+        return cls(client_id, None, [])
+
+    @property
+    def is_service(self) -> bool:
+        return self.org_id is None
 
 
 def granted_scopes(requested: str | None, allowed: Sequence[str]) -> list[str] | None:
@@ -75,16 +100,15 @@ def valid_scope(scope: str) -> bool:
     return SCOPE_TOKEN.fullmatch(scope) is not None
 
 
-def token_response(
-    client: store.OAuthClient, scopes: Sequence[str], key: OKPKey, issuer: str, now: float
-) -> dict[str, Any]:
-    """The RFC 6749 section 5.1 body for a client token: our access token, no refresh token."""
+def token_response(client: Grantee, scopes: Sequence[str], key: OKPKey, issuer: str, now: float) -> dict[str, Any]:
+    """The RFC 6749 section 5.1 body for a client token: our access token (a service token for a service), no
+    refresh token."""
     claims = access_claims(
         issuer=issuer,
-        audience=USER_AUDIENCE,
+        audience=SERVICE_AUDIENCE if client.is_service else USER_AUDIENCE,
         subject=client.client_id,
-        kind="client",
-        org_id=str(client.org_id),
+        kind="service" if client.is_service else "client",
+        org_id=None if client.org_id is None else str(client.org_id),
         role=None,
         scopes=scopes,
         amr=[],
@@ -148,7 +172,7 @@ class _Client:
     """authlib's ClientMixin over a row whose secret was already checked (or a stand-in that never authenticates,
     so an unknown client id answers exactly like a wrong secret)."""
 
-    def __init__(self, client_id: str, row: store.OAuthClient | None, verified_secret: str | None) -> None:
+    def __init__(self, client_id: str, row: Grantee | None, verified_secret: str | None) -> None:
         self.client_id = client_id
         self.row = row
         self.verified_secret = verified_secret
@@ -249,7 +273,7 @@ def _single_valued(form: FormData) -> dict[str, str] | None:
 
 @documented("OAuth2 client credentials grant (form-encoded, RFC 6749)", tags=["auth"])
 async def token(request: Request) -> Response:
-    settings: Settings = request.app.state.runtime.settings
+    settings: AuthSettings = request.app.state.runtime.settings
     if request.headers.get("content-type", "").partition(";")[0].strip().lower() != FORM_MEDIA_TYPE:
         return _error(InvalidRequestError(f"Send the parameters as {FORM_MEDIA_TYPE}."))
     form = _single_valued(await request.form())
@@ -275,11 +299,17 @@ async def token(request: Request) -> Response:
         decision = await login_guard.check_address(address)
         if not decision.allowed:
             raise rate_limited_error(decision)
-        async with request.app.state.runtime.db.pool.acquire() as conn:
-            row = await store.client_by_id(conn, client_id)
-        # An unknown client costs the same argon2 time as a wrong secret.
-        verified = await run_in_threadpool(verify_password, row.secret_hash if row else None, secret)
-        client = _Client(client_id, row, secret if verified else None)
+        service_secret = settings.service_clients.get(client_id)
+        if service_secret is not None:
+            # 256 random bits, configuration rather than a stored hash: a constant-time comparison is enough.
+            verified = hmac.compare_digest(secret.encode(), service_secret.reveal().encode())
+            client = _Client(client_id, Grantee.service(client_id), secret if verified else None)
+        else:
+            async with request.app.state.runtime.db.pool.acquire() as conn:
+                row = await store.client_by_id(conn, client_id)
+            # An unknown client costs the same argon2 time as a wrong secret.
+            verified = await run_in_threadpool(verify_password, row.secret_hash if row else None, secret)
+            client = _Client(client_id, Grantee.of_row(row) if row else None, secret if verified else None)
     key = await request.app.state.issuer.keys.signing_key()
 
     # The last X-Forwarded-Proto entry, and only from a trusted hop: the first is whatever the client sent.

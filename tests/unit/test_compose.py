@@ -103,3 +103,18 @@ def test_dev_secrets_writes_each_secret_once_into_a_private_env_file(
     again = CliRunner().invoke(app, ["dev-secrets"])
     assert again.exit_code == 0 and "nothing changed" in again.output
     assert read_dotenv(tmp_path / ".env") == written, "the database volume keeps its first password"
+
+
+# `${NAME:-}`: empty while NAME has no value.
+OPTIONAL_VARIABLE = re.compile(r"\$\{(\w+):-\}")
+
+
+def test_each_calling_service_and_auth_share_one_client_secret_variable() -> None:
+    services = compose()["services"]
+    auth = services["auth"]["environment"]
+    for name in ("core", "compliance", "regulator"):
+        given = OPTIONAL_VARIABLE.fullmatch(services[name]["environment"]["SERVICE_CLIENT_SECRET"])
+        known = OPTIONAL_VARIABLE.fullmatch(auth[f"SERVICE_CLIENT_SECRET_{name.upper()}"])
+        assert given and known and given.group(1) == known.group(1) == f"APGMS_COMPOSE_{name.upper()}_CLIENT_SECRET"
+    for name in ("auth", "proxy"):
+        assert "SERVICE_CLIENT_SECRET" not in services[name]["environment"]

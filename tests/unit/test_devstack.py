@@ -7,6 +7,8 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
+
 from apgms.devstack import (
     BACKOFF_RESET_AFTER_S,
     DEFAULT_DEV_DIR,
@@ -15,11 +17,14 @@ from apgms.devstack import (
     child_env,
     describe_exit,
     dev_dir,
+    dev_service_client_secrets,
     next_failure_count,
     port_in_use,
     restart_delay,
+    with_dev_service_clients,
 )
-from shared.config import PROXY_PORT, SERVICE_PORTS
+from services.auth.config import load_auth_settings
+from shared.config import PROXY_PORT, SERVICE_PORTS, Secret, load_settings, new_master_key
 
 
 def delays_for(run_durations_s: list[float]) -> list[float]:
@@ -111,3 +116,33 @@ def test_port_in_use_ignores_time_wait_leftovers_of_a_stopped_server() -> None:
             accepted.close()  # the server side closes first, so it is the side left in TIME_WAIT
             client.recv(1)
     assert not port_in_use(port)
+
+
+def test_service_client_secrets_are_the_checkouts_own_and_stable() -> None:
+    key = new_master_key()
+    secrets = dev_service_client_secrets(key)
+    assert set(secrets) == {
+        "SERVICE_CLIENT_SECRET_CORE",
+        "SERVICE_CLIENT_SECRET_COMPLIANCE",
+        "SERVICE_CLIENT_SECRET_REGULATOR",
+    }
+    assert len(set(secrets.values())) == 3
+    assert dev_service_client_secrets(key) == secrets
+    assert set(dev_service_client_secrets(new_master_key()).values()).isdisjoint(secrets.values())
+    given = {"APGMS_MASTER_KEY": key, "SERVICE_CLIENT_SECRET_CORE": "x" * 43}
+    assert with_dev_service_clients(given)["SERVICE_CLIENT_SECRET_CORE"] == "x" * 43, "a given secret is kept"
+
+
+def test_auth_and_each_calling_service_get_the_same_secret_and_the_proxy_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no developer's .env
+    base = with_dev_service_clients({"APGMS_MASTER_KEY": new_master_key()})
+    envs = {spec.name: child_env(base, spec, "postgresql://h/db", None) for spec in DEV_PROCESSES}
+    auth = load_auth_settings({**envs["auth"], "DATABASE_URL": "postgresql://h/db"})
+    for name in ("core", "compliance", "regulator"):
+        settings = load_settings(name, envs[name], service_client=True)
+        assert settings.service_client_secret is not None
+        assert auth.service_clients[f"service-{name}"] == settings.service_client_secret
+    assert "SERVICE_CLIENT_SECRET" not in envs["auth"] and "SERVICE_CLIENT_SECRET" not in envs["api-gateway"]
+    assert all(isinstance(secret, Secret) for secret in auth.service_clients.values())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
@@ -10,8 +9,6 @@ import pytest
 from proxy.config import DEFAULT_DEV_ORIGINS, SERVICE_NAME, load_proxy_settings
 from proxy.routing import DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, MiB
 from shared.config import ConfigError
-
-PRODUCTION_KEY = base64.b64encode(bytes(range(32))).decode()
 
 
 @pytest.fixture(autouse=True)
@@ -161,8 +158,32 @@ def test_bad_scalar_settings_name_the_variable(name: str, value: str) -> None:
         load_proxy_settings(environ={name: value})
 
 
-PRODUCTION = {"APGMS_ENV": "production", "APGMS_MASTER_KEY": PRODUCTION_KEY, "PUBLIC_HOSTS": "api.example"}
+# Everything the proxy needs in production, and nothing the services need (no master key, database, Redis or client
+# secret): each process reads only the settings it uses.
+PRODUCTION = {"APGMS_ENV": "production", "PUBLIC_HOSTS": "api.example"}
 SCRAPE_TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def test_production_needs_no_master_key_database_redis_or_client_secret() -> None:
+    settings = load_proxy_settings(environ=PRODUCTION)
+    assert settings.is_production
+    assert (settings.master_key, settings.database_url, settings.redis_url) == (None, None, None)
+    assert (settings.service_client_id, settings.service_client_secret) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("APGMS_MASTER_KEY", "not base64!"),
+        ("APGMS_MASTER_KEY", "ZGV2LW9ubHktZGV2LW9ubHktZGV2LW9ubHktMDAwMDA="),
+        ("DATABASE_URL", "postgresql://apgms:apgms-dev-only@db/apgms"),
+        ("REDIS_URL", "mysql://nowhere"),
+        ("SERVICE_CLIENT_SECRET", "dev-only"),
+    ],
+)
+def test_the_services_settings_are_never_read_by_the_proxy(name: str, value: str) -> None:
+    # Values a service would refuse in production: the proxy does not read them, so they cannot stop it.
+    assert load_proxy_settings(environ={**PRODUCTION, name: value}).master_key is None
 
 
 def test_production_has_no_default_cors_origins() -> None:

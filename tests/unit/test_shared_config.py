@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import PUBLIC_DEV_MASTER_KEY, ConfigError, Secret, environ_with_dotenv, load_settings, read_dotenv
+from shared.config import (
+    PUBLIC_DEV_MASTER_KEY,
+    ConfigError,
+    Secret,
+    environ_with_dotenv,
+    load_settings,
+    new_service_client_secret,
+    read_dotenv,
+)
 
 DB_PASSWORD = "hunter2-Sup3r"
 PRODUCTION_KEY = base64.b64encode(bytes(range(32))).decode()
@@ -22,8 +30,9 @@ def empty_workdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def config_error(environ: dict[str, str], *, database_required: bool = True) -> str:
+    """The error of loading the auth service's settings (it seals secrets, so it reads the master key)."""
     with pytest.raises(ConfigError) as caught:
-        load_settings("auth", environ, database_required=database_required)
+        load_settings("auth", environ, database_required=database_required, master_key_required=True)
     return str(caught.value)
 
 
@@ -255,3 +264,52 @@ def test_master_key_problems_name_the_variable(environ: dict[str, str], fragment
     message = config_error(environ, database_required=False)
     assert "APGMS_MASTER_KEY" in message
     assert fragment in message
+
+
+def test_a_process_that_seals_nothing_never_reads_the_master_key() -> None:
+    # Not even in production, and not even a malformed or published one: each process reads what it uses.
+    for key in ("", "not base64!", PUBLIC_DEV_MASTER_KEY):
+        settings = load_settings("core", {"APGMS_ENV": "production", "APGMS_MASTER_KEY": key}, database_required=False)
+        assert settings.master_key is None
+
+
+def test_stateless_processes_read_no_database_or_redis() -> None:
+    settings = load_settings(
+        "api-gateway",
+        {"APGMS_ENV": "production", "DATABASE_URL": "postgresql://apgms:apgms-dev-only@db/x", "REDIS_URL": "x"},
+        stateless=True,
+    )
+    assert (settings.database_url, settings.redis_url) == (None, None)
+
+
+CLIENT_SECRET = new_service_client_secret()
+
+
+def test_a_calling_service_reads_its_client_id_and_secret() -> None:
+    settings = load_settings(
+        "core", {"SERVICE_CLIENT_SECRET": CLIENT_SECRET}, database_required=False, service_client=True
+    )
+    assert settings.service_client_id == "service-core"
+    assert settings.service_client_secret == Secret(CLIENT_SECRET)
+    assert CLIENT_SECRET not in repr(settings)
+    assert load_settings("core", {}, database_required=False).service_client_secret is None
+
+
+def test_the_client_secret_is_optional_outside_production_and_required_in_it() -> None:
+    assert load_settings("core", {}, database_required=False, service_client=True).service_client_secret is None
+    with pytest.raises(ConfigError, match="SERVICE_CLIENT_SECRET is required"):
+        load_settings("core", {"APGMS_ENV": "production"}, database_required=False, service_client=True)
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({"SERVICE_CLIENT_SECRET": "short"}, "at least 43 characters"),
+        ({"APGMS_ENV": "production", "SERVICE_CLIENT_SECRET": "dev-only-" + "x" * 40}, "dev-only value"),
+    ],
+)
+def test_weak_or_dev_only_client_secrets_are_refused(environ: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings("core", environ, database_required=False, service_client=True)
+    assert "SERVICE_CLIENT_SECRET" in str(caught.value) and fragment in str(caught.value)
+    assert "x" * 40 not in str(caught.value)
