@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import time
+import uuid
 
 import pytest
 from authlib.oauth2.rfc6749.errors import InsecureTransportError  # type: ignore[import-untyped]
+from joserfc.jwk import KeySet, OKPKey
 
-from services.auth.oauth import granted_scopes, presented_credentials, request_uri, valid_scope
+from services.auth.oauth import Grantee, granted_scopes, presented_credentials, request_uri, token_response, valid_scope
+from shared.tokens import SERVICE_AUDIENCE, USER_AUDIENCE, verify
 
 
 @pytest.mark.parametrize(
@@ -51,3 +55,16 @@ def test_in_production_a_loopback_host_does_not_make_http_secure() -> None:
     # authlib deems http to a loopback host secure; behind the proxy every request comes from one.
     with pytest.raises(InsecureTransportError):
         request_uri("http://127.0.0.1:3001/auth/oauth/token", "http", production=True)
+
+
+def test_a_service_gets_a_service_token_and_an_org_client_an_api_token() -> None:
+    key = OKPKey.generate_key("Ed25519", parameters={"kid": "k1"})
+    keys = KeySet([key])
+    service = token_response(Grantee.service("service-core"), [], key, "urn:apgms:auth", time.time())
+    principal = verify(service["access_token"], keys, issuer="urn:apgms:auth", audience=SERVICE_AUDIENCE)
+    assert (principal.kind, principal.org_id, service["scope"]) == ("service", "", "")
+    org_id = uuid.uuid4()
+    client = Grantee("apgms-client-1", org_id, ["users:read"])
+    api = token_response(client, ["users:read"], key, "urn:apgms:auth", time.time())
+    principal = verify(api["access_token"], keys, issuer="urn:apgms:auth", audience=USER_AUDIENCE)
+    assert (principal.kind, principal.org_id, api["scope"]) == ("client", str(org_id), "users:read")

@@ -16,6 +16,7 @@ from shared.crypto import SealError, SecretBox
 from shared.tokens import (
     ALGORITHMS,
     JWS_REGISTRY,
+    SERVICE_AUDIENCE,
     USER_AUDIENCE,
     JwksCache,
     TokenError,
@@ -243,3 +244,45 @@ def test_tampered_or_foreign_sealed_values_do_not_open(mangle: str) -> None:
         sealed = SecretBox(Secret(base64.b64encode(bytes(32)).decode())).seal(b"secret")
     with pytest.raises(SealError):
         box.open(sealed)
+
+
+def service_claims(**overrides: Any) -> dict[str, Any]:
+    base = access_claims(
+        issuer=ISSUER,
+        audience=SERVICE_AUDIENCE,
+        subject="service-core",
+        kind="service",
+        org_id=None,
+        role=None,
+        scopes=(),
+        amr=[],
+        auth_time=None,
+        now=time.time(),
+    )
+    return {**base, **overrides}
+
+
+def test_a_service_token_has_no_org_and_verifies_only_for_the_service_audience() -> None:
+    key = new_key("k1")
+    token = sign(service_claims(), key)
+    assert "org_id" not in service_claims()
+    principal = verify(token, KeySet([key]), issuer=ISSUER, audience=SERVICE_AUDIENCE)
+    assert (principal.kind, principal.subject, principal.org_id, principal.audience) == (
+        "service",
+        "service-core",
+        "",
+        SERVICE_AUDIENCE,
+    )
+    with pytest.raises(TokenError):
+        verify(token, KeySet([key]), issuer=ISSUER, audience=USER_AUDIENCE)
+    with pytest.raises(TokenError):
+        verify(sign(claims(), key), KeySet([key]), issuer=ISSUER, audience=SERVICE_AUDIENCE)
+
+
+def test_a_service_token_naming_an_org_or_a_user_token_without_one_is_refused() -> None:
+    with pytest.raises(TokenError, match="names no org"):
+        principal_from_claims(service_claims(org_id="org-1"))
+    without_org = claims()
+    del without_org["org_id"]
+    with pytest.raises(TokenError, match="missing org_id"):
+        principal_from_claims(without_org)
