@@ -23,8 +23,9 @@ from services.auth.oauth import ClientError, create_client
 from shared.audit import VerifyResult, last_record, verify_org
 from shared.config import ConfigError, Env, Settings, environ_with_dotenv, load_settings, new_master_key, read_dotenv
 from shared.crypto import SecretBox
+from shared.kek import kek_provider_from_env
 from shared.migrations import MigrationError, ServiceStatus, migrate, status
-from shared.pii import kek_provider_from_env, rotate_kek
+from shared.pii import rotate_kek
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="APGMS development and operations tooling.")
 db_app = typer.Typer(no_args_is_help=True, help="Database migrations of every service.")
