@@ -81,6 +81,7 @@ ERRORS: dict[str, ErrorKind] = {
     "request_timeout": ErrorKind(408, "Request body not received in time"),
     "conflict": ErrorKind(409, "Conflict"),
     "idempotency_conflict": ErrorKind(409, "Idempotency key reused with a different request"),
+    "idempotency_in_progress": ErrorKind(409, "A request with this idempotency key is still in progress"),
     "org_choice_required": ErrorKind(409, "The password matches accounts in several orgs; choose one with org_id"),
     "payload_too_large": ErrorKind(413, "Request body too large"),
     "unsupported_media_type": ErrorKind(415, "Unsupported media type"),

@@ -102,8 +102,7 @@ MAX_STORED_BODY_BYTES = 256 * 1024
 CLEANUP_BATCH_ROWS = 500
 CLEANUP_INTERVAL_S = 300.0
 CLEANUP_ACQUIRE_TIMEOUT_S = 5.0
-# TODO(lead): "idempotency_in_progress" once shared/errors.py's ERRORS has it (409); "conflict" is the nearest.
-IN_PROGRESS_CODE = "conflict"
+IN_PROGRESS_CODE = "idempotency_in_progress"
 
 log = get_logger(__name__)
 

@@ -13,7 +13,7 @@ import pytest
 from auth_support import call
 from idempotent_service import COUNT_PAYMENTS, PAYMENTS_DDL
 
-from shared.idempotency import CLAIM_WAIT_MS, IN_PROGRESS_CODE, IN_PROGRESS_RETRY_AFTER_S, KEY_MAX_CHARS
+from shared.idempotency import CLAIM_WAIT_MS, IN_PROGRESS_RETRY_AFTER_S, KEY_MAX_CHARS
 
 pytestmark = pytest.mark.e2e
 
@@ -145,7 +145,7 @@ async def test_a_request_while_the_first_is_in_flight_is_a_409_with_retry_after(
     slow = asyncio.create_task(pay(http, service_url, "pay-slow", delay_s=SLOW_FIRST_S))
     await until_a_claim_is_held(database_url)
     status, problem, problem_headers = await pay(http, service_url, "pay-slow")
-    assert (status, problem["code"]) == (409, IN_PROGRESS_CODE)
+    assert (status, problem["code"]) == (409, "idempotency_in_progress")
     assert "in progress" in problem["detail"]
     assert problem_headers["retry-after"] == str(IN_PROGRESS_RETRY_AFTER_S)
     assert not slow.done()
