@@ -7,7 +7,8 @@ a counted, logged 500 problem) → Starlette's routing.
 
 The `Runtime` holds what the process shares: the pool, Redis, a token verifier per audience (user tokens and
 service tokens, one JWKS cache), and the `ServiceClient` a service calls the others with, built from its
-SERVICE_CLIENT_SECRET.
+SERVICE_CLIENT_SECRET. A service with a database also runs the cleanup of expired idempotency records in the
+background (`shared.idempotency.run_cleanup`), from start-up to shutdown.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from shared.context import InFlight, RequestContextMiddleware
 from shared.db import Database
 from shared.errors import EXCEPTION_HANDLERS, ErrorBoundaryMiddleware
 from shared.health import Check, Health
+from shared.idempotency import run_cleanup
 from shared.metrics import MetricsMiddleware, metrics_endpoint
 from shared.openapi import openapi_document
 from shared.ratelimit import make_backend
@@ -41,9 +43,19 @@ from shared.service_client import ServiceClient
 from shared.tokens import Verifier
 from shared.types import ASGIApp
 
-__all__ = ["API_VERSION", "Hook", "Runtime", "build_runtime", "build_service_app", "service_middleware", "wrap"]
+__all__ = [
+    "API_VERSION",
+    "IDEMPOTENCY_CLEANUP_TASK",
+    "Hook",
+    "Runtime",
+    "build_runtime",
+    "build_service_app",
+    "service_middleware",
+    "wrap",
+]
 
 API_VERSION = "0.1.0"
+IDEMPOTENCY_CLEANUP_TASK = "idempotency-cleanup"
 
 Hook = Callable[["Runtime"], Awaitable[None]]
 
@@ -139,6 +151,20 @@ def build_runtime(settings: Settings) -> Runtime:
     runtime.on_startup.append(start_revocations)
     runtime.on_shutdown.append(stop_revocations)
     runtime.on_shutdown.append(close_jwks_session)
+    if db is not None:
+        database = db
+        cleanup: list[asyncio.Task[None]] = []
+
+        async def start_idempotency_cleanup(_: Runtime) -> None:
+            cleanup.append(asyncio.create_task(run_cleanup(database), name=IDEMPOTENCY_CLEANUP_TASK))
+
+        async def stop_idempotency_cleanup(_: Runtime) -> None:
+            for task in cleanup:
+                task.cancel()
+            await asyncio.gather(*cleanup, return_exceptions=True)
+
+        runtime.on_startup.append(start_idempotency_cleanup)
+        runtime.on_shutdown.append(stop_idempotency_cleanup)
     if service_client is not None:
         caller = service_client
 

@@ -337,8 +337,12 @@ async def delete_expired(conn: asyncpg.Connection, limit: int = CLEANUP_BATCH_RO
 
 async def run_cleanup(db: Database, interval_s: float = CLEANUP_INTERVAL_S) -> None:
     """Forever: every `interval_s`, delete expired records in batches of CLEANUP_BATCH_ROWS (one short
-    transaction each) until a batch comes back short. A failed round is logged and retried next time."""
+    transaction each) until a batch comes back short. A failed round is logged and retried next time. The first
+    round waits an interval too, so a starting service does not add to its own start-up (nor log about a
+    database still out of reach). Every service with a database runs it (`shared.app.build_runtime`); replicas
+    doing it at once skip each other's rows."""
     while True:
+        await asyncio.sleep(interval_s)
         deleted = 0
         try:
             while True:
@@ -352,7 +356,6 @@ async def run_cleanup(db: Database, interval_s: float = CLEANUP_INTERVAL_S) -> N
         else:
             if deleted:
                 log.info("idempotency_cleanup", deleted=deleted)
-        await asyncio.sleep(interval_s)
 
 
 # --- what handlers call ----------------------------------------------------------------------------------------

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from shared.app import build_runtime
+from shared.app import IDEMPOTENCY_CLEANUP_TASK, build_runtime
 from shared.config import Secret, load_settings, new_service_client_secret
 from shared.tokens import REGULATOR_AUDIENCE, SERVICE_AUDIENCE, USER_AUDIENCE
 
@@ -42,3 +43,27 @@ def test_user_and_service_tokens_have_a_verifier_each_over_one_jwks_cache() -> N
     assert user.jwks is service.jwks
     with pytest.raises(RuntimeError, match=REGULATOR_AUDIENCE):
         runtime.verifier_for(REGULATOR_AUDIENCE)
+
+
+def cleanup_tasks() -> list[asyncio.Task[object]]:
+    return [task for task in asyncio.all_tasks() if task.get_name() == IDEMPOTENCY_CLEANUP_TASK]
+
+
+async def test_a_service_with_a_database_cleans_expired_idempotency_records_from_start_to_shutdown() -> None:
+    environ = {"APGMS_ENV": "test", "DATABASE_URL": "postgresql://apgms@127.0.0.1:9/apgms"}
+    runtime = build_runtime(load_settings("core", environ))
+    for hook in runtime.on_startup:
+        await hook(runtime)
+    [task] = cleanup_tasks()
+    assert not task.done()
+    await runtime.close()
+    assert task.cancelled()
+    assert cleanup_tasks() == []
+
+
+async def test_a_service_without_a_database_runs_no_cleanup() -> None:
+    runtime = build_runtime(load_settings("core", {"APGMS_ENV": "test"}, database_required=False))
+    for hook in runtime.on_startup:
+        await hook(runtime)
+    assert cleanup_tasks() == []
+    await runtime.close()
