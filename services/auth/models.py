@@ -11,7 +11,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from services.auth.emails import EMAIL_MAX_CHARS, canonical_email
 from services.auth.passwords import MIN_PASSWORD_CHARS
-from shared.pagination import PageQuery as PageQuery  # re-exported until services/auth/users.py imports it from shared
 from shared.roles import Role
 
 EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$"

@@ -6,7 +6,8 @@ need, and never one earlier in the list after one later:
 1. user rows (`lock_users` FOR UPDATE for a change to the user; `role_for_new_tokens` and `refresh_token_for_update`
    FOR SHARE for whatever mints or ends the user's tokens), several users in id order;
 2. the refresh family's advisory lock (`refresh_token_for_update`, `session_is_live`);
-3. refresh-token rows (FOR UPDATE / FOR SHARE, or the UPDATEs that rotate and revoke them).
+3. refresh-token rows (FOR UPDATE / FOR SHARE, or the UPDATEs that rotate and revoke them);
+4. the org's audit-chain lock (`shared.audit.append`, the last statement of any audited transaction).
 
 A path that took them in another order deadlocked with one that kept it: a refresh held its token row and waited
 for the user row to mint, while a disable held the user row and waited to revoke that token row, and PostgreSQL

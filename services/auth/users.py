@@ -13,7 +13,6 @@ from starlette.responses import JSONResponse, Response
 from services.auth import store
 from services.auth.models import (
     CreateUserRequest,
-    PageQuery,
     UpdatedUser,
     UpdateUserRequest,
     UserListItem,
@@ -24,7 +23,7 @@ from shared import audit
 from shared.authz import guard
 from shared.errors import ApiError
 from shared.openapi import documented
-from shared.pagination import decode_cursor, encode_cursor
+from shared.pagination import PageQuery, decode_cursor, encode_cursor
 from shared.tokens import Principal
 from shared.validation import parse_body, parse_query
 
