@@ -63,14 +63,14 @@ async def test_tampered_applied_migration_is_refused(empty_database_url: str, mi
     await migrate(empty_database_url, root=migrations_copy)
     tampered = migrations_folder("core", migrations_copy) / "0001_schema.sql"
     tampered.write_text(tampered.read_text() + "\nCREATE TABLE core.sneaky (id int);\n")
-    (migrations_folder("core", migrations_copy) / "0002_next.sql").write_text("CREATE TABLE core.next (id int);")
+    (migrations_folder("core", migrations_copy) / "0099_next.sql").write_text("CREATE TABLE core.next (id int);")
 
     with pytest.raises(MigrationError, match=r"core/0001_schema\.sql was changed after it was applied"):
         await migrate(empty_database_url, root=migrations_copy)
 
     report = {s.service: s for s in await status(empty_database_url, root=migrations_copy)}
     assert report["core"].changed == ["0001_schema.sql"]
-    assert report["core"].pending == ["0002_next.sql"]
+    assert report["core"].pending == ["0099_next.sql"]
     connection = await asyncpg.connect(empty_database_url)
     try:
         assert await connection.fetchval("SELECT to_regclass('core.next')") is None
