@@ -1,0 +1,72 @@
+"""All of the core service's SQL; every function takes a connection, so the caller owns the transaction.
+
+Bank lines are written two ways, both from `SealedLine`s whose payee and description are already ciphertext
+(`shared.pii`, bound to org, `bank_lines`, column and the line's id, which is why ids are made by the writer):
+`insert_line` for one line, `copy_lines` for many (PostgreSQL COPY, the bulk import's and the seed's path).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from datetime import date, datetime
+from decimal import Decimal
+
+import asyncpg
+
+__all__ = ["BANK_LINES_TABLE", "SealedLine", "copy_lines", "insert_line"]
+
+# The table name PII ciphertext is bound to (`shared.pii.Binding`), and the one COPY writes.
+BANK_LINES_TABLE = "bank_lines"
+SCHEMA = "core"
+
+
+@dataclass(frozen=True, slots=True)
+class SealedLine:
+    """A bank line ready to store: payee and description are ciphertext. Field order is the COPY column order."""
+
+    id: uuid.UUID
+    org_id: uuid.UUID
+    date: date
+    amount: Decimal
+    gst_amount: Decimal
+    paygw_amount: Decimal
+    payee: bytes
+    description: bytes
+    created_by: str
+    created_at: datetime
+
+    def record(self) -> tuple[object, ...]:
+        """The values in column order (not `dataclasses.astuple`, which deep-copies each field: a seed writes
+        millions of these)."""
+        return (
+            self.id,
+            self.org_id,
+            self.date,
+            self.amount,
+            self.gst_amount,
+            self.paygw_amount,
+            self.payee,
+            self.description,
+            self.created_by,
+            self.created_at,
+        )
+
+
+SEALED_LINE_COLUMNS = tuple(f.name for f in fields(SealedLine))
+
+
+async def insert_line(conn: asyncpg.Connection, line: SealedLine) -> None:
+    await conn.execute(
+        f"INSERT INTO core.bank_lines ({', '.join(SEALED_LINE_COLUMNS)}) "
+        f"VALUES ({', '.join(f'${i}' for i in range(1, len(SEALED_LINE_COLUMNS) + 1))})",
+        *line.record(),
+    )
+
+
+async def copy_lines(conn: asyncpg.Connection, lines: Iterable[SealedLine]) -> int:
+    """Write `lines` with COPY (binary protocol) in the caller's transaction; returns how many were written."""
+    records = [line.record() for line in lines]
+    await conn.copy_records_to_table(BANK_LINES_TABLE, schema_name=SCHEMA, columns=SEALED_LINE_COLUMNS, records=records)
+    return len(records)
