@@ -21,7 +21,16 @@ from apgms.seed import SeedError, demo_password, logins_table, password_line, se
 from services.auth.keys import PUBLISH_AHEAD_S, RETIRE_AFTER_S, rotate
 from services.auth.oauth import ClientError, create_client
 from shared.audit import VerifyResult, last_record, verify_org
-from shared.config import ConfigError, Env, Settings, environ_with_dotenv, load_settings, new_master_key, read_dotenv
+from shared.config import (
+    ConfigError,
+    Env,
+    Settings,
+    environ_with_dotenv,
+    load_settings,
+    new_master_key,
+    new_service_client_secret,
+    read_dotenv,
+)
 from shared.crypto import SecretBox
 from shared.kek import kek_provider_from_env
 from shared.migrations import MigrationError, ServiceStatus, migrate, status
@@ -50,9 +59,11 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def command_environ(*, master_key: bool = False) -> dict[str, str]:
+def command_environ(*, master_key: bool = False, kek: bool = False) -> dict[str, str]:
     """What a command reads: the environment over `.env`; without DATABASE_URL, `make run`'s database (outside
-    production); with `master_key` and without APGMS_MASTER_KEY, the checkout's key (the one `make run` uses)."""
+    production); with `master_key` and without APGMS_MASTER_KEY, the checkout's key (the one `make run` uses);
+    with `kek` and without APGMS_KEK_FILE or APGMS_KEK, the checkout's KEK file (the one `make run` gives core and
+    compliance)."""
     environ = environ_with_dotenv(None, devstack.PROJECT_ROOT / ".env")
     if not environ.get("DATABASE_URL"):
         environ["DATABASE_URL"] = dev_database_url(environ)
@@ -61,6 +72,11 @@ def command_environ(*, master_key: bool = False) -> dict[str, str]:
             environ = devstack.with_dev_master_key(environ)
         except OSError as error:
             fail(f"cannot read or create the checkout's master key: {error}")
+    if kek:
+        try:
+            environ = devstack.with_dev_kek(environ)
+        except OSError as error:
+            fail(f"cannot read or create the checkout's KEK file: {error}")
     return environ
 
 
@@ -280,7 +296,7 @@ def clients_add(
 def pii_rotate_kek() -> None:
     """Re-wrap every org's data key under the current KEK (the first in APGMS_KEK_FILE or APGMS_KEK); no PII value
     is re-encrypted. Once no key is left under an old KEK, that KEK can be removed from the file."""
-    environ = command_environ()
+    environ = command_environ(kek=True)
     settings = auth_settings(environ, sealing=False)
     try:
         provider = kek_provider_from_env(environ)
@@ -301,19 +317,29 @@ def pii_rotate_kek() -> None:
 # --- docker compose ------------------------------------------------------------------------------------------
 
 # What docker-compose.yml takes from `.env` (which compose reads by itself): nothing secret is in the repository.
-COMPOSE_SECRETS = ("APGMS_COMPOSE_DB_PASSWORD", "APGMS_COMPOSE_REDIS_PASSWORD", "APGMS_COMPOSE_MASTER_KEY")
+# Each is made by its generator; the passwords are URL-safe, since they go into DATABASE_URL and REDIS_URL.
 COMPOSE_PASSWORD_BYTES = 32
+COMPOSE_SECRET_GENERATORS: dict[str, Callable[[], str]] = {
+    "APGMS_COMPOSE_DB_PASSWORD": lambda: secrets.token_urlsafe(COMPOSE_PASSWORD_BYTES),
+    "APGMS_COMPOSE_REDIS_PASSWORD": lambda: secrets.token_urlsafe(COMPOSE_PASSWORD_BYTES),
+    "APGMS_COMPOSE_MASTER_KEY": new_master_key,
+    "APGMS_COMPOSE_KEK": devstack.new_kek,
+    # Each calling service's client secret: compose gives it to the service and to auth (SERVICE_CLIENT_SECRET_<NAME>).
+    "APGMS_COMPOSE_CORE_CLIENT_SECRET": new_service_client_secret,
+    "APGMS_COMPOSE_COMPLIANCE_CLIENT_SECRET": new_service_client_secret,
+    "APGMS_COMPOSE_REGULATOR_CLIENT_SECRET": new_service_client_secret,
+}
+COMPOSE_SECRETS = tuple(COMPOSE_SECRET_GENERATORS)
 
 
 def compose_secret(name: str) -> str:
-    if name.endswith("MASTER_KEY"):
-        return new_master_key()
-    return secrets.token_urlsafe(COMPOSE_PASSWORD_BYTES)  # URL-safe: it goes into DATABASE_URL and REDIS_URL
+    return COMPOSE_SECRET_GENERATORS[name]()
 
 
 @app.command("dev-secrets")
 def dev_secrets() -> None:
-    """Generate the docker compose stack's database and Redis passwords and master key into `.env` (mode 0600).
+    """Generate the docker compose stack's database and Redis passwords, master key, KEK and service client secrets
+    into `.env` (mode 0600).
 
     Values already there are kept: the database volume keeps the password it was created with."""
     path = devstack.PROJECT_ROOT / ".env"

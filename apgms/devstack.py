@@ -7,6 +7,11 @@ with backoff when they crash, except on exit code 2, a configuration error, whic
 
 Service clients are provisioned on both sides from one value per service: auth gets every
 SERVICE_CLIENT_SECRET_<NAME>, each calling service its own as SERVICE_CLIENT_SECRET (`dev_service_client_secrets`).
+
+Each checkout has two keys of its own in the dev dir (`.devdb/`, git-ignored), made on first use, mode 0600:
+`master.key` (APGMS_MASTER_KEY unless set) and `pii.kek`, the PII key-encryption key (shared.kek's
+LocalKekProvider reads it as APGMS_KEK_FILE, unless APGMS_KEK_FILE or APGMS_KEK is set). Only the services that
+hold PII (`KEK_SERVICES`) are given the KEK; the `apgms` commands find both files the same way.
 """
 
 from __future__ import annotations
@@ -55,12 +60,18 @@ from shared.config import (
     service_client_secret_variable,
 )
 from shared.crypto import SecretBox
+from shared.kek import KEK_BYTES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEV_DIR_NAME = ".devdb"
 DEFAULT_DEV_DIR = PROJECT_ROOT / DEV_DIR_NAME
 # The checkout's own master key (APGMS_MASTER_KEY unless set), in the dev dir: git-ignored, mode 0600.
 MASTER_KEY_FILE = "master.key"
+# The checkout's own PII key-encryption key (APGMS_KEK_FILE unless it or APGMS_KEK is set), beside it, mode 0600.
+KEK_FILE = "pii.kek"
+KEK_VARIABLES = ("APGMS_KEK_FILE", "APGMS_KEK")
+# The processes that hold PII and so get the KEK; the others are not given it.
+KEK_SERVICES = ("core", "compliance")
 # Domain separation for the dev service client secrets derived from the master key (HMAC-SHA256).
 SERVICE_CLIENT_SECRET_LABEL = b"apgms dev service client secret:"
 HOST = "127.0.0.1"
@@ -134,6 +145,9 @@ def child_env(base: Mapping[str, str], spec: ProcessSpec, database_url: str, red
         env["TRUSTED_PROXY_HOPS"] = "1"
     if spec.name in CALLING_SERVICES and (secret := base.get(service_client_secret_variable(spec.name))):
         env[SERVICE_CLIENT_SECRET_VARIABLE] = secret
+    if spec.name not in KEK_SERVICES:
+        for variable in KEK_VARIABLES:
+            env.pop(variable, None)
     if redis_url:
         env["REDIS_URL"] = redis_url
     else:
@@ -146,19 +160,16 @@ def dev_dir(environ: Mapping[str, str]) -> Path:
     return Path(environ["APGMS_DEV_DIR"]).absolute() if environ.get("APGMS_DEV_DIR") else PROJECT_ROOT / DEV_DIR_NAME
 
 
-def dev_master_key(directory: Path) -> str:
-    """This checkout's master key (base64 of MASTER_KEY_BYTES random bytes) in `directory`/master.key, created on
-    first use. Every checkout has its own, so a database copied off a machine cannot be opened with a key
-    published anywhere. The file is written whole under another name and linked into place: two commands
-    starting at once agree on one key."""
-    path = directory / MASTER_KEY_FILE
+def private_key_file(path: Path, new_key: Callable[[], str]) -> str:
+    """The key in `path` (one line), created with `new_key()` on first use, mode 0600. The file is written whole
+    under another name and linked into place: two commands starting at once agree on one key."""
     if not path.exists():
         # Not 0700: as root, PostgreSQL runs as `postgres` in a subdirectory and must be able to enter this one.
-        directory.mkdir(parents=True, exist_ok=True)
-        descriptor, draft_name = tempfile.mkstemp(prefix=f".{MASTER_KEY_FILE}.", dir=directory)  # mode 0600
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, draft_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
         draft = Path(draft_name)
         with os.fdopen(descriptor, "w") as file:
-            file.write(new_master_key() + "\n")
+            file.write(new_key() + "\n")
         try:
             os.link(draft, path)
         except FileExistsError:
@@ -170,11 +181,41 @@ def dev_master_key(directory: Path) -> str:
     return path.read_text().strip()
 
 
+def dev_master_key(directory: Path) -> str:
+    """This checkout's master key (base64 of MASTER_KEY_BYTES random bytes) in `directory`/master.key, created on
+    first use. Every checkout has its own, so a database copied off a machine cannot be opened with a key
+    published anywhere."""
+    return private_key_file(directory / MASTER_KEY_FILE, new_master_key)
+
+
+def new_kek() -> str:
+    """A fresh random KEK, base64 of KEK_BYTES bytes, as LocalKekProvider reads it (APGMS_KEK_FILE, APGMS_KEK)."""
+    return base64.b64encode(os.urandom(KEK_BYTES)).decode()
+
+
+def dev_kek_file(directory: Path) -> Path:
+    """This checkout's KEK file, `directory`/pii.kek (one KEK, created on first use, mode 0600). To rotate, put a
+    new KEK (`openssl rand -base64 32`) on the first line, keep the old one after it, run `apgms pii rotate-kek`,
+    then remove the old one."""
+    path = directory / KEK_FILE
+    private_key_file(path, new_kek)
+    return path
+
+
 def with_dev_master_key(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` with APGMS_MASTER_KEY set to the checkout's key, unless it names one (or is production's)."""
     env = dict(environ)
     if not env.get("APGMS_MASTER_KEY") and env.get("APGMS_ENV") != "production":
         env["APGMS_MASTER_KEY"] = dev_master_key(dev_dir(env))
+    return env
+
+
+def with_dev_kek(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` with APGMS_KEK_FILE naming the checkout's KEK file, unless it names a KEK (APGMS_KEK_FILE or
+    APGMS_KEK) or is production's, which must."""
+    env = dict(environ)
+    if not any(env.get(variable) for variable in KEK_VARIABLES) and env.get("APGMS_ENV") != "production":
+        env["APGMS_KEK_FILE"] = str(dev_kek_file(dev_dir(env)))
     return env
 
 
@@ -479,7 +520,7 @@ async def run_dev(
                 "its own: what it sealed (signing keys, TOTP secrets) does not open with the new key. Remove that "
                 "directory to start afresh.[/]"
             )
-        env = with_dev_master_key(env)
+        env = with_dev_kek(with_dev_master_key(env))
         if env.get("APGMS_MASTER_KEY"):
             env = with_dev_service_clients(env)
         database_url = env.get("DATABASE_URL")

@@ -1,5 +1,6 @@
-"""Every checkout has a master key of its own: `make run` creates it on first start (0600, in the dev dir), reuses it
-afterwards, and hands it to the processes it starts; no key is built in."""
+"""Every checkout has a master key and a PII KEK of its own: `make run` creates them on first start (0600, in the
+dev dir), reuses them afterwards, and hands the master key to the processes it starts and the KEK file to those
+that hold PII (core and compliance); no key is built in."""
 
 from __future__ import annotations
 
@@ -17,13 +18,18 @@ from pathlib import Path
 from rich.console import Console
 
 from apgms.devservers import free_port
-from apgms.devstack import MASTER_KEY_FILE, ProcessSpec, dev_master_key, run_dev
+from apgms.devstack import KEK_FILE, MASTER_KEY_FILE, ProcessSpec, dev_master_key, run_dev
+from shared.kek import kek_provider_from_env
 
-# Serves 200 on /health and /ready, prints a fingerprint of the master key it was given, exits 0 on SIGTERM.
+# Serves 200 on /health and /ready, prints a fingerprint of the master key it was given and the id of the KEK it
+# reads (shared.kek, as a service would; "" without APGMS_KEK_FILE), exits 0 on SIGTERM.
 STANDIN = """
 import hashlib, http.server, json, os, signal, threading
+from shared.kek import kek_provider_from_env
 key = os.environ.get("APGMS_MASTER_KEY", "")
-print(json.dumps({"event": "key", "fingerprint": hashlib.sha256(key.encode()).hexdigest()[:16]}), flush=True)
+kek = kek_provider_from_env(os.environ).current_kek_id if os.environ.get("APGMS_KEK_FILE") else ""
+fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+print(json.dumps({"event": "key", "fingerprint": fingerprint, "kek": kek}), flush=True)
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -75,8 +81,9 @@ async def run_stack_once(project: Path, standin_dir: Path) -> str:
     """Output of one `make run` (its run_dev) with a stand-in service, from start to a clean stop."""
     output = io.StringIO()
     console = Console(file=output, width=200, color_system=None)
-    specs = [ProcessSpec("alpha", "standin", free_port())]
-    # No APGMS_MASTER_KEY: the stack must find or make the checkout's own.
+    # A service that holds PII and one that does not.
+    specs = [ProcessSpec("core", "standin", free_port()), ProcessSpec("auth", "standin", free_port())]
+    # No APGMS_MASTER_KEY and no KEK: the stack must find or make the checkout's own.
     environ = {"PATH": os.environ["PATH"], "APGMS_DEV_DIR": str(project / ".devdb"), "PYTHONPATH": str(standin_dir)}
     task = asyncio.create_task(run_dev(specs, environ, console))
     loop = asyncio.get_running_loop()
@@ -94,6 +101,22 @@ def given_fingerprints(output: str) -> set[str]:
     return set(re.findall(r'"fingerprint": "([0-9a-f]{16})"', output))
 
 
+def given_keks(output: str) -> dict[str, set[str]]:
+    """Process name -> the KEK ids it read (its standin's lines are prefixed `name | `)."""
+    keks: dict[str, set[str]] = {}
+    for name, kek in re.findall(
+        r'(\w+) \| \{"event": "key", "fingerprint": "[0-9a-f]{16}", "kek": "([^"]*)"\}', output
+    ):
+        keks.setdefault(name, set()).add(kek)
+    return keks
+
+
+def checkout_kek_id(project: Path) -> str:
+    path = project / ".devdb" / KEK_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    return kek_provider_from_env({"APGMS_KEK_FILE": str(path)}).current_kek_id
+
+
 async def test_two_fresh_checkouts_get_different_keys_and_each_keeps_its_own(tmp_path: Path, server_dir: Path) -> None:
     standin_dir = tmp_path / "standin"
     standin_dir.mkdir()
@@ -105,14 +128,21 @@ async def test_two_fresh_checkouts_get_different_keys_and_each_keeps_its_own(tmp
     assert stat.S_IMODE((first_project / ".devdb" / MASTER_KEY_FILE).stat().st_mode) == 0o600
     assert given_fingerprints(first) == {fingerprint(first_key)}, "the services get the checkout's key"
     assert "TOTP secret unreadable" not in first
+    first_kek = checkout_kek_id(first_project)
+    assert given_keks(first) == {"core": {first_kek}, "auth": {""}}, "only a service holding PII gets the KEK"
 
     again = await run_stack_once(first_project, standin_dir)
     assert (first_project / ".devdb" / MASTER_KEY_FILE).read_text().strip() == first_key
     assert given_fingerprints(again) == {fingerprint(first_key)}
     assert "TOTP secret unreadable" not in again, "the demo admin's secret, sealed at the first run, still opens"
+    assert given_keks(again) == {"core": {first_kek}, "auth": {""}}, "the same checkout keeps its KEK"
 
     second = await run_stack_once(second_project, standin_dir)
     second_key = (second_project / ".devdb" / MASTER_KEY_FILE).read_text().strip()
     assert second_key != first_key
     assert given_fingerprints(second) == {fingerprint(second_key)}
-    assert first_key not in first + again + second and second_key not in second, "a key is never printed"
+    second_kek = checkout_kek_id(second_project)
+    assert second_kek != first_kek and given_keks(second) == {"core": {second_kek}, "auth": {""}}
+    keks = [(project / ".devdb" / KEK_FILE).read_text().strip() for project in (first_project, second_project)]
+    for secret in (first_key, second_key, *keks):
+        assert secret not in first + again + second, "a key is never printed"

@@ -1,5 +1,7 @@
 """docker-compose.yml: only the proxy is published (on loopback), no credential is written in it, Redis needs a
-password, and every secret it takes is one `apgms dev-secrets` generates."""
+password, each secret goes only to the services that use it (the master key to auth, the KEK to core and
+compliance, each service client secret to its service and to auth), and every secret it takes is one
+`apgms dev-secrets` generates and compose refuses to start without."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typer.testing import CliRunner
 
 from apgms import devstack
 from apgms.cli import COMPOSE_SECRETS, app
-from shared.config import Env, read_dotenv
+from shared.config import MIN_SERVICE_CLIENT_SECRET_CHARS, Env, read_dotenv
+from shared.kek import KEK_BYTES, kek_provider_from_env
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 # `${NAME:?message}`: compose refuses to start while NAME has no value.
@@ -40,7 +43,16 @@ def test_only_the_proxy_publishes_a_port_and_only_on_loopback() -> None:
     assert not any("network_mode" in service for service in services.values())
 
 
-SECRET_VARIABLES = {"POSTGRES_PASSWORD", "APGMS_MASTER_KEY", "REDISCLI_AUTH"}
+SECRET_VARIABLES = {
+    "POSTGRES_PASSWORD",
+    "APGMS_MASTER_KEY",
+    "REDISCLI_AUTH",
+    "APGMS_KEK",
+    "SERVICE_CLIENT_SECRET",
+    "SERVICE_CLIENT_SECRET_CORE",
+    "SERVICE_CLIENT_SECRET_COMPLIANCE",
+    "SERVICE_CLIENT_SECRET_REGULATOR",
+}
 
 
 def test_no_credential_is_written_in_the_file() -> None:
@@ -95,7 +107,12 @@ def test_dev_secrets_writes_each_secret_once_into_a_private_env_file(
     assert written["LOG_LEVEL"] == "debug"
     assert set(written) == {"LOG_LEVEL", *COMPOSE_SECRETS}
     assert len(base64.b64decode(written["APGMS_COMPOSE_MASTER_KEY"], validate=True)) == 32
-    assert len({written[name] for name in COMPOSE_SECRETS}) == 3
+    assert len(base64.b64decode(written["APGMS_COMPOSE_KEK"], validate=True)) == KEK_BYTES
+    # The KEK is one that even production accepts (no dev-only marker), as core and compliance read it.
+    kek_provider_from_env({"APGMS_ENV": "production", "APGMS_KEK": written["APGMS_COMPOSE_KEK"]})
+    for name in ("CORE", "COMPLIANCE", "REGULATOR"):
+        assert len(written[f"APGMS_COMPOSE_{name}_CLIENT_SECRET"]) >= MIN_SERVICE_CLIENT_SECRET_CHARS
+    assert len({written[name] for name in COMPOSE_SECRETS}) == len(COMPOSE_SECRETS) == 7
     for name in COMPOSE_SECRETS:
         assert written[name] not in result.output, "secrets are written to the file, never printed"
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
@@ -105,16 +122,38 @@ def test_dev_secrets_writes_each_secret_once_into_a_private_env_file(
     assert read_dotenv(tmp_path / ".env") == written, "the database volume keeps its first password"
 
 
-# `${NAME:-}`: empty while NAME has no value.
-OPTIONAL_VARIABLE = re.compile(r"\$\{(\w+):-\}")
+def test_dev_secrets_adds_only_what_an_earlier_env_file_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devstack, "PROJECT_ROOT", tmp_path)
+    earlier = {"APGMS_COMPOSE_DB_PASSWORD": "db-pw", "APGMS_COMPOSE_REDIS_PASSWORD": "redis-pw"}
+    (tmp_path / ".env").write_text("".join(f"{name}={value}\n" for name, value in earlier.items()))
+    result = CliRunner().invoke(app, ["dev-secrets"])
+    assert result.exit_code == 0, result.output
+    written = read_dotenv(tmp_path / ".env")
+    assert set(written) == set(COMPOSE_SECRETS) and written.items() >= earlier.items()
+    added = result.output.replace("\n", " ")
+    assert "APGMS_COMPOSE_KEK" in added and "APGMS_COMPOSE_CORE_CLIENT_SECRET" in added
+    assert "APGMS_COMPOSE_DB_PASSWORD" not in added, "the volume's password is kept, not rewritten"
 
 
-def test_each_calling_service_and_auth_share_one_client_secret_variable() -> None:
+def test_each_calling_service_and_auth_share_one_required_client_secret_variable() -> None:
     services = compose()["services"]
     auth = services["auth"]["environment"]
     for name in ("core", "compliance", "regulator"):
-        given = OPTIONAL_VARIABLE.fullmatch(services[name]["environment"]["SERVICE_CLIENT_SECRET"])
-        known = OPTIONAL_VARIABLE.fullmatch(auth[f"SERVICE_CLIENT_SECRET_{name.upper()}"])
+        given = REQUIRED_VARIABLE.fullmatch(services[name]["environment"]["SERVICE_CLIENT_SECRET"])
+        known = REQUIRED_VARIABLE.fullmatch(auth[f"SERVICE_CLIENT_SECRET_{name.upper()}"])
         assert given and known and given.group(1) == known.group(1) == f"APGMS_COMPOSE_{name.upper()}_CLIENT_SECRET"
     for name in ("auth", "proxy"):
         assert "SERVICE_CLIENT_SECRET" not in services[name]["environment"]
+    assert "SERVICE_CLIENT_SECRET_CORE" not in services["core"]["environment"], "auth alone knows every secret"
+
+
+def test_only_the_services_holding_pii_get_the_kek() -> None:
+    services = compose()["services"]
+    holders = {
+        name: service["environment"]["APGMS_KEK"]
+        for name, service in services.items()
+        if "APGMS_KEK" in (service.get("environment") or {})
+    }
+    assert list(holders) == ["core", "compliance"]
+    assert {REQUIRED_VARIABLE.fullmatch(value).group(1) for value in holders.values()} == {"APGMS_COMPOSE_KEK"}
+    assert not any("APGMS_KEK_FILE" in (service.get("environment") or {}) for service in services.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import signal
 import socket
 import sys
@@ -13,11 +14,13 @@ from apgms.devstack import (
     BACKOFF_RESET_AFTER_S,
     DEFAULT_DEV_DIR,
     DEV_PROCESSES,
+    KEK_SERVICES,
     ProcessSpec,
     child_env,
     describe_exit,
     dev_dir,
     dev_service_client_secrets,
+    new_kek,
     next_failure_count,
     port_in_use,
     restart_delay,
@@ -25,6 +28,7 @@ from apgms.devstack import (
 )
 from services.auth.config import load_auth_settings
 from shared.config import PROXY_PORT, SERVICE_PORTS, Secret, load_settings, new_master_key
+from shared.kek import KEK_BYTES, LocalKekProvider, kek_provider_from_env
 
 
 def delays_for(run_durations_s: list[float]) -> list[float]:
@@ -83,6 +87,24 @@ def test_only_the_services_trust_the_proxys_forwarded_for() -> None:
 def test_child_env_without_redis_drops_any_inherited_redis_url() -> None:
     env = child_env({"REDIS_URL": "redis://stale"}, DEV_PROCESSES[0], "postgresql://h/db", None)
     assert "REDIS_URL" not in env
+
+
+def test_only_the_services_holding_pii_are_given_the_kek() -> None:
+    assert KEK_SERVICES == ("core", "compliance")
+    for kek in ({"APGMS_KEK_FILE": "/checkout/.devdb/pii.kek"}, {"APGMS_KEK": new_kek()}):
+        envs = {spec.name: child_env(kek, spec, "postgresql://h/db", None) for spec in DEV_PROCESSES}
+        given = {name for name, env in envs.items() if env.items() >= kek.items()}
+        assert given == {"core", "compliance"}
+        assert not any("APGMS_KEK" in env or "APGMS_KEK_FILE" in env for name, env in envs.items() if name not in given)
+
+
+def test_a_new_kek_is_random_and_one_even_production_accepts() -> None:
+    first, second = new_kek(), new_kek()
+    assert first != second
+    provider = kek_provider_from_env({"APGMS_ENV": "production", "APGMS_KEK": first})
+    assert isinstance(provider, LocalKekProvider) and len(provider.kek_ids) == 1
+    assert provider.current_kek_id != kek_provider_from_env({"APGMS_KEK": second}).current_kek_id
+    assert len(base64.b64decode(first, validate=True)) == KEK_BYTES
 
 
 def test_dev_dir_is_the_project_folder_unless_overridden(tmp_path: Path) -> None:
