@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import asyncpg
 
-__all__ = ["BANK_LINES_TABLE", "SealedLine", "copy_lines", "insert_line"]
+__all__ = ["BANK_LINES_TABLE", "MonthTotals", "SealedLine", "bank_line_summary", "copy_lines", "insert_line"]
 
 # The table name PII ciphertext is bound to (`shared.pii.Binding`), and the one COPY writes.
 BANK_LINES_TABLE = "bank_lines"
@@ -70,3 +70,28 @@ async def copy_lines(conn: asyncpg.Connection, lines: Iterable[SealedLine]) -> i
     records = [line.record() for line in lines]
     await conn.copy_records_to_table(BANK_LINES_TABLE, schema_name=SCHEMA, columns=SEALED_LINE_COLUMNS, records=records)
     return len(records)
+
+
+@dataclass(frozen=True, slots=True)
+class MonthTotals:
+    """One calendar month's bank lines of an org within a summary's dates: how many, and their sums."""
+
+    month: date  # the first day of the month
+    count: int
+    amount: Decimal
+    gst_amount: Decimal
+    paygw_amount: Decimal
+
+
+async def bank_line_summary(conn: asyncpg.Connection, org_id: uuid.UUID, start: date, end: date) -> list[MonthTotals]:
+    """The totals of `org_id`'s lines dated `start`..`end` (inclusive), one row per month that has any, oldest
+    first. Reads no PII: a range scan of the page index, sums from the heap."""
+    rows = await conn.fetch(
+        "SELECT date_trunc('month', date)::date AS month, count(*) AS count, sum(amount) AS amount, "
+        "sum(gst_amount) AS gst_amount, sum(paygw_amount) AS paygw_amount "
+        "FROM core.bank_lines WHERE org_id = $1 AND date >= $2 AND date <= $3 GROUP BY 1 ORDER BY 1",
+        org_id,
+        start,
+        end,
+    )
+    return [MonthTotals(**row) for row in rows]
