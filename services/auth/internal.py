@@ -1,5 +1,10 @@
-"""Routes for other services only (the proxy never forwards `/internal/...`), called with client-credential
-tokens: `GET /internal/orgs/{org_id}/users` lists an org's users, e.g. for core's admin export."""
+"""Routes for the other services only (the proxy never forwards `/internal/...`), called with service tokens
+(audience SERVICE_AUDIENCE, from `runtime.service_client`): `GET /internal/orgs/{org_id}/users` lists an org's
+users, e.g. for core's admin export.
+
+A service token carries no org: a calling service acts for whichever org its own request is about, so it may name
+any org here. User and org API-client tokens are for the user audience and are refused by the guard as 401
+`invalid_token`, like any token for another audience; a service of ours is the only caller these routes have."""
 
 from __future__ import annotations
 
@@ -14,10 +19,8 @@ from shared.authz import guard
 from shared.errors import ApiError
 from shared.openapi import documented
 from shared.pagination import PageQuery, decode_cursor, encode_cursor
-from shared.tokens import Principal
+from shared.tokens import SERVICE_AUDIENCE, Principal
 from shared.validation import parse_query
-
-USERS_READ_SCOPE = "users:read"
 
 
 class OrgUser(BaseModel):
@@ -31,25 +34,23 @@ class OrgUserPage(BaseModel):
     next_cursor: str | None
 
 
-def own_org(principal: Principal, org_id: str) -> uuid.UUID:
-    """The org of the path when it is the caller's own; any other (or malformed) id is 404, as if it did not
-    exist."""
+def path_org(org_id: str) -> uuid.UUID:
+    """The org of the path; a malformed id is 404, as an org that does not exist."""
     try:
-        wanted = uuid.UUID(org_id)
+        return uuid.UUID(org_id)
     except ValueError:
         raise ApiError("not_found") from None
-    if str(wanted) != principal.org_id:
-        raise ApiError("not_found")
-    return wanted
 
 
 @documented("An org's users (id, email, role), for services", response=OrgUserPage, tags=["internal"])
-@guard(kinds=("client",), scopes={USERS_READ_SCOPE})
+@guard(audience=SERVICE_AUDIENCE)
 async def org_users(request: Request, principal: Principal) -> Response:
-    org_id = own_org(principal, request.path_params["org_id"])
+    org_id = path_org(request.path_params["org_id"])
     query = parse_query(request.query_params, PageQuery)
     after = decode_cursor(query.cursor) if query.cursor else None
     async with request.app.state.runtime.db.pool.acquire() as conn:
+        if not await store.org_exists(conn, org_id):
+            raise ApiError("not_found")
         users = await store.list_users(conn, org_id, after, query.limit + 1)
     page, more = users[: query.limit], len(users) > query.limit
     body = OrgUserPage(

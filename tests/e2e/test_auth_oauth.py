@@ -1,4 +1,7 @@
-"""Client credentials at `POST /auth/oauth/token` and the scoped internal route, against a real auth process."""
+"""Client credentials at `POST /auth/oauth/token` for an org's API clients, against a real auth process: the token
+is a user-audience access token of kind `client` with the client's org and granted scopes (checked against the
+published JWKS), and it opens no user route. (Auth's internal routes take service tokens only:
+test_auth_internal.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ import pytest
 from auth_support import Org, call, login
 
 from services.auth.oauth import create_client
-from shared.service_client import ServiceClient
+from shared.config import DEFAULT_TOKEN_ISSUER
+from shared.tokens import USER_AUDIENCE, Principal, verification_keys, verify
 
 pytestmark = pytest.mark.e2e
 
@@ -36,12 +40,19 @@ async def token_request(
     return await call(http, "POST", f"{auth.url}/auth/oauth/token", data=form, headers=headers or {})
 
 
+async def verified(http: aiohttp.ClientSession, auth: Any, token: str) -> Principal:
+    """The token's principal as any service verifies it: against the auth process's JWKS, for the user audience."""
+    status, jwks, _ = await call(http, "GET", f"{auth.url}/auth/.well-known/jwks.json")
+    assert status == 200, jwks
+    return verify(token, verification_keys(jwks), issuer=DEFAULT_TOKEN_ISSUER, audience=USER_AUDIENCE)
+
+
 @pytest.fixture
 def auth(start_service: Any) -> Any:
     return start_service("auth")
 
 
-async def test_basic_auth_token_reads_own_org_users(
+async def test_basic_auth_token_is_an_access_token_of_the_clients_org(
     auth: Any, database_url: str, org: Org, http: aiohttp.ClientSession
 ) -> None:
     client_id, secret = await new_client(database_url, org.id, ["users:read"])
@@ -53,13 +64,9 @@ async def test_basic_auth_token_reads_own_org_users(
     assert "refresh_token" not in body
     assert headers["cache-control"] == "no-store"
 
-    status, users, _ = await call(http, "GET", f"{auth.url}/internal/orgs/{org.id}/users", token=body["access_token"])
-    assert status == 200, users
-    assert sorted((u["email"], u["role"]) for u in users["items"]) == sorted(
-        (user.email, role) for role, user in org.users.items()
-    )
-    assert {u["id"] for u in users["items"]} == {str(user.id) for user in org.users.values()}
-    assert users["next_cursor"] is None
+    principal = await verified(http, auth, body["access_token"])
+    assert (principal.kind, principal.subject, principal.org_id) == ("client", client_id, str(org.id))
+    assert principal.scopes == {"users:read"}
 
 
 async def test_form_credentials_and_scope_narrowing(
@@ -74,33 +81,10 @@ async def test_form_credentials_and_scope_narrowing(
 
     status, body, _ = await token_request(http, auth, {**form, "scope": "reports:read unknown:scope"})
     assert (status, body["scope"]) == (200, "reports:read")
-    status, problem, _ = await call(http, "GET", f"{auth.url}/internal/orgs/{org.id}/users", token=body["access_token"])
-    assert (status, problem["code"]) == (403, "forbidden"), "narrowed to a scope without users:read"
+    assert (await verified(http, auth, body["access_token"])).scopes == {"reports:read"}, "narrowed in the token"
 
     status, body, _ = await token_request(http, auth, {**form, "scope": "unknown:scope"})
     assert (status, body["error"]) == (400, "invalid_scope")
-
-
-async def test_another_orgs_users_are_not_found(
-    auth: Any, database_url: str, org: Org, other_org: Org, http: aiohttp.ClientSession
-) -> None:
-    client_id, secret = await new_client(database_url, org.id, ["users:read"])
-    _, body, _ = await token_request(http, auth, {"grant_type": "client_credentials"}, basic(client_id, secret))
-    for org_id in (other_org.id, uuid.uuid4(), "not-a-uuid"):
-        status, problem, _ = await call(
-            http, "GET", f"{auth.url}/internal/orgs/{org_id}/users", token=body["access_token"]
-        )
-        assert (status, problem["code"]) == (404, "not_found"), org_id
-
-
-async def test_client_without_users_read_is_forbidden(
-    auth: Any, database_url: str, org: Org, http: aiohttp.ClientSession
-) -> None:
-    client_id, secret = await new_client(database_url, org.id, ["reports:read"])
-    _, body, _ = await token_request(http, auth, {"grant_type": "client_credentials"}, basic(client_id, secret))
-    status, problem, _ = await call(http, "GET", f"{auth.url}/internal/orgs/{org.id}/users", token=body["access_token"])
-    assert (status, problem["code"]) == (403, "forbidden")
-    assert "users:read" in problem["detail"]
 
 
 async def test_wrong_secret_and_unknown_client_answer_the_same_401(
@@ -152,22 +136,13 @@ async def test_tokens_only_work_where_their_kind_is_allowed(
 ) -> None:
     user_token = (await login(http, auth.url, org.email("admin")))["access_token"]
     status, problem, _ = await call(http, "GET", f"{auth.url}/internal/orgs/{org.id}/users", token=user_token)
-    assert (status, problem["code"]) == (403, "forbidden"), "a user token on the internal route"
+    assert (status, problem["code"]) == (401, "invalid_token"), "a user token on the internal route (service only)"
 
     client_id, secret = await new_client(database_url, org.id, ["users:read"])
     _, body, _ = await token_request(http, auth, {"grant_type": "client_credentials"}, basic(client_id, secret))
     for path in ("/auth/me", "/users"):
         status, problem, _ = await call(http, "GET", auth.url + path, token=body["access_token"])
         assert (status, problem["code"]) == (403, "forbidden"), path
-
-
-async def test_service_client_against_the_real_auth_service(
-    auth: Any, database_url: str, org: Org, http: aiohttp.ClientSession
-) -> None:
-    client_id, secret = await new_client(database_url, org.id, ["users:read"])
-    client = ServiceClient(auth.url, client_id, secret, http)
-    users = await client.get_json(f"{auth.url}/internal/orgs/{org.id}/users")
-    assert len(users["items"]) == len(org.users)
 
 
 @pytest.mark.parametrize("value", ["Basic /w==", "Basic \u00e9\u00e9\u00e9\u00e9", "Basic !!!", "Basic Og=="])
