@@ -29,7 +29,7 @@ def test_defaults_route_four_services_on_their_ports() -> None:
     imported = settings.routes.match("/bank-lines/import")
     listing = settings.routes.match("/bank-lines")
     assert imported is not None and listing is not None
-    assert imported.max_body_bytes == 20 * MiB
+    assert imported.max_body_bytes == 5 * MiB
     assert listing.max_body_bytes == DEFAULT_MAX_BODY_BYTES == 1 * MiB
     assert listing.timeout_s == DEFAULT_TIMEOUT_S
     assert settings.cors_allowed_origins == frozenset(DEFAULT_DEV_ORIGINS)
