@@ -17,6 +17,7 @@ __all__ = [
     "nul_paths",
     "parse_body",
     "parse_query",
+    "read_body",
     "read_json",
     "validate",
 ]
@@ -55,16 +56,26 @@ def validate(model: type[M], data: object, *, code: str = "invalid_body") -> M:
         raise ApiError(code, "The request does not match the expected shape", errors=field_errors(exc)) from None
 
 
-async def read_json(request: Request, max_bytes: int = MAX_JSON_BODY_BYTES) -> object:
-    """The request body parsed as JSON; 415 for another media type, 413 past `max_bytes`, 400 when malformed."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise ApiError("unsupported_media_type", "Send the body as application/json")
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, at most `max_bytes`: 413 `payload_too_large` at once for a larger Content-Length, else as
+    soon as the bytes received pass the limit (the rest is never read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError("payload_too_large", f"The body exceeds {max_bytes} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_bytes:
             raise ApiError("payload_too_large", f"The body exceeds {max_bytes} bytes")
+    return bytes(body)
+
+
+async def read_json(request: Request, max_bytes: int = MAX_JSON_BODY_BYTES) -> object:
+    """The request body parsed as JSON; 415 for another media type, 413 past `max_bytes`, 400 when malformed."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError("unsupported_media_type", "Send the body as application/json")
+    body = await read_body(request, max_bytes)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
