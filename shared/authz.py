@@ -9,6 +9,9 @@
 A guard accepts the tokens of one audience: user routes (the default) `USER_AUDIENCE`, internal routes
 `SERVICE_AUDIENCE`, so a service token opens no user route and a user's token no internal one, whatever the kinds.
 
+Scopes are checked for the tokens that carry them, an org API client's and a service's (a user's rights are its
+role): `guard(audience=SERVICE_AUDIENCE, scopes=("core:read",))` admits only services given `core:read`.
+
 Missing token → 401 `unauthorized`; bad token → 401 `invalid_token`; wrong kind, role or scope → 403
 `forbidden`; no `otp` step-up within 10 minutes → 401 `mfa_required` (counted as
 `security_events_total{event="mfa.denied"}`), for users with and without MFA enrolled.
@@ -47,6 +50,8 @@ JWKS_FETCH_TIMEOUT_S = 2.0
 BEARER_CHALLENGE = {"www-authenticate": 'Bearer realm="apgms"'}
 # The principal kinds a guard admits unless told otherwise: what each audience's tokens are issued to.
 DEFAULT_KINDS = {USER_AUDIENCE: ("user",), SERVICE_AUDIENCE: ("service",)}
+# The kinds whose tokens carry scopes (an org's API client's, a service's): a user's rights are its role.
+SCOPED_KINDS = ("client", "service")
 
 Endpoint = Callable[[Request, Principal], Awaitable[Response]]
 
@@ -106,7 +111,7 @@ def authorize(
         raise ApiError("forbidden", f"This route is not for {principal.kind} tokens")
     if roles is not None and principal.kind == "user" and principal.role not in roles:
         raise ApiError("forbidden", f"Requires one of the roles: {', '.join(sorted(roles))}")
-    if scopes is not None and principal.kind == "client" and not set(scopes) <= principal.scopes:
+    if scopes is not None and principal.kind in SCOPED_KINDS and not set(scopes) <= principal.scopes:
         raise ApiError("forbidden", f"Requires the scopes: {' '.join(sorted(scopes))}")
     if step_up and not principal.stepped_up(now):
         record_security_event("mfa.denied", org_id=principal.org_id, principal=principal.subject)

@@ -7,6 +7,9 @@ configuration, not rows in `auth.oauth_clients`: they belong to the deployment, 
 that sets both variables from one generated value (`make run`, the test harness, compose's `.env`) needs no step
 that writes them into the database first. A service whose secret is not given gets no token (`invalid_client`);
 in production every one is required.
+
+What each service may call is code, not configuration: `SERVICE_SCOPES` gives each one the scopes its part of the
+architecture needs, and its service token carries exactly those.
 """
 
 from __future__ import annotations
@@ -26,6 +29,19 @@ from shared.config import (
 )
 
 SERVICE_NAME = "auth"
+
+# The scopes of each calling service's token, checked by the internal routes it calls (`guard(scopes=...)`):
+# compliance's report reads core's bank-line sums, the regulator's read-only views read core and compliance, and
+# core's admin export reads the org's users from auth. A scope names the service whose internal reads it opens.
+SERVICE_SCOPES: Mapping[str, tuple[str, ...]] = {
+    "core": ("auth:read",),
+    "compliance": ("core:read",),
+    "regulator": ("core:read", "compliance:read"),
+}
+# The same, by the OAuth client id the token endpoint sees.
+SERVICE_CLIENT_SCOPES: Mapping[str, tuple[str, ...]] = {
+    service_client_id(name): scopes for name, scopes in SERVICE_SCOPES.items()
+}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ in a thread), the signing key fetched. authlib's callbacks then only look at tha
 The token is our normal access token (`kind: client`, subject the client id, the client's org); its scopes are
 the requested ones the client is allowed, or all it is allowed when it asks for none. Our own services are clients
 too (`service-core`, ...; their secrets are configuration, services/auth/config.py): theirs is a service token,
-`kind: service`, audience `SERVICE_AUDIENCE`, no org and no scopes, which only internal routes accept.
+`kind: service`, audience `SERVICE_AUDIENCE`, no org, with the scopes `SERVICE_SCOPES` gives that service (or those
+of them it asks for), which only internal routes accept.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.auth import store
-from services.auth.config import AuthSettings
+from services.auth.config import SERVICE_CLIENT_SCOPES, AuthSettings
 from services.auth.passwords import hash_password, verify_password
 from shared.context import current_request_id, forwarded_scheme, request_context
 from shared.metrics import record_security_event
@@ -67,7 +68,7 @@ MAX_CLIENT_NAME_CHARS = 200
 @dataclass(frozen=True)
 class Grantee:
     """Whom a token is issued to: an org's API client (a row of `auth.oauth_clients`) or one of our services (no
-    org, no scopes)."""
+    org, the scopes of `SERVICE_CLIENT_SCOPES`)."""
 
     client_id: str
     org_id: uuid.UUID | None
@@ -79,7 +80,7 @@ class Grantee:
 
     @classmethod
     def service(cls, client_id: str) -> Grantee:
-        return cls(client_id, None, [])
+        return cls(client_id, None, list(SERVICE_CLIENT_SCOPES.get(client_id, ())))
 
     @property
     def is_service(self) -> bool:
