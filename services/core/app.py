@@ -1,10 +1,31 @@
-"""Composition root of the core service."""
+"""Composition root of the core service: its settings' KEK provider, the routes, and at start-up (when the pool
+exists) the dependencies its handlers share (`services.core.deps.CoreDeps`)."""
+
+from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.routing import Route
 
-from shared.app import build_service_app
-from shared.config import Settings
+from services.core import bank_lines
+from services.core.config import CoreSettings
+from services.core.deps import CoreDeps, CursorKey
+from shared.app import Runtime, build_runtime, build_service_app
+from shared.pii import PiiCipher
 
 
-def create_app(settings: Settings) -> Starlette:
-    return build_service_app(settings, title="APGMS core service")
+def create_app(settings: CoreSettings) -> Starlette:
+    runtime = build_runtime(settings)
+    assert runtime.db is not None
+    routes = [
+        Route("/bank-lines", bank_lines.list_lines, methods=["GET"]),
+        Route("/bank-lines", bank_lines.create_line, methods=["POST"]),
+        Route("/bank-lines/{line_id}", bank_lines.get_line, methods=["GET"]),
+    ]
+    app = build_service_app(settings, routes, title="APGMS core service", runtime=runtime)
+
+    async def start(rt: Runtime) -> None:
+        assert rt.db is not None
+        app.state.core = CoreDeps(cipher=PiiCipher(rt.db.pool, settings.kek_provider), cursor_key=CursorKey())
+
+    runtime.on_startup.append(start)
+    return app

@@ -3,6 +3,10 @@
 Bank lines are written two ways, both from `SealedLine`s whose payee and description are already ciphertext
 (`shared.pii`, bound to org, `bank_lines`, column and the line's id, which is why ids are made by the writer):
 `insert_line` for one line, `copy_lines` for many (PostgreSQL COPY, the bulk import's and the seed's path).
+
+They are read a page at a time, newest first: `page_lines` is a keyset query (never OFFSET) whose text is built
+from fixed fragments for the filters actually given, so each of its few shapes gets a plan with every bound as an
+index condition of `bank_lines_page_idx`, and a page deep in the list costs what the first one does.
 """
 
 from __future__ import annotations
@@ -95,3 +99,77 @@ async def bank_line_summary(conn: asyncpg.Connection, org_id: uuid.UUID, start: 
         end,
     )
     return [MonthTotals(**row) for row in rows]
+
+
+# --- reading lines -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LineKey:
+    """A line's place in the newest-first order: (date, id), both descending."""
+
+    date: date
+    id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class PageFilters:
+    """The optional bounds of a page, all inclusive: dates `start`..`end`, amounts `min_amount`..`max_amount`."""
+
+    start: date | None = None
+    end: date | None = None
+    min_amount: Decimal | None = None
+    max_amount: Decimal | None = None
+
+
+_SELECT_LINE = f"SELECT {', '.join(SEALED_LINE_COLUMNS)} FROM core.bank_lines"
+
+
+def page_query(org_id: uuid.UUID, filters: PageFilters, after: LineKey | None, limit: int) -> tuple[str, list[object]]:
+    """The SQL text and arguments of one page (pure). Only the given bounds appear, as plain comparisons: a
+    catch-all `($2 IS NULL OR date >= $2)` would leave the generic plan of a prepared statement filtering rows
+    instead of bounding the index range, and the cost of a page would grow with its depth."""
+    args: list[object] = [org_id]
+    where = ["org_id = $1"]
+
+    def bound(condition: str, *values: object) -> None:
+        placeholders = []
+        for value in values:
+            args.append(value)
+            placeholders.append(f"${len(args)}")
+        where.append(condition.format(*placeholders))
+
+    if after is not None:
+        # A row comparison over the index's (date DESC, id DESC) columns: one range condition, not an OR.
+        bound("(date, id) < ({}, {})", after.date, after.id)
+    if filters.start is not None:
+        bound("date >= {}", filters.start)
+    if filters.end is not None:
+        bound("date <= {}", filters.end)
+    if filters.min_amount is not None:
+        bound("amount >= {}", filters.min_amount)
+    if filters.max_amount is not None:
+        bound("amount <= {}", filters.max_amount)
+    args.append(limit)
+    sql = f"{_SELECT_LINE} WHERE {' AND '.join(where)} ORDER BY date DESC, id DESC LIMIT ${len(args)}"
+    return sql, args
+
+
+async def page_lines(
+    conn: asyncpg.Connection, org_id: uuid.UUID, filters: PageFilters, after: LineKey | None, limit: int
+) -> list[SealedLine]:
+    """At most `limit` of the org's lines within `filters`, newest first, starting after `after`."""
+    sql, args = page_query(org_id, filters, after, limit)
+    return [SealedLine(*row) for row in await conn.fetch(sql, *args)]
+
+
+async def get_line(conn: asyncpg.Connection, org_id: uuid.UUID, line_id: uuid.UUID) -> SealedLine | None:
+    """The org's line `line_id`; None when there is none, or it is another org's (the caller cannot tell which)."""
+    row = await conn.fetchrow(f"{_SELECT_LINE} WHERE id = $1 AND org_id = $2", line_id, org_id)
+    return None if row is None else SealedLine(*row)
+
+
+async def cursor_key(conn: asyncpg.Connection) -> bytes:
+    """The key that signs page cursors (core/0003_cursor_key.sql makes it once, at migration)."""
+    key: bytes = await conn.fetchval("SELECT key FROM core.cursor_key")
+    return bytes(key)
