@@ -2,12 +2,16 @@
 
     client = request.app.state.runtime.service_client   # built from SERVICE_CLIENT_SECRET (shared.app)
     users = await client.get_json(f"{settings.auth_url}/internal/orgs/{org_id}/users")
+    summary = await client.get_msgpack(f"{settings.core_url}/internal/orgs/{org_id}/bank-lines/summary?...")
 
 The token is fetched on first use, cached, and refreshed `TOKEN_REFRESH_EARLY_S` before it expires; concurrent
 callers share one fetch. Every call carries `Authorization: Bearer`, and the current request's `x-request-id`
 and `traceparent` so one request can be followed across services. A 401 (a key rotation the cache has not seen,
 a revoked token) fetches a new token and retries once. Without a session of the caller's, the client opens its
 own on first use (bounded, every call with a deadline) and `close()` closes it.
+
+`get_msgpack` asks an internal route for `application/msgpack` (shared.negotiation) and decodes whichever of
+msgpack or JSON the answer is in, so the caller gets the same document either way.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from multidict import CIMultiDictProxy
 
 from shared.config import Secret
 from shared.context import REQUEST_ID_HEADER, TRACEPARENT_HEADER, current_request_id, current_traceparent
+from shared.negotiation import JSON_MEDIA_TYPE, MSGPACK_MEDIA_TYPE, decode
 
 __all__ = [
     "ServiceAuthError",
@@ -73,6 +78,11 @@ class ServiceResponse:
 
     def json(self) -> Any:
         return orjson.loads(self.body)
+
+    def document(self) -> Any:
+        """The body decoded by its Content-Type: msgpack for `application/msgpack`, else JSON."""
+        media_type = self.headers.get("content-type", "").partition(";")[0].strip().lower()
+        return decode(self.body, MSGPACK_MEDIA_TYPE if media_type == MSGPACK_MEDIA_TYPE else JSON_MEDIA_TYPE)
 
 
 @dataclass(frozen=True)
@@ -175,6 +185,14 @@ class ServiceClient:
         if not response.ok:
             raise ServiceCallError("GET", url, response.status, response.body)
         return response.json()
+
+    async def get_msgpack(self, url: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
+        """The body of a GET asked for as msgpack, decoded (from JSON if that is what came); `ServiceCallError` for
+        any non-2xx answer."""
+        response = await self.request("GET", url, headers={**(headers or {}), "accept": MSGPACK_MEDIA_TYPE}, **kwargs)
+        if not response.ok:
+            raise ServiceCallError("GET", url, response.status, response.body)
+        return response.document()
 
     async def _send(
         self, method: str, url: str, token: str, headers: Mapping[str, str] | None, kwargs: Mapping[str, Any]
