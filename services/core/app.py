@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from services.core import bank_lines
+from services.core import bank_lines, internal
 from services.core.config import CoreSettings
 from services.core.deps import CoreDeps, CursorKey
 from shared.app import Runtime, build_runtime, build_service_app
@@ -20,6 +20,7 @@ def create_app(settings: CoreSettings) -> Starlette:
         Route("/bank-lines", bank_lines.list_lines, methods=["GET"]),
         Route("/bank-lines", bank_lines.create_line, methods=["POST"]),
         Route("/bank-lines/{line_id}", bank_lines.get_line, methods=["GET"]),
+        Route("/internal/orgs/{org_id}/bank-lines/summary", internal.bank_line_summary, methods=["GET"]),
     ]
     app = build_service_app(settings, routes, title="APGMS core service", runtime=runtime)
 
