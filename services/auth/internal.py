@@ -3,8 +3,10 @@
 users, e.g. for core's admin export.
 
 A service token carries no org: a calling service acts for whichever org its own request is about, so it may name
-any org here. User and org API-client tokens are for the user audience and are refused by the guard as 401
-`invalid_token`, like any token for another audience; a service of ours is the only caller these routes have."""
+any org here. It needs the scope AUTH_READ_SCOPE, which only core's token carries (services/auth/config.py
+SERVICE_SCOPES); another service's token is 403 `forbidden`. User and org API-client tokens are for the user
+audience and are refused by the guard as 401 `invalid_token`, like any token for another audience: a service of
+ours is the only caller these routes have."""
 
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from shared.openapi import documented
 from shared.pagination import PageQuery, decode_cursor, encode_cursor
 from shared.tokens import SERVICE_AUDIENCE, Principal
 from shared.validation import parse_query
+
+# The scope of the service tokens that may read auth's data (core's: SERVICE_SCOPES in services/auth/config.py).
+AUTH_READ_SCOPE = "auth:read"
 
 
 class OrgUser(BaseModel):
@@ -43,7 +48,7 @@ def path_org(org_id: str) -> uuid.UUID:
 
 
 @documented("An org's users (id, email, role), for services", response=OrgUserPage, tags=["internal"])
-@guard(audience=SERVICE_AUDIENCE)
+@guard(audience=SERVICE_AUDIENCE, scopes={AUTH_READ_SCOPE})
 async def org_users(request: Request, principal: Principal) -> Response:
     org_id = path_org(request.path_params["org_id"])
     query = parse_query(request.query_params, PageQuery)

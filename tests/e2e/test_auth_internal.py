@@ -1,6 +1,7 @@
-"""Auth's internal route `GET /internal/orgs/{org_id}/users`, against a real auth process: a service token (the
-client `service-core` with the SERVICE_CLIENT_SECRET the harness provisions) reads any org's users; a user's or an
-org API client's token, whatever its scopes, is for another audience and refused as 401 `invalid_token`."""
+"""Auth's internal route `GET /internal/orgs/{org_id}/users`, against a real auth process: core's service token (the
+client `service-core` with the SERVICE_CLIENT_SECRET the harness provisions, scope `auth:read`) reads any org's
+users; another service's token, without that scope, is 403; a user's or an org API client's token, whatever its
+scopes, is for another audience and refused as 401 `invalid_token`."""
 
 from __future__ import annotations
 
@@ -40,9 +41,10 @@ async def client_token(http: aiohttp.ClientSession, auth: Any, client_id: str, s
     return token
 
 
-async def service_token(http: aiohttp.ClientSession, auth: Any) -> str:
-    """core's service token, from the auth process, with the secret both were given."""
-    return await client_token(http, auth, service_client_id(CORE), os.environ[service_client_secret_variable(CORE)])
+async def service_token(http: aiohttp.ClientSession, auth: Any, service: str = CORE) -> str:
+    """A service's token (core's by default), from the auth process, with the secret both were given."""
+    secret = os.environ[service_client_secret_variable(service)]
+    return await client_token(http, auth, service_client_id(service), secret)
 
 
 async def org_client_token(http: aiohttp.ClientSession, auth: Any, database_url: str, org: Org) -> str:
@@ -104,6 +106,14 @@ async def test_an_org_that_does_not_exist_is_not_found(auth: Any, http: aiohttp.
     for org_id in (str(uuid.uuid4()), "not-a-uuid"):
         status, problem, _ = await call(http, "GET", f"{auth.url}/internal/orgs/{org_id}/users", token=token)
         assert (status, problem["code"]) == (404, "not_found"), org_id
+
+
+async def test_a_service_without_auth_read_is_forbidden(auth: Any, org: Org, http: aiohttp.ClientSession) -> None:
+    for service in ("compliance", "regulator"):
+        token = await service_token(http, auth, service)
+        status, problem, _ = await call(http, "GET", f"{auth.url}/internal/orgs/{org.id}/users", token=token)
+        assert (status, problem["code"]) == (403, "forbidden"), service
+        assert "auth:read" in problem["detail"]
 
 
 async def test_user_and_org_client_tokens_are_refused_even_for_their_own_org(
