@@ -150,8 +150,11 @@ def page_query(org_id: uuid.UUID, filters: PageFilters, after: LineKey | None, l
         bound("amount >= {}", filters.min_amount)
     if filters.max_amount is not None:
         bound("amount <= {}", filters.max_amount)
-    args.append(limit)
-    sql = f"{_SELECT_LINE} WHERE {' AND '.join(where)} ORDER BY date DESC, id DESC LIMIT ${len(args)}"
+    # The limit is written into the text (an int, checked here): as a parameter, a generic plan would not know it
+    # and could prefer sorting the org's every line to a range scan that stops after `limit` rows.
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"a page limit is a positive int, not {limit!r}")
+    sql = f"{_SELECT_LINE} WHERE {' AND '.join(where)} ORDER BY date DESC, id DESC LIMIT {limit}"
     return sql, args
 
 
