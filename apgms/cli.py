@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, NoReturn, TypeVar
@@ -12,12 +13,27 @@ from typing import Annotated, NoReturn, TypeVar
 import asyncpg
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from apgms import devstack
 from apgms.devservers import DATABASE_ERRORS, LocalPostgres, redact_url
-from apgms.seed import SeedError, demo_password, logins_table, password_line, seed_demo
+from apgms.seed import (
+    DEFAULT_RANDOM_SEED,
+    DEMO_ORG_NAME,
+    MAX_SEED_LINES_PER_ORG,
+    MAX_SEED_ORGS,
+    SeedError,
+    SeedOrgRef,
+    demo_password,
+    ensure_seed_orgs,
+    logins_table,
+    password_line,
+    seed_bank_lines,
+    seed_demo,
+    seed_progress_bar,
+    seeded_table,
+)
 from services.auth.keys import PUBLISH_AHEAD_S, RETIRE_AFTER_S, rotate
 from services.auth.oauth import ClientError, create_client
 from shared.audit import VerifyResult, last_record, verify_org
@@ -234,9 +250,25 @@ def with_connection(settings: Settings, work: Callable[[asyncpg.Connection], Awa
 
 
 @app.command()
-def seed() -> None:
-    """Create the demo org with an admin (TOTP enrolled), a finance user and an auditor; safe to run again."""
-    environ = command_environ(master_key=True)
+def seed(
+    bank_lines: Annotated[
+        int,
+        typer.Option(
+            "--bank-lines", min=0, max=MAX_SEED_LINES_PER_ORG, help="Generated bank lines to write into each org."
+        ),
+    ] = 0,
+    orgs: Annotated[
+        int,
+        typer.Option("--orgs", min=1, max=MAX_SEED_ORGS, help="Orgs to seed: the demo org, then Seed Org 1, 2, ..."),
+    ] = 1,
+    add: Annotated[bool, typer.Option("--add", help="Write the lines even into orgs that already have some.")] = False,
+    random_seed: Annotated[int, typer.Option("--random-seed", help="Seed of the generated lines.")] = (
+        DEFAULT_RANDOM_SEED
+    ),
+) -> None:
+    """Create the demo org with an admin (TOTP enrolled), a finance user and an auditor; safe to run again. With
+    --bank-lines N, also N generated bank lines in each of --orgs orgs that has none yet (--add: in every org)."""
+    environ = command_environ(master_key=True, kek=bank_lines > 0)
     settings = auth_settings(environ, sealing=True)
     box = SecretBox(settings.require_master_key())
     try:
@@ -252,6 +284,45 @@ def seed() -> None:
         console.print(f"Admin TOTP: secret {result.totp_secret}  URI {result.totp_uri}", markup=False, soft_wrap=True)
     else:
         console.print("Admin TOTP: enrolled, but its secret was sealed under another master key", soft_wrap=True)
+    if bank_lines:
+        seed_lines(environ, settings, SeedOrgRef(result.org_id, DEMO_ORG_NAME), orgs, bank_lines, add, random_seed)
+
+
+def seed_lines(
+    environ: dict[str, str], settings: Settings, demo: SeedOrgRef, orgs: int, count: int, add: bool, random_seed: int
+) -> None:
+    """The bank-line half of `apgms seed` (apgms.seed: what is written, in which transactions, and when not)."""
+    if environ.get("APGMS_ENV") == "production":
+        fail("--bank-lines writes made-up bank lines; it is refused when APGMS_ENV=production")
+    try:
+        provider = kek_provider_from_env(environ)
+    except ConfigError as error:
+        fail(str(error))
+    seed_orgs = with_connection(settings, lambda conn: ensure_seed_orgs(conn, orgs - 1)) if orgs > 1 else []
+    assert settings.database_url is not None
+    dsn = settings.database_url.reveal()
+    started = time.perf_counter()
+    with seed_progress_bar(error_console, disable=not error_console.is_terminal) as progress:
+        tasks: dict[uuid.UUID, TaskID] = {}
+
+        def report(org: SeedOrgRef, written: int, total: int) -> None:
+            if org.org_id not in tasks:
+                tasks[org.org_id] = progress.add_task(org.name, total=total)
+            progress.update(tasks[org.org_id], completed=written)
+
+        try:
+            results = asyncio.run(
+                seed_bank_lines(
+                    dsn, provider, [demo, *seed_orgs], count, random_seed=random_seed, add=add, progress=report
+                )
+            )
+        except DATABASE_ERRORS as error:
+            fail(unreachable(dsn, error))
+    elapsed = time.perf_counter() - started
+    console.print(seeded_table(results))
+    added = sum(result.added for result in results)
+    rate = f" ({added / elapsed:,.0f} lines/s)" if added else ""
+    console.print(f"Seeded {added:,} bank line(s) in {len(results)} org(s) in {elapsed:.1f} s{rate}.", soft_wrap=True)
 
 
 @keys_app.command("rotate")
