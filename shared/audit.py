@@ -13,15 +13,26 @@ where JCS is RFC 8785 canonical JSON and `row` is the JSON object of every colum
 
     org_id      string, the UUID in lowercase 8-4-4-4-12 form
     seq         integer, 1 for an org's first record, then +1 with no gap (at most 2**53 - 1, JSON's exact range)
-    at          string, UTC with exactly six fraction digits and a Z: "2026-11-27T21:55:37.000000Z"
+    at          string, UTC with exactly six fraction digits and a Z: "2026-11-27T21:55:37.000000Z", from
+                EARLIEST_AT to LATEST_AT (1970-01-01 to 9999-12-31, both at 00:00Z)
     actor       string: "user:<uuid>", "client:<client id>", "regulator:<name>" or "system"
     action      string, dotted lowercase name ("user.create", "pii.read")
     target      string, an identifier of what was acted on
     request_id  string, or null when no request caused it
     detail      object, the record's detail as stored in jsonb: strings, integers, booleans, null, arrays and
-                objects, no floats (amounts are 2-place strings, `shared.money`); no plaintext PII: ids, not
-                names or emails
+                objects, no floats (amounts are 2-place strings, `shared.money`), no NUL character in any key or
+                string (jsonb cannot hold one); no plaintext PII: ids, not names or emails
     prev_hash   string, the previous record's hash; for seq 1, `GENESIS_HASH` (64 zeros)
+
+Actors come from the caller's token (`actor_of`): a user is `user:<id>`, an org's API client and each of our
+services are `client:<client id>` (services are OAuth clients too, with client credentials), a regulator is
+`regulator:<credential>`. The chain tells a service from an org's API client by the id alone: service ids are
+`service-<name>` (`shared.config.SERVICE_CLIENT_ID_PREFIX`), an org's clients are `apgms-client-<hex>`.
+
+`at` is bounded because PostgreSQL cannot give every instant back: asyncpg writes an aware `datetime.max` and
+`datetime.min` as timestamptz +-infinity and reads those back naive, which no hash covers, so one such row would
+break its org's chain for good. The bounds are wider than any true time of a change (nothing we record predates
+Unix time), and the upper one leaves a day below `datetime.max` so a time in any UTC offset converts to UTC.
 
 A chain shows edits, deletions and reordering of the rows it holds, not a rewrite of its tail: whoever can write
 the table can delete the last rows, or recompute every hash after the row they change. `verify` catches that only
@@ -39,6 +50,11 @@ first signing key), with a class number of its own (auth's refresh families use 
 alike only queue behind each other. The lock is held to the end of the caller's transaction, so `append` is the
 transaction's last statement: every writer of the org waits for whatever follows it, and a lock taken after it
 could deadlock with another writer of the org.
+
+READ COMMITTED only. The last record is read in a statement after the lock so that its snapshot sees the record
+the previous holder committed; under REPEATABLE READ or SERIALIZABLE the snapshot is the transaction's first, so a
+writer that queued would read a stale tail and collide on the primary key. `append` checks the isolation level in
+the lock's own statement and refuses any other with `AuditFailed` (a programming error of the caller).
 """
 
 from __future__ import annotations
@@ -57,21 +73,25 @@ import orjson
 from shared.canonical import canonical_json
 from shared.context import REQUEST_ID_PATTERN, current_request_id
 from shared.errors import AuditFailed
+from shared.validation import nul_paths
 
 if TYPE_CHECKING:
     from shared.tokens import Principal
 
 __all__ = [
     "AUDIT_LOCK_CLASS",
+    "EARLIEST_AT",
     "FIRST_SEQ",
     "GENESIS_HASH",
     "HASHED_FIELDS",
+    "LATEST_AT",
     "MAX_ACTION_CHARS",
     "MAX_DETAIL_BYTES",
     "MAX_SEQ",
     "MAX_TARGET_CHARS",
     "READ_BATCH_ROWS",
     "READ_TIMEOUT_S",
+    "REQUIRED_ISOLATION",
     "Actor",
     "ActorKind",
     "Anchor",
@@ -104,6 +124,9 @@ MAX_TARGET_CHARS = 256
 # A detail summarises a change (ids, old and new states, amounts); a bound keeps request bodies, and the PII in
 # them, from being copied in whole.
 MAX_DETAIL_BYTES = 16 * 1024
+# The range of `at` (the module docstring says why it is bounded), both ends included.
+EARLIEST_AT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_AT = datetime(9999, 12, 31, tzinfo=UTC)
 # The columns under the hash besides prev_hash, in the order of the docstring's table.
 HASHED_FIELDS = ("org_id", "seq", "at", "actor", "action", "target", "request_id", "detail")
 
@@ -146,10 +169,23 @@ def parse_actor(text: str) -> Actor:
     return Actor(kind, ident)
 
 
+# What each kind of token principal (`shared.tokens.PRINCIPAL_KINDS`) is recorded as: a service is an OAuth client
+# (its id, `service-<name>`, tells it from an org's API clients).
+_ACTOR_KIND_OF_PRINCIPAL: Mapping[str, ActorKind] = {
+    "user": "user",
+    "client": "client",
+    "regulator": "regulator",
+    "service": "client",
+}
+
+
 def actor_of(principal: Principal) -> str:
     """The actor a caller is recorded as: `user:<id>` for a user, `client:<id>` for an org's API client or one of
-    our services (each calls with a client id of its own)."""
-    kind = "user" if principal.kind == "user" else "client"
+    our services (`client:service-<name>`), `regulator:<credential>` for a regulator. `InvalidAuditField` for a
+    kind of principal with no actor form (a new kind must be given one here, not recorded as something else)."""
+    kind = _ACTOR_KIND_OF_PRINCIPAL.get(principal.kind)
+    if kind is None:
+        raise InvalidAuditField(f"no actor form for a principal of kind {principal.kind!r}")
     return f"{kind}:{principal.subject}"
 
 
@@ -239,6 +275,8 @@ def next_record(
         raise InvalidAuditField("request_id must be a request id as the request context accepts it")
     if at.utcoffset() is None:
         raise InvalidAuditField("at must be timezone-aware: a naive time names no instant")
+    if not EARLIEST_AT <= at <= LATEST_AT:
+        raise InvalidAuditField(f"at must lie from {EARLIEST_AT.isoformat()} to {LATEST_AT.isoformat()}")
     if not isinstance(detail, Mapping):
         raise InvalidAuditField("detail must be a JSON object")
     try:
@@ -249,6 +287,8 @@ def next_record(
         raise InvalidAuditField(f"detail is {len(detail_bytes)} bytes as JSON, over {MAX_DETAIL_BYTES}")
     # Stored as parsed back: the caller's dict cannot change under the hash, and storage returns what was hashed.
     json_detail = orjson.loads(detail_bytes)
+    if bad := nul_paths(json_detail):
+        raise InvalidAuditField(f"detail holds a NUL character (jsonb cannot store one) at {bad!r}")
     at = at.astimezone(UTC)
     fields: dict[str, Any] = {
         "org_id": org_id,
@@ -354,6 +394,10 @@ READ_BATCH_ROWS = 1000
 # The deadline of one batch's read (an index range scan of READ_BATCH_ROWS rows takes milliseconds).
 READ_TIMEOUT_S = 30.0
 
+# The isolation level `append` needs (the module docstring says why), as `transaction_isolation` spells it.
+REQUIRED_ISOLATION = "read committed"
+# One round trip: the lock, and the transaction's isolation level to refuse any other than REQUIRED_ISOLATION.
+_LOCK = "SELECT current_setting('transaction_isolation'), pg_advisory_xact_lock($1, hashtext($2))"
 # detail crosses as text both ways, so the adapter works whether or not the connection has a jsonb codec
 # (services' pools do, shared.db.init_connection; the CLI's connection does not).
 _LAST = """
@@ -384,12 +428,15 @@ async def append(
     """Write the org's next record (`next_record`) in the caller's transaction, as its last statement (the module
     docstring says why); `request_id` None means the current request's, `at` None now. Any failure is
     `AuditFailed`, raised from its cause, so the caller's `async with connection.transaction()` rolls the change
-    back with it."""
+    back with it. READ COMMITTED only: another isolation level is `AuditFailed` (the module docstring says why)."""
     org = str(org_id)
     if not connection.is_in_transaction():
         raise AuditFailed(org, action, actor, "append must run inside the transaction of the change it records")
     try:
-        await connection.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", AUDIT_LOCK_CLASS, org)
+        isolation = await connection.fetchval(_LOCK, AUDIT_LOCK_CLASS, org)
+        if isolation != REQUIRED_ISOLATION:
+            reason = f"append needs a {REQUIRED_ISOLATION} transaction, not {isolation}: it reads the chain's tail"
+            raise AuditFailed(org, action, actor, f"{reason} after taking the org's lock")
         # Read after the lock, in a statement of its own: under READ COMMITTED its snapshot holds the record of
         # the writer that released the lock last.
         prev = await last_record(connection, org_id)
@@ -409,6 +456,8 @@ async def append(
             record.prev_hash,
             record.hash,
         )
+    except AuditFailed:
+        raise
     except Exception as exc:
         raise AuditFailed(org, action, actor, f"{type(exc).__name__}: {exc}") from exc
     return record

@@ -14,7 +14,9 @@ import pytest
 import pytest_asyncio
 
 from shared.audit import (
+    EARLIEST_AT,
     GENESIS_HASH,
+    LATEST_AT,
     READ_BATCH_ROWS,
     AuditFailed,
     AuditRecord,
@@ -181,6 +183,69 @@ async def test_a_record_that_cannot_be_written_is_audit_failed(conn: asyncpg.Con
             await append(conn, org_id=ORG, actor="jane@example.com", action="user.create", target="u", detail={})
     assert type(raised.value.__cause__).__name__ == "InvalidAuditField"
     assert await stored(conn) == []
+
+
+@pytest.mark.parametrize(
+    "at",
+    [datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC), datetime(1969, 12, 31, 23, 59, tzinfo=UTC)],
+    ids=["max", "min", "before-1970"],
+)
+async def test_a_time_storage_cannot_give_back_is_refused_and_the_chain_still_verifies(
+    conn: asyncpg.Connection, at: datetime
+) -> None:
+    # asyncpg writes an aware datetime.max or datetime.min as +-infinity and reads it back naive: hashed as one
+    # thing, stored as another, the row would break the org's chain for good.
+    await write(conn, ORG, 0)
+    with pytest.raises(AuditFailed, match="at must lie") as raised:
+        async with conn.transaction():
+            await append(conn, org_id=ORG, actor=ADMIN, action="user.update", target="user:1", detail={}, at=at)
+    assert type(raised.value.__cause__).__name__ == "InvalidAuditField"
+    await write(conn, ORG, 1)
+    assert await verify_org(conn, ORG) == verify(await stored(conn))
+    assert (await verify_org(conn, ORG)).checked == 2
+
+
+async def test_the_edges_of_the_time_range_round_trip(conn: asyncpg.Connection) -> None:
+    for at in (EARLIEST_AT, LATEST_AT):
+        async with conn.transaction():
+            await append(conn, org_id=ORG, actor=ADMIN, action="user.update", target="user:1", detail={}, at=at)
+    assert [row.at for row in await stored(conn)] == [EARLIEST_AT, LATEST_AT]
+    result = await verify_org(conn, ORG)
+    assert result.ok and result.checked == 2
+
+
+@pytest.mark.parametrize("detail", [{"memo": "a\x00b"}, {"a\x00": 1}, {"list": [{"deep": ["\x00"]}]}])
+async def test_a_nul_in_the_detail_is_refused_before_any_write(
+    conn: asyncpg.Connection, detail: dict[str, object]
+) -> None:
+    with pytest.raises(AuditFailed, match="NUL") as raised:
+        async with conn.transaction():
+            await append(conn, org_id=ORG, actor=ADMIN, action="user.update", target="user:1", detail=detail)
+    assert type(raised.value.__cause__).__name__ == "InvalidAuditField"
+    assert await stored(conn) == []
+
+
+@pytest.mark.parametrize("isolation", ["repeatable_read", "serializable"])
+async def test_append_outside_read_committed_is_refused(conn: asyncpg.Connection, isolation: str) -> None:
+    await conn.execute("CREATE TABLE scratch (note text)")
+    with pytest.raises(AuditFailed, match="needs a read committed transaction") as raised:
+        async with conn.transaction(isolation=isolation):  # type: ignore[arg-type]
+            await conn.execute("INSERT INTO scratch VALUES ('the change')")
+            await append(conn, org_id=ORG, actor=ADMIN, action="user.create", target="user:1", detail={})
+    assert raised.value.__cause__ is None
+    assert isolation.replace("_", " ") in raised.value.reason
+    assert await conn.fetchval("SELECT count(*) FROM scratch") == 0
+    assert await stored(conn) == []
+
+
+async def test_a_session_defaulting_to_repeatable_read_is_refused(conn: asyncpg.Connection) -> None:
+    await conn.execute("SET default_transaction_isolation = 'repeatable read'")
+    with pytest.raises(AuditFailed, match="not repeatable read"):
+        async with conn.transaction():
+            await append(conn, org_id=ORG, actor=ADMIN, action="user.create", target="user:1", detail={})
+    await conn.execute("RESET default_transaction_isolation")
+    await write(conn, ORG, 0)
+    assert (await verify_org(conn, ORG)).checked == 1
 
 
 # --- the table refuses changes --------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.audit import (
+    EARLIEST_AT,
     GENESIS_HASH,
+    LATEST_AT,
     MAX_DETAIL_BYTES,
     Actor,
     Anchor,
@@ -25,12 +27,14 @@ from shared.audit import (
     ChainVerifier,
     InvalidAuditField,
     VerifyResult,
+    actor_of,
     chain_hash,
     hashed_fields,
     next_record,
     parse_actor,
     verify,
 )
+from shared.tokens import PRINCIPAL_KINDS, Principal
 
 ORG = uuid.UUID("7d7a6b0e-5c1f-4a39-9a57-0f3c2b1e8d44")
 OTHER_ORG = uuid.UUID("0b9f3e2a-1c4d-4e8f-8a6b-2d5c7e9f1a30")
@@ -104,6 +108,36 @@ def test_actor_forms_parse_and_print_back(text: str, actor: Actor) -> None:
 def test_other_actor_forms_are_refused(text: str) -> None:
     with pytest.raises(InvalidAuditField, match="actor"):
         parse_actor(text)
+
+
+def principal(kind: str, subject: str) -> Principal:
+    org = "" if kind == "service" else str(ORG)
+    return Principal(subject, kind, org, None, frozenset(), (), None, "jti-1", "urn:apgms:test")
+
+
+@pytest.mark.parametrize(
+    ("kind", "subject", "actor"),
+    [
+        ("user", USER.removeprefix("user:"), USER),
+        ("client", "apgms-client-0a1b2c3d", "client:apgms-client-0a1b2c3d"),
+        ("regulator", "asic-officer-7", "regulator:asic-officer-7"),
+        ("service", "service-core", "client:service-core"),  # a service is an OAuth client; its id says which
+    ],
+)
+def test_each_kind_of_principal_is_recorded_as_its_actor(kind: str, subject: str, actor: str) -> None:
+    assert kind in PRINCIPAL_KINDS
+    assert actor_of(principal(kind, subject)) == actor
+    assert str(parse_actor(actor)) == actor
+
+
+def test_every_kind_of_principal_has_an_actor_form() -> None:
+    for kind in PRINCIPAL_KINDS:
+        parse_actor(actor_of(principal(kind, "x-1" if kind != "user" else USER.removeprefix("user:"))))
+
+
+def test_a_principal_of_an_unknown_kind_is_refused() -> None:
+    with pytest.raises(InvalidAuditField, match="no actor form"):
+        actor_of(principal("robot", "r2"))
 
 
 # --- the hash ---------------------------------------------------------------------------------------------------
@@ -185,6 +219,43 @@ def test_next_record_refuses_what_cannot_be_written(changes: dict[str, Any], mes
     }
     with pytest.raises(InvalidAuditField, match=message):
         next_record(None, **(arguments | changes))
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime.max.replace(tzinfo=UTC),  # stored by PostgreSQL as infinity, read back naive
+        datetime.min.replace(tzinfo=UTC),  # -infinity
+        datetime.max.replace(tzinfo=timezone(timedelta(hours=-10))),  # past datetime.max in UTC
+        datetime.min.replace(tzinfo=timezone(timedelta(hours=10))),
+        EARLIEST_AT - timedelta(microseconds=1),
+        LATEST_AT + timedelta(microseconds=1),
+    ],
+)
+def test_next_record_refuses_a_time_outside_the_range(at: datetime) -> None:
+    with pytest.raises(InvalidAuditField, match="at must lie"):
+        next_record(None, ORG, at, USER, "user.create", "user:42", "req-1", {})
+
+
+def test_next_record_takes_the_ends_of_the_range_in_any_offset() -> None:
+    for at in (EARLIEST_AT, LATEST_AT):
+        shifted = at.astimezone(timezone(timedelta(hours=-12 if at == EARLIEST_AT else 14)))
+        assert next_record(None, ORG, shifted, USER, "user.create", "user:42", None, {}).at == at
+
+
+@pytest.mark.parametrize(
+    ("detail", "path"),
+    [
+        ({"memo": "a\x00b"}, "memo"),
+        ({"a\x00": 1}, "$.a"),
+        ({"list": [{"deep": ["ok", "\x00"]}]}, "list.0.deep.1"),
+        ({"tuple": ("\x00",)}, "tuple.0"),
+    ],
+)
+def test_next_record_refuses_a_nul_anywhere_in_the_detail(detail: dict[str, Any], path: str) -> None:
+    with pytest.raises(InvalidAuditField, match="NUL") as raised:
+        next_record(None, ORG, START, USER, "user.create", "user:42", None, detail)
+    assert path in str(raised.value)
 
 
 def test_next_record_refuses_a_predecessor_of_another_org() -> None:
@@ -280,12 +351,16 @@ def test_a_row_no_writer_could_produce_is_reported_as_edited() -> None:
 ACTORS = st.sampled_from(
     ["system", USER, "user:00000000-0000-4000-8000-000000000001", "client:apgms_0a1b", "regulator:ato"]
 )
-JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1) | st.text(max_size=20)
+# Any character jsonb stores: all but NUL (and lone surrogates, which no str from JSON holds).
+JSONB_CHARS = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1) | st.text(JSONB_CHARS, max_size=20)
 DETAILS = st.dictionaries(
-    st.text(max_size=10),
+    st.text(JSONB_CHARS, max_size=10),
     st.recursive(
         JSON_SCALARS,
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(JSONB_CHARS, max_size=5), inner, max_size=3)
+        ),
         max_leaves=8,
     ),
     max_size=4,
