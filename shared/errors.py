@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -40,6 +40,7 @@ __all__ = [
     "ErrorBoundaryMiddleware",
     "ErrorKind",
     "FieldError",
+    "ProblemItem",
     "audit_failed",
     "client_closed_request",
     "code_for_status",
@@ -98,10 +99,19 @@ ERRORS: dict[str, ErrorKind] = {
 _CODE_BY_STATUS = {kind.status: code for code, kind in reversed(ERRORS.items())}
 
 
+class ProblemItem(Protocol):
+    """One entry of a problem's `errors` list: a field of a body or query, a row of an import."""
+
+    def document(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class FieldError:
     path: str
     message: str
+
+    def document(self) -> dict[str, Any]:
+        return {"path": self.path, "message": self.message}
 
 
 class ApiError(Exception):
@@ -112,7 +122,7 @@ class ApiError(Exception):
         code: str,
         detail: str | None = None,
         *,
-        errors: Sequence[FieldError] = (),
+        errors: Sequence[ProblemItem] = (),
         headers: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
@@ -146,7 +156,7 @@ def code_for_status(status: int) -> str:
     return "bad_request" if status < 500 else "internal_error"
 
 
-def problem_body(code: str, detail: str | None = None, *, errors: Sequence[FieldError] = (), **extra: Any) -> bytes:
+def problem_body(code: str, detail: str | None = None, *, errors: Sequence[ProblemItem] = (), **extra: Any) -> bytes:
     """The RFC 9457 JSON document for `code`, stamped with the current request ID."""
     kind = ERRORS[code]
     document: dict[str, Any] = {
@@ -159,7 +169,7 @@ def problem_body(code: str, detail: str | None = None, *, errors: Sequence[Field
         **extra,
     }
     if errors:
-        document["errors"] = [{"path": e.path, "message": e.message} for e in errors]
+        document["errors"] = [e.document() for e in errors]
     return orjson.dumps(document)
 
 
@@ -167,7 +177,7 @@ def problem_response(
     code: str,
     detail: str | None = None,
     *,
-    errors: Sequence[FieldError] = (),
+    errors: Sequence[ProblemItem] = (),
     headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> Response:
