@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from services.core import bank_lines, internal
+from services.core import bank_lines, bulk, internal
 from services.core.config import CoreSettings
 from services.core.deps import CoreDeps, CursorKey
 from shared.app import Runtime, build_runtime, build_service_app
@@ -19,6 +19,7 @@ def create_app(settings: CoreSettings) -> Starlette:
     routes = [
         Route("/bank-lines", bank_lines.list_lines, methods=["GET"]),
         Route("/bank-lines", bank_lines.create_line, methods=["POST"]),
+        Route("/bank-lines/import", bulk.import_lines, methods=["POST"]),
         Route("/bank-lines/{line_id}", bank_lines.get_line, methods=["GET"]),
         Route("/internal/orgs/{org_id}/bank-lines/summary", internal.bank_line_summary, methods=["GET"]),
     ]

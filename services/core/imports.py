@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from enum import Enum
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -115,6 +116,10 @@ class RowError:
     field: str
     code: str
     message: str
+
+    def document(self) -> dict[str, Any]:
+        """The entry of the 422 problem's `errors` list (`shared.errors.ProblemItem`)."""
+        return {"row": self.row, "field": self.field, "code": self.code, "message": self.message}
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from services.core.imports import (
     parse_import,
 )
 from services.core.models import DESCRIPTION_MAX_CHARS, PAYEE_MAX_CHARS
+from shared.errors import problem_body
 from shared.money import format_money
 
 CSV, JSONL = ImportFormat.CSV, ImportFormat.JSON_LINES
@@ -289,9 +290,10 @@ def test_the_422_problem_lists_row_field_code_and_message_with_the_total() -> No
     assert isinstance(result, Refused)
     error = refused_error(result)
     assert (error.kind.status, error.code) == (422, "invalid_rows")
-    assert error.extra["error_count"] == 150
-    assert len(error.extra["errors"]) == MAX_REPORTED_ERRORS
-    assert error.extra["errors"][0] == {
+    document = orjson.loads(problem_body(error.code, error.detail, errors=error.errors, **error.extra))
+    assert document["error_count"] == 150
+    assert len(document["errors"]) == MAX_REPORTED_ERRORS
+    assert document["errors"][0] == {
         "row": 1,
         "field": "amount",
         "code": "invalid_money",

@@ -1,0 +1,171 @@
+"""`POST /bank-lines/import` (admin, finance): many bank lines in one request, all or none.
+
+The body (CSV or JSON lines, at most MAX_BODY_BYTES: 413 as soon as it is known to be larger) is parsed and every
+row validated first (`services.core.imports`, in a worker thread so that 10,000 rows do not stall the event loop);
+any bad row answers 422 `invalid_rows` with `errors: [{row, field, code, message}]` and `error_count`, more than
+MAX_ROWS rows 413, and nothing is written. Then, in one transaction: the idempotency claim (fingerprinted over the
+body's bytes, so the same file replays and another file under the key conflicts), the payees and descriptions
+sealed with one key lookup per column, every line written with one COPY, and one audit record
+`bank_lines.import` (count, totals, first and last date: no PII) as the last statement. Any failure before the
+commit (a row the database refuses, the audit write) rolls everything back: no line of the file is stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from services.core import store
+from services.core.bank_lines import DESCRIPTION, PAYEE, WRITERS
+from services.core.deps import core_deps
+from services.core.imports import (
+    MAX_BODY_BYTES,
+    Accepted,
+    ImportRow,
+    Refused,
+    TooManyRows,
+    import_format,
+    parse_import,
+)
+from shared import audit
+from shared.authz import guard
+from shared.errors import ApiError
+from shared.idempotency import idempotent
+from shared.money import format_money
+from shared.pii import KeyDestroyed
+from shared.tokens import Principal
+from shared.validation import read_body
+
+__all__ = ["IMPORT_ACTION", "ImportSummary", "import_lines", "summarise"]
+
+IMPORT_ACTION = "bank_lines.import"
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What an import stored, without PII: the answer's body and the audit record's detail."""
+
+    import_id: uuid.UUID
+    count: int
+    amount: Decimal
+    gst_amount: Decimal
+    paygw_amount: Decimal
+    first_date: date
+    last_date: date
+
+    def detail(self) -> dict[str, object]:
+        """The audit record's detail: counts, sums and dates only."""
+        return {
+            "count": self.count,
+            "totals": {
+                "amount": format_money(self.amount),
+                "gst_amount": format_money(self.gst_amount),
+                "paygw_amount": format_money(self.paygw_amount),
+            },
+            "first_date": self.first_date.isoformat(),
+            "last_date": self.last_date.isoformat(),
+        }
+
+    def document(self) -> dict[str, object]:
+        """The 201 answer: `imported` (the count), the import's id (the audit record's target), totals, dates."""
+        detail = self.detail()
+        return {"import_id": str(self.import_id), "imported": detail.pop("count"), **detail}
+
+
+def summarise(import_id: uuid.UUID, rows: tuple[ImportRow, ...]) -> ImportSummary:
+    """Count, sums and date range of a non-empty batch of rows."""
+    dates = [row.date for row in rows]
+    return ImportSummary(
+        import_id=import_id,
+        count=len(rows),
+        amount=sum((row.amount for row in rows), Decimal("0.00")),
+        gst_amount=sum((row.gst_amount for row in rows), Decimal("0.00")),
+        paygw_amount=sum((row.paygw_amount for row in rows), Decimal("0.00")),
+        first_date=min(dates),
+        last_date=max(dates),
+    )
+
+
+def refused_error(refused: Refused) -> ApiError:
+    shown = len(refused.errors)
+    more = f"; the first {shown} are listed" if shown < refused.total else ""
+    return ApiError(
+        "invalid_rows",
+        f"{refused.total} problem(s) found, nothing was imported{more}",
+        errors=refused.errors,
+        extra={"error_count": refused.total},
+    )
+
+
+@guard(roles=WRITERS)
+async def import_lines(request: Request, principal: Principal) -> Response:
+    fmt = import_format(request.headers.get("content-type", ""))
+    if fmt is None:
+        raise ApiError("unsupported_media_type", "Send text/csv, application/x-ndjson or application/jsonl (UTF-8)")
+    body = await read_body(request, MAX_BODY_BYTES)
+    parsed = await run_in_threadpool(parse_import, body, fmt)
+    if isinstance(parsed, TooManyRows):
+        raise ApiError("payload_too_large", f"An import takes at most {parsed.limit} rows; split the file")
+    if isinstance(parsed, Refused):
+        raise refused_error(parsed)
+    return await _store(request, principal, parsed, body)
+
+
+async def _store(request: Request, principal: Principal, accepted: Accepted, body: bytes) -> Response:
+    runtime = request.app.state.runtime
+    cipher = core_deps(request).cipher
+    org_id = uuid.UUID(principal.org_id)
+    actor = audit.actor_of(principal)
+    rows = accepted.rows
+    async with runtime.db.pool.acquire() as conn, conn.transaction():
+
+        async def work() -> Response:
+            summary = summarise(uuid.uuid4(), rows)
+            ids = [uuid.uuid4() for _ in rows]
+            row_ids = [str(line_id) for line_id in ids]
+            try:
+                payees = await cipher.encrypt_many(
+                    org_id, store.BANK_LINES_TABLE, PAYEE, [row.payee for row in rows], row_ids=row_ids
+                )
+                descriptions = await cipher.encrypt_many(
+                    org_id, store.BANK_LINES_TABLE, DESCRIPTION, [row.description for row in rows], row_ids=row_ids
+                )
+            except KeyDestroyed:
+                raise ApiError("conflict", "This org's personal data was erased; it cannot record new lines") from None
+            now = datetime.now(UTC)
+            await store.copy_lines(
+                conn,
+                (
+                    store.SealedLine(
+                        id=line_id,
+                        org_id=org_id,
+                        date=row.date,
+                        amount=row.amount,
+                        gst_amount=row.gst_amount,
+                        paygw_amount=row.paygw_amount,
+                        payee=payee,
+                        description=description,
+                        created_by=actor,
+                        created_at=now,
+                    )
+                    for line_id, row, payee, description in zip(ids, rows, payees, descriptions, strict=True)
+                ),
+            )
+            document = summary.document()
+            await audit.append(
+                conn,
+                org_id=org_id,
+                actor=actor,
+                action=IMPORT_ACTION,
+                target=f"bank_line_import:{summary.import_id}",
+                detail=summary.detail(),
+            )
+            return JSONResponse(document, status_code=201)
+
+        return await idempotent(request, conn, work, org_id=org_id, actor=actor, body=body)

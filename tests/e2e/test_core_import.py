@@ -1,0 +1,298 @@
+"""POST /bank-lines/import through real auth and core processes (and the proxy): all or nothing, per-row errors,
+roles, idempotency, and the 5 MiB and 10,000-row limits."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from auth_support import Org, call
+from core_support import (
+    CoreStack,
+    StartService,
+    connect,
+    get_lines,
+    line_count,
+    pii_cipher,
+    raw_lines,
+    role_tokens,
+    start_core,
+)
+
+from services.core.imports import MAX_BODY_BYTES, MAX_ROWS
+from services.core.store import BANK_LINES_TABLE
+from shared.audit import verify_org
+
+pytestmark = pytest.mark.e2e
+
+HEADER = "date,amount,payee,description,gst_amount,paygw_amount\n"
+CSV = {"content-type": "text/csv"}
+# A test-only trigger that refuses one amount: COPY fires row triggers, so the row carrying it fails mid-import.
+POISON_AMOUNT = "7777777.77"
+REFUSE_POISON_ROWS = f"""
+CREATE FUNCTION core.test_refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.amount = {POISON_AMOUNT} THEN RAISE EXCEPTION 'poison row refused by the test'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_refuse_poison BEFORE INSERT ON core.bank_lines
+    FOR EACH ROW EXECUTE FUNCTION core.test_refuse_poison();
+"""
+
+
+def csv_row(index: int, *, amount: str | None = None, description: str = "") -> str:
+    """Row `index` (0-based) of a generated file: dates spread over 2024-2025, amounts unique per row."""
+    day = f"{2024 + index % 2}-{1 + index % 12:02d}-{1 + index % 28:02d}"
+    cents = 100 + index
+    shown = amount or f"{cents // 100}.{cents % 100:02d}"
+    return f'{day},{shown},"Payee {index}, Pty Ltd",{description or f"Invoice {index}"},0.00,0.00\r\n'
+
+
+def csv_file(rows: int, poison: dict[int, str] | None = None) -> bytes:
+    """`rows` rows; `poison={index: amount}` puts `amount` on the rows at those indexes."""
+    bad = poison or {}
+    return (HEADER + "".join(csv_row(i, amount=bad.get(i)) for i in range(rows))).encode()
+
+
+async def post_import(
+    http: aiohttp.ClientSession,
+    url: str,
+    token: str,
+    body: bytes,
+    *,
+    headers: dict[str, str] | None = None,
+    key: str | None = None,
+) -> tuple[int, Any, Any]:
+    sent = {**CSV, **(headers or {}), **({"idempotency-key": key} if key else {})}
+    # A file object: aiohttp warns (an error here) when it is given more than 1 MiB of bytes at once.
+    return await call(http, "POST", f"{url}/bank-lines/import", token=token, data=io.BytesIO(body), headers=sent)
+
+
+async def import_records(database_url: str, org_id: uuid.UUID) -> list[dict[str, Any]]:
+    async with connect(database_url) as conn:
+        rows = await conn.fetch(
+            "SELECT actor, target, detail::text AS detail FROM audit.records "
+            "WHERE org_id = $1 AND action = 'bank_lines.import' ORDER BY seq",
+            org_id,
+        )
+    return [{"actor": r["actor"], "target": r["target"], "detail": orjson.loads(r["detail"])} for r in rows]
+
+
+async def started(
+    start_service: StartService, database_url: str, http: aiohttp.ClientSession, org: Org
+) -> tuple[CoreStack, dict[str, str]]:
+    stack = start_core(start_service, database_url)
+    return stack, await role_tokens(http, stack, org)
+
+
+async def test_ten_thousand_csv_rows_import_in_one_request_and_read_back(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    stack, tokens = await started(start_service, database_url, http, org)
+    body = csv_file(MAX_ROWS)
+    began = time.perf_counter()
+    status, answer, _ = await post_import(http, stack.core.url, tokens["finance"], body)
+    elapsed = time.perf_counter() - began
+    print(f"\n10,000-row CSV import ({len(body)} bytes): {elapsed:.2f} s")
+    assert status == 201, answer
+    cents = sum(100 + i for i in range(MAX_ROWS))
+    totals = {"amount": f"{cents // 100}.{cents % 100:02d}", "gst_amount": "0.00", "paygw_amount": "0.00"}
+    assert answer == {
+        "import_id": answer["import_id"],
+        "imported": MAX_ROWS,
+        "totals": totals,
+        "first_date": "2024-01-01",
+        "last_date": "2025-12-28",
+    }
+    assert await line_count(database_url) == MAX_ROWS
+
+    # Readable through the API: the newest page holds the newest dates, decrypted.
+    status, page, _ = await get_lines(http, stack, tokens["analyst"], {"limit": "200"})
+    assert status == 200, page
+    assert len(page["items"]) == 200 and page["next_cursor"] is not None
+    newest = page["items"][0]
+    assert newest["date"] == "2025-12-28"
+    index = int(newest["payee"].removeprefix("Payee ").removesuffix(", Pty Ltd"))
+    assert csv_row(index).startswith(f"2025-12-28,{newest['amount']},")
+    assert newest["description"] == f"Invoice {index}"
+    assert newest["created_by"] == f"user:{org.users['finance'].id}"
+
+    # Stored sealed, each value bound to its own row.
+    stored = await raw_lines(database_url, org.id)
+    assert len(stored) == MAX_ROWS and len({line.id for line in stored}) == MAX_ROWS
+    async with pii_cipher(database_url) as cipher:
+        sample = stored[:50]
+        payees = await cipher.decrypt_many(
+            org.id, BANK_LINES_TABLE, "payee", [s.payee for s in sample], row_ids=[str(s.id) for s in sample]
+        )
+    assert all(p.startswith("Payee ") for p in payees)
+    assert all(b"Payee" not in line.payee for line in stored)
+
+    # One audit record for the whole import, with no PII, and the chain holds.
+    (record,) = await import_records(database_url, org.id)
+    assert record["actor"] == f"user:{org.users['finance'].id}"
+    assert record["target"] == f"bank_line_import:{answer['import_id']}"
+    assert record["detail"] == {k: v for k, v in answer.items() if k not in ("import_id", "imported")} | {
+        "count": MAX_ROWS
+    }
+    async with connect(database_url) as conn:
+        assert (await verify_org(conn, org.id)).ok
+
+
+async def test_json_lines_import_too(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    stack, tokens = await started(start_service, database_url, http, org)
+    lines = [
+        {"date": "2025-03-01", "amount": "-55.00", "payee": "Telstra", "description": "Phone", "gst_amount": "-5.00"},
+        {"date": "2025-03-02", "amount": "1000.00", "payee": "Payroll", "description": "", "paygw_amount": "200.00"},
+    ]
+    body = b"\n".join(orjson.dumps(line) for line in lines)
+    status, answer, _ = await post_import(
+        http, stack.core.url, tokens["admin"], body, headers={"content-type": "application/x-ndjson"}
+    )
+    assert status == 201, answer
+    assert answer["imported"] == 2
+    assert answer["totals"] == {"amount": "945.00", "gst_amount": "-5.00", "paygw_amount": "200.00"}
+    status, page, _ = await get_lines(http, stack, tokens["admin"])
+    assert [(i["payee"], i["amount"]) for i in page["items"]] == [("Payroll", "1000.00"), ("Telstra", "-55.00")]
+
+
+async def test_a_bad_row_is_422_with_its_row_field_and_code_and_nothing_is_written(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    stack, tokens = await started(start_service, database_url, http, org)
+    body = csv_file(500, poison={41: "12.345", 299: "NaN"}).replace(b"Payee 7, Pty Ltd", b"")
+    status, problem, headers = await post_import(http, stack.core.url, tokens["finance"], body)
+    assert status == 422, problem
+    assert headers["content-type"] == "application/problem+json"
+    assert problem["code"] == "invalid_rows" and problem["error_count"] == 3
+    assert [(e["row"], e["field"], e["code"]) for e in problem["errors"]] == [
+        (8, "payee", "empty"),
+        (42, "amount", "invalid_money"),
+        (300, "amount", "invalid_money"),
+    ]
+    assert all(e["message"] for e in problem["errors"])
+    assert await line_count(database_url) == 0
+    assert await import_records(database_url, org.id) == []
+
+
+async def test_a_file_refused_as_a_whole_names_the_column(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    stack, tokens = await started(start_service, database_url, http, org)
+    url, token = stack.core.url, tokens["finance"]
+    missing = b"date,amount,payee\n2025-01-01,1.00,ATO\n"
+    status, problem, _ = await post_import(http, url, token, missing)
+    assert (status, problem["errors"]) == (
+        422,
+        [{"row": 0, "field": "description", "code": "missing_column", "message": problem["errors"][0]["message"]}],
+    )
+    status, problem, _ = await post_import(http, url, token, b"\xef\xbb\xbf" + csv_file(1))
+    assert (status, [e["code"] for e in problem["errors"]]) == (422, ["bom"])
+    status, problem, _ = await post_import(http, url, token, csv_file(1), headers={"content-type": "application/json"})
+    assert (status, problem["code"]) == (415, "unsupported_media_type")
+    assert await line_count(database_url) == 0
+
+
+async def test_a_failure_at_row_9999_leaves_no_row_and_no_audit_record(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    async with connect(database_url) as conn:
+        await conn.execute(REFUSE_POISON_ROWS)
+    stack, tokens = await started(start_service, database_url, http, org)
+    body = csv_file(MAX_ROWS, poison={9_998: POISON_AMOUNT})  # the 9,999th row
+    status, problem, _ = await post_import(http, stack.core.url, tokens["finance"], body, key="poisoned-import")
+    assert status == 500, problem
+    assert problem["code"] == "internal_error"
+    assert "poison" not in orjson.dumps(problem).decode()
+    assert await line_count(database_url) == 0
+    assert await import_records(database_url, org.id) == []
+    async with connect(database_url) as conn:
+        # Nothing of the request's transaction is left: no audit record at all, no idempotency record.
+        assert await conn.fetchval("SELECT count(*) FROM audit.records WHERE org_id = $1", org.id) == 0
+        assert await conn.fetchval("SELECT count(*) FROM idempotency.records WHERE key = 'poisoned-import'") == 0
+    # The same file without the poisoned row goes in whole.
+    status, answer, _ = await post_import(http, stack.core.url, tokens["finance"], csv_file(MAX_ROWS))
+    assert (status, answer["imported"]) == (201, MAX_ROWS)
+    assert await line_count(database_url) == MAX_ROWS
+
+
+@pytest.mark.parametrize("role", ["analyst", "auditor"])
+async def test_roles_outside_admin_and_finance_are_403(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession, role: str
+) -> None:
+    stack, tokens = await started(start_service, database_url, http, org)
+    status, problem, _ = await post_import(http, stack.core.url, tokens[role], csv_file(3))
+    assert (status, problem["code"]) == (403, "forbidden")
+    status, _, _ = await post_import(http, stack.core.url, "", csv_file(3))
+    assert status == 401
+    assert await line_count(database_url) == 0
+
+
+async def test_a_replay_with_the_same_key_imports_once(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    stack, tokens = await started(start_service, database_url, http, org)
+    url, token, body = stack.core.url, tokens["finance"], csv_file(250)
+    first = await post_import(http, url, token, body, key="import-2025-07")
+    again = await post_import(http, url, token, body, key="import-2025-07")
+    assert first[0] == again[0] == 201
+    assert first[1] == again[1]
+    assert "idempotent-replay" not in first[2] and again[2]["idempotent-replay"] == "true"
+    assert await line_count(database_url) == 250
+    assert len(await import_records(database_url, org.id)) == 1
+    # Another file under the same key is a conflict, not a replay.
+    status, problem, _ = await post_import(http, url, token, csv_file(251), key="import-2025-07")
+    assert (status, problem["code"]) == (409, "idempotency_conflict")
+    assert await line_count(database_url) == 250
+
+
+async def test_more_than_ten_thousand_rows_or_five_mib_is_413(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    stack, tokens = await started(start_service, database_url, http, org)
+    url, token = stack.core.url, tokens["finance"]
+    status, problem, _ = await post_import(http, url, token, csv_file(MAX_ROWS + 1))
+    assert (status, problem["code"]) == (413, "payload_too_large")
+    assert "10000 rows" in problem["detail"]
+    status, problem, _ = await post_import(http, url, token, padded_csv(MAX_BODY_BYTES + 1))
+    assert (status, problem["code"]) == (413, "payload_too_large")
+    assert await line_count(database_url) == 0
+
+
+def padded_csv(size: int, rows: int = MAX_ROWS) -> bytes:
+    """A valid CSV of exactly `size` bytes (the descriptions padded), `rows` rows."""
+    plain = [csv_row(i) for i in range(rows)]
+    extra = size - len(HEADER) - sum(len(r) for r in plain)
+    each, rest = divmod(extra, rows)
+    body = HEADER + "".join(
+        csv_row(i, description=f"Invoice {i} " + "x" * (each + (1 if i < rest else 0) - 1)) for i in range(rows)
+    )
+    encoded = body.encode()
+    assert len(encoded) == size
+    return encoded
+
+
+async def test_through_the_proxy_five_mib_is_accepted_and_one_byte_more_is_413(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    stack, tokens = await started(start_service, database_url, http, org)
+    proxy = start_service(
+        "api-gateway",
+        {"UPSTREAM_CORE_URLS": stack.core.url, "UPSTREAM_AUTH_URLS": stack.auth.url},
+        module="proxy",
+    )
+    token = tokens["finance"]
+    status, problem, _ = await post_import(http, proxy.url, token, padded_csv(MAX_BODY_BYTES + 1))
+    assert (status, problem["code"]) == (413, "payload_too_large")
+    assert "/bank-lines/import" in problem["detail"]  # the proxy's answer: core never saw the body
+    status, answer, _ = await post_import(http, proxy.url, token, padded_csv(MAX_BODY_BYTES))
+    assert status == 201, answer
+    assert answer["imported"] == MAX_ROWS
+    assert await line_count(database_url) == MAX_ROWS
