@@ -3,6 +3,12 @@ table: `application/msgpack` on internal routes).
 
     return negotiated_response(request, summary)      # a pydantic model; 406 not_acceptable when nothing fits
 
+or, to refuse an unacceptable request before doing its work:
+
+    media_type = response_media_type(request)         # 406 not_acceptable
+    ...
+    return encoded_response(summary, media_type)
+
 The choice follows RFC 9110 section 12.5.1. Each media type we offer takes the quality of the most specific range
 of `Accept` that matches it (`application/msgpack` over `application/*` over `*/*`), so
 `application/json;q=0, */*` excludes JSON and still admits msgpack. The best quality wins; on a tie, the type
@@ -36,6 +42,7 @@ __all__ = [
     "MediaRange",
     "decode",
     "encode",
+    "encoded_response",
     "negotiate",
     "negotiated_response",
     "parse_accept",
@@ -159,12 +166,16 @@ def decode(body: bytes, media_type: str) -> Any:
     raise ValueError(f"cannot decode {media_type}")
 
 
-def negotiated_response(request: Request, model: BaseModel, status_code: int = 200) -> Response:
-    """`model` as JSON or msgpack, whichever the request's Accept prefers (406 `not_acceptable` for neither)."""
-    media_type = response_media_type(request)
+def encoded_response(model: BaseModel, media_type: str, status_code: int = 200) -> Response:
+    """`model` in `media_type` (from `response_media_type`, which a handler calls before doing any work)."""
     return Response(
         encode(model.model_dump(mode="json"), media_type),
         status_code=status_code,
         media_type=media_type,
         headers={"vary": "accept"},
     )
+
+
+def negotiated_response(request: Request, model: BaseModel, status_code: int = 200) -> Response:
+    """`model` as JSON or msgpack, whichever the request's Accept prefers (406 `not_acceptable` for neither)."""
+    return encoded_response(model, response_media_type(request), status_code)
