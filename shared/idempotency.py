@@ -17,11 +17,13 @@ How a claim works. The record is inserted, pending, in the request's transaction
 (`INSERT ... ON CONFLICT DO NOTHING`); the work and the answer follow in that transaction, which commits them
 together. So nobody ever sees a pending record of a live request: a second request with the key waits on the
 unique index until the first transaction ends, then either finds the completed record (a replay) or, if the first
-rolled back, inserts its own. That wait is bounded by `lock_timeout` (CLAIM_WAIT_MS): past it the answer is 409
-`idempotency_in_progress` with `Retry-After: 1`. One second because the retry waits up to CLAIM_WAIT_MS again at
-the server, so a client that obeys polls at most every four seconds and gets its answer as soon as it exists.
-Replays read the record without locking it, so 49 replays do not queue behind each other; the lock the issue asks
-for is the row a request inserted or took over (an expired record is taken over by a conditional UPDATE).
+rolled back, inserts its own (READ COMMITTED only, so that the statement after the wait sees that commit:
+`claim` refuses another isolation level). That wait is bounded by `lock_timeout` (CLAIM_WAIT_MS): past it the
+answer is 409 `idempotency_in_progress` with `Retry-After: 1`. One second because the retry waits up to
+CLAIM_WAIT_MS again at the server, so a client that obeys polls at most every four seconds and gets its answer as
+soon as it exists. Replays read the record without locking it, so 49 replays do not queue behind each other; the
+lock the issue asks for is the row a request inserted or took over (an expired record is taken over by a
+conditional UPDATE).
 
 What is stored is the `Response` the work returned, whatever its status. An exception (an `ApiError` 4xx as much as
 a 500) rolls the claim back with the work: nothing happened, so the client may correct the request and retry with
@@ -42,6 +44,7 @@ from uuid import UUID
 
 import asyncpg
 import orjson
+import rfc8785
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
@@ -58,9 +61,11 @@ __all__ = [
     "IN_PROGRESS_RETRY_AFTER_S",
     "KEY_HEADER",
     "KEY_MAX_CHARS",
+    "MAX_EXACT_INTEGER",
     "RECORD_TTL",
     "REPLAYED_HEADERS",
     "REPLAY_HEADER",
+    "REQUIRED_ISOLATION",
     "Conflict",
     "Decision",
     "InProgress",
@@ -81,6 +86,7 @@ __all__ = [
     "route_name",
     "run_cleanup",
     "stored_response",
+    "uncanonical_body_error",
 ]
 
 KEY_HEADER = "idempotency-key"
@@ -103,6 +109,10 @@ CLEANUP_BATCH_ROWS = 500
 CLEANUP_INTERVAL_S = 300.0
 CLEANUP_ACQUIRE_TIMEOUT_S = 5.0
 IN_PROGRESS_CODE = "idempotency_in_progress"
+# The largest integer canonical JSON carries exactly (RFC 8785 3.2.2.3); past it the body has no fingerprint.
+MAX_EXACT_INTEGER = 2**53 - 1
+# The isolation level `claim` needs (the module docstring says why), as `transaction_isolation` spells it.
+REQUIRED_ISOLATION = "read committed"
 
 log = get_logger(__name__)
 
@@ -164,7 +174,8 @@ def check_key(values: Sequence[str]) -> str | None:
 def fingerprint(body: object, actor: str, target: str) -> bytes:
     """sha256 of the canonical JSON of {actor, target, body}. `body` is the parsed JSON value or the validated
     pydantic model (taken as its JSON dump); `bytes` for a body that is not JSON, hashed as sent (b"" for none).
-    A value canonical JSON refuses (a float) raises its `TypeError`: money is never a float."""
+    A value canonical JSON refuses raises its error: `TypeError` for a float (money is never a float),
+    `ValueError` for an integer beyond +-(2**53 - 1) or a lone surrogate (`idempotent` answers both with 400)."""
     if isinstance(body, bytes):
         shown: dict[str, object] = {"raw_sha256": hashlib.sha256(body).hexdigest()}
     elif isinstance(body, BaseModel):
@@ -172,6 +183,17 @@ def fingerprint(body: object, actor: str, target: str) -> bytes:
     else:
         shown = {"json": body}
     return hashlib.sha256(canonical_json({"actor": actor, "target": target, "body": shown})).digest()
+
+
+def uncanonical_body_error(exc: TypeError | ValueError) -> ApiError:
+    """400 `invalid_body` for a body `fingerprint` cannot hash, naming what in it has no canonical JSON."""
+    if isinstance(exc, TypeError):
+        problem = "a fractional number (send fractions and amounts as strings)"
+    elif isinstance(exc, rfc8785.IntegerDomainError):
+        problem = f"an integer beyond +-{MAX_EXACT_INTEGER} (send it as a string)"
+    else:
+        problem = "text that is not valid Unicode (a lone surrogate)"
+    return ApiError("invalid_body", f"The body holds {problem}, so its Idempotency-Key cannot be checked")
 
 
 def decide(record: Record | None, request_fingerprint: bytes, now: datetime) -> Decision:
@@ -240,10 +262,15 @@ class RecordKey:
     key: str
 
 
-# Read the setting before changing it: the MATERIALIZED CTE is evaluated before the select list that sets it.
+# Read the setting before changing it: the MATERIALIZED CTE is evaluated before the select list that sets it. The
+# same statement reads the isolation level, and changes nothing in a transaction `claim` refuses.
 _SET_LOCK_TIMEOUT = """
-WITH old AS MATERIALIZED (SELECT current_setting('lock_timeout') AS value)
-SELECT old.value, set_config('lock_timeout', $1, true) FROM old
+WITH old AS MATERIALIZED (
+    SELECT current_setting('lock_timeout') AS value, current_setting('transaction_isolation') AS isolation
+)
+SELECT old.value, old.isolation,
+       CASE WHEN old.isolation = $2 THEN set_config('lock_timeout', $1, true) END AS lock_timeout
+FROM old
 """
 _RESTORE_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', $1, true)"
 _INSERT = """
@@ -288,15 +315,23 @@ async def claim(
     """Claim `slot` in the caller's transaction, waiting at most `wait_ms` for another request holding it.
 
     Proceed: the caller holds the pending record and must `complete` it in this transaction. After Conflict or
-    InProgress the caller must give the transaction up (a wait that timed out has aborted it)."""
+    InProgress the caller must give the transaction up (a wait that timed out has aborted it).
+
+    READ COMMITTED only: a request that waited on the first one's record must then see it committed, which a
+    REPEATABLE READ or SERIALIZABLE snapshot taken before that commit does not (PostgreSQL raises a serialization
+    failure instead). Another isolation level is a `RuntimeError` (a programming error), found in the statement
+    that sets the wait; a serialization failure all the same is InProgress (the client retries)."""
     if not conn.is_in_transaction():
         raise RuntimeError("claim an idempotency key in the transaction that does the work")
-    previous = await conn.fetchval(_SET_LOCK_TIMEOUT, f"{wait_ms}ms")
+    setting = await conn.fetchrow(_SET_LOCK_TIMEOUT, f"{wait_ms}ms", REQUIRED_ISOLATION)
+    if setting is None or setting["isolation"] != REQUIRED_ISOLATION:
+        isolation = None if setting is None else setting["isolation"]
+        raise RuntimeError(f"claim an idempotency key in a {REQUIRED_ISOLATION} transaction, not {isolation}")
     try:
         decision = await _claim(conn, slot, request_fingerprint, ttl)
-    except asyncpg.exceptions.LockNotAvailableError:
+    except (asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.SerializationError):
         return InProgress()
-    await conn.fetchval(_RESTORE_LOCK_TIMEOUT, previous)
+    await conn.fetchval(_RESTORE_LOCK_TIMEOUT, setting["value"])
     return decision
 
 
@@ -378,14 +413,19 @@ async def idempotent(
     `body` is what `fingerprint` takes (the validated model, the parsed JSON, or bytes); `route` defaults to
     `route_name(request.scope)`. A replay is the stored answer with `Idempotent-Replay: true`; another request
     under the key is 409 `idempotency_conflict`; one whose first request is still running is 409 with
-    `Retry-After`."""
+    `Retry-After`; a body with no canonical JSON (a fraction, an integer beyond +-(2**53 - 1)) is 400
+    `invalid_body`. The transaction must be READ COMMITTED (`claim`)."""
     key = check_key(request.headers.getlist(KEY_HEADER))
     if key is None:
         if required:
             raise ApiError("bad_request", "This route needs an Idempotency-Key header")
         return await work()
     slot = RecordKey(org_id, route or route_name(request.scope), key)
-    decision = await claim(conn, slot, fingerprint(body, actor, request_target(request.scope)))
+    try:
+        request_fingerprint = fingerprint(body, actor, request_target(request.scope))
+    except (TypeError, ValueError) as exc:
+        raise uncanonical_body_error(exc) from None
+    decision = await claim(conn, slot, request_fingerprint)
     if isinstance(decision, Replay):
         return replay_response(decision.response)
     if isinstance(decision, Conflict):

@@ -170,6 +170,40 @@ async def test_claim_outside_a_transaction_is_refused(connect: Connect) -> None:
         await claim(conn, SLOT, FINGERPRINT)
 
 
+@pytest.mark.parametrize("isolation", ["repeatable_read", "serializable"])
+async def test_claim_outside_read_committed_is_refused_and_changes_nothing(connect: Connect, isolation: str) -> None:
+    conn = await connect()
+    async with conn.transaction(isolation=isolation):  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match=f"read committed transaction, not {isolation.replace('_', ' ')}"):
+            await claim(conn, SLOT, FINGERPRINT)
+        assert await conn.fetchval("SELECT current_setting('lock_timeout')") == "0"
+    assert await count_records(conn) == 0
+
+
+async def test_claim_in_a_session_defaulting_to_repeatable_read_is_refused(connect: Connect) -> None:
+    conn = await connect()
+    await conn.execute("SET default_transaction_isolation = 'repeatable read'")
+    with pytest.raises(RuntimeError, match="not repeatable read"):
+        await claim_in_own_transaction(conn)
+    await conn.execute("RESET default_transaction_isolation")
+    assert await claim_in_own_transaction(conn) == Proceed()
+
+
+async def test_a_serialization_failure_during_the_claim_is_in_progress(connect: Connect) -> None:
+    # READ COMMITTED gives none of its own; a trigger stands for whatever might (the client's retry is the cure).
+    conn = await connect()
+    await conn.execute(
+        """
+        CREATE FUNCTION idempotency.test_serialization_failure() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'raised by the test' USING ERRCODE = 'serialization_failure'; END $$;
+        CREATE TRIGGER test_serialization_failure BEFORE INSERT ON idempotency.records
+            FOR EACH ROW EXECUTE FUNCTION idempotency.test_serialization_failure();
+        """
+    )
+    assert await claim_in_own_transaction(conn) == InProgress()
+    assert await count_records(conn) == 0
+
+
 async def test_an_expired_record_is_taken_over(connect: Connect) -> None:
     conn = await connect()
     await claim_and_complete(conn, ttl=EXPIRED)

@@ -260,3 +260,26 @@ async def test_without_a_key_the_work_simply_runs_and_a_required_key_is_a_400() 
             post([(b"idempotency-key", b"a b")]), no_database, work, org_id=uuid.uuid4(), actor=USER, body=b""
         )
     assert caught.value.code == "bad_request"
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"amount": "12.50", "note": {"ratio": 1.5}}, "fractional number"),
+        ({"amount": "12.50", "count": 2**53}, "integer beyond"),
+        ({"amount": "12.50", "count": -(2**53)}, "integer beyond"),
+        ({"amount": "12.50", "payee": "\ud800"}, "not valid Unicode"),
+    ],
+)
+async def test_a_body_with_no_canonical_json_under_a_key_is_a_400_before_any_database_work(
+    body: object, problem: str
+) -> None:
+    async def work() -> Response:
+        raise AssertionError("the work must not run")
+
+    no_database: Any = None
+    request = post([(b"idempotency-key", b"k-1")])
+    with pytest.raises(ApiError) as caught:
+        await idempotent(request, no_database, work, org_id=uuid.uuid4(), actor=USER, body=body)
+    assert (caught.value.code, caught.value.kind.status) == ("invalid_body", 400)
+    assert problem in caught.value.detail
