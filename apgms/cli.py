@@ -48,7 +48,7 @@ from shared.config import (
     read_dotenv,
 )
 from shared.crypto import SecretBox
-from shared.kek import kek_provider_from_env
+from shared.kek import KekProvider, kek_provider_from_env
 from shared.migrations import MigrationError, ServiceStatus, migrate, status
 from shared.pii import rotate_kek
 
@@ -271,6 +271,7 @@ def seed(
     environ = command_environ(master_key=True, kek=bank_lines > 0)
     settings = auth_settings(environ, sealing=True)
     box = SecretBox(settings.require_master_key())
+    provider = line_seed_provider(environ) if bank_lines else None
     try:
         password = demo_password(environ)
         result = with_connection(settings, lambda conn: seed_demo(conn, box, password))
@@ -284,20 +285,24 @@ def seed(
         console.print(f"Admin TOTP: secret {result.totp_secret}  URI {result.totp_uri}", markup=False, soft_wrap=True)
     else:
         console.print("Admin TOTP: enrolled, but its secret was sealed under another master key", soft_wrap=True)
-    if bank_lines:
-        seed_lines(environ, settings, SeedOrgRef(result.org_id, DEMO_ORG_NAME), orgs, bank_lines, add, random_seed)
+    if provider is not None:
+        seed_lines(settings, provider, SeedOrgRef(result.org_id, DEMO_ORG_NAME), orgs, bank_lines, add, random_seed)
 
 
-def seed_lines(
-    environ: dict[str, str], settings: Settings, demo: SeedOrgRef, orgs: int, count: int, add: bool, random_seed: int
-) -> None:
-    """The bank-line half of `apgms seed` (apgms.seed: what is written, in which transactions, and when not)."""
+def line_seed_provider(environ: dict[str, str]) -> KekProvider:
+    """The KEK provider the seed seals bank lines with (core's), checked before anything is written."""
     if environ.get("APGMS_ENV") == "production":
         fail("--bank-lines writes made-up bank lines; it is refused when APGMS_ENV=production")
     try:
-        provider = kek_provider_from_env(environ)
+        return kek_provider_from_env(environ)
     except ConfigError as error:
         fail(str(error))
+
+
+def seed_lines(
+    settings: Settings, provider: KekProvider, demo: SeedOrgRef, orgs: int, count: int, add: bool, random_seed: int
+) -> None:
+    """The bank-line half of `apgms seed` (apgms.seed: what is written, in which transactions, and when not)."""
     seed_orgs = with_connection(settings, lambda conn: ensure_seed_orgs(conn, orgs - 1)) if orgs > 1 else []
     assert settings.database_url is not None
     dsn = settings.database_url.reveal()

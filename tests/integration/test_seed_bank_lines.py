@@ -1,0 +1,174 @@
+"""`apgms seed --bank-lines N --orgs M` through the real CLI entry point against a real database: the counts, the
+ciphertext (opened by `PiiCipher` for its own org only), one audit record per org and run on an intact chain, a
+second run that adds nothing, `--add` that does, the progress bar, and production's refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from rich.console import Console
+from typer.testing import CliRunner
+
+from apgms import cli, devstack
+from apgms.bank_line_seed import LineGenerator
+from apgms.cli import app
+from apgms.seed import DEFAULT_RANDOM_SEED, DEMO_ORG_NAME, SEED_ACTION, seed_org_id
+from services.core.store import BANK_LINES_TABLE
+from shared.audit import verify_org
+from shared.kek import kek_provider_from_env
+from shared.pii import CiphertextInvalid, PiiCipher
+
+LINES = 5_000
+ORGS = 3
+KEK = devstack.new_kek()
+
+
+@pytest.fixture(autouse=True)
+def no_project_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A developer's `.env` must not decide what these tests see."""
+    monkeypatch.setattr(devstack, "PROJECT_ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest_asyncio.fixture
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    yield connection
+    await connection.close()
+
+
+async def run(database_url: str, *args: str, **env: str | None) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of `apgms <args>` (in a thread: the command runs its own event loop)."""
+    environment = {
+        "DATABASE_URL": database_url,
+        "APGMS_ENV": "test",
+        "APGMS_DEMO_PASSWORD": None,
+        "APGMS_KEK": KEK,
+        "APGMS_KEK_FILE": None,
+        **env,
+    }
+    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), env=environment)
+    return result.exit_code, result.stdout, result.stderr
+
+
+async def org_ids(conn: asyncpg.Connection) -> list[uuid.UUID]:
+    demo = await conn.fetchval("SELECT id FROM auth.orgs WHERE name = $1", DEMO_ORG_NAME)
+    return [demo, *(seed_org_id(number) for number in range(1, ORGS))]
+
+
+async def counts(conn: asyncpg.Connection) -> dict[uuid.UUID, int]:
+    rows = await conn.fetch("SELECT org_id, count(*) FROM core.bank_lines GROUP BY org_id")
+    return {row["org_id"]: row["count"] for row in rows}
+
+
+async def seed_records(conn: asyncpg.Connection, org_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT actor, target, detail::text AS detail FROM audit.records WHERE org_id = $1 AND action = $2 "
+        "ORDER BY seq",
+        org_id,
+        SEED_ACTION,
+    )
+
+
+async def test_seeding_writes_sealed_lines_and_one_audit_record_per_org_once(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    code, out, err = await run(database_url, "seed", "--bank-lines", str(LINES), "--orgs", str(ORGS))
+    assert (code, err) == (0, ""), out
+    assert f"Seeded {LINES * ORGS:,} bank line(s) in {ORGS} org(s)" in out
+    orgs = await org_ids(conn)
+    names = {row["id"]: row["name"] for row in await conn.fetch("SELECT id, name FROM auth.orgs")}
+    assert names == {orgs[0]: DEMO_ORG_NAME, orgs[1]: "Seed Org 1", orgs[2]: "Seed Org 2"}
+    assert await counts(conn) == dict.fromkeys(orgs, LINES)
+    for org_id in orgs:
+        assert [tuple(record) for record in await seed_records(conn, org_id)] == [
+            ("system", f"org:{org_id}", f'{{"count": {LINES}, "random_seed": {DEFAULT_RANDOM_SEED}}}')
+        ]
+        result = await verify_org(conn, org_id)
+        assert (result.checked, result.broken) == (1, None)
+
+    code, again, err = await run(database_url, "seed", "--bank-lines", str(LINES), "--orgs", str(ORGS))
+    assert (code, err) == (0, ""), again
+    assert "Seeded 0 bank line(s)" in again
+    assert await counts(conn) == dict.fromkeys(orgs, LINES), "a second run adds nothing"
+    assert [len(await seed_records(conn, org_id)) for org_id in orgs] == [1] * ORGS
+
+    code, added, err = await run(database_url, "seed", "--bank-lines", "100", "--orgs", str(ORGS), "--add")
+    assert (code, err) == (0, ""), added
+    assert await counts(conn) == dict.fromkeys(orgs, LINES + 100), "--add writes the lines again"
+    for org_id in orgs:
+        assert len(await seed_records(conn, org_id)) == 2
+        assert (await verify_org(conn, org_id)).broken is None
+    assert await conn.fetchval("SELECT count(DISTINCT id) FROM core.bank_lines") == ORGS * (LINES + 100)
+
+
+async def test_payee_and_description_are_ciphertext_the_orgs_cipher_opens(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    code, out, _ = await run(database_url, "seed", "--bank-lines", "200", "--orgs", "2")
+    assert code == 0, out
+    demo, other = (await org_ids(conn))[:2]
+    rows = await conn.fetch(
+        "SELECT id, amount, payee, description, created_by FROM core.bank_lines WHERE org_id = $1 ORDER BY id", demo
+    )
+    expected = LineGenerator(DEFAULT_RANDOM_SEED, demo, 0, date.today()).batch(200)
+    by_id = dict(zip(expected.ids, zip(expected.amounts, expected.payees, strict=True), strict=True))
+    row_ids = [str(row["id"]) for row in rows]
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=1) as pool:
+        cipher = PiiCipher(pool, kek_provider_from_env({"APGMS_KEK": KEK}))
+        payees = await cipher.decrypt_many(
+            demo, BANK_LINES_TABLE, "payee", [row["payee"] for row in rows], row_ids=row_ids
+        )
+        descriptions = await cipher.decrypt_many(
+            demo, BANK_LINES_TABLE, "description", [row["description"] for row in rows], row_ids=row_ids
+        )
+        with pytest.raises(CiphertextInvalid):
+            await cipher.decrypt(other, BANK_LINES_TABLE, "payee", rows[0]["payee"], row_id=row_ids[0])
+        with pytest.raises(CiphertextInvalid):
+            await cipher.decrypt(demo, BANK_LINES_TABLE, "payee", rows[0]["payee"], row_id=row_ids[1])
+    for row, payee, description in zip(rows, payees, descriptions, strict=True):
+        assert payee.encode() not in row["payee"] and description.encode() not in row["description"]
+        assert by_id[row["id"]] == (row["amount"], payee), "the generator's line, opened"
+        assert description and row["created_by"] == "system"
+
+
+async def test_a_terminal_shows_a_progress_bar_with_the_rate(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = io.StringIO()
+    monkeypatch.setattr(cli, "error_console", Console(file=terminal, force_terminal=True, width=100))
+    code, out, _ = await run(database_url, "seed", "--bank-lines", "300")
+    assert code == 0, out
+    shown = terminal.getvalue()
+    assert DEMO_ORG_NAME in shown and "300/300" in shown and "rows/s" in shown
+
+
+async def test_production_refuses_before_writing_anything(database_url: str, conn: asyncpg.Connection) -> None:
+    code, out, err = await run(
+        database_url,
+        "seed",
+        "--bank-lines",
+        "10",
+        APGMS_ENV="production",
+        APGMS_DEMO_PASSWORD="a-long-production-password",
+        APGMS_MASTER_KEY=os.environ["APGMS_MASTER_KEY"],
+    )
+    assert code == 1, out
+    assert "refused when APGMS_ENV=production" in err
+    assert await conn.fetchval("SELECT count(*) FROM auth.orgs") == 0
+    assert await conn.fetchval("SELECT count(*) FROM core.bank_lines") == 0
+
+
+async def test_bad_counts_are_usage_errors(database_url: str) -> None:
+    for args in (("--bank-lines", "-1"), ("--bank-lines", "abc"), ("--orgs", "0"), ("--bank-lines", "10000001")):
+        code, _, err = await run(database_url, "seed", *args)
+        assert code == 2, (args, err)
