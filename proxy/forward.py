@@ -126,7 +126,7 @@ def client_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outgoing:
     """A request ready to go upstream, as `Forwarder._prepare` made it: the target (path and query), the
     forwarded headers, and the body: read whole (`data`), or to be streamed from `reader` (`streamed`)."""
@@ -140,10 +140,6 @@ class Outgoing:
     streamed: bool = False
     # Whether the client declared a Content-Length (a body that stops short of it is the client closing).
     declared: bool = False
-
-    @property
-    def stream(self) -> BodyReader | None:
-        return self.reader if self.streamed else None
 
     def release(self) -> None:
         if self.reader is not None:
@@ -350,7 +346,7 @@ class Forwarder:
         upstream = self.upstreams[route.service]
         session = self.sessions[route.service]
         timeout = client_timeout(self.connect_timeout_s, route.timeout_s)
-        stream = outgoing.stream
+        stream = outgoing.reader if outgoing.streamed else None
 
         tried: list[Instance] = []
         while True:

@@ -300,9 +300,9 @@ def request_state(scope: Scope) -> RequestState:
 def watch_response(scope: Scope, send: Send) -> tuple[Exchange, Send]:
     """The request's `Exchange`, and the `send` to pass on: the one `RequestContextMiddleware` set up, or, for a
     middleware running without it (unit tests), a new one that observes `send` itself."""
-    exchange = request_state(scope).exchange
-    if exchange is not None:
-        return exchange, send
+    state: RequestState | None = scope.get(REQUEST_STATE_KEY)  # request_state's, inline: every middleware asks
+    if state is not None and state.exchange is not None:
+        return state.exchange, send
     exchange = Exchange()
     return exchange, exchange.observe(send)
 

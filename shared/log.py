@@ -21,7 +21,7 @@ import structlog
 import structlog.testing
 
 from shared.context import current_request_id, current_traceparent
-from shared.redact import redact_fields
+from shared.redact import redact_fields, redact_text, redact_value
 
 __all__ = [
     "HEAD_FIELDS",
@@ -63,42 +63,44 @@ def render_line(
     service: str,
     event: Any,
     request_id: str | None,
-    fields: Mapping[str, Any],
-    extra: Mapping[str, Any] | None = None,
+    fields: Mapping[str, Any] | None = None,
+    *,
+    safe: Mapping[str, Any] | None = None,
 ) -> str:
     """One log line, as JSON without the newline: the one renderer, which structlog's processors, `DirectMethods`
     and `write_access_line` all end in.
 
-    The head fields first, in HEAD_FIELDS order (`time` is now); then `fields`, which must hold none of them (the
-    callers take theirs out); then each field of `extra` the line does not have yet; then the current request's
-    traceparent, unless a field gave one. Every field is redacted (`shared.redact`; the line's own ids, timings
-    and statuses are trusted fields, which it leaves alone)."""
+    The head fields first, in HEAD_FIELDS order (`time` is now, `event` redacted); then `safe`, the caller's own
+    fields, written as they are (holding no head field; the caller redacted what needed it); then each field of
+    `fields` the line does not have yet, redacted (`shared.redact`: trusted fields such as ids, timings and
+    statuses are left alone); then the current request's traceparent, unless a field gave one."""
     line = {
         "time": utc_timestamp(time.time()),
         "level": level,
         "service": service,
-        "event": event,
+        "event": redact_value("event", event),
         "request_id": request_id,
     }
-    line.update(fields)
-    if extra:
-        line.update({key: value for key, value in extra.items() if key not in line})  # never the line's own
+    if safe:
+        line.update(safe)
+    if fields:
+        added = {key: value for key, value in fields.items() if key not in line}  # never the line's own
+        redact_fields(added)
+        line.update(added)
     if "traceparent" not in line and (traceparent := current_traceparent.get()) is not None:
         line["traceparent"] = traceparent
-    redact_fields(line)
     return orjson.dumps(line, default=str).decode()
 
 
 def _finish(service: str) -> Any:
     """The last processor: the head fields taken out of the event (the request ID from the request context unless
-    the event has one; a `time` or `service` of its own dropped) and the line rendered (`render_line`). One
-    function rather than a processor each: each structlog processor is a call on every line's path."""
+    the event has one) and the line rendered (`render_line`; a `time` or `service` of the event's own is
+    dropped there). One function rather than a processor each: each structlog processor is a call on every
+    line's path."""
 
     def finish(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
         request_id = event.pop("request_id") if "request_id" in event else current_request_id.get()
         level, name = event.pop("level", None), event.pop("event", None)
-        event.pop("time", None)
-        event.pop("service", None)
         return render_line(level, service, name, request_id, event)
 
     return finish
@@ -230,9 +232,9 @@ def write_access_line(
         return
     if _LEVELS[level] < direct.level:
         return
-    own = {"method": method, "route": route, "path": path, "status": status, "duration_ms": duration_ms}
+    own = {"method": method, "route": route, "path": redact_text(path), "status": status, "duration_ms": duration_ms}
     own["client"] = client
-    direct.write(render_line(level, direct.service, "request", current_request_id.get(), own, extra))
+    direct.write(render_line(level, direct.service, "request", current_request_id.get(), extra, safe=own))
 
 
 class Logger:

@@ -231,7 +231,7 @@ def test_under_our_configuration_the_levels_take_the_direct_path(log_stream: io.
         assert not logger.info.__qualname__.startswith("DirectMethods.")
 
 
-def test_render_line_puts_the_head_first_and_never_lets_extra_fields_replace_the_lines(
+def test_render_line_puts_the_head_first_and_never_lets_other_fields_replace_the_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(shared.log.time, "time", lambda: 1_800_000_000.25)
@@ -241,18 +241,19 @@ def test_render_line_puts_the_head_first_and_never_lets_extra_fields_replace_the
             "proxy",
             "request for jane@example.com",
             "req-1",
-            {"path": "/users/jane@example.com", "status": 200, "client": "203.0.113.9"},
-            {"status": 500, "service": "spoof", "note": "password=hunter2", "token": "eyJabc"},
+            {"status": 500, "service": "spoof", "note": "password=hunter2", "token": "eyJabc", "n": 1},
+            safe={"path": "/users/[REDACTED:email]", "status": 200, "client": "203.0.113.9"},
         )
     assert "\n" not in text
     line = json.loads(text)
-    assert list(line) == [*HEAD, "path", "status", "client", "note", "token", "traceparent"]
+    assert list(line) == [*HEAD, "path", "status", "client", "note", "token", "n", "traceparent"]
     assert line["time"] == utc_timestamp(1_800_000_000.25)
     assert (line["level"], line["service"], line["request_id"], line["status"]) == ("info", "proxy", "req-1", 200)
     assert line["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    assert line["client"] == "203.0.113.9"  # a trusted field: an address is not redacted
-    # Every other field redacted, the event too.
+    assert (line["path"], line["client"], line["n"]) == ("/users/[REDACTED:email]", "203.0.113.9", 1)
+    # The event and the other fields are redacted; the safe ones are written as given.
     assert "jane@example.com" not in text and "hunter2" not in text and "eyJabc" not in text
+    assert line["event"] == "request for [REDACTED:email]"
 
 
 def test_a_traceparent_given_as_a_field_is_kept_and_none_is_added_outside_a_request() -> None:
