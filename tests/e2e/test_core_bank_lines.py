@@ -27,6 +27,7 @@ from core_support import (
     start_core,
     walk_pages,
 )
+from test_proxy import start_proxy
 
 from shared.audit import records, verify_org
 from shared.pii import CiphertextInvalid, KeyDestroyed
@@ -347,3 +348,22 @@ async def test_the_bank_lines_route_has_its_latency_histogram_in_cores_metrics(
     counts = re.findall(pattern, text, re.MULTILINE)
     assert counts and float(counts[0]) >= 1, text[:2000]
     assert re.search(r'^apgms_api_request_duration_seconds_bucket\{[^}]*route="/bank-lines"', text, re.MULTILINE)
+
+
+async def test_through_the_proxy_lines_are_created_and_listed_and_the_proxy_times_the_route(
+    start_service: StartService, stack: CoreStack, org: Org, http: aiohttp.ClientSession
+) -> None:
+    proxy = start_proxy(start_service, {"auth": [stack.auth.url], "core": [stack.core.url]})
+    token = (await role_tokens(http, stack, org))["finance"]
+    status, created, headers = await call(
+        http, "POST", f"{proxy.url}/bank-lines", token=token, json=new_line(), headers={"idempotency-key": "via-proxy"}
+    )
+    assert status == 201, created
+    assert headers["location"] == f"/bank-lines/{created['id']}"
+    status, page, _ = await call(http, "GET", f"{proxy.url}/bank-lines", token=token, params={"limit": "1"})
+    assert (status, page["items"]) == (200, [created])
+    async with http.get(f"{proxy.url}/metrics") as response:
+        text = await response.text()
+    assert re.search(r'^apgms_api_request_duration_seconds_bucket\{[^}]*route="/bank-lines"', text, re.MULTILINE), [
+        line for line in text.splitlines() if "duration" in line
+    ][:10]
