@@ -2,9 +2,9 @@
 
     KekProvider (shared.kek)       wraps and unwraps DEKs under KEKs; LocalKekProvider, kek_provider_from_env
     DataKeyCache                   unwrapped DEKs by org: at most DEK_CACHE_MAX_ORGS, each for DEK_CACHE_TTL_S
-    PiiCipher(pool, provider)      encrypt / decrypt (and *_many, one key lookup), destroy(org)
+    PiiCipher(pool, provider)      encrypt / decrypt (and *_many, one key lookup), destroy(org), forget(org)
     rotate_kek(conn, provider)     re-wrap every DEK under the current KEK; kek_usage(conn) shows what is left
-    PiiError                       CiphertextInvalid, KeyDestroyed
+    PiiError                       CiphertextInvalid, KeyDestroyed, PlaintextInvalid
     KekUnavailable (shared.kek)    not a PiiError: the provider's, passed through when a DEK's KEK is missing
 
 A sealed value (bytea in the caller's table) is
@@ -24,8 +24,25 @@ DEKs live in `pii.data_keys`, wrapped. An org's first encryption creates its DEK
 (committed before any row uses it, so a caller's rollback cannot leave rows sealed under a key that was never
 stored). `destroy(org)` deletes the wrapped DEKs, keeping a tombstone row: afterwards opening the org's values
 raises `KeyDestroyed`, and so does encrypting for it (a deleted org gets no new key). Another process may keep
-using a DEK it cached for up to DEK_CACHE_TTL_S after a destroy. Random 96-bit nonces bound a DEK to 2**32
-values (NIST SP 800-38D 8.3); a new key_id per org is the way past that, and the format already carries it.
+using a DEK it cached for up to DEK_CACHE_TTL_S after a destroy.
+
+The process that destroys forgets the DEK at once, and never caches it again, whatever its lookups are doing:
+
+    - a lookup caches what it read only if no destroy began since it started reading (a counter of destroys,
+      one for all orgs: destroys are rare, and a lookup that loses the race only skips the cache);
+    - `destroy(org)` on its own transaction evicts the org after committing;
+    - `destroy(org, conn=...)` runs in the caller's transaction, whose commit this module cannot see (asyncpg has
+      no on-commit hook). Until the caller says the transaction is over with `forget(org)` (after its commit or
+      its rollback), the org is pending: its keys are read from the table on every use and never cached, so a
+      lookup before the commit opens values with the still-committed key and one after it gets KeyDestroyed.
+      A caller that never calls `forget` costs the org its cache in this process (and the pending set one id),
+      never correctness.
+
+The rejected alternatives: evicting only (what a lookup already running puts back stays 60 s), and treating the org
+as destroyed as soon as `destroy` is called (wrong, and stuck so, when the caller's transaction rolls back).
+
+Random 96-bit nonces bound a DEK to 2**32 values (NIST SP 800-38D 8.3); a new key_id per org is the way past
+that, and the format already carries it.
 
 KEK rotation (the KEK order and its configuration are in shared.kek): put the new KEK first in APGMS_KEK_FILE
 (the old ones after it), then `rotate_kek` (the CLI's `apgms pii rotate-kek`) re-wraps every DEK not under the
@@ -66,6 +83,7 @@ __all__ = [
     "OrgKeys",
     "PiiCipher",
     "PiiError",
+    "PlaintextInvalid",
     "kek_usage",
     "open_value",
     "rotate_kek",
@@ -102,6 +120,10 @@ class CiphertextInvalid(PiiError):
 
 class KeyDestroyed(PiiError):
     """The org's data key was destroyed (crypto-shredded): its values cannot be opened, nor new ones sealed."""
+
+
+class PlaintextInvalid(PiiError):
+    """The plaintext is not text that can be stored: it has no UTF-8 form (a lone surrogate)."""
 
 
 # --- pure core: keys, binding, format ----------------------------------------------------------------------------
@@ -172,10 +194,15 @@ class Binding:
 
 
 def seal_value(key: DataKey, binding: Binding, plaintext: str) -> bytes:
-    """The sealed form of `plaintext` under `key`, bound to `binding` (layout in the module docstring)."""
+    """The sealed form of `plaintext` under `key`, bound to `binding` (layout in the module docstring);
+    `PlaintextInvalid` when `plaintext` has no UTF-8 form."""
+    try:
+        encoded = plaintext.encode()
+    except UnicodeEncodeError:
+        raise PlaintextInvalid("the plaintext is not valid Unicode text (it holds a lone surrogate)") from None
     header = _HEADER.pack(VERSION, key.key_id)
     nonce = os.urandom(NONCE_BYTES)
-    return header + nonce + key.seal(nonce, plaintext.encode(), binding.associated(header))
+    return header + nonce + key.seal(nonce, encoded, binding.associated(header))
 
 
 def open_value(keys: OrgKeys, binding: Binding, blob: bytes) -> str:
@@ -358,6 +385,10 @@ class PiiCipher:
         self._pool = pool
         self._provider = provider
         self._cache = DataKeyCache() if cache is None else cache
+        # Destroys begun in this process, and the orgs whose destroy ran in a caller's transaction not yet over
+        # (the module docstring says how they keep a destroyed DEK out of the cache).
+        self._destroys = 0
+        self._pending_destroys: set[uuid.UUID] = set()
 
     def __repr__(self) -> str:
         return f"PiiCipher(provider={self._provider!r}, cache={self._cache!r})"
@@ -406,21 +437,36 @@ class PiiCipher:
         return [open_value(keys, binding, blob) for binding, blob in zip(bindings, blobs, strict=True)]
 
     async def destroy(self, org_id: uuid.UUID, *, conn: asyncpg.Connection | None = None) -> int:
-        """Delete the org's wrapped DEKs (crypto-shredding), in `conn`'s transaction when given, and forget them
-        here; returns how many were destroyed (0 when already destroyed or never created)."""
-        self._cache.evict(org_id)
+        """Delete the org's wrapped DEKs (crypto-shredding) and forget them here; returns how many were destroyed
+        (0 when already destroyed or never created). With `conn`, in the caller's transaction: the caller must
+        call `forget(org_id)` once that transaction has committed or rolled back (the module docstring says why);
+        until then the org's keys are never cached here."""
         if conn is not None:
-            destroyed = await _destroy(conn, org_id)
-        else:
-            async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as own, own.transaction():
-                destroyed = await _destroy(own, org_id)
-        self._cache.evict(org_id)
+            self._pending_destroys.add(org_id)
+            self._forget(org_id)
+            return await _destroy(conn, org_id)
+        self._forget(org_id)
+        async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as own, own.transaction():
+            destroyed = await _destroy(own, org_id)
+        self._forget(org_id)
         return destroyed
+
+    def forget(self, org_id: uuid.UUID) -> None:
+        """The transaction of a `destroy(org_id, conn=...)` is over (committed or rolled back): drop what this
+        process holds of the org's keys; the next use reads them from the table, and caches them again."""
+        self._pending_destroys.discard(org_id)
+        self._forget(org_id)
+
+    def _forget(self, org_id: uuid.UUID) -> None:
+        # The count first: a lookup that read the keys before this point no longer caches what it read.
+        self._destroys += 1
+        self._cache.evict(org_id)
 
     async def _keys(self, org_id: uuid.UUID, *, create: bool) -> OrgKeys:
         cached = self._cache.get(org_id)
         if cached is not None:
             return cached
+        destroys = self._destroys
         async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as conn:
             rows = await _data_keys(conn, org_id)
             if not rows and create:
@@ -435,7 +481,8 @@ class PiiCipher:
             if row.wrapped is not None
         }
         keys = OrgKeys(org_id, opened, destroyed=not opened)
-        self._cache.put(keys)
+        if self._destroys == destroys and org_id not in self._pending_destroys:
+            self._cache.put(keys)
         return keys
 
 

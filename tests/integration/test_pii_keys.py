@@ -18,12 +18,22 @@ from typer.testing import CliRunner
 from apgms import devstack
 from apgms.cli import app
 from shared.config import Secret
-from shared.kek import KekUnavailable, LocalKekProvider
-from shared.pii import CiphertextInvalid, DataKeyCache, KeyDestroyed, PiiCipher, kek_usage, rotate_kek
+from shared.kek import KekUnavailable, LocalKekProvider, WrappedKey
+from shared.pii import (
+    CiphertextInvalid,
+    DataKeyCache,
+    KeyDestroyed,
+    PiiCipher,
+    PlaintextInvalid,
+    kek_usage,
+    rotate_kek,
+)
 
 OLD_KEK = Secret(base64.b64encode(os.urandom(32)).decode())
 NEW_KEK = Secret(base64.b64encode(os.urandom(32)).decode())
 PAYEES = ["Acme Pty Ltd", "Ōtautahi Plumbing", "O'Brien & Sons", ""]
+# Long enough for a destroy to commit while an unwrap waits.
+SLOW_UNWRAP_S = 0.5
 
 
 class Clock:
@@ -147,6 +157,88 @@ async def test_destroy_in_a_transaction_that_rolls_back_destroys_nothing(pool: a
                 raise RuntimeError("the org deletion failed")
     assert await pii.decrypt(org, "bank_lines", "payee", blob) == "kept"
     assert (await key_rows(pool, org))[0]["wrapped"] is not None
+
+
+async def test_a_lookup_while_a_callers_destroy_is_uncommitted_never_caches_the_key(pool: asyncpg.Pool) -> None:
+    cache = DataKeyCache()
+    pii, org = cipher(pool, cache=cache), uuid.uuid4()
+    blob = await pii.encrypt(org, "bank_lines", "payee", "Jane Citizen")
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            assert await pii.destroy(org, conn=conn) == 1
+            # Another request of this process, before the commit: the committed key still opens the value.
+            assert await pii.decrypt(org, "bank_lines", "payee", blob) == "Jane Citizen"
+            assert len(cache) == 0
+        # Committed; the caller has not called forget yet, and the key is gone all the same.
+        with pytest.raises(KeyDestroyed):
+            await pii.decrypt(org, "bank_lines", "payee", blob)
+        pii.forget(org)
+    with pytest.raises(KeyDestroyed):
+        await pii.decrypt(org, "bank_lines", "payee", blob)
+    with pytest.raises(KeyDestroyed):
+        await pii.encrypt(org, "bank_lines", "payee", "new")
+
+
+async def test_forget_after_a_rolled_back_destroy_caches_the_key_again(pool: asyncpg.Pool) -> None:
+    cache = DataKeyCache()
+    pii, org = cipher(pool, cache=cache), uuid.uuid4()
+    blob = await pii.encrypt(org, "bank_lines", "payee", "kept")
+    async with pool.acquire() as conn:
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await pii.destroy(org, conn=conn)
+                raise RuntimeError("the org deletion failed")
+    assert await pii.decrypt(org, "bank_lines", "payee", blob) == "kept"
+    assert len(cache) == 0, "pending until the caller says its transaction is over"
+    pii.forget(org)
+    assert await pii.decrypt(org, "bank_lines", "payee", blob) == "kept"
+    assert len(cache) == 1
+
+
+class SlowUnwrap(LocalKekProvider):
+    """A KEK provider with a KMS's latency; `unwrapping` is set while an unwrap waits."""
+
+    def __init__(self, keks: list[Secret]) -> None:
+        super().__init__(keks)
+        self.unwrapping = asyncio.Event()
+
+    async def unwrap(self, wrapped: WrappedKey) -> bytes:
+        self.unwrapping.set()
+        await asyncio.sleep(SLOW_UNWRAP_S)
+        return await super().unwrap(wrapped)
+
+
+@pytest.mark.parametrize("in_callers_transaction", [False, True], ids=["own", "callers"])
+async def test_a_lookup_running_when_a_destroy_commits_does_not_cache_the_destroyed_key(
+    pool: asyncpg.Pool, in_callers_transaction: bool
+) -> None:
+    provider = SlowUnwrap([OLD_KEK])
+    cache = DataKeyCache()
+    pii, org = PiiCipher(pool, provider, cache), uuid.uuid4()
+    blob = await pii.encrypt(org, "bank_lines", "payee", "Jane Citizen")
+    cache.evict(org)  # as if its entry had expired
+    provider.unwrapping.clear()
+    reader = asyncio.create_task(pii.decrypt(org, "bank_lines", "payee", blob))
+    await provider.unwrapping.wait()  # the reader holds the live row and is unwrapping it
+    if in_callers_transaction:
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                assert await pii.destroy(org, conn=conn) == 1
+            pii.forget(org)
+    else:
+        assert await pii.destroy(org) == 1
+    assert await reader == "Jane Citizen", "it began before the destroy"
+    assert len(cache) == 0
+    with pytest.raises(KeyDestroyed):
+        await pii.decrypt(org, "bank_lines", "payee", blob)
+
+
+async def test_text_with_no_utf8_form_is_refused_by_encrypt_and_encrypt_many(pool: asyncpg.Pool) -> None:
+    pii, org = cipher(pool), uuid.uuid4()
+    with pytest.raises(PlaintextInvalid):
+        await pii.encrypt(org, "bank_lines", "payee", "Acme \ud800")
+    with pytest.raises(PlaintextInvalid):
+        await pii.encrypt_many(org, "bank_lines", "payee", ["fine", "\udfff"])
 
 
 async def test_another_process_sees_a_destroy_once_its_cached_key_expires(pool: asyncpg.Pool) -> None:

@@ -20,6 +20,8 @@ from shared.pii import (
     DataKeyCache,
     KeyDestroyed,
     OrgKeys,
+    PiiError,
+    PlaintextInvalid,
     open_value,
     seal_value,
 )
@@ -128,6 +130,14 @@ def test_a_destroyed_org_neither_seals_nor_opens() -> None:
         _ = destroyed.current
     with pytest.raises(KeyDestroyed):
         open_value(destroyed, PAYEE_A, sealed())
+
+
+@pytest.mark.parametrize("text", ["\ud800", "Acme \udfff Pty Ltd", "\U0001f600\udc00"])
+def test_text_with_no_utf8_form_is_refused_as_a_pii_error(text: str) -> None:
+    with pytest.raises(PlaintextInvalid, match="lone surrogate") as raised:
+        seal_value(KEY, PAYEE_A, text)
+    assert isinstance(raised.value, PiiError)
+    assert text not in str(raised.value)
 
 
 @pytest.mark.parametrize(
