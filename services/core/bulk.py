@@ -12,7 +12,9 @@ commit (a row the database refuses, the audit write) rolls everything back: no l
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -33,18 +35,23 @@ from services.core.imports import (
     import_format,
     parse_import,
 )
+from services.core.store import BANK_LINES_TABLE
 from shared import audit
 from shared.authz import guard
 from shared.errors import ApiError
 from shared.idempotency import idempotent
 from shared.money import format_money
-from shared.pii import KeyDestroyed
+from shared.openapi import documented
+from shared.pii import KeyDestroyed, PiiCipher
 from shared.tokens import Principal
 from shared.validation import read_body
 
 __all__ = ["IMPORT_ACTION", "ImportSummary", "import_lines", "summarise"]
 
 IMPORT_ACTION = "bank_lines.import"
+# Sealing both columns of 10,000 rows takes about 0.2 s of CPU; in chunks of this many rows (about 10 ms each) the
+# event loop never waits longer than that for other requests.
+SEAL_CHUNK_ROWS = 500
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,29 @@ def refused_error(refused: Refused) -> ApiError:
     )
 
 
+async def _seal(
+    cipher: PiiCipher, org_id: uuid.UUID, rows: Sequence[ImportRow], row_ids: Sequence[str]
+) -> tuple[list[bytes], list[bytes]]:
+    """Payees and descriptions sealed, each bound to its line's id, SEAL_CHUNK_ROWS at a time: the first chunk
+    looks the org's key up, the others find it cached, and the event loop serves other requests in between."""
+    payees: list[bytes] = []
+    descriptions: list[bytes] = []
+    for start in range(0, len(rows), SEAL_CHUNK_ROWS):
+        chunk, ids = rows[start : start + SEAL_CHUNK_ROWS], list(row_ids[start : start + SEAL_CHUNK_ROWS])
+        payees += await cipher.encrypt_many(org_id, BANK_LINES_TABLE, PAYEE, [r.payee for r in chunk], row_ids=ids)
+        descriptions += await cipher.encrypt_many(
+            org_id, BANK_LINES_TABLE, DESCRIPTION, [r.description for r in chunk], row_ids=ids
+        )
+        await asyncio.sleep(0)
+    return payees, descriptions
+
+
+@documented(
+    "Import up to 10,000 bank lines from CSV (text/csv) or JSON lines (application/x-ndjson), all or none "
+    "(idempotent with Idempotency-Key)",
+    status=201,
+    tags=["bank-lines"],
+)
 @guard(roles=WRITERS)
 async def import_lines(request: Request, principal: Principal) -> Response:
     fmt = import_format(request.headers.get("content-type", ""))
@@ -130,12 +160,7 @@ async def _store(request: Request, principal: Principal, accepted: Accepted, bod
             ids = [uuid.uuid4() for _ in rows]
             row_ids = [str(line_id) for line_id in ids]
             try:
-                payees = await cipher.encrypt_many(
-                    org_id, store.BANK_LINES_TABLE, PAYEE, [row.payee for row in rows], row_ids=row_ids
-                )
-                descriptions = await cipher.encrypt_many(
-                    org_id, store.BANK_LINES_TABLE, DESCRIPTION, [row.description for row in rows], row_ids=row_ids
-                )
+                payees, descriptions = await _seal(cipher, org_id, rows, row_ids)
             except KeyDestroyed:
                 raise ApiError("conflict", "This org's personal data was erased; it cannot record new lines") from None
             now = datetime.now(UTC)
