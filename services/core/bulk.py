@@ -3,11 +3,12 @@
 The body (CSV or JSON lines, at most MAX_BODY_BYTES: 413 as soon as it is known to be larger) is parsed and every
 row validated first (`services.core.imports`, in a worker thread so that 10,000 rows do not stall the event loop);
 any bad row answers 422 `invalid_rows` with `errors: [{row, field, code, message}]` and `error_count`, more than
-MAX_ROWS rows 413, and nothing is written. Then, in one transaction: the idempotency claim (fingerprinted over the
-body's bytes, so the same file replays and another file under the key conflicts), the payees and descriptions
-sealed with one key lookup per column, every line written with one COPY, and one audit record
-`bank_lines.import` (count, totals, first and last date: no PII) as the last statement. Any failure before the
-commit (a row the database refuses, the audit write) rolls everything back: no line of the file is stored.
+MAX_ROWS rows 413, and nothing is written. Then the payees and descriptions are sealed (one key lookup, each value
+bound to its line's id) before a pool connection is taken, like POST /bank-lines, and in one transaction: the
+idempotency claim (fingerprinted over the body's bytes, so the same file replays and another file under the key
+conflicts), every line written with one COPY, and one audit record `bank_lines.import` (count, totals, first and
+last date: no PII) as the last statement. Any failure before the commit (a row the database refuses, the audit
+write) rolls everything back: no line of the file is stored.
 """
 
 from __future__ import annotations
@@ -153,36 +154,35 @@ async def _store(request: Request, principal: Principal, accepted: Accepted, bod
     org_id = uuid.UUID(principal.org_id)
     actor = audit.actor_of(principal)
     rows = accepted.rows
+    ids = [uuid.uuid4() for _ in rows]
+    # Sealed before a pool connection is taken (as POST /bank-lines does): the org's first use of its key reads or
+    # creates it through a connection of its own, which requests each holding one could wait for forever. A replay
+    # has sealed for nothing (about 0.2 s for 10,000 rows); replays are rare.
+    try:
+        payees, descriptions = await _seal(cipher, org_id, rows, [str(line_id) for line_id in ids])
+    except KeyDestroyed:
+        raise ApiError("conflict", "This org's personal data was erased; it cannot record new lines") from None
+    now = datetime.now(UTC)
+    lines = [
+        store.SealedLine(
+            id=line_id,
+            org_id=org_id,
+            date=row.date,
+            amount=row.amount,
+            gst_amount=row.gst_amount,
+            paygw_amount=row.paygw_amount,
+            payee=payee,
+            description=description,
+            created_by=actor,
+            created_at=now,
+        )
+        for line_id, row, payee, description in zip(ids, rows, payees, descriptions, strict=True)
+    ]
+    summary = summarise(uuid.uuid4(), rows)
     async with runtime.db.pool.acquire() as conn, conn.transaction():
 
         async def work() -> Response:
-            summary = summarise(uuid.uuid4(), rows)
-            ids = [uuid.uuid4() for _ in rows]
-            row_ids = [str(line_id) for line_id in ids]
-            try:
-                payees, descriptions = await _seal(cipher, org_id, rows, row_ids)
-            except KeyDestroyed:
-                raise ApiError("conflict", "This org's personal data was erased; it cannot record new lines") from None
-            now = datetime.now(UTC)
-            await store.copy_lines(
-                conn,
-                (
-                    store.SealedLine(
-                        id=line_id,
-                        org_id=org_id,
-                        date=row.date,
-                        amount=row.amount,
-                        gst_amount=row.gst_amount,
-                        paygw_amount=row.paygw_amount,
-                        payee=payee,
-                        description=description,
-                        created_by=actor,
-                        created_at=now,
-                    )
-                    for line_id, row, payee, description in zip(ids, rows, payees, descriptions, strict=True)
-                ),
-            )
-            document = summary.document()
+            await store.copy_lines(conn, lines)
             await audit.append(
                 conn,
                 org_id=org_id,
@@ -191,6 +191,6 @@ async def _store(request: Request, principal: Principal, accepted: Accepted, bod
                 target=f"bank_line_import:{summary.import_id}",
                 detail=summary.detail(),
             )
-            return JSONResponse(document, status_code=201)
+            return JSONResponse(summary.document(), status_code=201)
 
         return await idempotent(request, conn, work, org_id=org_id, actor=actor, body=body)

@@ -296,3 +296,16 @@ async def test_through_the_proxy_five_mib_is_accepted_and_one_byte_more_is_413(
     assert status == 201, answer
     assert answer["imported"] == MAX_ROWS
     assert await line_count(database_url) == MAX_ROWS
+
+
+async def test_an_org_whose_key_was_destroyed_cannot_import(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    async with pii_cipher(database_url) as cipher:
+        await cipher.encrypt(org.id, BANK_LINES_TABLE, "payee", "make the key")
+        assert await cipher.destroy(org.id) == 1
+    stack, tokens = await started(start_service, database_url, http, org)
+    status, problem, _ = await post_import(http, stack.core.url, tokens["admin"], csv_file(3))
+    assert (status, problem["code"]) == (409, "conflict")
+    assert await line_count(database_url) == 0
+    assert await import_records(database_url, org.id) == []
