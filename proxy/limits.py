@@ -18,7 +18,7 @@ LINGER_BYTES = 64 * 1024 * 1024
 LINGER_S = 5.0
 LINGER_IDLE_S = 1.0
 # Routes whose body limit is at most this read the body whole before taking an upstream connection; the others
-# (bulk import, 20 MiB) stream it. nginx buffers request bodies the same way.
+# (bulk import, 5 MiB) stream it. nginx buffers request bodies the same way.
 BUFFER_MAX_BYTES = 1 * MiB
 # Bytes of request bodies the whole process may hold while buffering them (503 past it): the per-address cap
 # bounds one address (64 x 1 MiB), not many.
