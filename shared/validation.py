@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import math
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import orjson
@@ -14,9 +16,11 @@ from shared.errors import ApiError, FieldError
 __all__ = [
     "MAX_JSON_BODY_BYTES",
     "field_errors",
+    "malformed_json",
     "nul_paths",
     "parse_body",
     "parse_query",
+    "paths_where",
     "read_body",
     "read_json",
     "validate",
@@ -33,18 +37,63 @@ def field_errors(error: ValidationError) -> list[FieldError]:
     return [FieldError(".".join(str(part) for part in e["loc"]) or "$", e["msg"]) for e in error.errors()]
 
 
-def nul_paths(data: object, path: str = "$") -> list[str]:
-    """Where a string (key or value) holds a NUL character: PostgreSQL text cannot store one."""
-    if isinstance(data, str):
-        return [path] if "\x00" in data else []
+def paths_where(data: object, bad: Callable[[object], bool], path: str = "$") -> list[str]:
+    """The paths (`amount`, `items.0.amount`; `$` for the document itself) of the keys and values of parsed JSON
+    for which `bad` holds."""
+    if bad(data):
+        return [path]
     if isinstance(data, dict):
-        found = [f"{path}.{key}" for key in data if isinstance(key, str) and "\x00" in key]
+        found = [f"{path}.{key}" for key in data if bad(key)]
         for key, value in data.items():
-            found += nul_paths(value, f"{key}" if path == "$" else f"{path}.{key}")
+            found += paths_where(value, bad, f"{key}" if path == "$" else f"{path}.{key}")
         return found
     if isinstance(data, list):
-        return [p for index, item in enumerate(data) for p in nul_paths(item, f"{path}.{index}")]
+        return [p for index, item in enumerate(data) for p in paths_where(item, bad, f"{path}.{index}")]
     return []
+
+
+def _holds_nul(value: object) -> bool:
+    return isinstance(value, str) and "\x00" in value
+
+
+def nul_paths(data: object, path: str = "$") -> list[str]:
+    """Where a string (key or value) holds a NUL character: PostgreSQL text cannot store one."""
+    return paths_where(data, _holds_nul, path)
+
+
+class _OutOfRange:
+    """Stands in, while explaining a refused body, for a number orjson cannot hold."""
+
+
+OUT_OF_RANGE = _OutOfRange()
+# orjson holds integers in [-2**63, 2**64 - 1]; past 19 digits is where that ends, near enough to explain it.
+MAX_INTEGER_DIGITS = 19
+
+
+def _fraction(text: str) -> object:
+    return OUT_OF_RANGE if not math.isfinite(float(text)) else 0
+
+
+def _integer(text: str) -> object:
+    return OUT_OF_RANGE if len(text.lstrip("-")) > MAX_INTEGER_DIGITS else 0
+
+
+def malformed_json(body: bytes) -> ApiError:
+    """The 400 for a body orjson refused. Python's parser reads what orjson has no number for (`NaN`,
+    `Infinity`, `1e309`, a 30-digit integer), so a second parse, on this error path alone, names the fields that
+    hold one; anything else is just "not valid JSON"."""
+    try:
+        data = json.loads(body, parse_constant=lambda _: OUT_OF_RANGE, parse_float=_fraction, parse_int=_integer)
+    except (ValueError, RecursionError):
+        return ApiError("invalid_body", "The body is not valid JSON")
+    paths = paths_where(data, lambda value: value is OUT_OF_RANGE)
+    if not paths:
+        return ApiError("invalid_body", "The body is not valid JSON")
+    return ApiError(
+        "invalid_body",
+        "The body holds numbers no JSON parser here can read: NaN, Infinity, or beyond a double or a 64-bit integer",
+        errors=[FieldError(path, "number out of range") for path in paths],
+    )
 
 
 def validate(model: type[M], data: object, *, code: str = "invalid_body") -> M:
@@ -79,7 +128,7 @@ async def read_json(request: Request, max_bytes: int = MAX_JSON_BODY_BYTES) -> o
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise ApiError("invalid_body", "The body is not valid JSON") from None
+        raise malformed_json(body) from None
 
 
 async def parse_body(request: Request, model: type[M], max_bytes: int = MAX_JSON_BODY_BYTES) -> M:
