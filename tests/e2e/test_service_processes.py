@@ -95,7 +95,8 @@ async def test_request_id_is_accepted_replaced_echoed_and_logged(start_service, 
 
 async def test_metrics_use_route_templates_and_unmatched(start_service, http) -> None:
     service = start_service("core")
-    for path in ("/ready", "/alerts/123/resolve", "/bank-lines/abc", "/ready"):
+    line = "/bank-lines/3f2c1b0a-9e8d-4c7b-8a69-5f4e3d2c1b0a"
+    for path in ("/ready", "/alerts/123/resolve", "/no/such/route", line, "/ready"):
         async with http.get(service.url + path):
             pass
     async with http.get(f"{service.url}/metrics") as response:
@@ -104,6 +105,9 @@ async def test_metrics_use_route_templates_and_unmatched(start_service, http) ->
     assert 'apgms_api_requests_total{method="GET",route="/ready",status="200"} 2.0' in text
     assert 'apgms_api_requests_total{method="GET",route="unmatched",status="404"} 2.0' in text
     assert "/alerts/123/resolve" not in text
+    # A matched route is labelled by its template, never its path (the line needs a token: 401).
+    assert 'apgms_api_requests_total{method="GET",route="/bank-lines/:line_id",status="401"} 1.0' in text
+    assert line not in text
     assert 'apgms_api_request_duration_seconds_bucket{le="0.5",method="GET",route="/ready"}' in text
     assert 'security_events_total{event="anomaly.auth"} 0.0' in text
     assert "process_resident_memory_bytes" in text
