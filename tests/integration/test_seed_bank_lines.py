@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from apgms import cli, devstack
 from apgms.bank_line_seed import LineGenerator
 from apgms.cli import app
-from apgms.seed import DEFAULT_RANDOM_SEED, DEMO_ORG_NAME, SEED_ACTION, seed_org_id
+from apgms.seed import DEFAULT_RANDOM_SEED, DEMO_ORG_NAME, SEED_ACTION, SeedOrgRef, seed_org_id, seed_org_lines
 from services.core.store import BANK_LINES_TABLE
 from shared.audit import verify_org
 from shared.kek import kek_provider_from_env
@@ -172,3 +172,32 @@ async def test_bad_counts_are_usage_errors(database_url: str) -> None:
     for args in (("--bank-lines", "-1"), ("--bank-lines", "abc"), ("--orgs", "0"), ("--bank-lines", "10000001")):
         code, _, err = await run(database_url, "seed", *args)
         assert code == 2, (args, err)
+
+
+async def test_an_orgs_lines_are_all_written_or_none(database_url: str, conn: asyncpg.Connection) -> None:
+    """Batches are COPYs in one transaction with the audit record: a failure in the fourth leaves nothing."""
+    org = SeedOrgRef(uuid.uuid4(), "Failing Org")
+    await conn.execute(
+        "CREATE SEQUENCE test_rows; CREATE FUNCTION test_fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF nextval('test_rows') > 3500 THEN RAISE EXCEPTION 'injected at row 3501'; END IF; RETURN NEW; END $$; "
+        "CREATE TRIGGER test_fail BEFORE INSERT ON core.bank_lines FOR EACH ROW EXECUTE FUNCTION test_fail()"
+    )
+    seen: list[int] = []
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=1) as pool:
+        cipher = PiiCipher(pool, kek_provider_from_env({"APGMS_KEK": KEK}))
+        with pytest.raises(asyncpg.RaiseError, match="injected at row 3501"):
+            await seed_org_lines(
+                conn, cipher, org, 5_000, batch_rows=1_000, progress=lambda _, written, total: seen.append(written)
+            )
+        assert seen == [0, 1_000, 2_000, 3_000]
+        assert await conn.fetchval("SELECT count(*) FROM core.bank_lines") == 0
+        assert await conn.fetchval("SELECT count(*) FROM audit.records") == 0
+
+        await conn.execute("DROP TRIGGER test_fail ON core.bank_lines")
+        seen.clear()
+        result = await seed_org_lines(
+            conn, cipher, org, 5_000, batch_rows=1_000, progress=lambda _, written, total: seen.append(written)
+        )
+    assert (result.existing, result.added) == (0, 5_000)
+    assert seen == [0, 1_000, 2_000, 3_000, 4_000, 5_000]
+    assert await counts(conn) == {org.org_id: 5_000}

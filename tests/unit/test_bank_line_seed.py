@@ -20,6 +20,7 @@ from apgms.bank_line_seed import (
     paygw_cents,
     window_start,
 )
+from services.core.models import DESCRIPTION_MAX_CHARS, PAYEE_MAX_CHARS, component_errors
 from shared.money import format_money, is_money, parse_money
 
 ORG = uuid.UUID("00000000-0000-4000-8000-00000000000a")
@@ -149,3 +150,12 @@ def test_paygw_follows_the_brackets() -> None:
     assert [paygw_cents(gross) for gross in (1_000_00, 3_000_00, 9_000_00)] == sorted(
         paygw_cents(gross) for gross in (1_000_00, 3_000_00, 9_000_00)
     )
+
+
+def test_every_line_obeys_the_apis_field_rules(batch: LineBatch) -> None:
+    """A seeded line is one the API could have accepted: the same component and length rules."""
+    for amount, gst, paygw, payee, description in zip(
+        batch.amounts, batch.gst_amounts, batch.paygw_amounts, batch.payees, batch.descriptions, strict=True
+    ):
+        assert component_errors(amount, gst, paygw) == []
+        assert 0 < len(payee.strip()) <= PAYEE_MAX_CHARS and len(description) <= DESCRIPTION_MAX_CHARS
