@@ -180,6 +180,9 @@ SEED_BATCH_ROWS = 20_000
 SEAL_SLICE_ROWS = 1_000
 DEFAULT_RANDOM_SEED = 1
 CONNECT_TIMEOUT_S = 10.0
+# Every statement's deadline. The longest wait is for the org's seed lock while another run seeds the same org (a
+# million lines hold it for about 20 s); a batch's COPY takes under a second.
+STATEMENT_TIMEOUT_S = 300.0
 PAYEE_COLUMN, DESCRIPTION_COLUMN = "payee", "description"
 # The largest --bank-lines and --orgs the command takes: beyond any benchmark, short of a typo's extra zeros.
 MAX_SEED_LINES_PER_ORG = 10_000_000
@@ -213,7 +216,7 @@ def seed_org_id(number: int) -> uuid.UUID:
 
 
 async def ensure_seed_orgs(conn: asyncpg.Connection, count: int) -> list[SeedOrgRef]:
-    """ "Seed Org 1" .. "Seed Org `count`", creating those missing, in one transaction."""
+    """The orgs "Seed Org 1" .. "Seed Org `count`", creating those missing, in one transaction."""
     orgs = [SeedOrgRef(seed_org_id(number), SEED_ORG_NAME.format(number)) for number in range(1, count + 1)]
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SEED_LOCK)
@@ -325,9 +328,11 @@ async def seed_bank_lines(
 ) -> list[LinesSeeded]:
     """`seed_org_lines` for each org in turn, over a connection of its own and a one-connection pool for the
     cipher's key lookups."""
-    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S, command_timeout=STATEMENT_TIMEOUT_S)
     try:
-        async with asyncpg.create_pool(dsn, min_size=1, max_size=1, timeout=CONNECT_TIMEOUT_S) as pool:
+        async with asyncpg.create_pool(
+            dsn, min_size=1, max_size=1, timeout=CONNECT_TIMEOUT_S, command_timeout=STATEMENT_TIMEOUT_S
+        ) as pool:
             cipher = PiiCipher(pool, provider)
             return [
                 await seed_org_lines(
