@@ -37,7 +37,7 @@ from rich.text import Text
 from apgms.bank_line_seed import LineGenerator
 from services.auth import store
 from services.auth.passwords import MIN_PASSWORD_CHARS, hash_password, verify_password
-from services.core.store import BANK_LINES_TABLE, SealedLine, copy_lines
+from services.core.store import BANK_LINES_TABLE, SealedLine, copy_lines, count_lines
 from shared import audit
 from shared.config import DEV_ONLY_MARKER
 from shared.crypto import SealError, SecretBox
@@ -226,12 +226,6 @@ async def ensure_seed_orgs(conn: asyncpg.Connection, count: int) -> list[SeedOrg
     return orgs
 
 
-async def _count_lines(conn: asyncpg.Connection, org_id: uuid.UUID) -> int:
-    # The one core query outside services/core/store.py (which this helper does not own): to move there.
-    count: int = await conn.fetchval("SELECT count(*) FROM core.bank_lines WHERE org_id = $1", org_id)
-    return count
-
-
 async def _sealed_lines(
     cipher: PiiCipher, generator: LineGenerator, org_id: uuid.UUID, rows: int, created_at: datetime
 ) -> list[SealedLine]:
@@ -278,7 +272,7 @@ async def seed_org_lines(
     has lines and not `add`; `progress(org, written, count)` is called before the first batch and after each."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", BANK_LINE_SEED_LOCK_CLASS, str(org.org_id))
-        existing = await _count_lines(conn, org.org_id)
+        existing = await count_lines(conn, org.org_id)
         if count <= 0 or (existing and not add):
             return LinesSeeded(org, existing, 0)
         generator = LineGenerator(random_seed, org.org_id, existing, today or date.today())

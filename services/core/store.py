@@ -19,7 +19,15 @@ from decimal import Decimal
 
 import asyncpg
 
-__all__ = ["BANK_LINES_TABLE", "MonthTotals", "SealedLine", "bank_line_summary", "copy_lines", "insert_line"]
+__all__ = [
+    "BANK_LINES_TABLE",
+    "MonthTotals",
+    "SealedLine",
+    "bank_line_summary",
+    "copy_lines",
+    "count_lines",
+    "insert_line",
+]
 
 # The table name PII ciphertext is bound to (`shared.pii.Binding`), and the one COPY writes.
 BANK_LINES_TABLE = "bank_lines"
@@ -85,6 +93,12 @@ class MonthTotals:
     amount: Decimal
     gst_amount: Decimal
     paygw_amount: Decimal
+
+
+async def count_lines(conn: asyncpg.Connection, org_id: uuid.UUID) -> int:
+    """How many lines the org has (an index-only count over `bank_lines_page_idx`)."""
+    count: int = await conn.fetchval("SELECT count(*) FROM core.bank_lines WHERE org_id = $1", org_id)
+    return count
 
 
 async def bank_line_summary(conn: asyncpg.Connection, org_id: uuid.UUID, start: date, end: date) -> list[MonthTotals]:
