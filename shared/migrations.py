@@ -16,6 +16,24 @@ from pathlib import Path
 
 import asyncpg
 
+__all__ = [
+    "ADVISORY_LOCK_KEY",
+    "MIGRATIONS_ROOT",
+    "OWNERS",
+    "SERVICES",
+    "SHARED",
+    "AppliedMigration",
+    "MigrationError",
+    "MigrationFile",
+    "ServiceStatus",
+    "discover",
+    "migrate",
+    "migrations_folder",
+    "plan",
+    "status",
+    "summarise",
+]
+
 SERVICES = ("auth", "core", "compliance", "regulator")
 SHARED = "shared"
 # Apply order: shared first, since services' tables may refer to its schemas.
