@@ -48,7 +48,7 @@ from shared.config import (
     read_dotenv,
 )
 from shared.crypto import SecretBox
-from shared.kek import KekProvider, kek_provider_from_env
+from shared.kek import KekProvider, kek_provider_from_env, new_kek
 from shared.migrations import MigrationError, ServiceStatus, migrate, status
 from shared.pii import rotate_kek
 
@@ -399,7 +399,7 @@ COMPOSE_SECRET_GENERATORS: dict[str, Callable[[], str]] = {
     "APGMS_COMPOSE_DB_PASSWORD": lambda: secrets.token_urlsafe(COMPOSE_PASSWORD_BYTES),
     "APGMS_COMPOSE_REDIS_PASSWORD": lambda: secrets.token_urlsafe(COMPOSE_PASSWORD_BYTES),
     "APGMS_COMPOSE_MASTER_KEY": new_master_key,
-    "APGMS_COMPOSE_KEK": devstack.new_kek,
+    "APGMS_COMPOSE_KEK": new_kek,
     # Each calling service's client secret: compose gives it to the service and to auth (SERVICE_CLIENT_SECRET_<NAME>).
     "APGMS_COMPOSE_CORE_CLIENT_SECRET": new_service_client_secret,
     "APGMS_COMPOSE_COMPLIANCE_CLIENT_SECRET": new_service_client_secret,

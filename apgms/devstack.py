@@ -60,7 +60,7 @@ from shared.config import (
     service_client_secret_variable,
 )
 from shared.crypto import SecretBox
-from shared.kek import KEK_BYTES
+from shared.kek import new_kek
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEV_DIR_NAME = ".devdb"
@@ -186,11 +186,6 @@ def dev_master_key(directory: Path) -> str:
     first use. Every checkout has its own, so a database copied off a machine cannot be opened with a key
     published anywhere."""
     return private_key_file(directory / MASTER_KEY_FILE, new_master_key)
-
-
-def new_kek() -> str:
-    """A fresh random KEK, base64 of KEK_BYTES bytes, as LocalKekProvider reads it (APGMS_KEK_FILE, APGMS_KEK)."""
-    return base64.b64encode(os.urandom(KEK_BYTES)).decode()
 
 
 def dev_kek_file(directory: Path) -> Path:

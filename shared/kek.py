@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "LocalKekProvider",
     "WrappedKey",
     "kek_provider_from_env",
+    "new_kek",
 ]
 
 KEK_BYTES = 32
@@ -171,3 +173,8 @@ def kek_provider_from_env(environ: Mapping[str, str]) -> KekProvider:
         return LocalKekProvider(keys)
     except ValueError as error:
         raise ConfigError(f"{source}: {error}") from None
+
+
+def new_kek() -> str:
+    """A fresh random KEK, base64 of KEK_BYTES bytes, as LocalKekProvider reads it (APGMS_KEK_FILE, APGMS_KEK)."""
+    return base64.b64encode(os.urandom(KEK_BYTES)).decode()

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from apgms import devstack
 from apgms.cli import app
-from apgms.devstack import KEK_FILE, dev_kek_file, new_kek, with_dev_kek
+from apgms.devstack import KEK_FILE, dev_kek_file, with_dev_kek
 from shared.config import Secret
-from shared.kek import LocalKekProvider, kek_provider_from_env
+from shared.kek import LocalKekProvider, kek_provider_from_env, new_kek
 from shared.pii import PiiCipher
 
 

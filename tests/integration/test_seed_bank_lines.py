@@ -24,12 +24,12 @@ from apgms.cli import app
 from apgms.seed import DEFAULT_RANDOM_SEED, DEMO_ORG_NAME, SEED_ACTION, SeedOrgRef, seed_org_id, seed_org_lines
 from services.core.store import BANK_LINES_TABLE
 from shared.audit import verify_org
-from shared.kek import kek_provider_from_env
+from shared.kek import kek_provider_from_env, new_kek
 from shared.pii import CiphertextInvalid, PiiCipher
 
 LINES = 5_000
 ORGS = 3
-KEK = devstack.new_kek()
+KEK = new_kek()
 
 
 @pytest.fixture(autouse=True)

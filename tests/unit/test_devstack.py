@@ -20,7 +20,6 @@ from apgms.devstack import (
     describe_exit,
     dev_dir,
     dev_service_client_secrets,
-    new_kek,
     next_failure_count,
     port_in_use,
     restart_delay,
@@ -28,7 +27,7 @@ from apgms.devstack import (
 )
 from services.auth.config import load_auth_settings
 from shared.config import PROXY_PORT, SERVICE_PORTS, Secret, load_settings, new_master_key
-from shared.kek import KEK_BYTES, LocalKekProvider, kek_provider_from_env
+from shared.kek import KEK_BYTES, LocalKekProvider, kek_provider_from_env, new_kek
 
 
 def delays_for(run_durations_s: list[float]) -> list[float]:
