@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint fmt bench bench-proxy bench-proxy-instructions bench-auth
+.PHONY: install run test lint fmt bench bench-proxy bench-proxy-instructions bench-auth bench-bank-lines
 
 install: $(STAMP)
 
@@ -38,7 +38,7 @@ fmt: install
 	$(BIN)/ruff check --fix .
 
 # Benchmarks print ratios against references measured in the same run; see docs/benchmarks.md.
-bench: bench-proxy bench-auth
+bench: bench-proxy bench-auth bench-bank-lines
 
 bench-proxy: install
 	$(BIN)/python bench/proxy.py
@@ -48,3 +48,6 @@ bench-proxy-instructions: install
 
 bench-auth: install
 	$(BIN)/python bench/auth.py
+
+bench-bank-lines: install
+	$(BIN)/python bench/bank_lines.py
