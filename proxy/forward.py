@@ -188,7 +188,7 @@ class Forwarder:
         state.route_label = route.prefix
         if route.is_regulator:
             state.log_fields["traffic"] = "regulator"
-        context = request_context(scope)
+        context = state.context or request_context(scope)  # which raises: no RequestContextMiddleware
         client = context.client
         if not self.clients.enter(client):
             record_security_event("rate_limited", limiter="proxy_in_flight", address=client)

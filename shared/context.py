@@ -339,7 +339,7 @@ class RequestContextMiddleware:
             return headers
 
         exchange = Exchange(header_hooks=[add_request_id])
-        scope[REQUEST_STATE_KEY] = RequestState(context=context, exchange=exchange)
+        scope[REQUEST_STATE_KEY] = RequestState(context, exchange)
         id_token = current_request_id.set(context.request_id)
         trace_token = current_traceparent.set(context.traceparent)
         send_with_id = exchange.observe(send)

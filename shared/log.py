@@ -70,15 +70,16 @@ def render_line(
     """One log line, as JSON without the newline: the one renderer, which structlog's processors, `DirectMethods`
     and `write_access_line` all end in.
 
-    The head fields first, in HEAD_FIELDS order (`time` is now, `event` redacted); then `safe`, the caller's own
-    fields, written as they are (holding no head field; the caller redacted what needed it); then each field of
+    The head fields first, in HEAD_FIELDS order (`time` is now; `event` as given, which a caller that did not
+    choose it redacts); then `safe`, the caller's own fields, written as they are (holding no head field; the
+    caller redacted what needed it); then each field of
     `fields` the line does not have yet, redacted (`shared.redact`: trusted fields such as ids, timings and
     statuses are left alone); then the current request's traceparent, unless a field gave one."""
     line = {
         "time": utc_timestamp(time.time()),
         "level": level,
         "service": service,
-        "event": redact_value("event", event),
+        "event": event,
         "request_id": request_id,
     }
     if safe:
@@ -94,13 +95,13 @@ def render_line(
 
 def _finish(service: str) -> Any:
     """The last processor: the head fields taken out of the event (the request ID from the request context unless
-    the event has one) and the line rendered (`render_line`; a `time` or `service` of the event's own is
-    dropped there). One function rather than a processor each: each structlog processor is a call on every
-    line's path."""
+    the event has one; the event's text redacted) and the line rendered (`render_line`; a `time` or `service` of
+    the event's own is dropped there). One function rather than a processor each: each structlog processor is a
+    call on every line's path."""
 
     def finish(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
         request_id = event.pop("request_id") if "request_id" in event else current_request_id.get()
-        level, name = event.pop("level", None), event.pop("event", None)
+        level, name = event.pop("level", None), redact_value("event", event.pop("event", None))
         return render_line(level, service, name, request_id, event)
 
     return finish

@@ -239,7 +239,7 @@ def test_render_line_puts_the_head_first_and_never_lets_other_fields_replace_the
         text = render_line(
             "info",
             "proxy",
-            "request for jane@example.com",
+            "request",
             "req-1",
             {"status": 500, "service": "spoof", "note": "password=hunter2", "token": "eyJabc", "n": 1},
             safe={"path": "/users/[REDACTED:email]", "status": 200, "client": "203.0.113.9"},
@@ -251,9 +251,17 @@ def test_render_line_puts_the_head_first_and_never_lets_other_fields_replace_the
     assert (line["level"], line["service"], line["request_id"], line["status"]) == ("info", "proxy", "req-1", 200)
     assert line["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     assert (line["path"], line["client"], line["n"]) == ("/users/[REDACTED:email]", "203.0.113.9", 1)
-    # The event and the other fields are redacted; the safe ones are written as given.
-    assert "jane@example.com" not in text and "hunter2" not in text and "eyJabc" not in text
-    assert line["event"] == "request for [REDACTED:email]"
+    # The other fields are redacted; the safe ones (and the event) are written as given.
+    assert "hunter2" not in text and "eyJabc" not in text
+
+
+def test_a_logged_event_text_is_redacted(log_stream: io.StringIO) -> None:
+    get_logger("t").info("request for jane@example.com")
+    get_logger("t").bind().info("bound request for jane@example.com")
+    assert [line["event"] for line in lines(log_stream)] == [
+        "request for [REDACTED:email]",
+        "bound request for [REDACTED:email]",
+    ]
 
 
 def test_a_traceparent_given_as_a_field_is_kept_and_none_is_added_outside_a_request() -> None:
