@@ -57,6 +57,10 @@ READY_CHECK_TIMEOUT_S = 1.0
 GRACEFUL_TIMEOUT_S = 15.0
 # Long enough for the proxy to eject the instance (two failed 0.5 s checks) before the listener closes.
 SHUTDOWN_DELAY_S = 2.0
+# A request body's bytes must keep coming (a gap of at most the idle deadline) and be all in within the total one,
+# as at the proxy (PROXY_BODY_IDLE_TIMEOUT_S, PROXY_BODY_TIMEOUT_S): a 5 MiB import needs about 90 KB/s.
+BODY_IDLE_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 60.0
 DEFAULT_TOKEN_ISSUER = "urn:apgms:auth"  # noqa: S105 (an identifier, not a secret)
 MASTER_KEY_BYTES = 32
 # The dev master key of earlier versions, published in this repository: whoever can read a database sealed under it
@@ -254,6 +258,8 @@ class Settings:
     ready_timeout_s: float
     graceful_timeout_s: float
     shutdown_delay_s: float
+    body_idle_timeout_s: float
+    body_timeout_s: float
     trusted_hops: int
     master_key: Secret | None  # read only by a process that seals secrets (auth)
     token_issuer: str
@@ -313,6 +319,8 @@ def load_settings(
         ready_timeout_s=env.number("READY_CHECK_TIMEOUT_S", READY_CHECK_TIMEOUT_S),
         graceful_timeout_s=env.number("GRACEFUL_TIMEOUT_S", GRACEFUL_TIMEOUT_S),
         shutdown_delay_s=env.number("SHUTDOWN_DELAY_S", SHUTDOWN_DELAY_S),
+        body_idle_timeout_s=env.number("BODY_IDLE_TIMEOUT_S", BODY_IDLE_TIMEOUT_S),
+        body_timeout_s=env.number("BODY_TIMEOUT_S", BODY_TIMEOUT_S),
         trusted_hops=env.integer("TRUSTED_PROXY_HOPS", 0, minimum=0),
         master_key=env.master_key("APGMS_MASTER_KEY", required=True) if master_key_required else None,
         token_issuer=env.text("TOKEN_ISSUER", DEFAULT_TOKEN_ISSUER),

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from shared.config import BODY_IDLE_TIMEOUT_S, BODY_TIMEOUT_S
 from shared.errors import ApiError, FieldError
 
 __all__ = [
     "MAX_JSON_BODY_BYTES",
+    "BodyDeadlines",
+    "body_deadlines",
     "field_errors",
     "malformed_json",
     "nul_paths",
@@ -105,17 +110,43 @@ def validate(model: type[M], data: object, *, code: str = "invalid_body") -> M:
         raise ApiError(code, "The request does not match the expected shape", errors=field_errors(exc)) from None
 
 
+@dataclass(frozen=True)
+class BodyDeadlines:
+    """How long a body may pause between bytes (`idle_s`) and take in all (`total_s`)."""
+
+    idle_s: float = BODY_IDLE_TIMEOUT_S
+    total_s: float = BODY_TIMEOUT_S
+
+
+def body_deadlines(request: Request) -> BodyDeadlines:
+    """The service's BODY_IDLE_TIMEOUT_S and BODY_TIMEOUT_S, or their defaults for an app without a runtime."""
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        return BodyDeadlines()
+    return BodyDeadlines(runtime.settings.body_idle_timeout_s, runtime.settings.body_timeout_s)
+
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The request body, at most `max_bytes`: 413 `payload_too_large` at once for a larger Content-Length, else as
-    soon as the bytes received pass the limit (the rest is never read)."""
+    soon as the bytes received pass the limit (the rest is never read). 408 `request_timeout` when the client
+    pauses longer than the idle deadline or has not sent it all within the total one (`body_deadlines`), so a
+    client that trickles its body holds a request slot for a bounded time, whether or not the proxy is in front."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise ApiError("payload_too_large", f"The body exceeds {max_bytes} bytes")
+    deadlines = body_deadlines(request)
+    loop = asyncio.get_running_loop()
+    last_moment = loop.time() + deadlines.total_s
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise ApiError("payload_too_large", f"The body exceeds {max_bytes} bytes")
+    try:
+        async with asyncio.timeout(min(deadlines.idle_s, deadlines.total_s)) as deadline:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise ApiError("payload_too_large", f"The body exceeds {max_bytes} bytes")
+                deadline.reschedule(min(loop.time() + deadlines.idle_s, last_moment))
+    except TimeoutError:
+        raise ApiError("request_timeout", "The request body did not arrive in time") from None
     return bytes(body)
 
 
