@@ -599,7 +599,9 @@ def report(args: argparse.Namespace, seeded: Seeded, results: Results, rss: dict
             "< lowest step" if found.highest_ok is None else f"{found.highest_ok:g}",
             f"{failing.rate:g}" if failing else f"none up to {args.search_cap:g}",
             fmt(failing.p95) if failing else "-",
-            str(failing.errors + failing.timeouts) if failing else "-",
+            f"{failing.errors + failing.timeouts}{f' {dict(failing.statuses)}' if failing.statuses else ''}"
+            if failing
+            else "-",
             ", ".join(f"{run.rate:g}" for run in found.steps) or "-",
         )
     console.print(search_table)
