@@ -7,12 +7,16 @@ missing), no exponent, `NaN` or `Infinity`, no `+`, no spaces, no leading zeros,
 
 `Money` is the same contract as a pydantic type for request and response models: validated from strings only,
 dumped as the string.
+
+`format_total` writes a sum of amounts (an import's totals, a summary's): the same spelling, but with as many
+integer digits as the sum takes, since 10,000 lines each within the bound can add up to more than twelve digits.
+It is an output format only; `parse_money` still refuses such text as an amount.
 """
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_EVEN, Context, Decimal
 from typing import Annotated, Any
 
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
@@ -25,6 +29,7 @@ __all__ = [
     "Money",
     "MoneyError",
     "format_money",
+    "format_total",
     "is_money",
     "parse_money",
 ]
@@ -39,6 +44,9 @@ NEGATIVE_ZERO_TEXT = "-0." + "0" * PLACES
 _MONEY_RE = re.compile(MONEY_PATTERN, re.ASCII)
 _EXPONENT = -PLACES
 _LIMIT = Decimal(10) ** MAX_INTEGER_DIGITS
+_CENT = Decimal(1).scaleb(_EXPONENT)
+# quantize() fails past the context's precision (28 digits by default); a total's precision is its own length.
+_TOTAL_CONTEXT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, rounding=ROUND_HALF_EVEN)
 
 
 class MoneyError(ValueError):
@@ -68,6 +76,18 @@ def format_money(amount: Decimal) -> str:
     if amount.is_zero():
         amount = abs(amount)
     return f"{amount:f}"
+
+
+def format_total(total: Decimal) -> str:
+    """A sum of amounts as money text: exactly two places (rounded half-even when it has more), no exponent, never
+    `-0.00`, as many integer digits as it takes. Equal to `format_money(total)` for every amount that accepts;
+    `MoneyError` for NaN or an infinity."""
+    if not isinstance(total, Decimal) or not total.is_finite():
+        raise MoneyError(f"{total!r} is not a finite sum of money")
+    cents = total.quantize(_CENT, context=_TOTAL_CONTEXT)
+    if cents.is_zero():
+        cents = abs(cents)
+    return f"{cents:f}"
 
 
 def is_money(value: object) -> bool:

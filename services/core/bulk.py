@@ -41,7 +41,7 @@ from shared import audit
 from shared.authz import guard
 from shared.errors import ApiError
 from shared.idempotency import idempotent
-from shared.money import format_money
+from shared.money import format_total
 from shared.openapi import documented
 from shared.pii import KeyDestroyed, PiiCipher
 from shared.tokens import Principal
@@ -68,13 +68,14 @@ class ImportSummary:
     last_date: date
 
     def detail(self) -> dict[str, object]:
-        """The audit record's detail: counts, sums and dates only."""
+        """The audit record's detail: counts, sums and dates only. A sum is written with `format_total`: each line
+        is within twelve integer digits, but 10,000 of them need not add up to that."""
         return {
             "count": self.count,
             "totals": {
-                "amount": format_money(self.amount),
-                "gst_amount": format_money(self.gst_amount),
-                "paygw_amount": format_money(self.paygw_amount),
+                "amount": format_total(self.amount),
+                "gst_amount": format_total(self.gst_amount),
+                "paygw_amount": format_total(self.paygw_amount),
             },
             "first_date": self.first_date.isoformat(),
             "last_date": self.last_date.isoformat(),
@@ -178,7 +179,10 @@ async def _store(request: Request, principal: Principal, accepted: Accepted, bod
         )
         for line_id, row, payee, description in zip(ids, rows, payees, descriptions, strict=True)
     ]
+    # Written out before a connection is taken: nothing that can fail on the request's values runs inside the
+    # transaction but the database's own work.
     summary = summarise(uuid.uuid4(), rows)
+    detail, document = summary.detail(), summary.document()
     async with runtime.db.pool.acquire() as conn, conn.transaction():
 
         async def work() -> Response:
@@ -189,8 +193,8 @@ async def _store(request: Request, principal: Principal, accepted: Accepted, bod
                 actor=actor,
                 action=IMPORT_ACTION,
                 target=f"bank_line_import:{summary.import_id}",
-                detail=summary.detail(),
+                detail=detail,
             )
-            return JSONResponse(summary.document(), status_code=201)
+            return JSONResponse(document, status_code=201)
 
         return await idempotent(request, conn, work, org_id=org_id, actor=actor, body=body)

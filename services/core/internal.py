@@ -6,8 +6,8 @@ token that carries `core:read` (compliance's and the regulator's: services/auth/
 The count and the sums of `amount`, `gst_amount` and `paygw_amount` of the org's lines dated `from`..`to`
 (inclusive, both required, the dates a line may carry); with `group=month` also one entry per calendar month the
 range touches, empty months included with zeros, so a BAS quarter is the sum of three entries (or one call with
-the quarter's dates). Sums are money strings with two places; past `shared.money`'s twelve integer digits, which
-one line obeys but a sum of many need not, they keep the same spelling with more digits.
+the quarter's dates). Sums are money strings with two places (`shared.money.format_total`): past the twelve integer
+digits one line obeys but a sum of many need not, they keep the same spelling with more digits.
 
 No PII is read (payee and description are never selected), so the read writes no audit row: SPEC audits state
 changes and PII reads, and a caller that shows these sums to a person (the regulator's views) audits its own
@@ -35,6 +35,7 @@ from services.core import store
 from services.core.models import LineDate
 from shared.authz import guard
 from shared.errors import ApiError, FieldError
+from shared.money import format_total
 from shared.negotiation import encoded_response, response_media_type
 from shared.openapi import documented
 from shared.tokens import SERVICE_AUDIENCE, Principal
@@ -46,14 +47,12 @@ __all__ = [
     "MonthSummary",
     "SummaryQuery",
     "bank_line_summary",
-    "money_total",
     "month_spans",
     "path_org",
     "summarise",
 ]
 
 CORE_READ_SCOPE = "core:read"
-CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
 
 
@@ -108,12 +107,6 @@ def path_org(text: str) -> uuid.UUID:
     return org_id
 
 
-def money_total(amount: Decimal) -> str:
-    """A sum as money text: exactly two places, never a sign on zero, as many integer digits as it takes."""
-    total = amount.quantize(CENT)
-    return f"{abs(total) if total.is_zero() else total:f}"
-
-
 def month_spans(start: date, end: date) -> Iterator[tuple[date, date, date]]:
     """(first day of the month, first day in range, last day in range) for each month `start`..`end` touches."""
     month = start.replace(day=1)
@@ -127,9 +120,9 @@ def _totals(rows: Iterable[store.MonthTotals]) -> tuple[int, str, str, str]:
     rows = list(rows)
     return (
         sum(row.count for row in rows),
-        money_total(sum((row.amount for row in rows), ZERO)),
-        money_total(sum((row.gst_amount for row in rows), ZERO)),
-        money_total(sum((row.paygw_amount for row in rows), ZERO)),
+        format_total(sum((row.amount for row in rows), ZERO)),
+        format_total(sum((row.gst_amount for row in rows), ZERO)),
+        format_total(sum((row.paygw_amount for row in rows), ZERO)),
     )
 
 

@@ -309,3 +309,19 @@ async def test_an_org_whose_key_was_destroyed_cannot_import(
     assert (status, problem["code"]) == (409, "conflict")
     assert await line_count(database_url) == 0
     assert await import_records(database_url, org.id) == []
+
+
+async def test_totals_past_twelve_integer_digits_import_with_the_exact_sum(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    """Each line is within the amount's twelve integer digits; their sum need not be, and is still written."""
+    stack, tokens = await started(start_service, database_url, http, org)
+    largest = "999999999999.99"
+    body = (HEADER + "".join(f"2025-01-0{day},{largest},ATO,Big,0.00,{largest}\n" for day in (1, 2))).encode()
+    status, answer, _ = await post_import(http, stack.core.url, tokens["finance"], body)
+    assert status == 201, answer
+    totals = {"amount": "1999999999999.98", "gst_amount": "0.00", "paygw_amount": "1999999999999.98"}
+    assert (answer["imported"], answer["totals"]) == (2, totals)
+    (record,) = await import_records(database_url, org.id)
+    assert record["detail"]["totals"] == totals
+    assert await line_count(database_url) == 2

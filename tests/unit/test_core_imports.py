@@ -314,6 +314,13 @@ def test_the_summary_carries_count_totals_and_dates_and_no_pii() -> None:
     assert summary.document()["imported"] == 2
 
 
+def test_a_summary_whose_totals_pass_twelve_integer_digits_is_written_with_them() -> None:
+    largest = "999999999999.99"
+    rows = accepted(parse_import(csv_body(*[f"2025-01-0{day},{largest},P,D,0.00,{largest}" for day in (1, 2)]), CSV))
+    totals = summarise(uuid.UUID(int=1), rows).document()["totals"]
+    assert totals == {"amount": "1999999999999.98", "gst_amount": "0.00", "paygw_amount": "1999999999999.98"}
+
+
 # --- round trip ----------------------------------------------------------------------------------------------------
 
 cents = st.integers(min_value=-(10**14) + 1, max_value=10**14 - 1)

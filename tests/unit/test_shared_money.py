@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from shared.errors import ApiError
-from shared.money import MAX_INTEGER_DIGITS, Money, MoneyError, format_money, is_money, parse_money
+from shared.money import (
+    MAX_INTEGER_DIGITS,
+    Money,
+    MoneyError,
+    format_money,
+    format_total,
+    is_money,
+    parse_money,
+)
 from shared.validation import validate
 
 LARGEST = Decimal(10) ** MAX_INTEGER_DIGITS - Decimal("0.01")
@@ -156,3 +164,54 @@ def test_a_refused_amount_in_a_body_is_a_400_invalid_body_naming_the_field(amoun
     problem = caught.value
     assert problem.code == "invalid_body"
     assert [(e.path, e.message) for e in problem.errors] == [("amount", message)]
+
+
+# --- totals: sums of amounts, which may pass the twelve integer digits one amount is held to --------------------
+
+
+@given(CENTS)
+def test_a_total_in_range_is_written_as_the_amount_is_and_parses_back(cents: int) -> None:
+    amount = Decimal(cents).scaleb(-2)
+    assert format_total(amount) == format_money(amount)
+    assert parse_money(format_total(amount)) == amount
+
+
+@pytest.mark.parametrize(
+    ("total", "text"),
+    [
+        (LARGEST * 2, "1999999999999.98"),
+        (Decimal("100000000.00") * 10_000, "1000000000000.00"),
+        (-LARGEST * 10_000, "-9999999999999900.00"),
+        (Decimal("1E+30"), "1000000000000000000000000000000.00"),
+        (Decimal("5"), "5.00"),
+        (Decimal("12.345"), "12.34"),  # half-even: a sum of money never has more places, but it is defined
+        (Decimal("-0.00"), "0.00"),
+        (Decimal("0.00") * -1, "0.00"),
+        (Decimal("-0.001"), "0.00"),
+    ],
+)
+def test_a_total_has_two_places_no_exponent_no_negative_zero_and_any_integer_digits(total: Decimal, text: str) -> None:
+    assert format_total(total) == text
+
+
+def test_a_sum_past_the_amount_bound_is_a_total_but_not_an_amount() -> None:
+    total = LARGEST + LARGEST
+    with pytest.raises(MoneyError):
+        format_money(total)
+    with pytest.raises(MoneyError, match="integer digits"):
+        parse_money(format_total(total))
+
+
+@given(st.lists(CENTS, min_size=1, max_size=50))
+def test_a_total_is_the_exact_sum_of_its_amounts(amounts: list[int]) -> None:
+    total = sum((Decimal(cents).scaleb(-2) for cents in amounts), Decimal("0.00"))
+    sign, digits = (-1, format_total(total)[1:]) if format_total(total).startswith("-") else (1, format_total(total))
+    whole, fraction = digits.split(".")
+    assert len(fraction) == 2 and whole == str(int(whole))
+    assert sign * (int(whole) * 100 + int(fraction)) == sum(amounts)
+
+
+@pytest.mark.parametrize("total", [Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity"), Decimal("sNaN")])
+def test_a_total_that_is_not_finite_is_refused(total: Decimal) -> None:
+    with pytest.raises(MoneyError):
+        format_total(total)
