@@ -1,4 +1,4 @@
-"""All of the core service's SQL; every function takes a connection, so the caller owns the transaction.
+"""Bank lines' SQL; every function takes a connection, so the caller owns the transaction.
 
 Bank lines are written two ways, both from `SealedLine`s whose payee and description are already ciphertext
 (`shared.pii`, bound to org, `bank_lines`, column and the line's id, which is why ids are made by the writer):
@@ -21,12 +21,20 @@ import asyncpg
 
 __all__ = [
     "BANK_LINES_TABLE",
+    "SCHEMA",
+    "SEALED_LINE_COLUMNS",
+    "LineKey",
     "MonthTotals",
+    "PageFilters",
     "SealedLine",
     "bank_line_summary",
     "copy_lines",
     "count_lines",
+    "cursor_key",
+    "get_line",
     "insert_line",
+    "page_lines",
+    "page_query",
 ]
 
 # The table name PII ciphertext is bound to (`shared.pii.Binding`), and the one COPY writes.
