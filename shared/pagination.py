@@ -1,23 +1,55 @@
-"""Opaque keyset cursors: `{"items": [...], "next_cursor": ...}` pages, newest or oldest first by (time, id)."""
+"""Opaque keyset cursors: `{"items": [...], "next_cursor": ...}` pages, newest or oldest first by (time, id).
+
+`QueryInt` is an integer as a query string spells it: ASCII digits only. Pydantic's lax `int` would also take
+`+5`, ` 5`, `1_0`, `5.0` and `05`, each a second spelling of one value that a cache, a log or a signed cursor then sees
+as different; `limit` is one.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from datetime import datetime
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from shared.errors import ApiError, FieldError
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_CURSOR_CHARS", "MAX_PAGE_SIZE", "PageQuery", "decode_cursor", "encode_cursor"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_CURSOR_CHARS",
+    "MAX_PAGE_SIZE",
+    "PageQuery",
+    "QueryInt",
+    "decode_cursor",
+    "encode_cursor",
+]
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 # A cursor we hand out is about 100 characters (a timestamp and a UUID, base64url); longer is not ours.
 MAX_CURSOR_CHARS = 200
+# Past this many digits no query integer is in range; the bound keeps a huge digit string from being converted.
+MAX_QUERY_INT_DIGITS = 9
+_DIGITS = re.compile(rf"0|[1-9][0-9]{{0,{MAX_QUERY_INT_DIGITS - 1}}}", re.ASCII)
+
+
+def _query_int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value  # built in code, not parsed from a query string
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        return int(value)
+    raise PydanticCustomError(
+        "query_int", "must be a whole number in ASCII digits (no sign, space, '_', '.' or leading zero)"
+    )
+
+
+QueryInt = Annotated[int, BeforeValidator(_query_int)]
 
 
 class PageQuery(BaseModel):
@@ -26,7 +58,7 @@ class PageQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cursor: str | None = Field(default=None, max_length=MAX_CURSOR_CHARS)
-    limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    limit: QueryInt = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
 
 
 def encode_cursor(at: datetime, row_id: uuid.UUID) -> str:
