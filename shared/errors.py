@@ -87,6 +87,7 @@ ERRORS: dict[str, ErrorKind] = {
     "payload_too_large": ErrorKind(413, "Request body too large"),
     "unsupported_media_type": ErrorKind(415, "Unsupported media type"),
     "invalid_rows": ErrorKind(422, "Some rows are invalid"),
+    "designated_withdrawal_refused": ErrorKind(422, "Money cannot leave a designated account"),
     "rate_limited": ErrorKind(429, "Too many requests"),
     "internal_error": ErrorKind(500, "Internal server error"),
     "audit_failed": ErrorKind(500, "Audit trail could not be written"),
