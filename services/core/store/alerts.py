@@ -1,10 +1,15 @@
 """Alerts' SQL. Alerts are raised by writes only (a bank-line write or import, a deposit, a refused withdrawal),
 in the writer's transaction, and an org has at most one open SUSPICIOUS_TAX_GAP however many writers race: the
 partial unique index `alerts_one_open_tax_gap` decides, and `raise_alert` answers None when one is already open.
+
+Reads (`page_alerts`, newest first by (created_at, id) over `alerts_page_idx`) and `resolve_alert` are scoped to
+the caller's org: another org's alert is indistinguishable from one that does not exist. `resolve_alert` is a
+conditional UPDATE, so of two racing resolutions exactly one wins and the other sees the alert already resolved.
 """
 
 from __future__ import annotations
 
+import enum
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,13 +20,21 @@ import orjson
 
 __all__ = [
     "DESIGNATED_WITHDRAWAL_ATTEMPT",
+    "SEVERITIES",
     "SUSPICIOUS_TAX_GAP",
     "Alert",
+    "AlertFilters",
+    "AlertKey",
+    "Resolution",
     "Severity",
+    "get_alert",
+    "page_alerts",
     "raise_alert",
+    "resolve_alert",
 ]
 
 Severity = Literal["LOW", "MEDIUM", "HIGH"]
+SEVERITIES: tuple[Severity, ...] = ("LOW", "MEDIUM", "HIGH")
 SUSPICIOUS_TAX_GAP = "SUSPICIOUS_TAX_GAP"
 DESIGNATED_WITHDRAWAL_ATTEMPT = "DESIGNATED_WITHDRAWAL_ATTEMPT"
 
@@ -46,6 +59,28 @@ class Alert:
     resolved_at: datetime | None
     resolved_by: str | None
     resolution_note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertKey:
+    """An alert's place in the newest-first order: (created_at, id), both descending."""
+
+    created_at: datetime
+    id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFilters:
+    """`resolved`: None for every alert, False for open ones only, True for resolved ones only."""
+
+    resolved: bool | None = None
+    severity: Severity | None = None
+
+
+class Resolution(enum.Enum):
+    RESOLVED = "resolved"
+    ALREADY_RESOLVED = "already_resolved"
+    NOT_FOUND = "not_found"
 
 
 def _alert(record: asyncpg.Record) -> Alert:
@@ -78,3 +113,55 @@ async def raise_alert(
         actor,
     )
     return None if record is None else _alert(record)
+
+
+async def page_alerts(
+    conn: asyncpg.Connection, org_id: uuid.UUID, filters: AlertFilters, after: AlertKey | None, limit: int
+) -> list[Alert]:
+    """At most `limit` of the org's alerts within `filters`, newest first, starting after `after`."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"a page limit is a positive int, not {limit!r}")
+    args: list[object] = [org_id]
+    where = ["org_id = $1"]
+    if after is not None:
+        args += [after.created_at, after.id]
+        # A row comparison over the index's (created_at DESC, id DESC) columns: one range condition.
+        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    if filters.resolved is not None:
+        where.append("resolved_at IS NOT NULL" if filters.resolved else "resolved_at IS NULL")
+    if filters.severity is not None:
+        args.append(filters.severity)
+        where.append(f"severity = ${len(args)}")
+    records = await conn.fetch(
+        f"SELECT {ALERT_COLUMNS} FROM core.alerts WHERE {' AND '.join(where)} "
+        f"ORDER BY created_at DESC, id DESC LIMIT {limit}",
+        *args,
+    )
+    return [_alert(record) for record in records]
+
+
+async def get_alert(conn: asyncpg.Connection, org_id: uuid.UUID, alert_id: uuid.UUID) -> Alert | None:
+    """The org's alert `alert_id`; None when there is none, or it is another org's."""
+    record = await conn.fetchrow(
+        f"SELECT {ALERT_COLUMNS} FROM core.alerts WHERE id = $1 AND org_id = $2", alert_id, org_id
+    )
+    return None if record is None else _alert(record)
+
+
+async def resolve_alert(
+    conn: asyncpg.Connection, org_id: uuid.UUID, alert_id: uuid.UUID, *, actor: str, note: str
+) -> tuple[Resolution, Alert | None]:
+    """Resolve the org's open alert `alert_id` in the caller's transaction: (RESOLVED, the row) for the one
+    resolution that wins, (ALREADY_RESOLVED, the row) once it is resolved, (NOT_FOUND, None) otherwise."""
+    record = await conn.fetchrow(
+        f"UPDATE core.alerts SET resolved_at = now(), resolved_by = $3, resolution_note = $4 "
+        f"WHERE id = $1 AND org_id = $2 AND resolved_at IS NULL RETURNING {ALERT_COLUMNS}",
+        alert_id,
+        org_id,
+        actor,
+        note,
+    )
+    if record is not None:
+        return Resolution.RESOLVED, _alert(record)
+    existing = await get_alert(conn, org_id, alert_id)
+    return (Resolution.NOT_FOUND, None) if existing is None else (Resolution.ALREADY_RESOLVED, existing)
