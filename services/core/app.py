@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from services.core import bank_lines, bulk, internal
+from services.core import alerts, bank_lines, bulk, internal
 from services.core.config import CoreSettings
 from services.core.deps import CoreDeps, CursorKey
 from shared.app import Runtime, build_runtime, build_service_app
@@ -21,6 +21,8 @@ def create_app(settings: CoreSettings) -> Starlette:
         Route("/bank-lines", bank_lines.create_line, methods=["POST"]),
         Route("/bank-lines/import", bulk.import_lines, methods=["POST"]),
         Route("/bank-lines/{line_id}", bank_lines.get_line, methods=["GET"]),
+        Route("/alerts", alerts.list_alerts, methods=["GET"]),
+        Route("/alerts/{id}/resolve", alerts.resolve_alert, methods=["POST"]),
         Route("/internal/orgs/{org_id}/bank-lines/summary", internal.bank_line_summary, methods=["GET"]),
     ]
     app = build_service_app(settings, routes, title="APGMS core service", runtime=runtime)
