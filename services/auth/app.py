@@ -33,6 +33,7 @@ def create_app(settings: AuthSettings) -> Starlette:
         Route("/users/{user_id}", users.update_user, methods=["PATCH"]),
         Route("/users/{user_id}/mfa", mfa.reset_totp, methods=["DELETE"]),
         Route("/internal/orgs/{org_id}/users", internal.org_users, methods=["GET"]),
+        Route("/internal/orgs/{org_id}/erase", internal.erase_org, methods=["POST"]),
     ]
     app = build_service_app(settings, routes, title="APGMS auth service", runtime=runtime)
 

@@ -32,9 +32,10 @@ SERVICE_NAME = "auth"
 
 # The scopes of each calling service's token, checked by the internal routes it calls (`guard(scopes=...)`):
 # compliance's report reads core's bank-line sums, the regulator's read-only views read core and compliance, and
-# core's admin export reads the org's users from auth. A scope names the service whose internal reads it opens.
+# core's admin export reads the org's users from auth and its admin deletion erases them. A scope names the
+# service whose internal routes it opens.
 SERVICE_SCOPES: Mapping[str, tuple[str, ...]] = {
-    "core": ("auth:read",),
+    "core": ("auth:read", "auth:admin"),
     "compliance": ("core:read",),
     "regulator": ("core:read", "compliance:read"),
 }

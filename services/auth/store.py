@@ -9,6 +9,9 @@ need, and never one earlier in the list after one later:
 3. refresh-token rows (FOR UPDATE / FOR SHARE, or the UPDATEs that rotate and revoke them);
 4. the org's audit-chain lock (`shared.audit.append`, the last statement of any audited transaction).
 
+Erasing an org (`erase_org`) locks its `auth.orgs` row FOR UPDATE before all of these: a user or client being
+inserted into the org holds that row FOR KEY SHARE (its foreign key) and waits, so the erasure sees every one.
+
 A path that took them in another order deadlocked with one that kept it: a refresh held its token row and waited
 for the user row to mint, while a disable held the user row and waited to revoke that token row, and PostgreSQL
 aborted one of them (a 500). Revoking all of a user's tokens (disable, MFA reset) holds the user row FOR UPDATE,
@@ -262,6 +265,69 @@ async def revoke_user_refresh_tokens(conn: asyncpg.Connection, user_id: uuid.UUI
         "UPDATE auth.refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", user_id
     )
     return int(result.split()[-1])
+
+
+# The values an erased user keeps: no address (its key `erased:<id>` is a value the address rule never produces,
+# since it has no `@`, so no login or salt lookup finds it) and no password hash that any password matches.
+ERASED_PREFIX = "erased:"
+ERASED_PASSWORD_HASH = "!erased"  # noqa: S105 (a marker no hash function produces, not a secret)
+ERASED_NAME = "(erased)"
+
+
+@dataclass(frozen=True)
+class OrgErasure:
+    """What `erase_org` did: every user of the org (now disabled), every API client (now revoked), and how many
+    refresh tokens it revoked. Ids only: the caller revokes their access tokens and audits the counts."""
+
+    org_id: uuid.UUID
+    user_ids: list[uuid.UUID]
+    client_ids: list[str]
+    refresh_tokens_revoked: int
+
+
+async def erase_org(conn: asyncpg.Connection, org_id: uuid.UUID) -> OrgErasure | None:
+    """Disable every user of the org and erase their personal data (address, password hash, authenticator,
+    recovery codes), revoke their refresh tokens and the org's API clients, and blank the org's and clients'
+    names; ids, roles and times stay, so the audit chain's actors still name a row. None when there is no such
+    org. Call in a transaction: the org row, then its users in id order, are locked until it ends (the module's
+    lock order). Erasing an erased org again changes nothing and answers the same ids."""
+    if await conn.fetchval("SELECT id FROM auth.orgs WHERE id = $1 FOR UPDATE", org_id) is None:
+        return None
+    user_ids = [
+        row["id"]
+        for row in await conn.fetch("SELECT id FROM auth.users WHERE org_id = $1 ORDER BY id FOR UPDATE", org_id)
+    ]
+    await conn.execute(
+        """
+        UPDATE auth.users SET email = $2 || id::text, email_key = $2 || id::text, password_hash = $3,
+                              disabled_at = coalesce(disabled_at, now())
+        WHERE org_id = $1
+        """,
+        org_id,
+        ERASED_PREFIX,
+        ERASED_PASSWORD_HASH,
+    )
+    await conn.execute("DELETE FROM auth.totp_credentials WHERE user_id = ANY($1::uuid[])", user_ids)
+    await conn.execute("DELETE FROM auth.recovery_codes WHERE user_id = ANY($1::uuid[])", user_ids)
+    revoked: str = await conn.execute(
+        "UPDATE auth.refresh_tokens SET revoked_at = now() WHERE user_id = ANY($1::uuid[]) AND revoked_at IS NULL",
+        user_ids,
+    )
+    clients = await conn.fetch(
+        """
+        UPDATE auth.oauth_clients SET revoked_at = coalesce(revoked_at, now()), name = $2
+        WHERE org_id = $1 RETURNING client_id
+        """,
+        org_id,
+        ERASED_NAME,
+    )
+    await conn.execute("UPDATE auth.orgs SET name = $2 WHERE id = $1", org_id, ERASED_NAME)
+    return OrgErasure(
+        org_id=org_id,
+        user_ids=user_ids,
+        client_ids=sorted(row["client_id"] for row in clients),
+        refresh_tokens_revoked=int(revoked.split()[-1]),
+    )
 
 
 # --- refresh tokens ---------------------------------------------------------------------------------------------

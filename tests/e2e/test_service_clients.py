@@ -55,7 +55,7 @@ async def test_a_service_process_calls_with_a_token_from_the_auth_process(
         "kind": "service",
         "audience": SERVICE_AUDIENCE,
         "org_id": "",
-        "scopes": ["auth:read"],
+        "scopes": ["auth:admin", "auth:read"],
     }
 
 
@@ -79,7 +79,7 @@ async def test_service_tokens_open_no_user_route_and_user_tokens_no_internal_one
     core = start_service("core", {"AUTH_URL": auth.url}, module="tests.e2e.calling_service")
     status, body = await service_token(http, auth, core_secret())
     assert status == 200, body
-    assert body["scope"] == "auth:read" and body["expires_in"] == 900
+    assert body["scope"] == "auth:read auth:admin" and body["expires_in"] == 900
     token = body["access_token"]
 
     status, problem, _ = await call(http, "GET", f"{auth.url}/auth/me", token=token)

@@ -37,7 +37,7 @@ def test_every_calling_service_has_scopes_and_only_those_services() -> None:
     assert set(SERVICE_SCOPES) == set(CALLING_SERVICES)
     assert SERVICE_SCOPES["compliance"] == ("core:read",)
     assert SERVICE_SCOPES["regulator"] == ("core:read", "compliance:read")
-    assert SERVICE_SCOPES["core"] == ("auth:read",)
+    assert SERVICE_SCOPES["core"] == ("auth:read", "auth:admin")
     assert SERVICE_CLIENT_SCOPES[service_client_id("regulator")] == SERVICE_SCOPES["regulator"]
 
 
