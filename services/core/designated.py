@@ -4,6 +4,7 @@ and whether a deposit may be made.
     account_id(org, "PAYGW")      uuid5(org, "designated:PAYGW"): every org has both accounts from the start, so
                                   a GET names them without writing; the first write that needs the row inserts it
     tax_of(org, account)          which of the org's accounts `account` is; None for any other id (another org's: 404)
+    claimed_amount(body)          the amount a withdrawal's JSON body names, if it names one (for the alert only)
     refusal(attempt, listed)      None when the deposit may be made, else the Refusal that answers it with 422
                                   `designated_withdrawal_refused` and a HIGH DESIGNATED_WITHDRAWAL_ATTEMPT alert
 
@@ -29,6 +30,8 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import StringConstraints
 
+from shared.money import MoneyError, parse_money
+
 __all__ = [
     "MAX_SOURCES",
     "NEWEST_TRANSFERS",
@@ -45,6 +48,7 @@ __all__ = [
     "Tax",
     "account_id",
     "account_ids",
+    "claimed_amount",
     "refusal",
     "refusal_message",
     "tax_of",
@@ -130,3 +134,15 @@ _MESSAGES = {
 def refusal_message(reason: Refusal, tax: Tax) -> str:
     """The sentence the 422 and the alert carry (no amounts or sources: those are in the alert's detail)."""
     return _MESSAGES[reason].format(tax=tax)
+
+
+def claimed_amount(body: object) -> Decimal | None:
+    """The money amount a withdrawal request's parsed JSON body asks for under `amount`, when it is one; the route
+    refuses every body alike, so this is only what the alert reports."""
+    amount = body.get("amount") if isinstance(body, dict) else None
+    if not isinstance(amount, str):
+        return None
+    try:
+        return parse_money(amount)
+    except MoneyError:
+        return None

@@ -21,6 +21,7 @@ from services.core.designated import (
     Source,
     account_id,
     account_ids,
+    claimed_amount,
     refusal,
     refusal_message,
     tax_of,
@@ -130,3 +131,19 @@ def test_a_balance_is_the_sum_of_accepted_deposits_and_never_falls(sequence: lis
         assert balance >= before
         assert balance == sum(accepted, Decimal("0.00"))
     assert all(amount > 0 for amount in accepted)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"amount": "250.00"}, Decimal("250.00")),
+        ({"amount": "-250.00", "to": "x"}, Decimal("-250.00")),
+        ({"amount": 250}, None),
+        ({"amount": "1e3"}, None),
+        ({}, None),
+        (["250.00"], None),
+        (None, None),
+    ],
+)
+def test_claimed_amount_reads_only_a_money_amount(body: object, expected: Decimal | None) -> None:
+    assert claimed_amount(body) == expected
