@@ -2,7 +2,9 @@
 
     KekProvider (shared.kek)       wraps and unwraps DEKs under KEKs; LocalKekProvider, kek_provider_from_env
     DataKeyCache                   unwrapped DEKs by org: at most DEK_CACHE_MAX_ORGS, each for DEK_CACHE_TTL_S
-    PiiCipher(pool, provider)      encrypt / decrypt (and *_many, one key lookup), destroy(org), forget(org)
+    PiiCipher(pool, provider)      encrypt / decrypt (and *_many, one key lookup), destroy(org), forget(org),
+                                   lock_live_key(conn, org, key_id) before writing what was sealed
+    sealed_key_id(blob)            the key id a sealed value names
     rotate_kek(conn, provider)     re-wrap every DEK under the current KEK; kek_usage(conn) shows what is left
     PiiError                       CiphertextInvalid, KeyDestroyed, PlaintextInvalid
     KekUnavailable (shared.kek)    not a PiiError: the provider's, passed through when a DEK's KEK is missing
@@ -24,7 +26,12 @@ DEKs live in `pii.data_keys`, wrapped. An org's first encryption creates its DEK
 (committed before any row uses it, so a caller's rollback cannot leave rows sealed under a key that was never
 stored). `destroy(org)` deletes the wrapped DEKs, keeping a tombstone row: afterwards opening the org's values
 raises `KeyDestroyed`, and so does encrypting for it (a deleted org gets no new key). Another process may keep
-using a DEK it cached for up to DEK_CACHE_TTL_S after a destroy.
+using a DEK it cached for up to DEK_CACHE_TTL_S after a destroy. A writer closes that window with
+`lock_live_key(conn, org, key_id)` in the transaction that stores sealed values, before it writes them: it takes a
+share lock on the key's row if the key is still live, which conflicts with destroy's UPDATE of that row, so the two
+serialise: a destroy that committed first makes it return False (the writer refuses, as for KeyDestroyed, and this
+process forgets the org's keys), and one that comes later waits for the writer's commit and then destroys the key
+of the values just written, like any earlier ones'.
 
 The process that destroys forgets the DEK at once, and never caches it again, whatever its lookups are doing:
 
@@ -88,6 +95,7 @@ __all__ = [
     "open_value",
     "rotate_kek",
     "seal_value",
+    "sealed_key_id",
 ]
 
 VERSION = 1
@@ -205,6 +213,17 @@ def seal_value(key: DataKey, binding: Binding, plaintext: str) -> bytes:
     return header + nonce + key.seal(nonce, encoded, binding.associated(header))
 
 
+def sealed_key_id(blob: bytes) -> int:
+    """The id of the org's DEK that sealed `blob` (read from its header, not authenticated until it is opened);
+    `CiphertextInvalid` when it is too short or of another version."""
+    if len(blob) < HEADER_BYTES:
+        raise CiphertextInvalid("sealed value is truncated")
+    version, key_id = _HEADER.unpack_from(blob)
+    if version != VERSION:
+        raise CiphertextInvalid(f"sealed value has unknown version {version}")
+    return int(key_id)
+
+
 def open_value(keys: OrgKeys, binding: Binding, blob: bytes) -> str:
     """The plaintext of a sealed value; `KeyDestroyed` for a destroyed org, else `CiphertextInvalid` on any fault."""
     if keys.destroyed:
@@ -303,6 +322,16 @@ async def _insert_first_key(conn: asyncpg.Connection, org_id: uuid.UUID, wrapped
         wrapped.kek_id,
         wrapped.blob,
     )
+
+
+async def _share_live_key(conn: asyncpg.Connection, org_id: uuid.UUID, key_id: int) -> bool:
+    # FOR SHARE, not FOR KEY SHARE: destroy's UPDATE changes no key column, so only a share lock conflicts with it.
+    live = await conn.fetchval(
+        "SELECT 1 FROM pii.data_keys WHERE org_id = $1 AND key_id = $2 AND wrapped IS NOT NULL FOR SHARE",
+        org_id,
+        key_id,
+    )
+    return live is not None
 
 
 async def _destroy(conn: asyncpg.Connection, org_id: uuid.UUID) -> int:
@@ -450,6 +479,16 @@ class PiiCipher:
             destroyed = await _destroy(own, org_id)
         self._forget(org_id)
         return destroyed
+
+    async def lock_live_key(self, conn: asyncpg.Connection, org_id: uuid.UUID, key_id: int) -> bool:
+        """In the caller's transaction, before it writes values sealed under the org's key `key_id`
+        (`sealed_key_id`): True when the key is live, and then it stays live until that transaction ends (a
+        destroy waits for it); False when it was destroyed, here or in another process, and this process forgets
+        the org's keys at once (the caller refuses the write: values sealed under a destroyed key are lost)."""
+        if await _share_live_key(conn, org_id, key_id):
+            return True
+        self._forget(org_id)
+        return False
 
     def forget(self, org_id: uuid.UUID) -> None:
         """The transaction of a `destroy(org_id, conn=...)` is over (committed or rolled back): drop what this

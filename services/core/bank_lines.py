@@ -9,13 +9,18 @@ statement but the idempotency record's completion, an update of a row the transa
 Another org's line is 404 like a line that does not exist, and another org's cursor is 400 like garbage
 (`services/core/cursor.py`): nothing a caller sends reaches another org's rows. After the org's data key is destroyed
 lines are still listed, with payee and description null and `pii_destroyed: true`; a new line is refused (409).
+That holds across processes too: the write's transaction takes `PiiCipher.lock_live_key` on the key its values
+were sealed with before it writes, so a destroy committed by another process while this one still has the key
+cached refuses the write (409) instead of storing values nobody can open.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -30,12 +35,12 @@ from shared.errors import ApiError, FieldError
 from shared.idempotency import idempotent
 from shared.money import format_money
 from shared.openapi import documented
-from shared.pii import KeyDestroyed, PiiCipher
+from shared.pii import KeyDestroyed, PiiCipher, sealed_key_id
 from shared.roles import Role
 from shared.tokens import Principal
 from shared.validation import parse_body, parse_query
 
-__all__ = ["READERS", "WRITERS", "create_line", "get_line", "list_lines"]
+__all__ = ["READERS", "WRITERS", "create_line", "erased", "get_line", "list_lines", "lock_sealing_keys"]
 
 READERS: tuple[Role, ...] = ("admin", "finance", "analyst")
 WRITERS: tuple[Role, ...] = ("admin", "finance")
@@ -68,6 +73,22 @@ async def _warm_key(cipher: PiiCipher, org_id: uuid.UUID) -> None:
     needs a connection of its own, and requests each holding one while waiting for another would empty the pool.
     Opening the page's values inside the transaction then finds the key cached."""
     await cipher.decrypt_many(org_id, BANK_LINES_TABLE, PAYEE, [])
+
+
+def erased() -> ApiError:
+    """The answer to a write for an org whose data key was destroyed."""
+    return ApiError("conflict", "This org's personal data was erased; it cannot record new lines")
+
+
+async def lock_sealing_keys(
+    cipher: PiiCipher, conn: asyncpg.Connection, org_id: uuid.UUID, sealed: Iterable[bytes]
+) -> None:
+    """In the write's transaction, before it writes: each key the `sealed` values name stays live until the
+    transaction ends, or 409 (`erased`) when one was destroyed meanwhile (another process may have, while this one
+    had the key cached). In key id order, so two writers lock alike."""
+    for key_id in sorted({sealed_key_id(blob) for blob in sealed}):
+        if not await cipher.lock_live_key(conn, org_id, key_id):
+            raise erased()
 
 
 def _bad_cursor() -> ApiError:
@@ -168,7 +189,7 @@ async def create_line(request: Request, principal: Principal) -> Response:
             ),
         ]
     except KeyDestroyed:
-        raise ApiError("conflict", "This org's personal data was erased; it cannot record new lines") from None
+        raise erased() from None
     line = SealedLine(
         id=line_id,
         org_id=org_id,
@@ -184,6 +205,7 @@ async def create_line(request: Request, principal: Principal) -> Response:
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
 
         async def create() -> Response:
+            await lock_sealing_keys(cipher, conn, org_id, (payee, description))
             await store.insert_line(conn, line)
             await audit.append(
                 conn,

@@ -6,14 +6,16 @@ any bad row answers 422 `invalid_rows` with `errors: [{row, field, code, message
 MAX_ROWS rows 413, and nothing is written. Then the payees and descriptions are sealed (one key lookup, each value
 bound to its line's id) before a pool connection is taken, like POST /bank-lines, and in one transaction: the
 idempotency claim (fingerprinted over the body's bytes, so the same file replays and another file under the key
-conflicts), every line written with one COPY, and one audit record `bank_lines.import` (count, totals, first and
-last date: no PII) as the last statement. Any failure before the commit (a row the database refuses, the audit
-write) rolls everything back: no line of the file is stored.
+conflicts), a share lock on the org's data key (`PiiCipher.lock_live_key`: 409 when another process destroyed it
+while this one had it cached), every line written with one COPY, and one audit record `bank_lines.import` (count,
+totals, first and last date: no PII) as the last statement. Any failure before the commit (a row the database
+refuses, the audit write) rolls everything back: no line of the file is stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from services.core import store
-from services.core.bank_lines import DESCRIPTION, PAYEE, WRITERS
+from services.core.bank_lines import DESCRIPTION, PAYEE, WRITERS, erased, lock_sealing_keys
 from services.core.deps import core_deps
 from services.core.imports import (
     MAX_BODY_BYTES,
@@ -162,7 +164,7 @@ async def _store(request: Request, principal: Principal, accepted: Accepted, bod
     try:
         payees, descriptions = await _seal(cipher, org_id, rows, [str(line_id) for line_id in ids])
     except KeyDestroyed:
-        raise ApiError("conflict", "This org's personal data was erased; it cannot record new lines") from None
+        raise erased() from None
     now = datetime.now(UTC)
     lines = [
         store.SealedLine(
@@ -186,6 +188,7 @@ async def _store(request: Request, principal: Principal, accepted: Accepted, bod
     async with runtime.db.pool.acquire() as conn, conn.transaction():
 
         async def work() -> Response:
+            await lock_sealing_keys(cipher, conn, org_id, itertools.chain(payees, descriptions))
             await store.copy_lines(conn, lines)
             await audit.append(
                 conn,

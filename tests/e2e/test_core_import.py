@@ -18,6 +18,7 @@ from core_support import (
     connect,
     get_lines,
     line_count,
+    new_line,
     pii_cipher,
     raw_lines,
     role_tokens,
@@ -325,3 +326,30 @@ async def test_totals_past_twelve_integer_digits_import_with_the_exact_sum(
     (record,) = await import_records(database_url, org.id)
     assert record["detail"]["totals"] == totals
     assert await line_count(database_url) == 2
+
+
+async def test_a_key_destroyed_by_another_process_while_core_has_it_cached_refuses_post_and_import(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    """Core caches the org's data key after its first line; another process (a PiiCipher of the test's own) then
+    destroys it. The next POST and import still seal under the cached key, and are refused (409) by the key's
+    share lock in their transaction: nothing is stored under a key nobody can open."""
+    stack, tokens = await started(start_service, database_url, http, org)
+    token = tokens["finance"]
+    status, created, _ = await call(http, "POST", stack.lines_url, token=token, json=new_line())
+    assert status == 201, created  # core now holds the org's key in its cache
+    async with pii_cipher(database_url) as other_process:
+        assert await other_process.destroy(org.id) == 1
+    status, problem, _ = await call(http, "POST", stack.lines_url, token=token, json=new_line())
+    assert (status, problem["code"]) == (409, "conflict"), problem
+    status, problem, _ = await post_import(http, stack.core.url, token, csv_file(3), key="after-destroy")
+    assert (status, problem["code"]) == (409, "conflict"), problem
+    assert await line_count(database_url) == 1
+    assert await import_records(database_url, org.id) == []
+    async with connect(database_url) as conn:
+        actions = await conn.fetch("SELECT action FROM audit.records WHERE org_id = $1 ORDER BY seq", org.id)
+        assert [row["action"] for row in actions] == ["bank_line.create"]
+        assert await conn.fetchval("SELECT count(*) FROM idempotency.records WHERE key = 'after-destroy'") == 0
+    # Core forgot the key when the write was refused: the list says the PII is gone at once.
+    status, page, _ = await get_lines(http, stack, tokens["analyst"])
+    assert (status, page["pii_destroyed"]) == (200, True), page

@@ -27,6 +27,7 @@ from shared.pii import (
     PlaintextInvalid,
     kek_usage,
     rotate_kek,
+    sealed_key_id,
 )
 
 OLD_KEK = Secret(base64.b64encode(os.urandom(32)).decode())
@@ -308,3 +309,32 @@ async def test_the_cli_rotates_the_kek_named_first(
     assert await cipher(pool, NEW_KEK).decrypt(org, "bank_lines", "payee", blob) == "Acme Pty Ltd"
     for secret in (NEW_KEK.reveal(), OLD_KEK.reveal()):
         assert secret not in result.output
+
+
+async def test_a_writers_share_lock_and_a_destroy_in_another_process_serialise(pool: asyncpg.Pool) -> None:
+    org_id = uuid.uuid4()
+    writer, destroyer = cipher(pool), cipher(pool)
+    sealed = await writer.encrypt(org_id, "bank_lines", "payee", "Acme")
+    key_id = sealed_key_id(sealed)
+    assert key_id == 1
+    # The writer holds the lock: the destroy waits for its commit.
+    async with pool.acquire() as conn, conn.transaction():
+        assert await writer.lock_live_key(conn, org_id, key_id) is True
+        destroying = asyncio.create_task(destroyer.destroy(org_id))
+        await asyncio.sleep(SLOW_UNWRAP_S)
+        assert not destroying.done()
+    assert await destroying == 1
+    # Destroyed in the other process while this one still has the key cached: the lock says so, and the writer
+    # forgets the key.
+    async with pool.acquire() as conn, conn.transaction():
+        assert await writer.lock_live_key(conn, org_id, key_id) is False
+    with pytest.raises(KeyDestroyed):
+        await writer.encrypt(org_id, "bank_lines", "payee", "Acme")
+
+
+def test_a_sealed_value_names_its_key_and_a_short_one_is_refused() -> None:
+    with pytest.raises(CiphertextInvalid):
+        sealed_key_id(b"\x01\x00")
+    with pytest.raises(CiphertextInvalid):
+        sealed_key_id(b"\x02\x00\x00\x00\x01")
+    assert sealed_key_id(b"\x01\x00\x00\x01\x00" + bytes(40)) == 256
