@@ -93,7 +93,9 @@ SERVICE_START_TIMEOUT_S = 60.0
 RSS_SAMPLE_S = 0.1
 PAUSE_BETWEEN_RUNS_S = 1.0
 WARM_UP_REQUESTS = 20
-console = Console(width=max(Console().width, 120))
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+CPU_COLUMNS = ("core", "api-gateway", "client")
+console = Console(width=max(Console().width, 140))
 
 
 # --- results ---------------------------------------------------------------------------------------------------
@@ -109,6 +111,7 @@ class Run:
     errors: int
     timeouts: int
     statuses: tuple[tuple[int, int], ...]  # unexpected status -> count
+    cpu_ms: tuple[tuple[str, float], ...] = ()  # process -> CPU ms (user + system) per request sent
 
     def quantile(self, q: float) -> float:
         if not self.latencies_ms:
@@ -177,6 +180,15 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.wait(RSS_SAMPLE_S):
             self.peak_kb = max(self.peak_kb, status_kb(self.pid, "VmRSS"))
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S  # utime, stime
 
 
 def status_kb(pid: int, name: str) -> int:
@@ -318,9 +330,11 @@ async def decrypt_cost_us(dsn: str, kek: str, org_id: uuid.UUID, pages: int) -> 
 
 
 class Client:
-    """One aiohttp session per loopback source address, used in turn."""
+    """One aiohttp session per loopback source address, used in turn; `watched` are the processes whose CPU time
+    each run reports (besides this one's, as "client")."""
 
-    def __init__(self) -> None:
+    def __init__(self, watched: dict[str, int]) -> None:
+        self.watched = watched
         self.sessions = [
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, local_addr=(f"127.0.0.{n}", 0)),
@@ -365,6 +379,8 @@ async def open_load(client: Client, request: Request, rate: float, duration_s: f
             errors += 1
             statuses[status] = statuses.get(status, 0) + 1
 
+    cpu_before = {name: process_cpu_s(pid) for name, pid in client.watched.items()}
+    client_cpu_before = time.process_time()
     start = time.perf_counter() + 0.05
     tasks = []
     for i in range(count):
@@ -374,7 +390,10 @@ async def open_load(client: Client, request: Request, rate: float, duration_s: f
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i, scheduled)))
     await asyncio.gather(*tasks)
-    return Run(rate, count, tuple(latencies), errors, timeouts, tuple(sorted(statuses.items())))
+    cpu = {name: process_cpu_s(pid) - cpu_before[name] for name, pid in client.watched.items()}
+    cpu["client"] = time.process_time() - client_cpu_before
+    per_request = tuple((name, 1000 * seconds / count) for name, seconds in cpu.items())
+    return Run(rate, count, tuple(latencies), errors, timeouts, tuple(sorted(statuses.items())), per_request)
 
 
 async def warm_up(client: Client, request: Request) -> None:
@@ -465,7 +484,9 @@ async def count_items(url: str, token: str) -> int:
         return len(page["items"])
 
 
-async def drive(args: argparse.Namespace, proxy_url: str, core_url: str, results: Results) -> None:
+async def drive(
+    args: argparse.Namespace, proxy_url: str, core_url: str, watched: dict[str, int], results: Results
+) -> None:
     token = await login(proxy_url)
     auth = {"authorization": f"Bearer {token}"}
     lines_url = f"{proxy_url}/bank-lines?limit={PAGE_LIMIT}"
@@ -497,7 +518,7 @@ async def drive(args: argparse.Namespace, proxy_url: str, core_url: str, results
             "gst_amount": "0.00",
         },
     )
-    client = Client()
+    client = Client(watched)
     try:
         for request in workloads:
             await warm_up(client, request)
@@ -564,6 +585,7 @@ def report(args: argparse.Namespace, seeded: Seeded, results: Results, rss: dict
         "p95 ms",
         "p99 ms",
         "p50 vs core /health",
+        "CPU ms/req core/proxy/client",
         "errors",
         "timeouts",
     ):
@@ -582,6 +604,7 @@ def report(args: argparse.Namespace, seeded: Seeded, results: Results, rss: dict
                 fmt(run.p95),
                 fmt(run.p99),
                 ratio,
+                " / ".join(f"{dict(run.cpu_ms).get(name, float('nan')):.2f}" for name in CPU_COLUMNS),
                 str(run.errors) + (f" {dict(run.statuses)}" if run.statuses else ""),
                 str(run.timeouts),
             )
@@ -721,7 +744,7 @@ def main() -> int:
             "UPSTREAM_COMPLIANCE_URLS": f"http://127.0.0.1:{free_port()}",
             "UPSTREAM_REGULATOR_URLS": f"http://127.0.0.1:{free_port()}",
         }
-        stack.enter_context(service("proxy", proxy_env, workdir / "proxy"))
+        proxy = stack.enter_context(service("proxy", proxy_env, workdir / "proxy"))
         proxy_url = f"http://127.0.0.1:{proxy_port}"
         for url, what in (
             (f"{auth_url}/ready", "auth"),
@@ -736,7 +759,7 @@ def main() -> int:
         sampler.start()
         try:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(drive(args, proxy_url, core_url, results))
+                runner.run(drive(args, proxy_url, core_url, {"core": core.pid, "api-gateway": proxy.pid}, results))
         finally:
             sampler.stop()
         rss = {"idle": idle_mb, "sampled": sampler.peak_kb / 1024, "hwm": status_kb(core.pid, "VmHWM") / 1024}
