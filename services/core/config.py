@@ -1,5 +1,7 @@
 """The core service's settings: the shared ones, and the key-encryption key provider that unwraps each org's PII
-data key (`shared.kek`: APGMS_KEK_FILE or APGMS_KEK, the dev-only default outside production).
+data key (`shared.kek`: APGMS_KEK_FILE or APGMS_KEK, the dev-only default outside production), and
+SHORTFALL_ALERT_THRESHOLD (money text, default 500.00): a money write that leaves the current BAS cycle's total
+shortfall above it raises a SUSPICIOUS_TAX_GAP alert (`services.core.evaluation`).
 
 Core reads no master key (only auth does); it calls the other services as `service-core` with its own
 SERVICE_CLIENT_SECRET, like every calling service.
@@ -9,19 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from decimal import Decimal
 
-from shared.config import Settings, environ_with_dotenv, load_settings
+from shared.config import ConfigError, Settings, environ_with_dotenv, load_settings
 from shared.kek import KekProvider, kek_provider_from_env
+from shared.money import MoneyError, parse_money
 
-__all__ = ["SERVICE_NAME", "CoreSettings", "load_core_settings"]
+__all__ = ["DEFAULT_SHORTFALL_ALERT_THRESHOLD", "SERVICE_NAME", "CoreSettings", "load_core_settings"]
 
 SERVICE_NAME = "core"
+SHORTFALL_ALERT_THRESHOLD_VAR = "SHORTFALL_ALERT_THRESHOLD"
+DEFAULT_SHORTFALL_ALERT_THRESHOLD = "500.00"
 
 
 @dataclass(frozen=True)
 class CoreSettings(Settings):
     # Wraps and unwraps the orgs' PII data keys; it holds KEKs, and its repr shows none.
     kek_provider: KekProvider
+    # A total BAS shortfall above this, left by a money write, raises a SUSPICIOUS_TAX_GAP alert.
+    shortfall_alert_threshold: Decimal
 
 
 def load_core_settings(environ: Mapping[str, str] | None = None) -> CoreSettings:
@@ -32,4 +40,17 @@ def load_core_settings(environ: Mapping[str, str] | None = None) -> CoreSettings
     return CoreSettings(
         **{f.name: getattr(base, f.name) for f in fields(Settings)},
         kek_provider=kek_provider_from_env(merged),
+        shortfall_alert_threshold=_threshold(
+            merged.get(SHORTFALL_ALERT_THRESHOLD_VAR, DEFAULT_SHORTFALL_ALERT_THRESHOLD)
+        ),
     )
+
+
+def _threshold(text: str) -> Decimal:
+    try:
+        amount = parse_money(text)
+    except MoneyError as exc:
+        raise ConfigError(f"{SHORTFALL_ALERT_THRESHOLD_VAR} must be money text like 500.00: {exc}") from None
+    if amount < 0:
+        raise ConfigError(f"{SHORTFALL_ALERT_THRESHOLD_VAR} cannot be negative")
+    return amount

@@ -1,5 +1,6 @@
-"""What core's handlers share, built once at start-up by `create_app` (the pool exists only then): the PII cipher
-and the page-cursor key. Handlers reach it with `core_deps(request)`, typed, never through loose `app.state` keys."""
+"""What core's handlers share, built once at start-up by `create_app` (the pool exists only then): the PII cipher,
+the page-cursor key, and the BAS lodgement's outbound adapter (`services.core.lodgement`: the recording one unless
+another is given). Handlers reach it with `core_deps(request)`, typed, never through loose `app.state` keys."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncpg
 from starlette.requests import Request
 
 from services.core import store
+from services.core.lodgement import LodgementGateway, RecordingGateway
 from shared.pii import PiiCipher
 
 __all__ = ["CoreDeps", "CursorKey", "core_deps"]
@@ -31,6 +33,7 @@ class CursorKey:
 class CoreDeps:
     cipher: PiiCipher
     cursor_key: CursorKey
+    lodgement: LodgementGateway = field(default_factory=RecordingGateway)
 
 
 def core_deps(request: Request) -> CoreDeps:
