@@ -1,0 +1,316 @@
+"""Payment plans: `GET /bas/payment-plans` and `POST /bas/payment-plans` (finance, admin; the POST idempotent), and
+`POST /bas/payment-plans/{id}/approve` and `/reject` (admin with a recent step-up). Rules: `plan_rules.py`.
+
+A plan is asked for a BLOCKED cycle: the current one unless the body names another of the org's cycles. Whether it
+is blocked is computed live (`services.core.evaluation.compute`: the cycle's lines against the designated
+balances), under the cycle row's lock, which the org's money writes take too: a deposit that clears the shortfall
+either committed before (and the request is 409 `cycle_not_blocked`) or waits until the plan is recorded. The
+current cycle's row is inserted by this POST if no write has needed it yet (ON CONFLICT DO NOTHING); the GET
+writes nothing but its audit record (`payment_plans.read`, count and filter).
+
+Reason, notes and decision notes are free text that may name people, so the audit records (`payment_plan.create`,
+`payment_plan.approve`, `payment_plan.reject`) carry ids, amounts, dates, statuses and the texts' lengths, never
+the texts: the audit chain outlives the org's deletion.
+
+The listing is one bounded page (`limit`, at most 200, newest first): an org has at most one open plan per
+quarter, so 200 plans are decades of history, and a cursor would cost more than it serves.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+import asyncpg
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    StringConstraints,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.core import bas, plan_rules
+from services.core.evaluation import compute, current_cycle
+from services.core.store import cycles
+from services.core.store import plans as store
+from shared import audit
+from shared.authz import guard
+from shared.errors import ApiError
+from shared.idempotency import idempotent
+from shared.money import Money, format_money
+from shared.openapi import documented
+from shared.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, QueryInt
+from shared.roles import Role
+from shared.tokens import Principal
+from shared.validation import parse_body, parse_query
+
+__all__ = ["DECIDERS", "REQUESTERS", "approve_plan", "create_plan", "list_plans", "reject_plan"]
+
+REQUESTERS: tuple[Role, ...] = ("admin", "finance")
+DECIDERS: tuple[Role, ...] = ("admin",)
+JSON = "application/json"
+ZERO = Decimal("0.00")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+
+
+def _validate_start_date(value: Any) -> date:
+    if not isinstance(value, str) or _ISO_DATE.fullmatch(value) is None:
+        raise PydanticCustomError("date", "a date must be a string written YYYY-MM-DD")
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError("date", "not a day of the calendar") from None
+    error = plan_rules.start_date_error(day, bas.business_date(datetime.now(UTC)))
+    if error is not None:
+        raise PydanticCustomError("start_date", error)
+    return day
+
+
+StartDate = Annotated[
+    date,
+    PlainValidator(_validate_start_date),
+    PlainSerializer(date.isoformat, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date", "examples": ["2025-08-04"]}),
+]
+IsoDate = Annotated[date, PlainSerializer(date.isoformat, return_type=str)]
+# `pattern` is a search: at least one character that is not whitespace.
+Reason = Annotated[
+    str, StringConstraints(strict=True, min_length=1, max_length=plan_rules.REASON_MAX_CHARS, pattern=r"\S")
+]
+Notes = Annotated[str, StringConstraints(strict=True, max_length=plan_rules.NOTES_MAX_CHARS)]
+
+
+def _positive(value: Decimal) -> Decimal:
+    if value <= ZERO:
+        raise PydanticCustomError("positive", "the weekly amount must be more than 0.00")
+    return value
+
+
+class NewPlan(BaseModel):
+    """`POST /bas/payment-plans`: for the current cycle unless `cycle_id` names another of the org's cycles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cycle_id: uuid.UUID | None = None
+    reason: Reason
+    weekly_amount: Annotated[Money, AfterValidator(_positive)]
+    start_date: StartDate
+    notes: Notes | None = None
+
+
+class Decision(BaseModel):
+    """`POST /bas/payment-plans/{id}/approve` or `/reject`: a JSON object, `{}` when there is no note."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    note: Notes | None = None
+
+
+class PlanQuery(BaseModel):
+    """`GET /bas/payment-plans?cycle_id=&limit=`; unknown parameters are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cycle_id: uuid.UUID | None = None
+    limit: QueryInt = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+
+
+class PlanView(BaseModel):
+    id: uuid.UUID
+    cycle_id: uuid.UUID
+    status: plan_rules.PlanStatus
+    reason: str
+    weekly_amount: Money
+    start_date: IsoDate
+    notes: str | None
+    requested_at: datetime
+    requested_by: str
+    decided_at: datetime | None
+    decided_by: str | None
+    decision_note: str | None
+
+    @classmethod
+    def of(cls, plan: store.Plan) -> PlanView:
+        return cls(
+            id=plan.id,
+            cycle_id=plan.cycle_id,
+            status=plan.status,  # type: ignore[arg-type]  # the table's CHECK holds it to PlanStatus
+            reason=plan.reason,
+            weekly_amount=plan.weekly_amount,
+            start_date=plan.start_date,
+            notes=plan.notes,
+            requested_at=plan.requested_at,
+            requested_by=plan.requested_by,
+            decided_at=plan.decided_at,
+            decided_by=plan.decided_by,
+            decision_note=plan.decision_note,
+        )
+
+
+class PlanList(BaseModel):
+    items: list[PlanView]
+
+
+def _plan_id(request: Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.path_params["id"])
+    except ValueError:
+        raise ApiError("not_found") from None
+
+
+async def _lock_target_cycle(
+    conn: asyncpg.Connection, org_id: uuid.UUID, named: uuid.UUID | None, now: datetime
+) -> cycles.CycleRow:
+    """The cycle a plan is asked for, locked: the current one (its row inserted if no write has needed it yet)
+    unless the body names another of the org's cycles (404 when it has no such cycle)."""
+    current = current_cycle(now)
+    current_id = bas.cycle_id(org_id, current.period_start)
+    if named is None or named == current_id:
+        await cycles.ensure_cycle(conn, org_id, current)
+        return await cycles.lock_cycle(conn, org_id, current_id)
+    if await cycles.get_cycle(conn, org_id, named) is None:
+        raise ApiError("not_found", "This org has no BAS cycle with that id")
+    return await cycles.lock_cycle(conn, org_id, named)
+
+
+@documented("The org's payment plans, newest first", response=PlanList, tags=["bas"])
+@guard(roles=REQUESTERS)
+async def list_plans(request: Request, principal: Principal) -> Response:
+    query = parse_query(request.query_params, PlanQuery)
+    org_id = uuid.UUID(principal.org_id)
+    async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        found = await store.list_plans(conn, org_id, query.cycle_id, query.limit)
+        await audit.append(
+            conn,
+            org_id=org_id,
+            actor=audit.actor_of(principal),
+            action="payment_plans.read",
+            target="payment_plans",
+            detail={"count": len(found), "cycle_id": None if query.cycle_id is None else str(query.cycle_id)},
+        )
+    return Response(PlanList(items=[PlanView.of(plan) for plan in found]).model_dump_json(), media_type=JSON)
+
+
+@documented(
+    "Ask for a payment plan for a BLOCKED BAS cycle (idempotent with Idempotency-Key)",
+    request=NewPlan,
+    response=PlanView,
+    status=201,
+    tags=["bas"],
+)
+@guard(roles=REQUESTERS)
+async def create_plan(request: Request, principal: Principal) -> Response:
+    body = await parse_body(request, NewPlan)
+    org_id = uuid.UUID(principal.org_id)
+    actor = audit.actor_of(principal)
+    now = datetime.now(UTC)
+    async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+
+        async def create() -> Response:
+            cycle = await _lock_target_cycle(conn, org_id, body.cycle_id, now)
+            status = "LODGED" if cycle.status == "LODGED" else (await compute(conn, org_id, cycle.cycle)).status
+            refusal = plan_rules.request_error(status)
+            if refusal is not None:
+                raise ApiError("cycle_not_blocked", refusal)
+            plan = await store.insert_plan(
+                conn,
+                store.NewPlan(
+                    id=uuid.uuid4(),
+                    org_id=org_id,
+                    cycle_id=cycle.id,
+                    reason=body.reason,
+                    weekly_amount=body.weekly_amount,
+                    start_date=body.start_date,
+                    notes=body.notes,
+                    requested_by=actor,
+                ),
+            )
+            if plan is None:
+                raise ApiError("plan_exists", "This BAS cycle already has a submitted or approved payment plan")
+            await audit.append(
+                conn,
+                org_id=org_id,
+                actor=actor,
+                action="payment_plan.create",
+                target=f"payment_plan:{plan.id}",
+                detail={
+                    "id": str(plan.id),
+                    "cycle_id": str(plan.cycle_id),
+                    "weekly_amount": format_money(plan.weekly_amount),
+                    "start_date": plan.start_date.isoformat(),
+                    "reason_chars": len(plan.reason),
+                    "notes_chars": len(plan.notes or ""),
+                },
+            )
+            return Response(
+                PlanView.of(plan).model_dump_json(),
+                status_code=201,
+                media_type=JSON,
+                headers={"location": f"/bas/payment-plans/{plan.id}"},
+            )
+
+        return await idempotent(request, conn, create, org_id=org_id, actor=actor, body=body)
+
+
+async def _decide(request: Request, principal: Principal, decision: plan_rules.Decision) -> Response:
+    plan_id = _plan_id(request)
+    body = await parse_body(request, Decision)
+    org_id = uuid.UUID(principal.org_id)
+    actor = audit.actor_of(principal)
+    async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+
+        async def decide() -> Response:
+            before = await store.get_plan(conn, org_id, plan_id)
+            if before is None:
+                raise ApiError("not_found")
+            status = plan_rules.decide(before.status, decision)
+            if status is None:
+                raise ApiError("plan_decided", f"The payment plan is already {before.status}")
+            outcome, plan = await store.decide_plan(conn, org_id, plan_id, status=status, actor=actor, note=body.note)
+            if outcome is not store.Decided.DECIDED or plan is None:  # another decision won meanwhile
+                raise ApiError("plan_decided", "The payment plan was decided by another request")
+            await audit.append(
+                conn,
+                org_id=org_id,
+                actor=actor,
+                action=f"payment_plan.{decision}",
+                target=f"payment_plan:{plan_id}",
+                detail={
+                    "id": str(plan_id),
+                    "cycle_id": str(plan.cycle_id),
+                    "status": plan.status,
+                    "note_chars": len(body.note or ""),
+                },
+            )
+            return Response(PlanView.of(plan).model_dump_json(), media_type=JSON)
+
+        return await idempotent(request, conn, decide, org_id=org_id, actor=actor, body=body)
+
+
+@documented(
+    "Approve a submitted payment plan (admin, needs a recent step-up)",
+    request=Decision,
+    response=PlanView,
+    tags=["bas"],
+)
+@guard(roles=DECIDERS, step_up=True)
+async def approve_plan(request: Request, principal: Principal) -> Response:
+    return await _decide(request, principal, "approve")
+
+
+@documented(
+    "Reject a submitted payment plan (admin, needs a recent step-up)", request=Decision, response=PlanView, tags=["bas"]
+)
+@guard(roles=DECIDERS, step_up=True)
+async def reject_plan(request: Request, principal: Principal) -> Response:
+    return await _decide(request, principal, "reject")
