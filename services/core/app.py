@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from services.core import alerts, bank_lines, bulk, internal
+from services.core import accounts, alerts, bank_lines, bulk, internal
 from services.core.config import CoreSettings
 from services.core.deps import CoreDeps, CursorKey
 from shared.app import Runtime, build_runtime, build_service_app
@@ -23,6 +23,11 @@ def create_app(settings: CoreSettings) -> Starlette:
         Route("/bank-lines/{line_id}", bank_lines.get_line, methods=["GET"]),
         Route("/alerts", alerts.list_alerts, methods=["GET"]),
         Route("/alerts/{id}/resolve", alerts.resolve_alert, methods=["POST"]),
+        Route("/org/designated-accounts", accounts.list_accounts, methods=["GET"]),
+        Route("/org/designated-accounts/{account_id}/deposits", accounts.deposit, methods=["POST"]),
+        Route("/org/designated-accounts/{account_id}/withdrawals", accounts.withdraw, methods=["POST"]),
+        Route("/org/designated-accounts/{account_id}/sources", accounts.list_sources, methods=["GET"]),
+        Route("/org/designated-accounts/{account_id}/sources", accounts.replace_sources, methods=["PUT"]),
         Route("/internal/orgs/{org_id}/bank-lines/summary", internal.bank_line_summary, methods=["GET"]),
     ]
     app = build_service_app(settings, routes, title="APGMS core service", runtime=runtime)
