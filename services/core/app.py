@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from services.core import accounts, alerts, bank_lines, bulk, internal
+from services.core import accounts, admin, alerts, bank_lines, bulk, internal
 from services.core.config import CoreSettings
 from services.core.deps import CoreDeps, CursorKey
 from shared.app import Runtime, build_runtime, build_service_app
@@ -28,6 +28,8 @@ def create_app(settings: CoreSettings) -> Starlette:
         Route("/org/designated-accounts/{account_id}/withdrawals", accounts.withdraw, methods=["POST"]),
         Route("/org/designated-accounts/{account_id}/sources", accounts.list_sources, methods=["GET"]),
         Route("/org/designated-accounts/{account_id}/sources", accounts.replace_sources, methods=["PUT"]),
+        Route("/admin/export/{org}", admin.export_org, methods=["GET"]),
+        Route("/admin/delete/{org}", admin.delete_org, methods=["DELETE"]),
         Route("/internal/orgs/{org_id}/bank-lines/summary", internal.bank_line_summary, methods=["GET"]),
     ]
     app = build_service_app(settings, routes, title="APGMS core service", runtime=runtime)
