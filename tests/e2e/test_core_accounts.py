@@ -5,8 +5,10 @@ the whitelist behind a step-up, another org's accounts 404, and GETs that write 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,9 +19,10 @@ import pytest
 import pytest_asyncio
 from auth_support import Org, call
 from core2_support import stepped_up
-from core_support import CoreStack, connect, role_tokens, start_core
+from core_support import CoreStack, connect, new_line, post_line, role_tokens, start_core
 
 from services.core.designated import MAX_SOURCES, Tax, account_id
+from services.core.evaluation import current_cycle
 from services.core.store import accounts as store
 from shared.audit import verify_org
 
@@ -203,6 +206,9 @@ async def test_deposits_from_a_listed_source_add_up_and_replay(
     made_audit = await audit_rows(stack.database_url, org.id, "designated.deposit")
     assert [orjson.loads(row["detail"])["balance"] for row in made_audit] == ["1200.50", "1300.00"]
     assert "reference" not in orjson.loads(made_audit[0]["detail"])
+    async with connect(stack.database_url) as conn:
+        # Each deposit re-evaluated the current cycle: nothing required, 1300.00 secured.
+        assert await conn.fetchval("SELECT status FROM core.bas_cycles WHERE org_id = $1", org.id) == "READY"
     assert (await verify_org_chain(stack.database_url, org.id)) is True
 
 
@@ -361,3 +367,33 @@ async def test_changing_the_whitelist_needs_a_step_up(http: aiohttp.ClientSessio
     assert (status, made["balance"]) == (201, "40.00")
     status, refused, _ = await deposit(http, stack, tokens["finance"], account, deposit_body("40.00", SOURCE))
     assert (status, refused["reason"]) == (422, "unlisted_source")
+
+
+async def test_concurrent_deposits_and_bank_lines_raise_at_most_one_tax_gap(
+    http: aiohttp.ClientSession, stack: CoreStack, org: Org
+) -> None:
+    tokens = await role_tokens(http, stack, org)
+    await allow(stack.database_url, org.id, SOURCE)
+    account = account_id(org.id, "PAYGW")
+    day = current_cycle(datetime.now(UTC)).period_start.isoformat()
+    writers = 20
+
+    async def write(n: int) -> int:
+        if n % 2:
+            status, _, _ = await deposit(http, stack, tokens["finance"], account, deposit_body("10.00"))
+        else:
+            line = new_line(date=day, amount="-10000.00", gst_amount="0.00", paygw_amount="1000.00")
+            status, _, _ = await post_line(http, stack, tokens["finance"], line)
+        return status
+
+    assert await asyncio.gather(*(write(n) for n in range(writers))) == [201] * writers
+    assert await balance(stack.database_url, org.id) == Decimal("100.00")
+    async with connect(stack.database_url) as conn:
+        gaps = await conn.fetchval(
+            "SELECT count(*) FROM core.alerts "
+            "WHERE org_id = $1 AND type = 'SUSPICIOUS_TAX_GAP' AND resolved_at IS NULL",
+            org.id,
+        )
+        assert gaps == 1
+        assert await conn.fetchval("SELECT status FROM core.bas_cycles WHERE org_id = $1", org.id) == "BLOCKED"
+    assert await verify_org_chain(stack.database_url, org.id) is True
