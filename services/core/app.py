@@ -31,6 +31,7 @@ def create_app(settings: CoreSettings) -> Starlette:
         Route("/admin/export/{org}", admin.export_org, methods=["GET"]),
         Route("/admin/delete/{org}", admin.delete_org, methods=["DELETE"]),
         Route("/internal/orgs/{org_id}/bank-lines/summary", internal.bank_line_summary, methods=["GET"]),
+        Route("/internal/orgs/{org_id}/alerts", internal.org_alerts, methods=["GET"]),
     ]
     app = build_service_app(settings, routes, title="APGMS core service", runtime=runtime)
 

@@ -9,9 +9,14 @@ range touches, empty months included with zeros, so a BAS quarter is the sum of 
 the quarter's dates). Sums are money strings with two places (`shared.money.format_total`): past the twelve integer
 digits one line obeys but a sum of many need not, they keep the same spelling with more digits.
 
-No PII is read (payee and description are never selected), so the read writes no audit row: SPEC audits state
-changes and PII reads, and a caller that shows these sums to a person (the regulator's views) audits its own
-call. Core keeps no org table, so an org it has no lines for, or one that does not exist, answers zeros.
+    GET /internal/orgs/{org_id}/alerts?status=open|resolved&severity=&cursor=&limit=
+
+The org's alerts, newest first, paged like `GET /alerts` (the same filters, a cursor bound to org and filters),
+without resolution notes: a note is free text a user wrote for the org, not for other services.
+
+No PII is read (payee and description are never selected, nor alert notes), so the reads write no audit row:
+SPEC audits state changes and PII reads, and a caller that shows these figures to a person (the regulator's views)
+audits its own call. Core keeps no org table, so an org it has no lines for, or one that does not exist, answers zeros.
 
 A user token or an org API client's is for another audience: 401 `invalid_token`. A service token without
 `core:read` (core's own) is 403 `forbidden`. A malformed org id is 400 `bad_request`, bad dates or `from` after
@@ -32,8 +37,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.core import store
+from services.core.alerts import AlertPage, AlertQuery, AlertView
+from services.core.cursor import InvalidCursor, decode_alert_cursor, encode_alert_cursor
+from services.core.deps import core_deps
 from services.core.models import LineDate
+from services.core.store import alerts as alert_store
 from shared.authz import guard
+from shared.canonical import canonical_json
 from shared.errors import ApiError, FieldError
 from shared.money import format_total
 from shared.negotiation import encoded_response, response_media_type
@@ -48,6 +58,7 @@ __all__ = [
     "SummaryQuery",
     "bank_line_summary",
     "month_spans",
+    "org_alerts",
     "path_org",
     "summarise",
 ]
@@ -175,3 +186,36 @@ async def bank_line_summary(request: Request, principal: Principal) -> Response:
         rows = await store.bank_line_summary(conn, org_id, query.start, query.end)
     summary = summarise(org_id, query.start, query.end, rows, by_month=query.group == "month")
     return encoded_response(summary, media_type)
+
+
+@documented(
+    "An org's alerts, newest first, paged and filtered like GET /alerts, without resolution notes; JSON or msgpack",
+    response=AlertPage,
+    tags=["internal"],
+)
+@guard(audience=SERVICE_AUDIENCE, scopes=(CORE_READ_SCOPE,))
+async def org_alerts(request: Request, principal: Principal) -> Response:
+    org_id = path_org(request.path_params["org_id"])
+    query = parse_query(request.query_params, AlertQuery)
+    media_type = response_media_type(request)
+    bound_to = canonical_json(query.filter_detail())
+    async with request.app.state.runtime.db.pool.acquire() as conn:
+        key = await core_deps(request).cursor_key.get(conn)
+        try:
+            after = decode_alert_cursor(key, org_id, bound_to, query.cursor) if query.cursor is not None else None
+        except InvalidCursor:
+            raise ApiError(
+                "invalid_query",
+                "The cursor is not one this API gave for these filters",
+                errors=[FieldError("cursor", "not a cursor from this API for these filters")],
+            ) from None
+        rows = await alert_store.page_alerts(conn, org_id, query.filters(), after, query.limit + 1)
+    page, more = rows[: query.limit], len(rows) > query.limit
+    last = page[-1] if more else None
+    body = AlertPage(
+        items=[AlertView.of(alert).model_copy(update={"resolution_note": None}) for alert in page],
+        next_cursor=encode_alert_cursor(key, org_id, bound_to, alert_store.AlertKey(last.created_at, last.id))
+        if last
+        else None,
+    )
+    return encoded_response(body, media_type)

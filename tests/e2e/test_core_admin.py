@@ -255,3 +255,39 @@ async def test_with_auth_unreachable_the_data_goes_and_the_same_delete_finishes_
     assert status == 401
     rows, ok = await chain(database_url, org.id)
     assert ok and [row.action for row in rows].count("admin.org.delete") == 1
+
+
+async def test_internal_alerts_need_core_read_and_page_without_notes(
+    stack: CoreStack, org: Org, other_org: Org, http: aiohttp.ClientSession
+) -> None:
+    from test_auth_internal import service_token
+
+    for n in range(3):
+        await insert_alert(stack.database_url, org.id, severity="HIGH", resolved=n == 0, detail={"n": str(n)})
+    await insert_alert(stack.database_url, other_org.id)
+    url = f"{stack.core.url}/internal/orgs/{org.id}/alerts"
+    for service in ("core",):
+        token = await service_token(http, stack.auth, service)
+        status, problem, _ = await call(http, "GET", url, token=token)
+        assert (status, problem["code"]) == (403, "forbidden"), service
+    user = (await role_tokens(http, stack, org))["admin"]
+    status, problem, _ = await call(http, "GET", url, token=user)
+    assert (status, problem["code"]) == (401, "invalid_token")
+
+    token = await service_token(http, stack.auth, "regulator")
+    items: list[dict[str, Any]] = []
+    params = {"limit": "2"}
+    while True:
+        status, page, _ = await call(http, "GET", url, token=token, params=params)
+        assert status == 200, page
+        items += page["items"]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert sorted(item["detail"]["n"] for item in items) == ["0", "1", "2"]
+    assert all(item["resolution_note"] is None for item in items)
+    status, page, _ = await call(http, "GET", url, token=token, params={"status": "open"})
+    assert status == 200 and len(page["items"]) == 2
+    other_url = f"{stack.core.url}/internal/orgs/{other_org.id}/alerts"
+    status, problem, _ = await call(http, "GET", other_url, token=token, params={"cursor": params["cursor"]})
+    assert (status, problem["code"]) == (400, "invalid_query"), "another org's cursor"
