@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from services.core import accounts, admin, alerts, bank_lines, bulk, internal
+from services.core import accounts, admin, alerts, bank_lines, bulk, cycles, internal
 from services.core.config import CoreSettings
 from services.core.deps import CoreDeps, CursorKey
 from shared.app import Runtime, build_runtime, build_service_app
@@ -30,6 +30,9 @@ def create_app(settings: CoreSettings) -> Starlette:
         Route("/org/designated-accounts/{account_id}/sources", accounts.replace_sources, methods=["PUT"]),
         Route("/admin/export/{org}", admin.export_org, methods=["GET"]),
         Route("/admin/delete/{org}", admin.delete_org, methods=["DELETE"]),
+        Route("/org/obligations/current", cycles.current_obligations, methods=["GET"]),
+        Route("/bas/preview", cycles.preview, methods=["GET"]),
+        Route("/bas/lodge", cycles.lodge, methods=["POST"]),
         Route("/internal/orgs/{org_id}/bank-lines/summary", internal.bank_line_summary, methods=["GET"]),
         Route("/internal/orgs/{org_id}/alerts", internal.org_alerts, methods=["GET"]),
     ]
