@@ -111,8 +111,10 @@ async def test_replace_sources_keeps_what_stays(conn: asyncpg.Connection) -> Non
     assert (change.added, change.removed) == (("c",), ("a",))
     listed = await accounts.sources(conn, org, account)
     assert [(s.source, s.added_by) for s in listed] == [("b", "user:first"), ("c", "user:second")]
+    assert await accounts.add_sources(conn, org, account, ["c", "d"], "system:seed") == ("d",)
+    assert [s.source for s in await accounts.sources(conn, org, account)] == ["b", "c", "d"]
     change = await accounts.replace_sources(conn, org, account, [], "user:third")
-    assert (change.added, change.removed) == ((), ("b", "c"))
+    assert (change.added, change.removed) == ((), ("b", "c", "d"))
     assert await accounts.sources(conn, org, account) == []
 
 

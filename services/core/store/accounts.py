@@ -27,6 +27,7 @@ __all__ = [
     "SourceChange",
     "SourceEntry",
     "Transfer",
+    "add_sources",
     "balances",
     "ensure_account",
     "insert_transfer",
@@ -109,6 +110,17 @@ async def replace_sources(
         org_id,
         list(wanted),
     )
+    return SourceChange(
+        added=await add_sources(conn, org_id, account_id, wanted, actor),
+        removed=tuple(sorted(row["source"] for row in removed)),
+    )
+
+
+async def add_sources(
+    conn: asyncpg.Connection, org_id: uuid.UUID, account_id: uuid.UUID, wanted: Collection[str], actor: str
+) -> tuple[str, ...]:
+    """Add `wanted` to the whitelist, keeping every source already on it (the demo seed's use: run on every start,
+    it must not undo an admin's changes); the sources it added, sorted. The account row must exist."""
     added = await conn.fetch(
         "INSERT INTO core.designated_sources (account_id, org_id, source, added_by) "
         "SELECT $1, $2, s, $4 FROM unnest($3::text[]) AS s ON CONFLICT DO NOTHING RETURNING source",
@@ -117,10 +129,7 @@ async def replace_sources(
         list(wanted),
         actor,
     )
-    return SourceChange(
-        added=tuple(sorted(row["source"] for row in added)),
-        removed=tuple(sorted(row["source"] for row in removed)),
-    )
+    return tuple(sorted(row["source"] for row in added))
 
 
 async def insert_transfer(
