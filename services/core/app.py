@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from services.core import accounts, admin, alerts, bank_lines, bulk, cycles, internal
+from services.core import accounts, admin, alerts, bank_lines, bulk, cycles, internal, plans
 from services.core.config import CoreSettings
 from services.core.deps import CoreDeps, CursorKey
 from shared.app import Runtime, build_runtime, build_service_app
@@ -33,6 +33,10 @@ def create_app(settings: CoreSettings) -> Starlette:
         Route("/org/obligations/current", cycles.current_obligations, methods=["GET"]),
         Route("/bas/preview", cycles.preview, methods=["GET"]),
         Route("/bas/lodge", cycles.lodge, methods=["POST"]),
+        Route("/bas/payment-plans", plans.list_plans, methods=["GET"]),
+        Route("/bas/payment-plans", plans.create_plan, methods=["POST"]),
+        Route("/bas/payment-plans/{id}/approve", plans.approve_plan, methods=["POST"]),
+        Route("/bas/payment-plans/{id}/reject", plans.reject_plan, methods=["POST"]),
         Route("/internal/orgs/{org_id}/bank-lines/summary", internal.bank_line_summary, methods=["GET"]),
         Route("/internal/orgs/{org_id}/alerts", internal.org_alerts, methods=["GET"]),
     ]

@@ -141,10 +141,11 @@ class PlanView(BaseModel):
 
     @classmethod
     def of(cls, plan: store.Plan) -> PlanView:
-        return cls(
+        # Built from stored values, which are valid by construction (Money validates strings only).
+        return cls.model_construct(
             id=plan.id,
             cycle_id=plan.cycle_id,
-            status=plan.status,  # type: ignore[arg-type]  # the table's CHECK holds it to PlanStatus
+            status=plan.status,
             reason=plan.reason,
             weekly_amount=plan.weekly_amount,
             start_date=plan.start_date,
