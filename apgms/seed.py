@@ -37,7 +37,8 @@ from rich.text import Text
 from apgms.bank_line_seed import LineGenerator
 from services.auth import store
 from services.auth.passwords import MIN_PASSWORD_CHARS, hash_password, verify_password
-from services.core.store import BANK_LINES_TABLE, SealedLine, copy_lines, count_lines
+from services.core.designated import TAXES, account_id
+from services.core.store import BANK_LINES_TABLE, SealedLine, accounts, copy_lines, count_lines
 from shared import audit
 from shared.config import DEV_ONLY_MARKER
 from shared.crypto import SealError, SecretBox
@@ -45,6 +46,8 @@ from shared.kek import KekProvider
 from shared.pii import PiiCipher
 
 DEMO_ORG_NAME = "Demo Pty Ltd"
+# The bank account the demo org's deposits come from (a made-up BSB and number).
+DEMO_DEPOSIT_SOURCE = "DEMO-OPERATING 062-000 00000000"
 DEMO_USERS = (
     ("admin", "admin@demo.apgms.example"),
     ("finance", "finance@demo.apgms.example"),
@@ -142,8 +145,28 @@ async def seed_demo(conn: asyncpg.Connection, box: SecretBox, password: str) -> 
         admin = users["admin"]
         matches = existing_admin is None or await asyncio.to_thread(verify_password, admin.password_hash, password)
         secret = await _admin_totp(conn, box, admin)
+        await _demo_sources(conn, org_id)
     uri = pyotp.TOTP(secret).provisioning_uri(name=admin.email, issuer_name=TOTP_ISSUER) if secret else None
     return DemoSeed(org_id, tuple(logins), password, matches, secret, uri)
+
+
+async def _demo_sources(conn: asyncpg.Connection, org_id: uuid.UUID) -> None:
+    """Whitelist DEMO_DEPOSIT_SOURCE on both designated accounts, so the demo org can take deposits (an account
+    refuses every source until an admin adds one). Only adds: an admin's later changes survive the next start.
+    Audited, last in the seed's transaction, when it added anything."""
+    for tax in TAXES:
+        account = account_id(org_id, tax)
+        await accounts.ensure_account(conn, org_id, account, tax)
+        added = await accounts.add_sources(conn, org_id, account, [DEMO_DEPOSIT_SOURCE], SEED_ACTOR)
+        if added:
+            await audit.append(
+                conn,
+                org_id=org_id,
+                actor=SEED_ACTOR,
+                action="designated.sources.add",
+                target=f"designated_account:{account}",
+                detail={"account_id": str(account), "tax": tax, "added": list(added)},
+            )
 
 
 def logins_table(seed: DemoSeed, *, title: str = "Demo logins") -> Table:

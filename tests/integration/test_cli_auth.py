@@ -20,10 +20,11 @@ from typer.testing import CliRunner
 
 from apgms import devstack
 from apgms.cli import app
-from apgms.seed import DEMO_ORG_NAME, DEMO_USERS, DEV_DEMO_PASSWORD
+from apgms.seed import DEMO_DEPOSIT_SOURCE, DEMO_ORG_NAME, DEMO_USERS, DEV_DEMO_PASSWORD
 from services.auth import store
 from services.auth.keys import SigningKeys, add_active_key
 from services.auth.passwords import verify_password
+from shared import audit
 from shared.config import Secret, new_master_key
 from shared.crypto import SecretBox
 from shared.tokens import USER_AUDIENCE, access_claims, sign, verify
@@ -92,6 +93,23 @@ async def test_seed_is_idempotent_and_enrols_the_admin_in_totp(database_url: str
     step = int(time.time()) // 30
     assert await store.accept_totp_step(conn, admin.id, step), "the admin's current code is usable"
     assert pyotp.TOTP(secret).now()
+
+    # Both designated accounts take deposits from the demo source, added once (and audited once) over two runs.
+    sources = await conn.fetch(
+        "SELECT a.tax, s.source FROM core.designated_sources s JOIN core.designated_accounts a ON a.id = s.account_id "
+        "WHERE a.org_id = $1 ORDER BY a.tax",
+        orgs[0]["id"],
+    )
+    assert [(row["tax"], row["source"]) for row in sources] == [
+        ("GST", DEMO_DEPOSIT_SOURCE),
+        ("PAYGW", DEMO_DEPOSIT_SOURCE),
+    ]
+    added = await conn.fetch(
+        "SELECT actor, detail::text FROM audit.records WHERE org_id = $1 AND action = 'designated.sources.add'",
+        orgs[0]["id"],
+    )
+    assert [row["actor"] for row in added] == ["system", "system"]
+    assert (await audit.verify_org(conn, orgs[0]["id"])).ok
 
 
 async def test_seed_takes_the_password_from_the_environment_and_refuses_the_default_in_production(
