@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from services.core import accounts, admin, alerts, bank_lines, bulk, cycles, internal, plans
 from services.core.config import CoreSettings
-from services.core.deps import CoreDeps, CursorKey
+from services.core.deps import CoreDeps, CursorKey, ImportSlots
 from shared.app import Runtime, build_runtime, build_service_app
 from shared.pii import PiiCipher
 
@@ -44,7 +44,11 @@ def create_app(settings: CoreSettings) -> Starlette:
 
     async def start(rt: Runtime) -> None:
         assert rt.db is not None
-        app.state.core = CoreDeps(cipher=PiiCipher(rt.db.pool, settings.kek_provider), cursor_key=CursorKey())
+        app.state.core = CoreDeps(
+            cipher=PiiCipher(rt.db.pool, settings.kek_provider),
+            cursor_key=CursorKey(),
+            imports=ImportSlots(settings.max_concurrent_imports, settings.import_wait_s),
+        )
 
     runtime.on_startup.append(start)
     return app

@@ -5,6 +5,9 @@ shortfall above it raises a SUSPICIOUS_TAX_GAP alert (`services.core.evaluation`
 
 Core reads no master key (only auth does); it calls the other services as `service-core` with its own
 SERVICE_CLIENT_SECRET, like every calling service.
+
+Bulk imports are admitted a few at a time (services/core/bulk.py): CORE_MAX_CONCURRENT_IMPORTS at once (default 2),
+and one that finds them all taken waits up to CORE_IMPORT_WAIT_S (default 2 s) for a slot before it is refused.
 """
 
 from __future__ import annotations
@@ -13,15 +16,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from decimal import Decimal
 
-from shared.config import ConfigError, Settings, environ_with_dotenv, load_settings
+from shared.config import ConfigError, Env, Settings, environ_with_dotenv, load_settings
 from shared.kek import KekProvider, kek_provider_from_env
 from shared.money import MoneyError, parse_money
 
-__all__ = ["DEFAULT_SHORTFALL_ALERT_THRESHOLD", "SERVICE_NAME", "CoreSettings", "load_core_settings"]
+__all__ = [
+    "DEFAULT_IMPORT_WAIT_S",
+    "DEFAULT_MAX_CONCURRENT_IMPORTS",
+    "DEFAULT_SHORTFALL_ALERT_THRESHOLD",
+    "SERVICE_NAME",
+    "CoreSettings",
+    "load_core_settings",
+]
 
 SERVICE_NAME = "core"
 SHORTFALL_ALERT_THRESHOLD_VAR = "SHORTFALL_ALERT_THRESHOLD"
 DEFAULT_SHORTFALL_ALERT_THRESHOLD = "500.00"
+# An import of 10,000 rows holds about 25 MB while it runs and takes a second or two: two at once keep core well
+# under its 250 MB, and the third waits about one import's time before it is told to come back.
+DEFAULT_MAX_CONCURRENT_IMPORTS = 2
+DEFAULT_IMPORT_WAIT_S = 2.0
+MAX_CONCURRENT_IMPORTS_CEILING = 64
 
 
 @dataclass(frozen=True)
@@ -30,6 +45,9 @@ class CoreSettings(Settings):
     kek_provider: KekProvider
     # A total BAS shortfall above this, left by a money write, raises a SUSPICIOUS_TAX_GAP alert.
     shortfall_alert_threshold: Decimal
+    # How many bulk imports run at once in this process, and how long another waits for one to end.
+    max_concurrent_imports: int = DEFAULT_MAX_CONCURRENT_IMPORTS
+    import_wait_s: float = DEFAULT_IMPORT_WAIT_S
 
 
 def load_core_settings(environ: Mapping[str, str] | None = None) -> CoreSettings:
@@ -37,12 +55,20 @@ def load_core_settings(environ: Mapping[str, str] | None = None) -> CoreSettings
     bad variable."""
     merged = environ_with_dotenv(environ)
     base = load_settings(SERVICE_NAME, merged, service_client=True)
+    env = Env(merged)
     return CoreSettings(
         **{f.name: getattr(base, f.name) for f in fields(Settings)},
         kek_provider=kek_provider_from_env(merged),
         shortfall_alert_threshold=_threshold(
             merged.get(SHORTFALL_ALERT_THRESHOLD_VAR, DEFAULT_SHORTFALL_ALERT_THRESHOLD)
         ),
+        max_concurrent_imports=env.integer(
+            "CORE_MAX_CONCURRENT_IMPORTS",
+            DEFAULT_MAX_CONCURRENT_IMPORTS,
+            minimum=1,
+            maximum=MAX_CONCURRENT_IMPORTS_CEILING,
+        ),
+        import_wait_s=env.number("CORE_IMPORT_WAIT_S", DEFAULT_IMPORT_WAIT_S),
     )
 
 

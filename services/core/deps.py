@@ -1,9 +1,14 @@
 """What core's handlers share, built once at start-up by `create_app` (the pool exists only then): the PII cipher,
-the page-cursor key, and the BAS lodgement's outbound adapter (`services.core.lodgement`: the recording one unless
-another is given). Handlers reach it with `core_deps(request)`, typed, never through loose `app.state` keys."""
+the page-cursor key, the bulk imports' admission slots, and the BAS lodgement's outbound adapter
+(`services.core.lodgement`: the recording one unless another is given). Handlers reach it with
+`core_deps(request)`, typed, never through loose `app.state` keys."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -11,9 +16,10 @@ from starlette.requests import Request
 
 from services.core import store
 from services.core.lodgement import LodgementGateway, RecordingGateway
+from shared.errors import ApiError
 from shared.pii import PiiCipher
 
-__all__ = ["CoreDeps", "CursorKey", "core_deps"]
+__all__ = ["CoreDeps", "CursorKey", "ImportSlots", "core_deps"]
 
 
 @dataclass
@@ -29,10 +35,49 @@ class CursorKey:
         return self._key
 
 
+@dataclass
+class ImportSlots:
+    """At most `limit` bulk imports at once in this process: each holds its body, rows and sealed values (about
+    25 MB for 10,000 rows) while it runs, so without a bound 32 at once took core past 900 MB. An import takes a
+    slot before its body is read and keeps it until its answer is built; one that finds none free waits up to
+    `wait_s`, then is refused with 503 `service_unavailable` and `Retry-After` (nothing of it was read or written)."""
+
+    limit: int
+    wait_s: float
+    _free: asyncio.Semaphore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.limit < 1 or self.wait_s < 0:
+            raise ValueError("an import needs at least one slot and a wait of zero or more seconds")
+        self._free = asyncio.Semaphore(self.limit)
+
+    @property
+    def retry_after_s(self) -> int:
+        """What a refused import is told to wait: the time it waited, at least a second."""
+        return max(1, math.ceil(self.wait_s))
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await self._free.acquire()
+        except TimeoutError:
+            raise ApiError(
+                "service_unavailable",
+                f"Too many imports in progress (at most {self.limit} at once); retry in {self.retry_after_s} s",
+                headers={"retry-after": str(self.retry_after_s)},
+            ) from None
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
 @dataclass(frozen=True)
 class CoreDeps:
     cipher: PiiCipher
     cursor_key: CursorKey
+    imports: ImportSlots
     lodgement: LodgementGateway = field(default_factory=RecordingGateway)
 
 

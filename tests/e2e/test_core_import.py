@@ -3,9 +3,11 @@ roles, idempotency, and the 5 MiB and 10,000-row limits."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -353,3 +355,61 @@ async def test_a_key_destroyed_by_another_process_while_core_has_it_cached_refus
     # Core forgot the key when the write was refused: the list says the PII is gone at once.
     status, page, _ = await get_lines(http, stack, tokens["analyst"])
     assert (status, page["pii_destroyed"]) == (200, True), page
+
+
+async def test_imports_past_the_concurrency_bound_are_503_with_retry_after_and_write_nothing(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    """With 2 slots and a short wait: two imports whose bodies are still arriving hold both slots (a slot is taken
+    before the body is read), so a third is refused with 503 and Retry-After once the wait is over, having read and
+    written nothing; the two finish with 201, and the third goes in when retried."""
+    slots, wait_s = 2, 0.3
+    stack = start_core(
+        start_service,
+        database_url,
+        env={"CORE_MAX_CONCURRENT_IMPORTS": str(slots), "CORE_IMPORT_WAIT_S": str(wait_s)},
+    )
+    token = (await role_tokens(http, stack, org))["finance"]
+    url = f"{stack.core.url}/bank-lines/import"
+    body = csv_file(1_000)
+    release = asyncio.Event()
+
+    async def held_open() -> AsyncIterator[bytes]:
+        yield body[:100]
+        await release.wait()
+        yield body[100:]
+
+    async def slow_import() -> tuple[int, Any, Any]:
+        headers = {**CSV, "authorization": f"Bearer {token}"}
+        async with http.post(url, data=held_open(), headers=headers) as response:
+            return response.status, await response.json(content_type=None), response.headers.copy()
+
+    holders = [asyncio.create_task(slow_import()) for _ in range(slots)]
+    await asyncio.sleep(1.0)  # both requests are in core, each holding a slot while it reads its body
+    status, problem, headers = await post_import(http, stack.core.url, token, csv_file(3), key="while-busy")
+    assert (status, problem["code"]) == (503, "service_unavailable"), problem
+    assert headers["retry-after"] == "1"
+    assert "imports in progress" in problem["detail"]
+    assert await line_count(database_url) == 0
+    release.set()
+    for status, answer, _ in await asyncio.gather(*holders):
+        assert (status, answer["imported"]) == (201, 1_000), answer
+    assert await line_count(database_url) == 2 * 1_000
+    async with connect(database_url) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM idempotency.records WHERE key = 'while-busy'") == 0
+    status, answer, _ = await post_import(http, stack.core.url, token, csv_file(3), key="while-busy")
+    assert (status, answer["imported"]) == (201, 3), answer
+    assert await line_count(database_url) == 2 * 1_000 + 3
+    assert len(await import_records(database_url, org.id)) == 3
+
+
+async def test_an_import_that_finds_the_slots_taken_waits_for_one_within_the_wait(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    stack = start_core(
+        start_service, database_url, env={"CORE_MAX_CONCURRENT_IMPORTS": "1", "CORE_IMPORT_WAIT_S": "30"}
+    )
+    token = (await role_tokens(http, stack, org))["finance"]
+    results = await asyncio.gather(*(post_import(http, stack.core.url, token, csv_file(2_000)) for _ in range(3)))
+    assert [status for status, _, _ in results] == [201, 201, 201]
+    assert await line_count(database_url) == 3 * 2_000

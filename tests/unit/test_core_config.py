@@ -59,3 +59,33 @@ def test_a_malformed_kek_is_refused_without_echoing_it(tmp_path: Path, monkeypat
     with pytest.raises(ConfigError, match="APGMS_KEK") as caught:
         load_core_settings({**BASE, "APGMS_KEK": "not-a-key-at-all"})
     assert "not-a-key-at-all" not in str(caught.value)
+
+
+def test_imports_are_admitted_two_at_a_time_with_a_two_second_wait_unless_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_core_settings({**BASE, "APGMS_KEK": KEK})
+    assert (settings.max_concurrent_imports, settings.import_wait_s) == (2, 2.0)
+    settings = load_core_settings(
+        {**BASE, "APGMS_KEK": KEK, "CORE_MAX_CONCURRENT_IMPORTS": "4", "CORE_IMPORT_WAIT_S": "0.5"}
+    )
+    assert (settings.max_concurrent_imports, settings.import_wait_s) == (4, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CORE_MAX_CONCURRENT_IMPORTS", "0"),
+        ("CORE_MAX_CONCURRENT_IMPORTS", "two"),
+        ("CORE_MAX_CONCURRENT_IMPORTS", "65"),
+        ("CORE_IMPORT_WAIT_S", "-1"),
+        ("CORE_IMPORT_WAIT_S", "nan"),
+    ],
+)
+def test_a_bad_import_bound_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=name):
+        load_core_settings({**BASE, "APGMS_KEK": KEK, name: value})
