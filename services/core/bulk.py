@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 from services.core import store
 from services.core.bank_lines import DESCRIPTION, PAYEE, WRITERS, erased, lock_sealing_keys
 from services.core.deps import core_deps
+from services.core.evaluation import reevaluate, shortfall_threshold
 from services.core.imports import (
     MAX_BODY_BYTES,
     ImportFormat,
@@ -213,6 +214,7 @@ async def _store(request: Request, principal: Principal, sealed: SealedImport) -
         async def work() -> Response:
             await lock_sealing_keys(cipher, conn, org_id, _sealed_values(lines))
             await store.copy_lines(conn, lines)
+            await reevaluate(conn, org_id, actor, now=datetime.now(UTC), threshold=shortfall_threshold(request))
             await audit.append(
                 conn,
                 org_id=org_id,

@@ -241,3 +241,29 @@ async def test_gets_write_nothing_but_their_audit_rows(http: aiohttp.ClientSessi
         await post(http, stack, tokens["finance"], WAGES)
     async with connect(stack.database_url) as conn:
         assert await conn.fetchval("SELECT count(*) FROM core.bas_cycles WHERE org_id = $1", org.id) == 1
+
+
+async def test_an_import_re_evaluates_the_cycle_and_raises_the_gap_alert_once(
+    http: aiohttp.ClientSession, stack: CoreStack, org: Org
+) -> None:
+    tokens = await role_tokens(http, stack, org)
+    header = "date,amount,payee,description,gst_amount,paygw_amount\n"
+    rows = "".join(f"{DAY},-1000.00,Staff {n},Wages,0.00,300.00\n" for n in range(2))
+    for _ in range(2):
+        status, body, _ = await call(
+            http,
+            "POST",
+            f"{stack.core.url}/bank-lines/import",
+            token=tokens["finance"],
+            data=(header + rows).encode(),
+            headers={"content-type": "text/csv"},
+        )
+        assert status == 201, body
+    alerts = await gap_alerts(stack.database_url, org.id)
+    assert len(alerts) == 1 and alerts[0]["message"] == "PAYGW short by $600.00"
+    async with connect(stack.database_url) as conn:
+        row = await conn.fetchrow(
+            "SELECT status FROM core.bas_cycles WHERE id = $1", cycle_id(org.id, CYCLE.period_start)
+        )
+    assert row["status"] == "BLOCKED"
+    assert (await actions(stack.database_url, org.id)) == ["alert.raise", "bank_lines.import", "bank_lines.import"]
