@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from services.core import store
-from services.core.bank_lines import _open_page
+from services.core.bank_lines import open_page
 from services.core.deps import core_deps
 from services.core.models import BankLine
 from services.core.store import BANK_LINES_TABLE, LineKey, PageFilters, orgs
@@ -139,7 +139,7 @@ async def _bank_lines(runtime: Runtime, cipher: PiiCipher, org_id: uuid.UUID) ->
             lines = await store.page_lines(conn, org_id, PageFilters(), after, EXPORT_PAGE_ROWS)
         if not lines:
             return
-        payees, descriptions, _ = await _open_page(cipher, org_id, lines)
+        payees, descriptions, _ = await open_page(cipher, org_id, lines)
         items = [
             BankLine.of(line, p, d).model_dump_json().encode()
             for line, p, d in zip(lines, payees, descriptions, strict=True)

@@ -41,7 +41,7 @@ from shared.roles import Role
 from shared.tokens import Principal
 from shared.validation import parse_body, parse_query
 
-__all__ = ["READERS", "WRITERS", "create_line", "erased", "get_line", "list_lines", "lock_sealing_keys"]
+__all__ = ["READERS", "WRITERS", "create_line", "erased", "get_line", "list_lines", "lock_sealing_keys", "open_page"]
 
 READERS: tuple[Role, ...] = ("admin", "finance", "analyst")
 WRITERS: tuple[Role, ...] = ("admin", "finance")
@@ -49,7 +49,7 @@ PAYEE, DESCRIPTION = "payee", "description"
 JSON = "application/json"
 
 
-async def _open_page(
+async def open_page(
     cipher: PiiCipher, org_id: uuid.UUID, lines: list[SealedLine]
 ) -> tuple[list[str | None], list[str | None], bool]:
     """Payees and descriptions of `lines` (one key lookup: the second call finds the key cached), or nulls and
@@ -117,7 +117,7 @@ async def list_lines(request: Request, principal: Principal) -> Response:
             raise _bad_cursor() from None
         lines = await store.page_lines(conn, org_id, filters, after, query.limit + 1)
         page, more = lines[: query.limit], len(lines) > query.limit
-        payees, descriptions, destroyed = await _open_page(deps.cipher, org_id, page)
+        payees, descriptions, destroyed = await open_page(deps.cipher, org_id, page)
         await audit.append(
             conn,
             org_id=org_id,
@@ -157,7 +157,7 @@ async def get_line(request: Request, principal: Principal) -> Response:
         line = await store.get_line(conn, org_id, line_id)
         if line is None:
             raise ApiError("not_found")
-        payees, descriptions, destroyed = await _open_page(deps.cipher, org_id, [line])
+        payees, descriptions, destroyed = await open_page(deps.cipher, org_id, [line])
         await audit.append(
             conn,
             org_id=org_id,
