@@ -90,6 +90,7 @@ ERRORS: dict[str, ErrorKind] = {
     "cycle_not_blocked": ErrorKind(409, "A payment plan is only for a BLOCKED BAS cycle"),
     "bas_cycle_blocked": ErrorKind(409, "The BAS cycle has a shortfall and cannot be lodged"),
     "bas_cycle_lodged": ErrorKind(409, "The BAS cycle is already lodged"),
+    "gone": ErrorKind(410, "Gone"),
     "payload_too_large": ErrorKind(413, "Request body too large"),
     "unsupported_media_type": ErrorKind(415, "Unsupported media type"),
     "invalid_rows": ErrorKind(422, "Some rows are invalid"),

@@ -1,16 +1,33 @@
 """Composition root of the core service: its settings' KEK provider, the routes, and at start-up (when the pool
-exists) the dependencies its handlers share (`services.core.deps.CoreDeps`)."""
+exists) the dependencies its handlers share (`services.core.deps.CoreDeps`).
+
+A write that races its org's deletion finds migration 0008's triggers refusing the org's rows (SQLSTATE AP410,
+`store.orgs.ORG_DELETED_SQLSTATE`) after its transaction rolled back: that is 410 `gone`, not a server fault. Any
+other database error is left to the error boundary (500 `internal_error`).
+"""
 
 from __future__ import annotations
 
+import asyncpg
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from services.core import accounts, admin, alerts, bank_lines, bulk, cycles, internal, plans
 from services.core.config import CoreSettings
 from services.core.deps import CoreDeps, CursorKey, ImportSlots
+from services.core.store.orgs import ORG_DELETED_SQLSTATE
 from shared.app import Runtime, build_runtime, build_service_app
+from shared.errors import problem_response
 from shared.pii import PiiCipher
+
+
+async def org_deleted(_: Request, exc: Exception) -> Response:
+    """410 `gone` for a row refused because its org was deleted; any other database error goes on to the boundary."""
+    if getattr(exc, "sqlstate", None) != ORG_DELETED_SQLSTATE:
+        raise exc
+    return problem_response("gone", "This organisation has been deleted")
 
 
 def create_app(settings: CoreSettings) -> Starlette:
@@ -41,6 +58,7 @@ def create_app(settings: CoreSettings) -> Starlette:
         Route("/internal/orgs/{org_id}/alerts", internal.org_alerts, methods=["GET"]),
     ]
     app = build_service_app(settings, routes, title="APGMS core service", runtime=runtime)
+    app.add_exception_handler(asyncpg.PostgresError, org_deleted)
 
     async def start(rt: Runtime) -> None:
         assert rt.db is not None
