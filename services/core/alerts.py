@@ -18,12 +18,13 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import Response
 
 from services.core.cursor import InvalidCursor, decode_alert_cursor, encode_alert_cursor
 from services.core.deps import core_deps
+from services.core.models import non_blank
 from services.core.store import alerts as store
 from shared import audit
 from shared.authz import guard
@@ -95,8 +96,7 @@ class AlertPage(BaseModel):
     next_cursor: str | None
 
 
-# `pattern` is a search: at least one character that is not whitespace.
-Note = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=NOTE_MAX_CHARS, pattern=r"\S")]
+Note = Annotated[str, non_blank(NOTE_MAX_CHARS)]
 
 
 class ResolveAlert(BaseModel):

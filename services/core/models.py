@@ -3,6 +3,12 @@ single-line POST here, the bulk import in services/core/imports.py): import them
 
     LineDate        "YYYY-MM-DD" only, a real day, 1900-01-01 .. Dec 31 of next year (UTC)
     Payee           1..PAYEE_MAX_CHARS characters, not all whitespace
+The building blocks of those rules serve core's other bodies too (payment plans, alerts), so that a date or a text
+field means the same everywhere:
+
+    parse_iso_date(value)   the day a "YYYY-MM-DD" string spells (TypeError / ValueError saying which rule broke)
+    IsoDate                 a date written "YYYY-MM-DD" in a response
+    non_blank(max_chars)    the constraint of a text of 1..max_chars characters, not all whitespace
     Description     0..DESCRIPTION_MAX_CHARS characters
     component_errors(amount, gst_amount, paygw_amount)    the components' rules, as field errors (pure)
 
@@ -47,11 +53,14 @@ __all__ = [
     "BankLinePage",
     "BankLineQuery",
     "Description",
+    "IsoDate",
     "LineDate",
     "NewBankLine",
     "Payee",
     "component_errors",
     "latest_line_date",
+    "non_blank",
+    "parse_iso_date",
     "parse_line_date",
 ]
 
@@ -69,17 +78,24 @@ def latest_line_date(today: date) -> date:
     return date(today.year + 1, 12, 31)
 
 
-def parse_line_date(value: object, today: date) -> date:
-    """The date `value` spells as `YYYY-MM-DD`, within EARLIEST_LINE_DATE..latest_line_date(today); `ValueError`
-    (a `TypeError` for a value that is not a string) saying which rule it broke."""
+def parse_iso_date(value: object) -> date:
+    """The day `value` spells as `YYYY-MM-DD` (nothing else `date.fromisoformat` takes); `ValueError` (a
+    `TypeError` for a value that is not a string) saying which rule it broke."""
     if not isinstance(value, str):
         raise TypeError("a date must be a string like 2025-07-01")
     if _ISO_DATE.fullmatch(value) is None:
         raise ValueError("a date must be written YYYY-MM-DD")
     try:
-        day = date.fromisoformat(value)
+        return date.fromisoformat(value)
     except ValueError:
         raise ValueError("not a day of the calendar") from None
+
+
+def parse_line_date(value: object, today: date) -> date:
+    """The date `value` spells as `YYYY-MM-DD` (`parse_iso_date`), within EARLIEST_LINE_DATE..
+    latest_line_date(today); `ValueError` (a `TypeError` for a value that is not a string) saying which rule it
+    broke."""
+    day = parse_iso_date(value)
     if day < EARLIEST_LINE_DATE:
         raise ValueError(f"a date must be on or after {EARLIEST_LINE_DATE.isoformat()}")
     if day > (latest := latest_line_date(today)):
@@ -103,8 +119,15 @@ LineDate = Annotated[
     WithJsonSchema({"type": "string", "format": "date", "examples": ["2025-07-01"]}),
 ]
 IsoDate = Annotated[date, PlainSerializer(date.isoformat, return_type=str)]
-# `pattern` is a search: at least one character that is not whitespace.
-Payee = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=PAYEE_MAX_CHARS, pattern=r"\S")]
+
+
+def non_blank(max_chars: int) -> StringConstraints:
+    """A string of 1..`max_chars` characters with at least one that is not whitespace."""
+    # `pattern` is a search: it finds one character that is not whitespace anywhere in the value.
+    return StringConstraints(strict=True, min_length=1, max_length=max_chars, pattern=r"\S")
+
+
+Payee = Annotated[str, non_blank(PAYEE_MAX_CHARS)]
 Description = Annotated[str, StringConstraints(strict=True, max_length=DESCRIPTION_MAX_CHARS)]
 
 

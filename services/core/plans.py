@@ -18,7 +18,6 @@ quarter, so 200 plans are decades of history, and a cursor would cost more than 
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -41,6 +40,7 @@ from starlette.responses import Response
 
 from services.core import bas, plan_rules
 from services.core.evaluation import compute, current_cycle
+from services.core.models import IsoDate, non_blank, parse_iso_date
 from services.core.store import cycles
 from services.core.store import plans as store
 from shared import audit
@@ -60,16 +60,13 @@ REQUESTERS: tuple[Role, ...] = ("admin", "finance")
 DECIDERS: tuple[Role, ...] = ("admin",)
 JSON = "application/json"
 ZERO = Decimal("0.00")
-_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 
 
 def _validate_start_date(value: Any) -> date:
-    if not isinstance(value, str) or _ISO_DATE.fullmatch(value) is None:
-        raise PydanticCustomError("date", "a date must be a string written YYYY-MM-DD")
     try:
-        day = date.fromisoformat(value)
-    except ValueError:
-        raise PydanticCustomError("date", "not a day of the calendar") from None
+        day = parse_iso_date(value)
+    except (TypeError, ValueError) as exc:
+        raise PydanticCustomError("date", str(exc)) from None
     error = plan_rules.start_date_error(day, bas.business_date(datetime.now(UTC)))
     if error is not None:
         raise PydanticCustomError("start_date", error)
@@ -82,11 +79,7 @@ StartDate = Annotated[
     PlainSerializer(date.isoformat, return_type=str),
     WithJsonSchema({"type": "string", "format": "date", "examples": ["2025-08-04"]}),
 ]
-IsoDate = Annotated[date, PlainSerializer(date.isoformat, return_type=str)]
-# `pattern` is a search: at least one character that is not whitespace.
-Reason = Annotated[
-    str, StringConstraints(strict=True, min_length=1, max_length=plan_rules.REASON_MAX_CHARS, pattern=r"\S")
-]
+Reason = Annotated[str, non_blank(plan_rules.REASON_MAX_CHARS)]
 Notes = Annotated[str, StringConstraints(strict=True, max_length=plan_rules.NOTES_MAX_CHARS)]
 
 
