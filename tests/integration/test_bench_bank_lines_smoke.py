@@ -11,7 +11,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICK = ["--lines", "20000", "--duration", "2", "--rates", "100", "--search-cap", "150", "--decrypt-pages", "200"]
+QUICK = [
+    "--lines",
+    "20000",
+    "--duration",
+    "2",
+    "--rates",
+    "100",
+    "--post-rate",
+    "100",
+    "--search-cap",
+    "150",
+    "--decrypt-pages",
+    "200",
+]
 BENCH_TIMEOUT_S = 100
 
 
