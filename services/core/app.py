@@ -56,6 +56,7 @@ def create_app(settings: CoreSettings) -> Starlette:
         Route("/bas/payment-plans/{id}/reject", plans.reject_plan, methods=["POST"]),
         Route("/internal/orgs/{org_id}/bank-lines/summary", internal.bank_line_summary, methods=["GET"]),
         Route("/internal/orgs/{org_id}/alerts", internal.org_alerts, methods=["GET"]),
+        Route("/internal/orgs/{org_id}/report-inputs", internal.report_inputs, methods=["GET"]),
     ]
     app = build_service_app(settings, routes, title="APGMS core service", runtime=runtime)
     app.add_exception_handler(asyncpg.PostgresError, org_deleted)

@@ -18,6 +18,7 @@ import asyncio
 import uuid
 from datetime import UTC, date, datetime
 
+import asyncpg
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,7 +39,18 @@ from shared.openapi import documented
 from shared.roles import ROLES, Role
 from shared.tokens import Principal
 
-__all__ = ["LODGERS", "PREVIEWERS", "current_obligations", "lodge", "preview"]
+__all__ = [
+    "LODGED",
+    "LODGERS",
+    "PREVIEWERS",
+    "CurrentCycle",
+    "CycleView",
+    "TaxView",
+    "current_obligations",
+    "lodge",
+    "preview",
+    "read_current_cycle",
+]
 
 PREVIEWERS: tuple[Role, ...] = ("admin", "finance")
 LODGERS: tuple[Role, ...] = ("admin", "finance")
@@ -89,7 +101,7 @@ class BasPreview(BaseModel):
     blockers: list[str]
 
 
-class _Current:
+class CurrentCycle:
     """The current cycle as a read sees it: the row if one exists, else the derived one; live or frozen figures."""
 
     def __init__(self, org_id: uuid.UUID, cycle: bas.Cycle, row: CycleRow | None, obligations: Obligations) -> None:
@@ -126,15 +138,21 @@ def _frozen(row: CycleRow) -> Obligations:
     )
 
 
-async def _read_current(request: Request, principal: Principal, action: str) -> _Current:
+async def read_current_cycle(conn: asyncpg.Connection, org_id: uuid.UUID, now: datetime) -> CurrentCycle:
+    """The org's cycle current at `now` and its figures (frozen once lodged, else live), reading only."""
+    cycle = current_cycle(now)
+    row = await cycles.get_cycle(conn, org_id, bas.cycle_id(org_id, cycle.period_start))
+    obligations = _frozen(row) if row is not None and row.status == LODGED else await compute(conn, org_id, cycle)
+    return CurrentCycle(org_id, cycle, row, obligations)
+
+
+async def _read_current(request: Request, principal: Principal, action: str) -> CurrentCycle:
     """The current cycle's figures, and the read's audit record (the only row a GET writes)."""
     org_id = uuid.UUID(principal.org_id)
-    cycle = current_cycle(datetime.now(UTC))
-    row_id = bas.cycle_id(org_id, cycle.period_start)
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
-        row = await cycles.get_cycle(conn, org_id, row_id)
-        obligations = _frozen(row) if row is not None and row.status == LODGED else await compute(conn, org_id, cycle)
-        current = _Current(org_id, cycle, row, obligations)
+        current = await read_current_cycle(conn, org_id, datetime.now(UTC))
+        row_id = current.view.id
+        cycle = current.cycle
         await audit.append(
             conn,
             org_id=org_id,
@@ -163,7 +181,7 @@ async def current_obligations(request: Request, principal: Principal) -> Respons
     return Response(body.model_dump_json(), media_type=JSON)
 
 
-def _preview(current: _Current) -> BasPreview:
+def _preview(current: CurrentCycle) -> BasPreview:
     return BasPreview(
         cycle=current.view,
         paygw=TaxView.of(current.obligations.paygw),
@@ -241,7 +259,7 @@ async def lodge(request: Request, principal: Principal) -> Response:
                     },
                 },
             )
-            body = _preview(_Current(org_id, cycle, lodged, obligations))
+            body = _preview(CurrentCycle(org_id, cycle, lodged, obligations))
             return Response(body.model_dump_json(), media_type=JSON)
 
         return await idempotent(request, conn, work, org_id=org_id, actor=actor, body=b"")

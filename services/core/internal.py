@@ -14,6 +14,17 @@ digits one line obeys but a sum of many need not, they keep the same spelling wi
 The org's alerts, newest first, paged like `GET /alerts` (the same filters, a cursor bound to org and filters),
 without resolution notes: a note is free text a user wrote for the org, not for other services.
 
+    GET /internal/orgs/{org_id}/report-inputs
+
+What the compliance report is built from, read in one read-only REPEATABLE READ transaction so its parts agree:
+`cycles`, the current BAS cycle (live, as GET /org/obligations/current shows it) and up to REPORT_CYCLES - 1
+earlier ones as their rows recorded them, newest first, each with a `period` label such as "2025-Q3 (Jul-Sep)"
+(`period_label`), its status, due date, and when it was lodged and whether on time; `payment_plans`, the newest
+REPORT_PLANS without their free text (reason, notes, decision note); `alerts`, the number of open HIGH alerts with
+the newest REPORT_OPEN_HIGH of them and the number resolved since the current quarter began (in Australia);
+`obligations`, the current cycle's figures, status, blockers and `next_bas_due`; `designated_totals`, the PAYGW
+and GST designated balances. Every figure comes from the same functions the org's own routes use.
+
 No PII is read (payee and description are never selected, nor alert notes), so the reads write no audit row:
 SPEC audits state changes and PII reads, and a caller that shows these figures to a person (the regulator's views)
 audits its own call. Core keeps no org table, so an org it has no lines for, or one that does not exist, answers zeros.
@@ -27,8 +38,8 @@ A user token or an org API client's is for another audience: 401 `invalid_token`
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
-from datetime import date, timedelta
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -36,16 +47,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.core import store
+from services.core import bas, store
+from services.core.accounts import DesignatedTotals
 from services.core.alerts import AlertPage, AlertQuery, AlertView
 from services.core.cursor import InvalidCursor, decode_alert_cursor, encode_alert_cursor
+from services.core.cycles import LODGED, CurrentCycle, TaxView, read_current_cycle
 from services.core.deps import core_deps
 from services.core.models import LineDate
+from services.core.obligations import TaxAmounts
 from services.core.store import alerts as alert_store
+from services.core.store import cycles as cycle_store
+from services.core.store import plans as plan_store
 from shared.authz import guard
 from shared.canonical import canonical_json
 from shared.errors import ApiError, FieldError
-from shared.money import format_total
+from shared.money import format_money, format_total
 from shared.negotiation import encoded_response, response_media_type
 from shared.openapi import documented
 from shared.tokens import SERVICE_AUDIENCE, Principal
@@ -53,18 +69,35 @@ from shared.validation import parse_query
 
 __all__ = [
     "CORE_READ_SCOPE",
+    "REPORT_CYCLES",
+    "REPORT_OPEN_HIGH",
+    "REPORT_PLANS",
+    "AlertSummary",
     "BankLineSummary",
     "MonthSummary",
+    "ReportCycle",
+    "ReportInputs",
+    "ReportObligations",
+    "ReportPlan",
     "SummaryQuery",
     "bank_line_summary",
     "month_spans",
     "org_alerts",
     "path_org",
+    "period_label",
+    "report_cycles",
+    "report_inputs",
     "summarise",
 ]
 
 CORE_READ_SCOPE = "core:read"
 ZERO = Decimal("0.00")
+# How much history the report inputs carry: two years of quarters, and lists a report shows in full.
+REPORT_CYCLES = 8
+REPORT_PLANS = 20
+REPORT_OPEN_HIGH = 20
+QUARTER_MONTHS = ("Jan-Mar", "Apr-Jun", "Jul-Sep", "Oct-Dec")
+MONTHS_PER_QUARTER = 3
 
 
 class SummaryQuery(BaseModel):
@@ -217,5 +250,178 @@ async def org_alerts(request: Request, principal: Principal) -> Response:
         next_cursor=encode_alert_cursor(key, org_id, bound_to, alert_store.AlertKey(last.created_at, last.id))
         if last
         else None,
+    )
+    return encoded_response(body, media_type)
+
+
+def period_label(period_start: date) -> str:
+    """ "2025-Q3 (Jul-Sep)": the calendar year and quarter a BAS period starts in, with its months spelt out, which
+    reads the same to someone counting financial years (where Jul-Sep is Q1)."""
+    quarter = (period_start.month - 1) // MONTHS_PER_QUARTER
+    return f"{period_start.year}-Q{quarter + 1} ({QUARTER_MONTHS[quarter]})"
+
+
+class ReportCycle(BaseModel):
+    id: uuid.UUID
+    period: str
+    period_start: date
+    period_end: date
+    due_date: date
+    status: str  # the current cycle's live READY/BLOCKED or LODGED; an earlier one's as its row recorded it
+    current: bool
+    lodged_at: datetime | None
+    lodged_on_time: bool | None  # lodged on or before its due date (in Australia); None while not lodged
+    lodgement_reference: str | None
+
+
+class ReportPlan(BaseModel):
+    """A payment plan without its free text (reason, notes, decision note: written by people for the org)."""
+
+    id: uuid.UUID
+    cycle_id: uuid.UUID
+    status: str
+    weekly_amount: str
+    start_date: date
+    requested_at: datetime
+    decided_at: datetime | None
+
+
+class AlertSummary(BaseModel):
+    open_high_count: int
+    open_high: list[AlertView] = Field(description=f"The newest {REPORT_OPEN_HIGH} open HIGH alerts")
+    resolved_this_quarter: int
+    quarter_start: date
+
+
+class ReportObligations(BaseModel):
+    cycle_id: uuid.UUID
+    period: str
+    paygw: TaxView
+    gst: TaxView
+    total_shortfall: str
+    status: str
+    blockers: list[str]
+    next_bas_due: date
+
+
+class ReportInputs(BaseModel):
+    org_id: str
+    generated_at: datetime
+    cycles: list[ReportCycle] = Field(
+        description=f"The current cycle and earlier ones, newest first, at most {REPORT_CYCLES}"
+    )
+    payment_plans: list[ReportPlan] = Field(description=f"The newest {REPORT_PLANS}, newest first")
+    alerts: AlertSummary
+    obligations: ReportObligations
+    designated_totals: DesignatedTotals
+
+
+def _lodged_on_time(lodged_at: datetime | None, due_date: date) -> bool | None:
+    return None if lodged_at is None else bas.business_date(lodged_at) <= due_date
+
+
+def report_cycles(current: CurrentCycle, rows: Sequence[cycle_store.CycleRow]) -> list[ReportCycle]:
+    """The current cycle (as reads see it) and the org's earlier cycle rows, newest first, at most REPORT_CYCLES."""
+    view = current.view
+    cycles = [
+        ReportCycle(
+            id=view.id,
+            period=period_label(view.period_start),
+            period_start=view.period_start,
+            period_end=view.period_end,
+            due_date=view.due_date,
+            status=view.status,
+            current=True,
+            lodged_at=view.lodged_at,
+            lodged_on_time=_lodged_on_time(view.lodged_at, view.due_date),
+            lodgement_reference=view.lodgement_reference,
+        )
+    ]
+    for row in rows:
+        if len(cycles) == REPORT_CYCLES:
+            break
+        if row.period_start >= view.period_start:
+            continue  # the current cycle's own row (shown above), or none later exists
+        cycles.append(
+            ReportCycle(
+                id=row.id,
+                period=period_label(row.period_start),
+                period_start=row.period_start,
+                period_end=row.period_end,
+                due_date=row.due_date,
+                status=row.status,
+                current=False,
+                lodged_at=row.lodged_at if row.status == LODGED else None,
+                lodged_on_time=_lodged_on_time(row.lodged_at, row.due_date),
+                lodgement_reference=row.lodgement_reference,
+            )
+        )
+    return cycles
+
+
+def _plan(plan: plan_store.Plan) -> ReportPlan:
+    return ReportPlan(
+        id=plan.id,
+        cycle_id=plan.cycle_id,
+        status=plan.status,
+        weekly_amount=format_money(plan.weekly_amount),
+        start_date=plan.start_date,
+        requested_at=plan.requested_at,
+        decided_at=plan.decided_at,
+    )
+
+
+def _quarter_began(current: CurrentCycle) -> datetime:
+    """The instant the current quarter began in Australia."""
+    return datetime.combine(current.cycle.period_start, time.min, tzinfo=bas.BAS_TIMEZONE)
+
+
+@documented(
+    "What an org's compliance report is built from: BAS cycles, payment plans, alert summary, obligations and "
+    "designated totals (no PII); JSON or msgpack",
+    response=ReportInputs,
+    tags=["internal"],
+)
+@guard(audience=SERVICE_AUDIENCE, scopes=(CORE_READ_SCOPE,))
+async def report_inputs(request: Request, principal: Principal) -> Response:
+    org_id = path_org(request.path_params["org_id"])
+    media_type = response_media_type(request)
+    now = datetime.now(UTC)
+    async with (
+        request.app.state.runtime.db.pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        current = await read_current_cycle(conn, org_id, now)
+        rows = await cycle_store.list_cycles(conn, org_id, REPORT_CYCLES)
+        plans = await plan_store.list_plans(conn, org_id, None, REPORT_PLANS)
+        since = _quarter_began(current)
+        counts = await alert_store.count_alerts(conn, org_id, open_severity="HIGH", resolved_since=since)
+        open_high = await alert_store.page_alerts(
+            conn, org_id, alert_store.AlertFilters(resolved=False, severity="HIGH"), None, REPORT_OPEN_HIGH
+        )
+        balances: TaxAmounts = await cycle_store.designated_balances(conn, org_id)
+    figures = current.obligations
+    body = ReportInputs(
+        org_id=str(org_id),
+        generated_at=now,
+        cycles=report_cycles(current, rows),
+        payment_plans=[_plan(plan) for plan in plans],
+        alerts=AlertSummary(
+            open_high_count=counts.open,
+            open_high=[AlertView.of(alert) for alert in open_high],
+            resolved_this_quarter=counts.resolved_since,
+            quarter_start=current.cycle.period_start,
+        ),
+        obligations=ReportObligations(
+            cycle_id=current.view.id,
+            period=period_label(current.cycle.period_start),
+            paygw=TaxView.of(figures.paygw),
+            gst=TaxView.of(figures.gst),
+            total_shortfall=format_total(figures.total_shortfall),
+            status=current.status,
+            blockers=current.blockers,
+            next_bas_due=bas.next_bas_due(bas.business_date(now)),
+        ),
+        designated_totals=DesignatedTotals(paygw=balances.paygw, gst=balances.gst),
     )
     return encoded_response(body, media_type)

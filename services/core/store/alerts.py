@@ -23,10 +23,12 @@ __all__ = [
     "SEVERITIES",
     "SUSPICIOUS_TAX_GAP",
     "Alert",
+    "AlertCounts",
     "AlertFilters",
     "AlertKey",
     "Resolution",
     "Severity",
+    "count_alerts",
     "get_alert",
     "page_alerts",
     "raise_alert",
@@ -75,6 +77,12 @@ class AlertFilters:
 
     resolved: bool | None = None
     severity: Severity | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertCounts:
+    open: int  # open alerts of the severity asked for
+    resolved_since: int  # alerts (any severity) resolved at or after the instant asked for
 
 
 class Resolution(enum.Enum):
@@ -138,6 +146,22 @@ async def page_alerts(
         *args,
     )
     return [_alert(record) for record in records]
+
+
+async def count_alerts(
+    conn: asyncpg.Connection, org_id: uuid.UUID, *, open_severity: Severity, resolved_since: datetime
+) -> AlertCounts:
+    """How many of the org's alerts are open with `open_severity`, and how many were resolved since
+    `resolved_since` (one pass over the org's alerts, for the compliance report's summary)."""
+    record = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE resolved_at IS NULL AND severity = $2) AS open, "
+        "count(*) FILTER (WHERE resolved_at >= $3) AS resolved_since FROM core.alerts WHERE org_id = $1",
+        org_id,
+        open_severity,
+        resolved_since,
+    )
+    assert record is not None
+    return AlertCounts(open=int(record["open"]), resolved_since=int(record["resolved_since"]))
 
 
 async def get_alert(conn: asyncpg.Connection, org_id: uuid.UUID, alert_id: uuid.UUID) -> Alert | None:
