@@ -51,6 +51,7 @@ from services.core.designated import (
     tax_of,
 )
 from services.core.evaluation import reevaluate, shortfall_threshold
+from services.core.models import view_of
 from services.core.store import accounts as store
 from services.core.store.alerts import DESIGNATED_WITHDRAWAL_ATTEMPT, raise_alert
 from shared import audit
@@ -121,15 +122,7 @@ class TransferView(BaseModel):
 
     @classmethod
     def of(cls, transfer: store.Transfer) -> TransferView:
-        return cls.model_construct(
-            id=transfer.id,
-            account_id=transfer.account_id,
-            amount=transfer.amount,
-            source=transfer.source,
-            reference=transfer.reference,
-            created_at=transfer.created_at,
-            created_by=transfer.created_by,
-        )
+        return view_of(cls, transfer)
 
 
 class DesignatedAccount(BaseModel):

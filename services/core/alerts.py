@@ -24,7 +24,7 @@ from starlette.responses import Response
 
 from services.core.cursor import InvalidCursor, decode_alert_cursor, encode_alert_cursor
 from services.core.deps import core_deps
-from services.core.models import non_blank
+from services.core.models import non_blank, view_of
 from services.core.store import alerts as store
 from shared import audit
 from shared.authz import guard
@@ -76,19 +76,8 @@ class AlertView(BaseModel):
 
     @classmethod
     def of(cls, alert: store.Alert) -> AlertView:
-        return cls(
-            id=alert.id,
-            type=alert.type,
-            severity=alert.severity,  # type: ignore[arg-type]  # the table's CHECK holds it to Severity
-            message=alert.message,
-            detail=alert.detail,
-            status="open" if alert.resolved_at is None else "resolved",
-            created_at=alert.created_at,
-            created_by=alert.created_by,
-            resolved_at=alert.resolved_at,
-            resolved_by=alert.resolved_by,
-            resolution_note=alert.resolution_note,
-        )
+        # The table's CHECK holds severity to Severity.
+        return view_of(cls, alert, status="open" if alert.resolved_at is None else "resolved")
 
 
 class AlertPage(BaseModel):

@@ -9,6 +9,7 @@ field means the same everywhere:
     parse_iso_date(value)   the day a "YYYY-MM-DD" string spells (TypeError / ValueError saying which rule broke)
     IsoDate                 a date written "YYYY-MM-DD" in a response
     non_blank(max_chars)    the constraint of a text of 1..max_chars characters, not all whitespace
+    view_of(Model, row)     a response model filled from a stored row's fields of the same names
     Description     0..DESCRIPTION_MAX_CHARS characters
     component_errors(amount, gst_amount, paygw_amount)    the components' rules, as field errors (pure)
 
@@ -25,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -62,6 +63,7 @@ __all__ = [
     "non_blank",
     "parse_iso_date",
     "parse_line_date",
+    "view_of",
 ]
 
 # A payee is a name as a bank feed shows it (rarely past 100 characters); a description a memo line. Past these a
@@ -71,6 +73,7 @@ DESCRIPTION_MAX_CHARS = 500
 EARLIEST_LINE_DATE = date(1900, 1, 1)
 ZERO = Decimal("0.00")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+View = TypeVar("View", bound=BaseModel)
 
 
 def latest_line_date(today: date) -> date:
@@ -143,6 +146,15 @@ def component_errors(amount: Decimal, gst_amount: Decimal, paygw_amount: Decimal
     elif paygw_amount > abs(amount):
         errors.append(("paygw_amount", "PAYG withheld cannot be larger than the amount"))
     return errors
+
+
+def view_of(model: type[View], row: object, **values: Any) -> View:
+    """`model` with each field taken from `values` or else from `row`'s attribute of the same name (a frozen row
+    from the store). Not validated: stored values are valid by construction, and Money validates strings only."""
+    fields: dict[str, Any] = {
+        name: values[name] if name in values else getattr(row, name) for name in model.model_fields
+    }
+    return model.model_construct(**fields)
 
 
 class Strict(BaseModel):
@@ -240,18 +252,7 @@ class BankLine(BaseModel):
 
     @classmethod
     def of(cls, line: SealedLine, payee: str | None, description: str | None) -> BankLine:
-        # Built from stored values, which are valid by construction (Money validates strings only).
-        return cls.model_construct(
-            id=line.id,
-            date=line.date,
-            amount=line.amount,
-            gst_amount=line.gst_amount,
-            paygw_amount=line.paygw_amount,
-            payee=payee,
-            description=description,
-            created_at=line.created_at,
-            created_by=line.created_by,
-        )
+        return view_of(cls, line, payee=payee, description=description)
 
 
 class BankLinePage(BaseModel):

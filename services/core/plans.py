@@ -40,7 +40,7 @@ from starlette.responses import Response
 
 from services.core import bas, plan_rules
 from services.core.evaluation import compute, current_cycle
-from services.core.models import IsoDate, non_blank, parse_iso_date
+from services.core.models import IsoDate, non_blank, parse_iso_date, view_of
 from services.core.store import cycles
 from services.core.store import plans as store
 from shared import audit
@@ -134,21 +134,7 @@ class PlanView(BaseModel):
 
     @classmethod
     def of(cls, plan: store.Plan) -> PlanView:
-        # Built from stored values, which are valid by construction (Money validates strings only).
-        return cls.model_construct(
-            id=plan.id,
-            cycle_id=plan.cycle_id,
-            status=plan.status,
-            reason=plan.reason,
-            weekly_amount=plan.weekly_amount,
-            start_date=plan.start_date,
-            notes=plan.notes,
-            requested_at=plan.requested_at,
-            requested_by=plan.requested_by,
-            decided_at=plan.decided_at,
-            decided_by=plan.decided_by,
-            decision_note=plan.decision_note,
-        )
+        return view_of(cls, plan)
 
 
 class PlanList(BaseModel):
