@@ -81,21 +81,17 @@ async def insert_plan(conn: asyncpg.Connection, plan: NewPlan) -> Plan | None:
 
 async def list_plans(conn: asyncpg.Connection, org_id: uuid.UUID, cycle_id: uuid.UUID | None, limit: int) -> list[Plan]:
     """At most `limit` of the org's plans (of one cycle when `cycle_id`), newest first."""
-    if cycle_id is None:
-        records = await conn.fetch(
-            f"SELECT {PLAN_COLUMNS} FROM core.payment_plans WHERE org_id = $1 "
-            f"ORDER BY requested_at DESC, id DESC LIMIT $2",
-            org_id,
-            limit,
-        )
-    else:
-        records = await conn.fetch(
-            f"SELECT {PLAN_COLUMNS} FROM core.payment_plans WHERE org_id = $1 AND cycle_id = $2 "
-            f"ORDER BY requested_at DESC, id DESC LIMIT $3",
-            org_id,
-            cycle_id,
-            limit,
-        )
+    args: list[object] = [org_id]
+    where = "org_id = $1"
+    if cycle_id is not None:
+        args.append(cycle_id)
+        where += f" AND cycle_id = ${len(args)}"
+    args.append(limit)
+    records = await conn.fetch(
+        f"SELECT {PLAN_COLUMNS} FROM core.payment_plans WHERE {where} "
+        f"ORDER BY requested_at DESC, id DESC LIMIT ${len(args)}",
+        *args,
+    )
     return [Plan(**dict(record)) for record in records]
 
 
