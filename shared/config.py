@@ -35,6 +35,7 @@ __all__ = [
     "Secret",
     "Settings",
     "environ_with_dotenv",
+    "key_problem",
     "load_settings",
     "new_master_key",
     "new_service_client_secret",
@@ -197,16 +198,9 @@ class Env:
                     "generate one per checkout in .devdb/master.key)"
                 )
             return None
-        try:
-            key = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ConfigError(f"{name} must be {MASTER_KEY_BYTES} bytes, base64-encoded") from None
-        if len(key) != MASTER_KEY_BYTES:
-            raise ConfigError(f"{name} must be {MASTER_KEY_BYTES} bytes, base64-encoded")
-        if key == base64.b64decode(PUBLIC_DEV_MASTER_KEY):
-            raise ConfigError(f"{name} is the dev key published in earlier versions, refused everywhere")
-        if production and DEV_ONLY_MARKER.encode() in key:
-            raise ConfigError(f"{name} is a dev-only key, refused when APGMS_ENV=production")
+        problem = key_problem(value, MASTER_KEY_BYTES, production=production)
+        if problem is not None:
+            raise ConfigError(f"{name} {problem}")
         return Secret(value)
 
     def url(self, name: str, schemes: tuple[str, ...], *, required: bool) -> Secret | None:
@@ -345,6 +339,23 @@ def service_client_secret_variable(service: str) -> str:
 def new_service_client_secret() -> str:
     """A fresh random service client secret (base64url, MIN_SERVICE_CLIENT_SECRET_CHARS characters)."""
     return base64.urlsafe_b64encode(os.urandom(SERVICE_CLIENT_SECRET_BYTES)).decode().rstrip("=")
+
+
+def key_problem(value: str, size: int, *, production: bool) -> str | None:
+    """Why `value` is not a usable key of `size` bytes written in base64, as the end of a sentence that starts with
+    the key's name, or None: not base64 of `size` bytes, the dev key published in earlier versions (refused
+    everywhere), or a key carrying DEV_ONLY_MARKER in production. Never echoes the value."""
+    try:
+        key = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        key = None
+    if key is None or len(key) != size:
+        return f"must be {size} bytes, base64-encoded"
+    if key == base64.b64decode(PUBLIC_DEV_MASTER_KEY):
+        return "is the dev key published in earlier versions, refused everywhere"
+    if production and DEV_ONLY_MARKER.encode() in key:
+        return "is a dev-only key, refused when APGMS_ENV=production"
+    return None
 
 
 def new_master_key() -> str:

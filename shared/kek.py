@@ -28,14 +28,13 @@ versions is refused everywhere. Errors name the variable and never echo a key.
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from shared.config import DEV_ONLY_MARKER, PUBLIC_DEV_MASTER_KEY, ConfigError, Secret
+from shared.config import ConfigError, Secret, key_problem
 from shared.crypto import SealError, SecretBox
 
 __all__ = [
@@ -128,16 +127,9 @@ class LocalKekProvider:
 
 
 def _kek(value: str, source: str, *, production: bool) -> Secret:
-    try:
-        key = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(f"{source}: each KEK must be {KEK_BYTES} bytes, base64-encoded") from None
-    if len(key) != KEK_BYTES:
-        raise ConfigError(f"{source}: each KEK must be {KEK_BYTES} bytes, base64-encoded")
-    if key == base64.b64decode(PUBLIC_DEV_MASTER_KEY):
-        raise ConfigError(f"{source}: a KEK is the dev key published in earlier versions, refused everywhere")
-    if production and DEV_ONLY_MARKER.encode() in key:
-        raise ConfigError(f"{source}: a KEK is a dev-only key, refused when APGMS_ENV=production")
+    problem = key_problem(value, KEK_BYTES, production=production)
+    if problem is not None:
+        raise ConfigError(f"{source}: a KEK {problem}")
     return Secret(value)
 
 
