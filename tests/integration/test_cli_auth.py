@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pyotp
 import pytest
-import pytest_asyncio
+from cli_support import run_cli
 from joserfc.jwk import KeySet
-from typer.testing import CliRunner
 
-from apgms import devstack
-from apgms.cli import app
 from apgms.seed import DEMO_DEPOSIT_SOURCE, DEMO_ORG_NAME, DEMO_USERS, DEV_DEMO_PASSWORD
 from services.auth import store
 from services.auth.keys import SigningKeys, add_active_key
@@ -31,30 +25,11 @@ from shared.tokens import USER_AUDIENCE, access_claims, sign, verify
 
 ISSUER = "urn:apgms:auth"
 
-
-@pytest.fixture(autouse=True)
-def no_project_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A developer's `.env` must not decide what these tests see."""
-    monkeypatch.setattr(devstack, "PROJECT_ROOT", tmp_path)
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest_asyncio.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
+pytestmark = pytest.mark.usefixtures("no_project_dotenv")
 
 
 def dev_box() -> SecretBox:
     return SecretBox(Secret(os.environ["APGMS_MASTER_KEY"]))  # the session's key (tests/conftest.py)
-
-
-async def run(database_url: str, *args: str, **env: str | None) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of `apgms <args>` (in a thread: the command runs its own event loop)."""
-    environment = {"DATABASE_URL": database_url, "APGMS_ENV": "test", "APGMS_DEMO_PASSWORD": None, **env}
-    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), env=environment)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def printed_totp_secret(output: str) -> str:
@@ -65,7 +40,7 @@ def printed_totp_secret(output: str) -> str:
 
 
 async def test_seed_is_idempotent_and_enrols_the_admin_in_totp(database_url: str, conn: asyncpg.Connection) -> None:
-    code, first, err = await run(database_url, "seed")
+    code, first, err = await run_cli(database_url, "seed")
     assert (code, err) == (0, ""), first
     assert "Created 3 demo user(s)." in first
     for _, email in DEMO_USERS:
@@ -73,7 +48,7 @@ async def test_seed_is_idempotent_and_enrols_the_admin_in_totp(database_url: str
     assert f"Password (all demo users): {DEV_DEMO_PASSWORD}" in first
     secret = printed_totp_secret(first)
 
-    code, second, _ = await run(database_url, "seed")
+    code, second, _ = await run_cli(database_url, "seed")
     assert code == 0, second
     assert "Demo org already seeded; nothing created." in second
     assert printed_totp_secret(second) == secret, "the sealed secret is re-read, not replaced"
@@ -116,10 +91,10 @@ async def test_seed_takes_the_password_from_the_environment_and_refuses_the_defa
     database_url: str, conn: asyncpg.Connection
 ) -> None:
     production_key = new_master_key()
-    code, _, err = await run(database_url, "seed", APGMS_ENV="production", APGMS_MASTER_KEY=production_key)
+    code, _, err = await run_cli(database_url, "seed", APGMS_ENV="production", APGMS_MASTER_KEY=production_key)
     assert code == 1
     assert err.strip() == "error: APGMS_DEMO_PASSWORD is required when APGMS_ENV=production"
-    code, _, err = await run(
+    code, _, err = await run_cli(
         database_url,
         "seed",
         APGMS_ENV="production",
@@ -129,7 +104,7 @@ async def test_seed_takes_the_password_from_the_environment_and_refuses_the_defa
     assert (code, "dev-only password" in err) == (1, True)
     assert await conn.fetchval("SELECT count(*) FROM auth.users") == 0
 
-    code, out, _ = await run(database_url, "seed", APGMS_DEMO_PASSWORD="a long demo password")
+    code, out, _ = await run_cli(database_url, "seed", APGMS_DEMO_PASSWORD="a long demo password")
     assert code == 0 and "a long demo password" in out
     row = await conn.fetchrow("SELECT password_hash FROM auth.users WHERE email = $1", DEMO_USERS[1][1])
     assert verify_password(row["password_hash"], "a long demo password")
@@ -155,7 +130,7 @@ async def test_keys_rotate_keeps_the_old_key_verifying(database_url: str, conn: 
         )
         token = sign(claims, old_key)
 
-        code, out, err = await run(database_url, "keys", "rotate")
+        code, out, err = await run_cli(database_url, "keys", "rotate")
         assert (code, err) == (0, ""), out
         match = re.search(r"Retired key (\S+) .* New signing key: (\S+) \(published now, signs in", out)
         assert match and match.group(1) == old_kid, out
@@ -173,7 +148,7 @@ async def test_keys_rotate_keeps_the_old_key_verifying(database_url: str, conn: 
 
 async def test_clients_add_prints_a_working_secret_once(database_url: str, conn: asyncpg.Connection) -> None:
     org_id = await store.create_org(conn, "Client Org")
-    code, out, err = await run(
+    code, out, err = await run_cli(
         database_url, "clients", "add", "--org", str(org_id), "--name", "core export", "--scope", "users:read",
         "--scope", "reports:read",
     )  # fmt: skip
@@ -193,9 +168,9 @@ async def test_clients_add_prints_a_working_secret_once(database_url: str, conn:
 
 async def test_clients_add_refuses_an_unknown_org_and_bad_scopes(database_url: str, conn: asyncpg.Connection) -> None:
     unknown = uuid.uuid4()
-    code, _, err = await run(database_url, "clients", "add", "--org", str(unknown), "--name", "x", "--scope", "a:b")
+    code, _, err = await run_cli(database_url, "clients", "add", "--org", str(unknown), "--name", "x", "--scope", "a:b")
     assert (code, err.strip()) == (1, f"error: there is no org {unknown}")
     org_id = await store.create_org(conn, "Client Org")
-    code, _, err = await run(database_url, "clients", "add", "--org", str(org_id), "--name", "x", "--scope", 'a"b')
+    code, _, err = await run_cli(database_url, "clients", "add", "--org", str(org_id), "--name", "x", "--scope", 'a"b')
     assert (code, err.strip()) == (1, "error: not a valid OAuth scope: 'a\"b'")
     assert await conn.fetchval("SELECT count(*) FROM auth.oauth_clients") == 0

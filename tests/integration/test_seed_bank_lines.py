@@ -4,23 +4,18 @@ second run that adds nothing, `--add` that does, the progress bar, and productio
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import uuid
-from collections.abc import AsyncIterator
 from datetime import date
-from pathlib import Path
 
 import asyncpg
 import pytest
-import pytest_asyncio
+from cli_support import run_cli
 from rich.console import Console
-from typer.testing import CliRunner
 
-from apgms import cli, devstack
+from apgms import cli
 from apgms.bank_line_seed import LineGenerator
-from apgms.cli import app
 from apgms.seed import DEFAULT_RANDOM_SEED, DEMO_ORG_NAME, SEED_ACTION, SeedOrgRef, seed_org_id, seed_org_lines
 from services.core.store import BANK_LINES_TABLE
 from shared.audit import verify_org
@@ -31,33 +26,12 @@ LINES = 5_000
 ORGS = 3
 KEK = new_kek()
 
-
-@pytest.fixture(autouse=True)
-def no_project_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A developer's `.env` must not decide what these tests see."""
-    monkeypatch.setattr(devstack, "PROJECT_ROOT", tmp_path)
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest_asyncio.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
+pytestmark = pytest.mark.usefixtures("no_project_dotenv")
 
 
 async def run(database_url: str, *args: str, **env: str | None) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of `apgms <args>` (in a thread: the command runs its own event loop)."""
-    environment = {
-        "DATABASE_URL": database_url,
-        "APGMS_ENV": "test",
-        "APGMS_DEMO_PASSWORD": None,
-        "APGMS_KEK": KEK,
-        "APGMS_KEK_FILE": None,
-        **env,
-    }
-    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), env=environment)
-    return result.exit_code, result.stdout, result.stderr
+    """`apgms <args>` with this module's KEK (the one the tests open the rows with)."""
+    return await run_cli(database_url, *args, **{"APGMS_KEK": KEK, "APGMS_KEK_FILE": None, **env})
 
 
 async def org_ids(conn: asyncpg.Connection) -> list[uuid.UUID]:
