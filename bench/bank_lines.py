@@ -93,6 +93,8 @@ SOURCE_ADDRESSES = 8  # 127.0.0.1 .. 127.0.0.8
 SERVICE_START_TIMEOUT_S = 60.0
 RSS_SAMPLE_S = 0.1
 PAUSE_BETWEEN_RUNS_S = 1.0
+SETTLED_FACTOR = 3.0
+SETTLE_MAX_S = 30.0
 WARM_UP_REQUESTS = 20
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 CPU_COLUMNS = ("core", "api-gateway", "client")
@@ -413,7 +415,25 @@ async def warm_up(client: Client, request: Request) -> float:
     return statistics.median(latencies[WARM_UP_REQUESTS // 2 :])
 
 
-async def search(client: Client, request: Request, measured: dict[float, Run], cap: float, duration_s: float) -> Search:
+async def settle(client: Client, request: Request, baseline_ms: float) -> None:
+    """Until one request at a time answers within SETTLED_FACTOR of its unloaded latency (at most SETTLE_MAX_S):
+    after an overloaded run, requests the proxy gave up on may still be running in core, and the next step must
+    not inherit them."""
+    deadline = time.perf_counter() + SETTLE_MAX_S
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        async with client.session(0).request(
+            request.method, request.url, headers=request.headers(-1), json=request.body(-1)
+        ) as response:
+            await response.read()
+        if 1000 * (time.perf_counter() - started) <= SETTLED_FACTOR * baseline_ms:
+            return
+        await asyncio.sleep(PAUSE_BETWEEN_RUNS_S)
+
+
+async def search(
+    client: Client, request: Request, measured: dict[float, Run], cap: float, duration_s: float, baseline_ms: float
+) -> Search:
     """The highest rate whose p95 is under the SLO with no errors: from the fixed rates' runs, then ladder steps
     between the last passing fixed rate and the first failing one (or above the highest, up to `cap`), ascending,
     until one fails."""
@@ -425,6 +445,7 @@ async def search(client: Client, request: Request, measured: dict[float, Run], c
     above = (step for step in SEARCH_LADDER if step > (highest or 0))
     for rate in (step for step in above if (step < failing if failing is not None else step <= cap)):
         await asyncio.sleep(PAUSE_BETWEEN_RUNS_S)
+        await settle(client, request, baseline_ms)
         run = await open_load(client, request, rate, duration_s)
         steps.append(run)
         if not run.within_slo:
@@ -540,8 +561,14 @@ async def drive(
             if request.url.startswith(lines_url):
                 with console.status(f"{request.name}: highest rate under {SLO_P95_MS:.0f} ms p95"):
                     results.searches[request.name] = await search(
-                        client, request, runs, args.search_cap, args.search_duration
+                        client,
+                        request,
+                        runs,
+                        args.search_cap,
+                        args.search_duration,
+                        results.one_at_a_time_ms[request.name],
                     )
+                    await settle(client, request, results.one_at_a_time_ms[request.name])  # before the next workload
         results.one_at_a_time_ms[post.name] = await warm_up(client, post)
         await asyncio.sleep(PAUSE_BETWEEN_RUNS_S)
         with console.status(f"POST /bank-lines at {args.post_rate:g} req/s"):
@@ -549,7 +576,12 @@ async def drive(
         console.log(describe(post.name, results.post))
         with console.status(f"{post.name}: highest rate under {SLO_P95_MS:.0f} ms p95"):
             results.searches[post.name] = await search(
-                client, post, {args.post_rate: results.post}, args.search_cap, args.search_duration
+                client,
+                post,
+                {args.post_rate: results.post},
+                args.search_cap,
+                args.search_duration,
+                results.one_at_a_time_ms[post.name],
             )
     finally:
         await client.close()
