@@ -6,8 +6,9 @@ Bank lines (`apgms seed --bank-lines N [--orgs M]`): N generated lines (`apgms.b
 the demo org first, then "Seed Org 1" .. "Seed Org M-1" (orgs in auth without users, their ids fixed by
 `seed_org_id`). Each org's lines are written in one transaction: COPY in batches of SEED_BATCH_ROWS, payee and
 description sealed with `PiiCipher` exactly as the API seals them (table "bank_lines", the line's id as row id),
-then one audit record `bank_lines.seed` by `system` with the count as the last statement. So an org has all of a
-run's lines and its record, or none. Idempotent per org: an org that already has bank lines (any, the API's too)
+then the running totals of the quarters they are dated in (`core.cycle_totals`, one upsert per quarter), then one
+audit record `bank_lines.seed` by `system` with the count as the last statement. So an org has all of a run's lines,
+their totals and its record, or none. Idempotent per org: an org that already has bank lines (any, the API's too)
 is skipped, counted under a per-org advisory lock so two runs cannot both see none; `add` writes N more anyway.
 """
 
@@ -38,7 +39,8 @@ from apgms.bank_line_seed import LineGenerator
 from services.auth import store
 from services.auth.passwords import MIN_PASSWORD_CHARS, hash_password, verify_password
 from services.core.designated import TAXES, account_id
-from services.core.store import BANK_LINES_TABLE, SealedLine, accounts, copy_lines, count_lines
+from services.core.obligations import QuarterTotals, totals_by_quarter
+from services.core.store import BANK_LINES_TABLE, SealedLine, accounts, copy_lines, count_lines, cycles
 from shared import audit
 from shared.config import DEV_ONLY_MARKER
 from shared.crypto import SealError, SecretBox
@@ -301,6 +303,8 @@ async def seed_org_lines(
         generator = LineGenerator(random_seed, org.org_id, existing, today or date.today())
         created_at = datetime.now(UTC)
         written = queued = 0
+        # What the lines add to their quarters' running totals (core.cycle_totals), written after the last COPY.
+        totals: dict[date, QuarterTotals] = {}
         progress(org, written, count)
         # While the server takes in one batch, the next is generated and sealed: `copying` runs in a task that
         # feeds the socket whenever `_sealed_lines` yields, so the two cores work at once.
@@ -310,6 +314,8 @@ async def seed_org_lines(
                 rows = min(batch_rows, count - queued)
                 lines = await _sealed_lines(cipher, generator, org.org_id, rows, created_at)
                 queued += rows
+                for start, added in totals_by_quarter(lines).items():
+                    totals[start] = totals[start] + added if start in totals else added
                 if copying is not None:
                     written += await copying
                     progress(org, written, count)
@@ -321,6 +327,7 @@ async def seed_org_lines(
             if copying is not None and not copying.done():
                 copying.cancel()
                 await asyncio.gather(copying, return_exceptions=True)
+        await cycles.add_to_totals(conn, org.org_id, totals)
         await audit.append(
             conn,
             org_id=org.org_id,

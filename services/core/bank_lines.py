@@ -29,6 +29,7 @@ from services.core.cursor import InvalidCursor, decode_cursor, encode_cursor
 from services.core.deps import core_deps
 from services.core.evaluation import reevaluate, shortfall_threshold
 from services.core.models import BankLine, BankLinePage, BankLineQuery, FilterText, NewBankLine
+from services.core.obligations import totals_by_quarter
 from services.core.store import BANK_LINES_TABLE, LineKey, SealedLine
 from shared import audit
 from shared.authz import guard
@@ -208,7 +209,14 @@ async def create_line(request: Request, principal: Principal) -> Response:
         async def create() -> Response:
             await lock_sealing_keys(cipher, conn, org_id, (payee, description))
             await store.insert_line(conn, line)
-            await reevaluate(conn, org_id, actor, now=line.created_at, threshold=shortfall_threshold(request))
+            await reevaluate(
+                conn,
+                org_id,
+                actor,
+                now=line.created_at,
+                threshold=shortfall_threshold(request),
+                written=totals_by_quarter([line]),
+            )
             await audit.append(
                 conn,
                 org_id=org_id,

@@ -1,6 +1,7 @@
 """The BAS calendar (pure): Australian quarters, their due dates, and the ids of the cycle rows that stand for them.
 
     cycle_for(day)                 the quarter `day` falls in: period start and end, due date
+    quarter_start(day)             its first day (the key of a quarter's running totals)
     next_bas_due(today)            the first due date on or after `today`
     cycle_id(org_id, start)        uuid5(org_id, "bas:<start>"): the cycle row's id, known before the row exists
     business_date(now)             the calendar date in Australia (Sydney time) at the instant `now`
@@ -34,6 +35,7 @@ __all__ = [
     "cycle_id",
     "is_business_day",
     "next_bas_due",
+    "quarter_start",
     "roll_to_business_day",
 ]
 
@@ -77,13 +79,14 @@ def roll_to_business_day(day: date) -> date:
     return day
 
 
-def _quarter_start(day: date) -> date:
+def quarter_start(day: date) -> date:
+    """The first day of the quarter `day` is in."""
     return date(day.year, (day.month - 1) // MONTHS_PER_QUARTER * MONTHS_PER_QUARTER + 1, 1)
 
 
 def cycle_for(day: date) -> Cycle:
     """The quarter `day` belongs to, with its due date."""
-    start = _quarter_start(day)
+    start = quarter_start(day)
     next_month = start.month + MONTHS_PER_QUARTER
     next_start = date(start.year + 1, 1, 1) if next_month > 12 else date(start.year, next_month, 1)
     due_month, years_on = DUE_MONTH_OF[start.month]

@@ -46,6 +46,7 @@ from services.core.imports import (
     import_format,
     parse_import,
 )
+from services.core.obligations import totals_by_quarter
 from services.core.store import BANK_LINES_TABLE
 from shared import audit
 from shared.authz import guard
@@ -214,7 +215,14 @@ async def _store(request: Request, principal: Principal, sealed: SealedImport) -
         async def work() -> Response:
             await lock_sealing_keys(cipher, conn, org_id, _sealed_values(lines))
             await store.copy_lines(conn, lines)
-            await reevaluate(conn, org_id, actor, now=datetime.now(UTC), threshold=shortfall_threshold(request))
+            await reevaluate(
+                conn,
+                org_id,
+                actor,
+                now=datetime.now(UTC),
+                threshold=shortfall_threshold(request),
+                written=totals_by_quarter(lines),
+            )
             await audit.append(
                 conn,
                 org_id=org_id,

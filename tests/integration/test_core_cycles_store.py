@@ -16,6 +16,7 @@ from services.core.bas import cycle_for, cycle_id
 from services.core.designated import Tax, account_id
 from services.core.evaluation import reevaluate
 from services.core.lodgement import LodgementRequest, RecordingGateway
+from services.core.obligations import totals_by_quarter
 from services.core.store import accounts, cycles, insert_line
 from services.core.store.bank_lines import SealedLine
 
@@ -41,6 +42,12 @@ def line(org: uuid.UUID, day: date, *, gst: str = "0.00", paygw: str = "0.00", a
         created_by=ACTOR,
         created_at=NOW,
     )
+
+
+async def write(conn: asyncpg.Connection, sealed: SealedLine) -> None:
+    """A line and what it adds to its quarter's running totals (as every writer of lines does)."""
+    await insert_line(conn, sealed)
+    await cycles.add_to_totals(conn, sealed.org_id, totals_by_quarter([sealed]))
 
 
 async def deposit(conn: asyncpg.Connection, org: uuid.UUID, tax: Tax, amount: str) -> None:
@@ -79,11 +86,11 @@ async def test_sums_cover_the_period_of_one_org(conn: asyncpg.Connection) -> Non
         line(ORG, date(2025, 10, 1), gst="99.00", paygw="99.00"),  # the next one
         line(OTHER, date(2025, 8, 1), gst="99.00", paygw="99.00"),
     ]:
-        await insert_line(conn, sealed)
-    sums = await cycles.line_sums(conn, ORG, CYCLE.period_start, CYCLE.period_end)
-    assert (sums.paygw, sums.gst) == (Decimal("150.00"), Decimal("21.00"))
-    empty = await cycles.line_sums(conn, ORG, date(2024, 1, 1), date(2024, 3, 31))
-    assert (str(empty.paygw), str(empty.gst)) == ("0.00", "0.00")
+        await write(conn, sealed)
+    sums = await cycles.line_sums(conn, ORG, CYCLE.period_start)
+    assert (sums.lines, sums.sums.paygw, sums.sums.gst) == (3, Decimal("150.00"), Decimal("21.00"))
+    empty = await cycles.line_sums(conn, ORG, date(2024, 1, 1))
+    assert (empty.lines, str(empty.sums.paygw), str(empty.sums.gst)) == (0, "0.00", "0.00")
 
 
 async def test_balances_are_the_sums_of_each_accounts_transfers(conn: asyncpg.Connection) -> None:
@@ -105,19 +112,19 @@ async def audit_actions(conn: asyncpg.Connection, org: uuid.UUID) -> list[str]:
 
 async def test_reevaluate_sets_the_status_and_raises_one_gap_alert(conn: asyncpg.Connection) -> None:
     async with conn.transaction():
-        await insert_line(conn, line(ORG, date(2025, 8, 1), paygw="400.00"))
+        await write(conn, line(ORG, date(2025, 8, 1), paygw="400.00"))
         first = await reevaluate(conn, ORG, ACTOR, now=NOW, threshold=THRESHOLD)
     assert first.status == "BLOCKED" and first.status_changed and first.alert is None  # 400.00 is not above 500.00
     assert first.obligations.blockers == ("PAYGW short by $400.00",)
     async with conn.transaction():
-        await insert_line(conn, line(ORG, date(2025, 8, 2), gst="200.00", amount="2200.00"))
+        await write(conn, line(ORG, date(2025, 8, 2), gst="200.00", amount="2200.00"))
         second = await reevaluate(conn, ORG, ACTOR, now=NOW, threshold=THRESHOLD)
     assert second.alert is not None and not second.status_changed
     assert second.alert.severity == "HIGH" and second.alert.type == "SUSPICIOUS_TAX_GAP"
-    assert second.alert.message == "PAYGW short by $400.00; GST short by $200.00"
+    assert second.alert.message == "2025-07-01 to 2025-09-30: PAYGW short by $400.00, GST short by $200.00"
     assert second.alert.detail["total_shortfall"] == "600.00" and second.alert.created_by == ACTOR
     async with conn.transaction():
-        await insert_line(conn, line(ORG, date(2025, 8, 3), paygw="1.00"))
+        await write(conn, line(ORG, date(2025, 8, 3), paygw="1.00"))
         third = await reevaluate(conn, ORG, ACTOR, now=NOW, threshold=THRESHOLD)
     assert third.alert is None  # one is open already
     async with conn.transaction():
@@ -133,7 +140,7 @@ async def test_reevaluate_sets_the_status_and_raises_one_gap_alert(conn: asyncpg
 
 async def write_and_reevaluate(pool: asyncpg.Pool, n: int) -> bool:
     async with pool.acquire() as conn, conn.transaction():
-        await insert_line(conn, line(ORG, date(2025, 7, 1 + n), paygw="100.00"))
+        await write(conn, line(ORG, date(2025, 7, 1 + n), paygw="100.00"))
         evaluation = await reevaluate(conn, ORG, ACTOR, now=NOW, threshold=THRESHOLD)
         return evaluation.alert is not None
 
@@ -176,7 +183,7 @@ async def lodge(conn: asyncpg.Connection) -> cycles.CycleRow:
 
 
 async def test_a_lodged_cycle_is_immutable(conn: asyncpg.Connection) -> None:
-    await insert_line(conn, line(ORG, date(2025, 8, 1), paygw="10.00", gst="5.00"))
+    await write(conn, line(ORG, date(2025, 8, 1), paygw="10.00", gst="5.00"))
     await deposit(conn, ORG, "PAYGW", "10.00")
     await deposit(conn, ORG, "GST", "5.00")
     lodged = await lodge(conn)
@@ -192,7 +199,7 @@ async def test_a_lodged_cycle_is_immutable(conn: asyncpg.Connection) -> None:
     with pytest.raises(LookupError):
         await lodge(conn)
     # A later write leaves it alone, and says so.
-    await insert_line(conn, line(ORG, date(2025, 8, 2), paygw="1000.00"))
+    await write(conn, line(ORG, date(2025, 8, 2), paygw="1000.00"))
     async with conn.transaction():
         again = await reevaluate(conn, ORG, ACTOR, now=NOW, threshold=THRESHOLD)
     assert again.status == "LODGED" and not again.status_changed

@@ -71,6 +71,10 @@ async def seed(conn: asyncpg.Connection, org_id: uuid.UUID, transfers: int = 5) 
             date(2025, 7, 2),
         )
     await conn.execute(
+        "INSERT INTO core.cycle_totals (org_id, period_start, lines, paygw, gst) VALUES ($1, '2025-07-01', 2, 0, 0)",
+        org_id,
+    )
+    await conn.execute(
         "INSERT INTO idempotency.records (org_id, route, key, fingerprint, status, expires_at) "
         "VALUES ($1, 'POST /bank-lines', 'k', $2, 'pending', now() + interval '1 day')",
         org_id,
@@ -86,6 +90,7 @@ EXPECTED = {
     "designated_accounts": 2,
     "alerts": 2,
     "bas_cycles": 1,
+    "cycle_totals": 1,
     "bank_lines": 2,
 }
 

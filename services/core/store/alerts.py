@@ -1,6 +1,7 @@
 """Alerts' SQL. Alerts are raised by writes only (a bank-line write or import, a deposit, a refused withdrawal),
 in the writer's transaction, and an org has at most one open SUSPICIOUS_TAX_GAP however many writers race: the
 partial unique index `alerts_one_open_tax_gap` decides, and `raise_alert` answers None when one is already open.
+Likewise one open BAS_AMENDMENT_NEEDED per lodged cycle (`alerts_one_open_amendment`, on its detail's cycle_id).
 
 Reads (`page_alerts`, newest first by (created_at, id) over `alerts_page_idx`) and `resolve_alert` are scoped to
 the caller's org: another org's alert is indistinguishable from one that does not exist. `resolve_alert` is a
@@ -19,6 +20,7 @@ import asyncpg
 import orjson
 
 __all__ = [
+    "BAS_AMENDMENT_NEEDED",
     "DESIGNATED_WITHDRAWAL_ATTEMPT",
     "SEVERITIES",
     "SUSPICIOUS_TAX_GAP",
@@ -39,6 +41,15 @@ Severity = Literal["LOW", "MEDIUM", "HIGH"]
 SEVERITIES: tuple[Severity, ...] = ("LOW", "MEDIUM", "HIGH")
 SUSPICIOUS_TAX_GAP = "SUSPICIOUS_TAX_GAP"
 DESIGNATED_WITHDRAWAL_ATTEMPT = "DESIGNATED_WITHDRAWAL_ATTEMPT"
+BAS_AMENDMENT_NEEDED = "BAS_AMENDMENT_NEEDED"
+# The types an org has at most one open of (per cycle for amendments), and the partial unique index's conflict
+# target that says so (core/0004 and core/0009).
+ONE_OPEN: dict[str, str] = {
+    SUSPICIOUS_TAX_GAP: f"(org_id) WHERE type = '{SUSPICIOUS_TAX_GAP}' AND resolved_at IS NULL",
+    BAS_AMENDMENT_NEEDED: (
+        f"(org_id, (detail ->> 'cycle_id')) WHERE type = '{BAS_AMENDMENT_NEEDED}' AND resolved_at IS NULL"
+    ),
+}
 
 # `detail` crosses as text both ways, so the pool's jsonb codec and a bare connection (CLI, tests) behave alike.
 ALERT_COLUMNS = (
@@ -106,12 +117,12 @@ async def raise_alert(
     actor: str,
 ) -> Alert | None:
     """Insert an open alert in the caller's transaction; None for a SUSPICIOUS_TAX_GAP when the org already has one
-    open (the caller then raises nothing, and says so in its audit record if it matters)."""
+    open, or a BAS_AMENDMENT_NEEDED when its cycle has one (the caller then raises nothing)."""
+    conflict = f"ON CONFLICT {ONE_OPEN[type]} DO NOTHING " if type in ONE_OPEN else ""
     record = await conn.fetchrow(
         f"INSERT INTO core.alerts (id, org_id, type, severity, message, detail, created_by) "
         f"VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7) "
-        f"ON CONFLICT (org_id) WHERE type = '{SUSPICIOUS_TAX_GAP}' AND resolved_at IS NULL DO NOTHING "
-        f"RETURNING {ALERT_COLUMNS}",
+        f"{conflict}RETURNING {ALERT_COLUMNS}",
         uuid.uuid4(),
         org_id,
         type,

@@ -78,6 +78,7 @@ DELETION_ORDER: tuple[str, ...] = (
     "designated_accounts",
     "alerts",
     "bas_cycles",
+    "cycle_totals",
     "bank_lines",
 )
 
