@@ -3,7 +3,8 @@
     KekProvider (shared.kek)       wraps and unwraps DEKs under KEKs; LocalKekProvider, kek_provider_from_env
     DataKeyCache                   unwrapped DEKs by org: at most DEK_CACHE_MAX_ORGS, each for DEK_CACHE_TTL_S
     PiiCipher(pool, provider)      encrypt / decrypt (and *_many, one key lookup), destroy(org), forget(org),
-                                   lock_live_key(conn, org, key_id) before writing what was sealed
+                                   lock_live_key(conn, org, key_id) before writing what was sealed,
+                                   tag(org, purpose, text): a keyed tag of a text, unlinkable once the key is gone
     sealed_key_id(blob)            the key id a sealed value names
     rotate_kek(conn, provider)     re-wrap every DEK under the current KEK; kek_usage(conn) shows what is left
     PiiError                       CiphertextInvalid, KeyDestroyed, PlaintextInvalid
@@ -48,6 +49,13 @@ The process that destroys forgets the DEK at once, and never caches it again, wh
 The rejected alternatives: evicting only (what a lookup already running puts back stays 60 s), and treating the org
 as destroyed as soon as `destroy` is called (wrong, and stuck so, when the caller's transaction rolls back).
 
+A tag (`PiiCipher.tag`) names a text where the text itself must not be kept, such as a deposit source in an audit
+record that outlives the org: HMAC-SHA256 over the org id, the purpose and the text, under a key derived (HKDF-
+SHA256, info TAG_KEY_INFO) from the org's FIRST data key when it is unwrapped, the first TAG_HEX_CHARS hex digits.
+The same text gives the same tag for one org and purpose (so records can be compared), another elsewhere, and once
+`destroy(org)` has run nobody can compute a tag again, so a tag cannot be linked to a text by trying candidates.
+The first key, not the current one: the org's tags stay the same when a later key is added.
+
 Random 96-bit nonces bound a DEK to 2**32 values (NIST SP 800-38D 8.3); a new key_id per org is the way past
 that, and the format already carries it.
 
@@ -59,19 +67,23 @@ current KEK, RE_WRAP_BATCH_SIZE rows per transaction; sealed values are untouche
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import struct
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared.crypto import NONCE_BYTES
 from shared.kek import KekProvider, WrappedKey
@@ -80,6 +92,7 @@ __all__ = [
     "DEK_CACHE_MAX_ORGS",
     "DEK_CACHE_TTL_S",
     "HEADER_BYTES",
+    "TAG_HEX_CHARS",
     "VERSION",
     "Binding",
     "CiphertextInvalid",
@@ -113,6 +126,11 @@ IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 DEK_CACHE_TTL_S = 60.0
 DEK_CACHE_MAX_ORGS = 1_000
 RE_WRAP_BATCH_SIZE = 500
+# Tags: the HKDF info that separates the tag key from the DEK's other uses, and how many hex digits of the HMAC
+# are kept (128 bits: collisions among an org's texts are out of reach).
+TAG_KEY_INFO = b"apgms-pii-tag-v1"
+TAG_KEY_BYTES = 32
+TAG_HEX_CHARS = 32
 # A cache miss takes a pool connection while the caller may hold one; waiting longer would only hide exhaustion.
 POOL_ACQUIRE_TIMEOUT_S = 5.0
 
@@ -138,15 +156,27 @@ class PlaintextInvalid(PiiError):
 
 
 class DataKey:
-    """An unwrapped DEK, ready to use. Its repr names the key id only."""
+    """An unwrapped DEK, ready to use, and the tag key derived from it. Its repr names the key id only."""
 
-    __slots__ = ("_aead", "key_id")
+    __slots__ = ("_aead", "_tag_key", "key_id")
 
     def __init__(self, key_id: int, material: bytes) -> None:
         if len(material) != DEK_BYTES:
             raise ValueError(f"a data key is {DEK_BYTES} bytes")
         self.key_id = key_id
         self._aead = AESGCM(material)
+        self._tag_key = HKDF(hashes.SHA256(), TAG_KEY_BYTES, salt=None, info=TAG_KEY_INFO).derive(material)
+
+    def tag(self, org_id: uuid.UUID, purpose: str, text: str) -> str:
+        """The keyed tag of `text` for `purpose` (a lower-case identifier) in the org (module docstring)."""
+        if not IDENTIFIER.fullmatch(purpose):
+            raise ValueError(f"purpose must be a lower-case identifier, got {purpose!r}")
+        try:
+            encoded = text.encode()
+        except UnicodeEncodeError:
+            raise PlaintextInvalid("the text is not valid Unicode text (it holds a lone surrogate)") from None
+        message = b"".join((DOMAIN, org_id.bytes, purpose.encode(), b"\0", encoded))
+        return hmac.new(self._tag_key, message, hashlib.sha256).hexdigest()[:TAG_HEX_CHARS]
 
     def seal(self, nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
         return self._aead.encrypt(nonce, plaintext, associated)
@@ -171,11 +201,20 @@ class OrgKeys:
 
     @property
     def current(self) -> DataKey:
+        """The key that seals: the highest key id."""
+        return self.keys[max(self._live_ids())]
+
+    @property
+    def first(self) -> DataKey:
+        """The key tags are made with: the lowest key id (the same while later keys are added)."""
+        return self.keys[min(self._live_ids())]
+
+    def _live_ids(self) -> Collection[int]:
         if self.destroyed:
             raise KeyDestroyed(f"the data key of org {self.org_id} was destroyed")
         if not self.keys:
             raise PiiError(f"org {self.org_id} has no data key")
-        return self.keys[max(self.keys)]
+        return self.keys.keys()
 
 
 @dataclass(frozen=True)
@@ -464,6 +503,11 @@ class PiiCipher:
         bindings = _bindings(org_id, table, column, len(blobs), row_ids)
         keys = await self._keys(org_id, create=False)
         return [open_value(keys, binding, blob) for binding, blob in zip(bindings, blobs, strict=True)]
+
+    async def tag(self, org_id: uuid.UUID, purpose: str, text: str) -> str:
+        """A keyed tag naming `text` for `purpose` in the org, to record where the text must not be kept (the
+        module docstring); creates the org's key on first use, `KeyDestroyed` once it is destroyed."""
+        return (await self._keys(org_id, create=True)).first.tag(org_id, purpose, text)
 
     async def destroy(self, org_id: uuid.UUID, *, conn: asyncpg.Connection | None = None) -> int:
         """Delete the org's wrapped DEKs (crypto-shredding) and forget them here; returns how many were destroyed

@@ -338,3 +338,23 @@ def test_a_sealed_value_names_its_key_and_a_short_one_is_refused() -> None:
     with pytest.raises(CiphertextInvalid):
         sealed_key_id(b"\x02\x00\x00\x00\x01")
     assert sealed_key_id(b"\x01\x00\x00\x01\x00" + bytes(40)) == 256
+
+
+async def test_tags_are_stable_per_org_differ_elsewhere_and_are_refused_after_destroy(pool: asyncpg.Pool) -> None:
+    org_a, org_b = uuid.uuid4(), uuid.uuid4()
+    one, other_process = cipher(pool), cipher(pool)
+    tag = await one.tag(org_a, "deposit_source", "Acme Pty Ltd 062-000 12345678")
+    assert len(tag) == 32
+    assert await other_process.tag(org_a, "deposit_source", "Acme Pty Ltd 062-000 12345678") == tag
+    assert await one.tag(org_b, "deposit_source", "Acme Pty Ltd 062-000 12345678") != tag
+    assert await one.tag(org_a, "other_purpose", "Acme Pty Ltd 062-000 12345678") != tag
+    # Tagging created the org's key, which seals and opens as usual.
+    assert len(await key_rows(pool, org_a)) == 1
+    blob = await one.encrypt(org_a, "bank_lines", "payee", "x")
+    assert await other_process.decrypt(org_a, "bank_lines", "payee", blob) == "x"
+    await one.destroy(org_a)
+    with pytest.raises(KeyDestroyed):
+        await one.tag(org_a, "deposit_source", "Acme Pty Ltd 062-000 12345678")
+    with pytest.raises(KeyDestroyed):
+        await cipher(pool).tag(org_a, "deposit_source", "Acme Pty Ltd 062-000 12345678")
+    assert await one.tag(org_b, "deposit_source", "x") == await other_process.tag(org_b, "deposit_source", "x")

@@ -219,3 +219,40 @@ def test_evict_forgets_one_org() -> None:
     cache.evict(ORG_A)
     assert cache.get(ORG_A) is None
     assert cache.get(ORG_B) is not None
+
+
+# --- tags --------------------------------------------------------------------------------------------------------
+
+
+@given(st.text())
+def test_a_tag_is_stable_per_org_and_purpose_and_is_32_hex_digits(text: str) -> None:
+    tag = KEY.tag(ORG_A, "deposit_source", text)
+    assert tag == DataKey(1, MATERIAL).tag(ORG_A, "deposit_source", text)
+    assert len(tag) == 32 and int(tag, 16) >= 0
+
+
+def test_a_tag_differs_across_orgs_purposes_texts_and_keys() -> None:
+    tags = {
+        KEY.tag(ORG_A, "deposit_source", "BSB 062-000 1234"),
+        KEY.tag(ORG_B, "deposit_source", "BSB 062-000 1234"),
+        KEY.tag(ORG_A, "other_purpose", "BSB 062-000 1234"),
+        KEY.tag(ORG_A, "deposit_source", "BSB 062-000 1235"),
+        DataKey(1, bytes(32)).tag(ORG_A, "deposit_source", "BSB 062-000 1234"),
+    }
+    assert len(tags) == 5
+
+
+def test_a_tag_is_made_with_the_first_key_so_a_later_key_changes_no_tag() -> None:
+    two = OrgKeys(ORG_A, {1: KEY, 2: DataKey(2, bytes(32))})
+    assert two.current.key_id == 2
+    assert two.first.tag(ORG_A, "deposit_source", "x") == KEY.tag(ORG_A, "deposit_source", "x")
+
+
+def test_a_tag_is_refused_for_a_destroyed_org_a_bad_purpose_or_text_without_utf8() -> None:
+    with pytest.raises(KeyDestroyed):
+        _ = OrgKeys(ORG_A, {}, destroyed=True).first
+    with pytest.raises(ValueError, match="purpose"):
+        KEY.tag(ORG_A, "Deposit Source", "x")
+    with pytest.raises(PlaintextInvalid):
+        KEY.tag(ORG_A, "deposit_source", "\ud800")
+    assert "MATERIAL" not in repr(KEY) and MATERIAL.hex() not in repr(KEY)
