@@ -6,6 +6,9 @@
     ClientDisconnect (Starlette)   the client left mid-body: nothing sent, one info line, 499 in the access log
     AuditFailed                    500 audit_failed: the change's audit row was not written, so the change was not
                                    made; one `audit_failed` line and the `audit_failed` security event
+    a transaction PostgreSQL       503 service_unavailable with Retry-After: 1 (a deadlock or serialization failure
+    aborted to break a conflict    rolled the whole transaction back, so the same request again is safe); one
+                                   `transaction_conflict` warning line
     any other exception            500 internal_error, logged once with the request ID
 
 Every body carries `type`, `title`, `status`, `detail`, `code` and `request_id`; none carries a stack trace.
@@ -35,6 +38,7 @@ __all__ = [
     "EXCEPTION_HANDLERS",
     "PROBLEM_MEDIA_TYPE",
     "PROBLEM_TYPE_BASE",
+    "TRANSACTION_CONFLICT_SQLSTATES",
     "ApiError",
     "AuditFailed",
     "ErrorBoundaryMiddleware",
@@ -48,12 +52,17 @@ __all__ = [
     "handle_http_exception",
     "problem_body",
     "problem_response",
+    "transaction_conflict",
 ]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://apgms.example/problems/"
 # nginx's status for a request whose client closed the connection first: logged and counted, never sent.
 CLIENT_CLOSED_REQUEST = 499
+# SQLSTATEs of a transaction PostgreSQL aborted to break a conflict with another (deadlock_detected,
+# serialization_failure): nothing of it was kept, so the client is told to retry, not that the server failed.
+TRANSACTION_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+CONFLICT_RETRY_AFTER_S = 1
 
 log = get_logger(__name__)
 
@@ -238,8 +247,21 @@ def audit_failed(scope: Scope, exc: AuditFailed) -> None:
     )
 
 
+def transaction_conflict(scope: Scope, exc: Exception) -> None:
+    """Log a transaction PostgreSQL aborted to break a conflict (a deadlock, a serialization failure): one
+    warning line, no traceback; the client is answered 503 with Retry-After."""
+    log.warning(
+        "transaction_conflict",
+        sqlstate=getattr(exc, "sqlstate", None),
+        error=type(exc).__name__,
+        path=scope.get("path"),
+        method=scope.get("method"),
+    )
+
+
 class ErrorBoundaryMiddleware:
-    """Turns an unexpected exception into one logged line and a 500 `internal_error` problem, a request
+    """Turns an unexpected exception into one logged line and a 500 `internal_error` problem, a deadlock or
+    serialization failure into a 503 `service_unavailable` with Retry-After (see `transaction_conflict`), a request
     cancelled because the shutdown grace period ran out into a 503 `service_unavailable` (the client may retry
     elsewhere; it is not a server error), and a body the client abandoned into a 499 (see `client_closed_request`).
 
@@ -274,7 +296,14 @@ class ErrorBoundaryMiddleware:
             audit_failed(scope, exc)
             if not exchange.started:
                 await problem_response("audit_failed")(scope, receive, send)
-        except Exception:
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) in TRANSACTION_CONFLICT_SQLSTATES:
+                transaction_conflict(scope, exc)
+                if not exchange.started:
+                    detail = "The request conflicted with another one and changed nothing; send it again"
+                    retry = {"retry-after": str(CONFLICT_RETRY_AFTER_S)}
+                    await problem_response("service_unavailable", detail, headers=retry)(scope, receive, send)
+                return
             log.exception("unhandled_error", path=scope.get("path"), method=scope.get("method"))
             if not exchange.started:
                 await problem_response("internal_error")(scope, receive, send)

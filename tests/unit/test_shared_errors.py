@@ -7,6 +7,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 
+import asyncpg
 import orjson
 import pytest
 from starlette.exceptions import HTTPException
@@ -286,3 +287,53 @@ async def test_an_upload_the_client_abandons_is_one_info_line_and_a_499_not_a_50
     ]
     assert logs[1]["status"] == 499
     assert REQUESTS.values[("POST", "unmatched", "499")] == before + 1
+
+
+@pytest.mark.parametrize(
+    ("error", "sqlstate"),
+    [(asyncpg.DeadlockDetectedError, "40P01"), (asyncpg.SerializationError, "40001")],
+)
+async def test_a_deadlock_or_serialization_failure_is_a_503_to_retry_not_a_500(
+    request_id: str, error: type[asyncpg.PostgresError], sqlstate: str
+) -> None:
+    async def conflicted(_: Scope, __: Receive, ___: Send) -> None:
+        raise error("deadlock detected: Process 1 waits for ShareLock on transaction 2")
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": []}
+    with capture_logs() as logs:
+        await ErrorBoundaryMiddleware(conflicted)(scope, receive, send)
+    assert sent[0]["status"] == 503
+    assert (b"retry-after", b"1") in sent[0]["headers"]
+    body = orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert (body["code"], body["request_id"]) == ("service_unavailable", request_id)
+    assert b"Process" not in b"".join(m.get("body", b"") for m in sent[1:])
+    assert [(e["event"], e["log_level"], e["sqlstate"]) for e in logs] == [
+        ("transaction_conflict", "warning", sqlstate)
+    ]
+
+
+async def test_any_other_database_error_is_still_a_500_unhandled_error(request_id: str) -> None:
+    async def broken(_: Scope, __: Receive, ___: Send) -> None:
+        raise asyncpg.UniqueViolationError("duplicate key")
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": []}
+    with capture_logs() as logs:
+        await ErrorBoundaryMiddleware(broken)(scope, receive, send)
+    assert sent[0]["status"] == 500
+    assert [e["event"] for e in logs] == ["unhandled_error"]
