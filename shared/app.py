@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from shared.anomaly import AnomalyDetector, AnomalyMiddleware
-from shared.authz import http_jwks_fetcher, new_verifiers
+from shared.authz import PrincipalCheck, http_jwks_fetcher, new_verifiers
 from shared.cache import create_redis, ping_redis
 from shared.config import Settings
 from shared.context import InFlight, RequestContextMiddleware
@@ -76,6 +76,9 @@ class Runtime:
     service_client: ServiceClient | None = None
     on_startup: list[Hook] = field(default_factory=list)
     on_shutdown: list[Hook] = field(default_factory=list)
+    # Run by `guard` after a principal is authorized, in order; each may refuse it with an ApiError (core refuses
+    # every route of a deleted org with 410 gone).
+    principal_checks: list[PrincipalCheck] = field(default_factory=list)
     closing: asyncio.Task[None] | None = None
 
     def verifier_for(self, audience: str) -> Verifier:

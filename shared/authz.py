@@ -15,6 +15,10 @@ role): `guard(audience=SERVICE_AUDIENCE, scopes=("core:read",))` admits only ser
 Missing token → 401 `unauthorized`; bad token → 401 `invalid_token`; wrong kind, role or scope → 403
 `forbidden`; no `otp` step-up within 10 minutes → 401 `mfa_required` (counted as
 `security_events_total{event="mfa.denied"}`), for users with and without MFA enrolled.
+
+Then a service's own checks of an authorized principal run, `runtime.principal_checks` in order (async callables
+`(request, principal) -> None` that raise an ApiError to refuse): core registers one answering 410 `gone` for every
+route of a deleted org. They run after authorization, so a refused token learns nothing from them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "BEARER_CHALLENGE",
     "JWKS_PATH",
     "Endpoint",
+    "PrincipalCheck",
     "authenticate",
     "authorize",
     "bearer_token",
@@ -54,6 +59,8 @@ DEFAULT_KINDS = {USER_AUDIENCE: ("user",), SERVICE_AUDIENCE: ("service",)}
 SCOPED_KINDS = ("client", "service")
 
 Endpoint = Callable[[Request, Principal], Awaitable[Response]]
+# A service's own check of an authorized principal (`Runtime.principal_checks`): raises an ApiError to refuse.
+PrincipalCheck = Callable[[Request, Principal], Awaitable[None]]
 
 
 def bearer_token(request: Request) -> str | None:
@@ -138,8 +145,11 @@ def guard(
     def wrap(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(endpoint)
         async def guarded(request: Request) -> Response:
-            principal = await authenticate(request, request.app.state.runtime.verifier_for(audience))
+            runtime = request.app.state.runtime
+            principal = await authenticate(request, runtime.verifier_for(audience))
             authorize(principal, kinds=admitted, roles=roles, scopes=scopes, step_up=step_up, now=time.time())
+            for check in runtime.principal_checks:
+                await check(request, principal)
             return await endpoint(request, principal)
 
         return guarded
