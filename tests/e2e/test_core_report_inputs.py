@@ -23,7 +23,7 @@ from services.core import bas
 from services.core.designated import account_id
 from services.core.evaluation import current_cycle
 from services.core.internal import REPORT_CYCLES, period_label
-from services.core.obligations import TaxAmounts, evaluate
+from services.core.obligations import ZERO, TaxAmounts, evaluate, totals_by_quarter
 from services.core.store import accounts, cycles, insert_line, plans
 
 pytestmark = pytest.mark.e2e
@@ -51,26 +51,31 @@ def at_noon(day: date) -> datetime:
 
 
 async def write_history(database_url: str, org: Org, now: datetime) -> dict[str, Any]:
-    """Ten earlier cycles (one lodged on time, one lodged late, one BLOCKED, the rest OPEN), lines and a deposit in
-    the current quarter, two plans, and alerts of every kind; what the test expects to find named."""
+    """Ten earlier cycles (one lodged on time, one lodged late, one BLOCKED, the rest OPEN), lines (with the
+    quarter's running totals) and a deposit in the current quarter, two plans, and alerts of every kind; what the
+    test expects to find named."""
     current = current_cycle(now)
     last, before = earlier(current, 1), earlier(current, 2)
     async with connect(database_url) as conn, conn.transaction():
         ids = {}
         for back in range(1, 11):
             ids[back] = await cycles.ensure_cycle(conn, org.id, earlier(current, back))
-        figures = evaluate(
-            TaxAmounts(paygw=Decimal("10.00"), gst=Decimal("5.00")), TaxAmounts(Decimal("10.00"), Decimal("5.00"))
-        )
+        # Lodged with nothing required, so the allocation gives the current quarter every deposited dollar.
+        figures = evaluate(TaxAmounts(ZERO, ZERO), TaxAmounts(ZERO, ZERO))
         for back, lodged_at in ((1, at_noon(last.due_date)), (2, at_noon(before.due_date) + timedelta(days=1))):
             await cycles.lodge_cycle(
                 conn, ids[back], cycles.Lodged(figures, lodged_at, "user:lodger", "recording", f"REC-{back}", "{}")
             )
         await cycles.set_status(conn, ids[3], "BLOCKED")
-        await insert_line(conn, line(org.id, current.period_start.isoformat(), "-1300.00", "-300.00", "1000.00"))
-        await insert_line(conn, line(org.id, current.period_start.isoformat(), "-330.00", "-30.00", "0.00"))
-        await insert_line(conn, line(org.id, current.period_end.isoformat(), "660.00", "60.00", "0.00"))
-        await insert_line(conn, line(org.id, last.period_start.isoformat(), "9999.00", "999.00", "999.00"))
+        day = current.period_start.isoformat()
+        lines = [
+            line(org.id, day, "-1300.00", "-300.00", "1000.00"),
+            line(org.id, day, "-330.00", "-30.00", "0.00"),
+            line(org.id, current.period_end.isoformat(), "660.00", "60.00", "0.00"),
+        ]
+        for written in lines:
+            await insert_line(conn, written)
+        await cycles.add_to_totals(conn, org.id, totals_by_quarter(lines))  # as every writer of lines does
         paygw = account_id(org.id, "PAYGW")
         await accounts.ensure_account(conn, org.id, paygw, "PAYGW")
         await accounts.insert_transfer(
