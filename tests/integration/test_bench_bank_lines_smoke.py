@@ -1,5 +1,5 @@
 """`bench/bank_lines.py` in quick mode, end to end: its own PostgreSQL and Redis, a 20,000-line seed, auth, core
-and the proxy as real processes, every workload at 100 requests/s for 2 s and one search step. The numbers are
+and the proxy as real processes, every workload at 100 requests/s for 2 s and one 1 s search step. The numbers are
 not judged (the machine may be busy); that the bench runs, prints its tables and verdicts, and that no request
 failed, is."""
 
@@ -22,6 +22,8 @@ QUICK = [
     "100",
     "--search-cap",
     "150",
+    "--search-duration",
+    "1",
     "--decrypt-pages",
     "200",
 ]
