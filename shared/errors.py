@@ -99,6 +99,8 @@ ERRORS: dict[str, ErrorKind] = {
     "cycle_not_blocked": ErrorKind(409, "A payment plan is only for a BLOCKED BAS cycle"),
     "bas_cycle_blocked": ErrorKind(409, "The BAS cycle has a shortfall and cannot be lodged"),
     "bas_cycle_lodged": ErrorKind(409, "The BAS cycle is already lodged"),
+    "bas_period_open": ErrorKind(409, "The BAS period has not ended and cannot be lodged yet"),
+    "bas_earlier_cycle_unlodged": ErrorKind(409, "An earlier BAS cycle with bank lines must be lodged first"),
     "gone": ErrorKind(410, "Gone"),
     "payload_too_large": ErrorKind(413, "Request body too large"),
     "unsupported_media_type": ErrorKind(415, "Unsupported media type"),

@@ -4,6 +4,8 @@
     shortfall(required, secured)   max(0, required - secured)
     totals_by_quarter(lines)       what written lines add to each quarter's running totals (`core.cycle_totals`)
     allocate(balances, ledger)     the designated balances shared out over the org's cycles, oldest first
+    awaiting_lodgement(ledger, d)  the unlodged quarters with lines whose period ended before day d, oldest first
+    amended(ledger)                the lodged quarters whose lines no longer sum to what was lodged
 
 Required amounts are the sums of the cycle's bank lines' components (lines dated within the period):
 - PAYGW: the sum of `paygw_amount`, never negative (a line's PAYG withheld is a sum owed to the ATO).
@@ -29,7 +31,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Literal, Protocol
 
-from services.core.bas import quarter_start
+from services.core.bas import cycle_for, quarter_start
 
 __all__ = [
     "TAXES",
@@ -41,6 +43,8 @@ __all__ = [
     "TaxAmounts",
     "TaxObligation",
     "allocate",
+    "amended",
+    "awaiting_lodgement",
     "dollars",
     "evaluate",
     "required_of",
@@ -209,6 +213,25 @@ def allocate(balances: TaxAmounts, ledger: Iterable[LedgerCycle]) -> Allocation:
         left_paygw, left_gst = left_paygw - paygw, left_gst - gst
         cycles[cycle.period_start] = evaluate(required, TaxAmounts(paygw=paygw, gst=gst))
     return Allocation(cycles=cycles, lodged=frozenset(c.period_start for c in order if c.lodged))
+
+
+def awaiting_lodgement(ledger: Iterable[LedgerCycle], today: date) -> list[date]:
+    """The starts of the unlodged quarters that have lines and ended before `today`, oldest first: the next BAS to
+    lodge is the first (a quarter is lodged only once it has ended, and in order)."""
+    return sorted(
+        c.period_start
+        for c in ledger
+        if not c.lodged and c.totals.lines > 0 and cycle_for(c.period_start).period_end < today
+    )
+
+
+def amended(ledger: Iterable[LedgerCycle]) -> list[LedgerCycle]:
+    """The lodged quarters whose lines now require other amounts than were lodged (lines written after the
+    lodgement), oldest first: an amended BAS is needed for each."""
+    return sorted(
+        (c for c in ledger if c.lodged_required is not None and required_of(c.totals.sums) != c.lodged_required),
+        key=lambda c: c.period_start,
+    )
 
 
 def dollars(amount: Decimal) -> str:

@@ -1,14 +1,16 @@
-"""The current BAS cycle through real auth and core processes (issue #12): obligations from posted lines, the
-SUSPICIOUS_TAX_GAP a write raises (once), the preview's blockers, lodging (step-up for every user, 409 while
-BLOCKED, 200 once READY, idempotent, then immutable), and GETs that write nothing but their audit rows.
+"""BAS cycles through real auth and core processes (issue #12): obligations from posted lines, the
+SUSPICIOUS_TAX_GAP a write raises (once), the preview's blockers and the cycle it shows, lodging (step-up for every
+user; only an ended quarter, in order, 409 while BLOCKED, 200 once READY, idempotent, then immutable), a line
+written into a lodged quarter (one BAS_AMENDMENT_NEEDED, no gap), and GETs that write nothing but their audit rows.
 
-The current cycle is the quarter containing today in Sydney, so the lines are dated on its first day."""
+The current cycle is the quarter containing today in Sydney, so most lines are dated on its first day; lodging
+uses the two quarters before it (ended)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -36,6 +38,12 @@ WAGES = new_line(
 )
 SALE = new_line(date=DAY, amount="1100.00", gst_amount="100.00", payee="Customer", description="Invoice 1")
 PURCHASE = new_line(date=DAY)  # -110.00 with -10.00 GST
+PREVIOUS = cycle_for(CYCLE.period_start - timedelta(days=1))
+EARLIER = cycle_for(PREVIOUS.period_start - timedelta(days=1))
+
+
+def dated(line: dict[str, Any], cycle: Any) -> dict[str, Any]:
+    return {**line, "date": cycle.period_start.isoformat()}
 
 
 @pytest_asyncio.fixture
@@ -47,9 +55,12 @@ async def get(http: aiohttp.ClientSession, stack: CoreStack, path: str, token: s
     return await call(http, "GET", f"{stack.core.url}{path}", token=token)
 
 
-async def lodge(http: aiohttp.ClientSession, stack: CoreStack, token: str, key: str | None = None) -> tuple[int, Any]:
+async def lodge(
+    http: aiohttp.ClientSession, stack: CoreStack, token: str, key: str | None = None, period: Any = None
+) -> tuple[int, Any]:
     headers = {"idempotency-key": key} if key else {}
-    status, body, _ = await call(http, "POST", f"{stack.core.url}/bas/lodge", token=token, headers=headers)
+    chosen = {} if period is None else {"json": {"period_start": period.period_start.isoformat()}}
+    status, body, _ = await call(http, "POST", f"{stack.core.url}/bas/lodge", token=token, headers=headers, **chosen)
     return status, body
 
 
@@ -143,7 +154,9 @@ async def test_obligations_follow_the_lines_and_a_shortfall_above_the_threshold_
     alerts = await gap_alerts(stack.database_url, org.id)
     assert len(alerts) == 1 and alerts[0]["severity"] == "HIGH"
     assert alerts[0]["created_by"] == f"user:{org.users['admin'].id}"
-    assert alerts[0]["message"] == "PAYGW short by $410.01; GST short by $90.00"
+    assert (
+        alerts[0]["message"] == f"{DAY} to {CYCLE.period_end.isoformat()}: PAYGW short by $410.01, GST short by $90.00"
+    )
     # A second write over the threshold raises none while it is open; nor does a GET.
     await post(http, stack, tokens["finance"], WAGES)
     await get(http, stack, "/org/obligations/current", tokens["finance"])
@@ -173,6 +186,10 @@ async def test_preview_shows_blockers_to_finance_and_admin_only(
         assert body["paygw"]["shortfall"] == "300.00"
         assert body["gst"] == {"required": "100.00", "secured": "40.00", "shortfall": "60.00", "status": "BLOCKED"}
         assert body["total_shortfall"] == "360.00"
+        # Nothing has ended that waits to be lodged: the current quarter is shown, not yet lodgeable.
+        assert body["cycle"]["period_start"] == DAY and body["lodgeable"] is False
+        assert body["reason"].endswith(f"from {(CYCLE.period_end + timedelta(days=1)).isoformat()}")
+        assert body["amendments"] == []
     assert (await actions(stack.database_url, org.id)).count("bas.preview") == 2
 
 
@@ -180,8 +197,8 @@ async def test_lodging_needs_a_step_up_and_a_ready_cycle_and_leaves_it_immutable
     http: aiohttp.ClientSession, stack: CoreStack, org: Org
 ) -> None:
     tokens = await role_tokens(http, stack, org)
-    await post(http, stack, tokens["finance"], WAGES)
-    await post(http, stack, tokens["finance"], SALE)
+    await post(http, stack, tokens["finance"], dated(WAGES, PREVIOUS))
+    await post(http, stack, tokens["finance"], dated(SALE, PREVIOUS))
     # Without a step-up: 401 for a user without MFA (finance) and, below, for one with it before stepping up.
     assert (await lodge(http, stack, tokens["finance"]))[1]["code"] == "mfa_required"
     for role in ("analyst", "auditor"):
@@ -191,25 +208,40 @@ async def test_lodging_needs_a_step_up_and_a_ready_cycle_and_leaves_it_immutable
     status, body = await lodge(http, stack, admin.plain_token)
     assert (status, body["code"]) == (401, "mfa_required")
 
+    # The preview shows the ended quarter with lines, BLOCKED; lodging it (the default) is refused.
+    status, shown, _ = await get(http, stack, "/bas/preview", tokens["finance"])
+    assert shown["cycle"]["period_start"] == PREVIOUS.period_start.isoformat() and shown["lodgeable"] is False
+    assert shown["reason"].endswith("PAYGW short by $300.00; GST short by $100.00")
     status, body = await lodge(http, stack, admin.token, key="lodge-1")
     assert (status, body["code"]) == (409, "bas_cycle_blocked")
     assert body["blockers"] == ["PAYGW short by $300.00", "GST short by $100.00"]
-    row_id = cycle_id(org.id, CYCLE.period_start)
-    async with connect(stack.database_url) as conn:
-        assert await conn.fetchval("SELECT status FROM core.bas_cycles WHERE id = $1", row_id) == "BLOCKED"
+    row_id = cycle_id(org.id, PREVIOUS.period_start)
+    # The current quarter has not ended: never lodged, whatever it holds.
+    status, body = await lodge(http, stack, admin.token, period=CYCLE)
+    assert (status, body["code"]) == (409, "bas_period_open")
+    status, body, _ = await call(
+        http, "POST", f"{stack.core.url}/bas/lodge", token=admin.token, json={"period_start": "2025-08-01"}
+    )
+    assert (status, body["code"]) == (400, "invalid_body")
 
     await deposit(stack.database_url, org.id, "PAYGW", "300.00")
     await deposit(stack.database_url, org.id, "GST", "100.00")
+    status, shown, _ = await get(http, stack, "/bas/preview", tokens["finance"])
+    assert shown["lodgeable"] is True and shown["reason"] is None and shown["status"] == "READY"
     status, body = await lodge(http, stack, admin.token, key="lodge-1")  # the refusal kept nothing under the key
     assert status == 200, body
     assert body["status"] == "LODGED" and body["blockers"] == [] and body["total_shortfall"] == "0.00"
+    assert body["cycle"]["period_start"] == PREVIOUS.period_start.isoformat()
     assert body["cycle"]["lodged_by"] == f"user:{org.users['admin'].id}"
     assert body["cycle"]["lodgement_reference"].startswith("recorded-")
-    # The same key replays the answer; another lodgement is refused.
+    # The same key replays the answer; another lodgement of it is refused.
     replay_status, replay = await lodge(http, stack, admin.token, key="lodge-1")
     assert (replay_status, replay) == (200, body)
-    status, again = await lodge(http, stack, admin.token, key="lodge-2")
+    status, again = await lodge(http, stack, admin.token, key="lodge-2", period=PREVIOUS)
     assert (status, again["code"]) == (409, "bas_cycle_lodged")
+    # Nothing else has ended with lines: the default names the open current quarter.
+    status, again = await lodge(http, stack, admin.token, key="lodge-3")
+    assert (status, again["code"]) == (409, "bas_period_open")
 
     async with connect(stack.database_url) as conn:
         row = await conn.fetchrow("SELECT * FROM core.bas_cycles WHERE id = $1", row_id)
@@ -220,10 +252,64 @@ async def test_lodging_needs_a_step_up_and_a_ready_cycle_and_leaves_it_immutable
             await conn.execute("UPDATE core.bas_cycles SET gst_required = 0 WHERE id = $1", row_id)
     assert (await actions(stack.database_url, org.id)).count("bas.lodge") == 1
 
-    # A later line changes the live figures, not the lodged ones the reads show.
+    # The lodged money is spoken for: the current quarter's 300.00 is short by all of it.
     await post(http, stack, tokens["finance"], WAGES)
     status, body, _ = await get(http, stack, "/org/obligations/current", tokens["analyst"])
-    assert body["cycle"]["status"] == "LODGED" and body["paygw"]["required"] == "300.00"
+    assert body["cycle"]["period_start"] == DAY
+    assert body["paygw"] == {"required": "300.00", "secured": "0.00", "shortfall": "300.00", "status": "BLOCKED"}
+
+    # 1,000.00 more withheld in the lodged quarter: no gap for it, one amendment alert, shown in the preview.
+    late = {**dated(WAGES, PREVIOUS), "paygw_amount": "1000.00"}
+    await post(http, stack, tokens["finance"], late)
+    await post(http, stack, tokens["finance"], late)
+    assert await gap_alerts(stack.database_url, org.id) == []
+    async with connect(stack.database_url) as conn:
+        amendments = await conn.fetch("SELECT * FROM core.alerts WHERE type = 'BAS_AMENDMENT_NEEDED'")
+    assert len(amendments) == 1 and amendments[0]["severity"] == "MEDIUM"
+    assert amendments[0]["detail"] == (
+        f'{{"cycle_id": "{row_id}", "period_end": "{PREVIOUS.period_end.isoformat()}", '
+        f'"period_start": "{PREVIOUS.period_start.isoformat()}"}}'
+    )
+    status, shown, _ = await get(http, stack, "/bas/preview", tokens["finance"])
+    assert shown["amendments"] == [
+        {
+            "cycle_id": str(row_id),
+            "period_start": PREVIOUS.period_start.isoformat(),
+            "period_end": PREVIOUS.period_end.isoformat(),
+            "paygw_lodged": "300.00",
+            "paygw_now": "2300.00",
+            "gst_lodged": "100.00",
+            "gst_now": "100.00",
+        }
+    ]
+    async with connect(stack.database_url) as conn:
+        assert await conn.fetchval("SELECT status FROM core.bas_cycles WHERE id = $1", row_id) == "LODGED"
+
+
+async def test_quarters_are_lodged_in_order_and_one_deposit_secures_one(
+    http: aiohttp.ClientSession, stack: CoreStack, org: Org
+) -> None:
+    tokens = await role_tokens(http, stack, org)
+    for cycle in (EARLIER, PREVIOUS):
+        await post(http, stack, tokens["finance"], dated(WAGES, cycle))
+    await deposit(stack.database_url, org.id, "PAYGW", "300.00")
+    admin = await stepped_up(http, stack.auth.url, org.email("admin"))
+    # One deposit of 300.00 secures the older quarter, not both.
+    status, shown, _ = await get(http, stack, "/bas/preview", tokens["admin"])
+    assert shown["cycle"]["period_start"] == EARLIER.period_start.isoformat() and shown["lodgeable"] is True
+    status, body = await lodge(http, stack, admin.token, period=PREVIOUS)
+    assert (status, body["code"]) == (409, "bas_earlier_cycle_unlodged")
+    assert body["period_start"] == EARLIER.period_start.isoformat()
+    status, body = await lodge(http, stack, admin.token)
+    assert status == 200 and body["cycle"]["period_start"] == EARLIER.period_start.isoformat(), body
+    status, shown, _ = await get(http, stack, "/bas/preview", tokens["admin"])
+    assert shown["cycle"]["period_start"] == PREVIOUS.period_start.isoformat()
+    assert shown["paygw"] == {"required": "300.00", "secured": "0.00", "shortfall": "300.00", "status": "BLOCKED"}
+    status, body = await lodge(http, stack, admin.token)
+    assert (status, body["code"]) == (409, "bas_cycle_blocked")
+    await deposit(stack.database_url, org.id, "PAYGW", "300.00")
+    status, body = await lodge(http, stack, admin.token)
+    assert status == 200 and body["cycle"]["period_start"] == PREVIOUS.period_start.isoformat(), body
 
 
 async def test_gets_write_nothing_but_their_audit_rows(http: aiohttp.ClientSession, stack: CoreStack, org: Org) -> None:
@@ -260,7 +346,9 @@ async def test_an_import_re_evaluates_the_cycle_and_raises_the_gap_alert_once(
         )
         assert status == 201, body
     alerts = await gap_alerts(stack.database_url, org.id)
-    assert len(alerts) == 1 and alerts[0]["message"] == "PAYGW short by $600.00"
+    assert (
+        len(alerts) == 1 and alerts[0]["message"] == f"{DAY} to {CYCLE.period_end.isoformat()}: PAYGW short by $600.00"
+    )
     async with connect(stack.database_url) as conn:
         row = await conn.fetchrow(
             "SELECT status FROM core.bas_cycles WHERE id = $1", cycle_id(org.id, CYCLE.period_start)

@@ -11,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.core.bas import quarter_start
-from services.core.obligations import LedgerCycle, QuarterTotals, TaxAmounts, allocate, totals_by_quarter
+from services.core.obligations import (
+    LedgerCycle,
+    QuarterTotals,
+    TaxAmounts,
+    allocate,
+    amended,
+    awaiting_lodgement,
+    totals_by_quarter,
+)
 
 ZERO = Decimal("0.00")
 NON_NEGATIVE = st.integers(min_value=0, max_value=10**12).map(lambda c: Decimal(c).scaleb(-2))
@@ -130,3 +138,22 @@ def test_totals_by_quarter_adds_each_line_to_its_quarter(lines: list[Line]) -> N
             len(mine),
             TaxAmounts(sum((line.paygw_amount for line in mine), ZERO), sum((line.gst_amount for line in mine), ZERO)),
         )
+
+
+def test_awaiting_lodgement_is_the_ended_unlodged_quarters_with_lines_oldest_first() -> None:
+    some = QuarterTotals(2, TaxAmounts(Decimal("1.00"), ZERO))
+    ledger = [
+        LedgerCycle(date(2025, 10, 1), some),  # current on 2025-11-15: not ended
+        LedgerCycle(date(2025, 4, 1), some),
+        LedgerCycle(date(2025, 1, 1), some, lodged_required=TaxAmounts(ZERO, ZERO)),  # lodged
+        LedgerCycle(date(2024, 10, 1), QuarterTotals(0, TaxAmounts(ZERO, ZERO))),  # no lines
+        LedgerCycle(date(2025, 7, 1), some),
+    ]
+    assert awaiting_lodgement(ledger, date(2025, 11, 15)) == [date(2025, 4, 1), date(2025, 7, 1)]
+    assert awaiting_lodgement(ledger, date(2025, 9, 30)) == [date(2025, 4, 1)]  # Jul-Sep ends that day
+    assert awaiting_lodgement(ledger, date(2026, 1, 1))[-1] == date(2025, 10, 1)
+    # Lodged at 1.00 of PAYGW: the same lines need no amendment; another line does.
+    lodged = LedgerCycle(date(2025, 1, 1), some, lodged_required=TaxAmounts(Decimal("1.00"), ZERO))
+    assert amended([lodged]) == []
+    more = LedgerCycle(date(2025, 1, 1), QuarterTotals(3, TaxAmounts(Decimal("2.00"), ZERO)), lodged.lodged_required)
+    assert amended([*ledger, more]) == [ledger[2], more]
