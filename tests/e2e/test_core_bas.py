@@ -105,6 +105,20 @@ async def gap_alerts(database_url: str, org_id: uuid.UUID) -> list[asyncpg.Recor
         )
 
 
+async def totals_and_sums(database_url: str, org_id: uuid.UUID) -> tuple[dict[Any, Any], dict[Any, Any]]:
+    """The org's running totals per quarter (core.cycle_totals), and the same summed from its lines."""
+    async with connect(database_url) as conn:
+        totals = await conn.fetch(
+            "SELECT period_start, lines, paygw, gst FROM core.cycle_totals WHERE org_id = $1", org_id
+        )
+        sums = await conn.fetch(
+            "SELECT date_trunc('quarter', date)::date, count(*), sum(paygw_amount), sum(gst_amount) "
+            "FROM core.bank_lines WHERE org_id = $1 GROUP BY 1",
+            org_id,
+        )
+    return ({r[0]: (r[1], r[2], r[3]) for r in totals}, {r[0]: (r[1], r[2], r[3]) for r in sums})
+
+
 async def snapshot(database_url: str) -> dict[str, str]:
     """A digest of every table outside the audit schema (and the catalogs)."""
     async with connect(database_url) as conn:
@@ -355,3 +369,15 @@ async def test_an_import_re_evaluates_the_cycle_and_raises_the_gap_alert_once(
         )
     assert row["status"] == "BLOCKED"
     assert (await actions(stack.database_url, org.id)) == ["alert.raise", "bank_lines.import", "bank_lines.import"]
+    # Both imports (and a line in another quarter) added to their quarters' running totals, as summed from the lines.
+    await post(http, stack, tokens["finance"], dated(WAGES, PREVIOUS))
+    assert (
+        await totals_and_sums(stack.database_url, org.id)
+        == (
+            {
+                CYCLE.period_start: (4, Decimal("1200.00"), Decimal("0.00")),
+                PREVIOUS.period_start: (1, Decimal("300.00"), Decimal("0.00")),
+            },
+        )
+        * 2
+    )
