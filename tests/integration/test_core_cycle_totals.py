@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import pytest_asyncio
@@ -108,6 +109,17 @@ async def test_running_totals_equal_the_sums_of_the_lines_after_random_writes(co
             pass
     assert await totals_table(conn) == await sums_of_lines(conn)
     assert len(await totals_table(conn)) > 8  # several quarters of both orgs
+
+
+async def test_the_migrations_backfill_sums_the_lines_there_were(conn: asyncpg.Connection) -> None:
+    """0009's INSERT ... SELECT, run again over lines written without totals, gives the totals of those lines."""
+    rng = random.Random(9)
+    await copy_lines(conn, [random_line(rng) for _ in range(300)])
+    assert await totals_table(conn) == {}
+    migration = (Path(__file__).parents[2] / "services/core/migrations/0009_cycle_totals.sql").read_text()
+    backfill = migration[migration.index("INSERT INTO core.cycle_totals") :].split(";")[0]
+    await conn.execute(backfill)
+    assert await totals_table(conn) == await sums_of_lines(conn)
 
 
 async def test_the_seed_adds_its_lines_to_the_running_totals(conn: asyncpg.Connection, database_url: str) -> None:
