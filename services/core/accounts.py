@@ -18,8 +18,16 @@ retried attempt is answered again without a second alert. A body that is not a d
 
 A deposit holds the account row (`store.accounts.lock_account`), reads the whitelist, appends the transfer,
 re-evaluates the org's current BAS cycle (`services.core.evaluation.reevaluate`, which may raise the org's
-SUSPICIOUS_TAX_GAP) and writes `designated.deposit` last. Audit details carry ids, amounts and whitelisted
-sources, never a reference or an unvetted source (those are in the transfer and the alert, which go with the org).
+SUSPICIOUS_TAX_GAP) and writes `designated.deposit` last.
+
+Audit details carry ids and amounts, never a source's or a reference's text: a source may be a person's name and
+account number, and the audit chain outlives the org. A source is named by its tag (`PiiCipher.tag` for
+SOURCE_TAG_PURPOSE: the same text gives the same tag within the org, so a deposit's record can be matched to the
+whitelisting that admitted it) and the tag dies with the org's data key. The texts are in the transfer, the
+whitelist and the refused attempt's alert (which also carries the tag), rows deleted with the org.
+
+Every write takes the org's deletion lock first (`store.orgs.hold_org`): a deposit must not lock the account row
+before it, or it deadlocks with the org's deletion.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializ
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.core.deps import core_deps
 from services.core.designated import (
     MAX_SOURCES,
     NEWEST_TRANSFERS,
@@ -54,12 +63,14 @@ from services.core.evaluation import reevaluate, shortfall_threshold
 from services.core.models import view_of
 from services.core.store import accounts as store
 from services.core.store.alerts import DESIGNATED_WITHDRAWAL_ATTEMPT, raise_alert
+from services.core.store.orgs import hold_org
 from shared import audit
 from shared.authz import guard
 from shared.errors import ApiError, problem_response
 from shared.idempotency import idempotent
 from shared.money import Money, format_money, format_total
 from shared.openapi import documented
+from shared.pii import KeyDestroyed, PiiCipher
 from shared.roles import Role
 from shared.tokens import Principal
 from shared.validation import MAX_JSON_BODY_BYTES, parse_body, read_body
@@ -79,6 +90,8 @@ READERS: tuple[Role, ...] = ("admin", "finance")
 WRITERS: tuple[Role, ...] = ("admin", "finance")
 SOURCE_EDITORS: tuple[Role, ...] = ("admin",)
 REFUSED = "designated_withdrawal_refused"
+# What a source's tag is made for (shared.pii: a tag differs per purpose).
+SOURCE_TAG_PURPOSE = "designated_source"
 JSON = "application/json"
 
 # A sum of transfers may pass twelve integer digits: written with format_total, never refused.
@@ -159,6 +172,15 @@ class DesignatedSources(BaseModel):
     sources: list[SourceView]
 
 
+async def _source_tags(cipher: PiiCipher, org_id: uuid.UUID, sources: list[str]) -> dict[str, str]:
+    """Each source's tag. Asked before a connection is held where it can be (a cold key lookup takes one of its
+    own); a destroyed key means the org was deleted: 410."""
+    try:
+        return {source: await cipher.tag(org_id, SOURCE_TAG_PURPOSE, source) for source in sources}
+    except KeyDestroyed:
+        raise ApiError("gone", "This organisation has been deleted") from None
+
+
 def _account(request: Request, principal: Principal) -> tuple[uuid.UUID, uuid.UUID, Tax]:
     """(org, account, tax) of the path's account; 404 unless it is one of the principal's org's two."""
     org_id = uuid.UUID(principal.org_id)
@@ -182,6 +204,7 @@ async def _refuse(
     actor: str,
     amount: Decimal | None,
     source: str | None,
+    source_tag: str | None,
 ) -> Response:
     """Raise the alert and write the audit record of a refused attempt in the caller's transaction, and answer the
     422 as a response (not an exception) so that the transaction commits them."""
@@ -195,7 +218,11 @@ async def _refuse(
         type=DESIGNATED_WITHDRAWAL_ATTEMPT,
         severity="HIGH",
         message=message,
-        detail={**shown, **({"source": source} if source is not None else {}), "actor": actor},
+        detail={
+            **shown,
+            **({"source": source, "source_tag": source_tag} if source is not None else {}),
+            "actor": actor,
+        },
         actor=actor,
     )
     assert alert is not None  # only SUSPICIOUS_TAX_GAP is ever declined
@@ -259,7 +286,9 @@ async def deposit(request: Request, principal: Principal) -> Response:
     body = await parse_body(request, NewDeposit)
     actor = audit.actor_of(principal)
     threshold = shortfall_threshold(request)
+    source_tag = (await _source_tags(core_deps(request).cipher, org_id, [body.source]))[body.source]
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        await hold_org(conn, org_id)
 
         async def work() -> Response:
             held = await store.lock_account(conn, org_id, account)
@@ -276,6 +305,7 @@ async def deposit(request: Request, principal: Principal) -> Response:
                     actor=actor,
                     amount=body.amount,
                     source=source,
+                    source_tag=None if source is None else source_tag,
                 )
             transfer = await store.insert_transfer(
                 conn,
@@ -299,7 +329,7 @@ async def deposit(request: Request, principal: Principal) -> Response:
                     "account_id": str(account),
                     "tax": tax,
                     "amount": format_money(transfer.amount),
-                    "source": transfer.source,
+                    "source_tag": source_tag,
                     "balance": format_total(balance),
                 },
             )
@@ -323,6 +353,7 @@ async def withdraw(request: Request, principal: Principal) -> Response:
     except orjson.JSONDecodeError:
         asked = None
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        await hold_org(conn, org_id)
 
         async def work() -> Response:
             return await _refuse(
@@ -334,6 +365,7 @@ async def withdraw(request: Request, principal: Principal) -> Response:
                 actor=actor,
                 amount=claimed_amount(asked),
                 source=None,
+                source_tag=None,
             )
 
         return await idempotent(request, conn, work, org_id=org_id, actor=actor, body=raw)
@@ -378,11 +410,15 @@ async def replace_sources(request: Request, principal: Principal) -> Response:
     org_id, account, tax = _account(request, principal)
     body = await parse_body(request, SourceList)
     actor = audit.actor_of(principal)
+    cipher = core_deps(request).cipher
+    tags = await _source_tags(cipher, org_id, body.sources)  # also warms the org's key for the removed ones
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        await hold_org(conn, org_id)
         await store.ensure_account(conn, org_id, account, tax)
         await store.lock_account(conn, org_id, account)
         change = await store.replace_sources(conn, org_id, account, body.sources, actor)
         entries = await store.sources(conn, org_id, account)
+        tags |= await _source_tags(cipher, org_id, [source for source in change.removed if source not in tags])
         await audit.append(
             conn,
             org_id=org_id,
@@ -392,8 +428,8 @@ async def replace_sources(request: Request, principal: Principal) -> Response:
             detail={
                 "account_id": str(account),
                 "tax": tax,
-                "added": list(change.added),
-                "removed": list(change.removed),
+                "added": [tags[source] for source in change.added],
+                "removed": [tags[source] for source in change.removed],
                 "count": len(entries),
             },
         )

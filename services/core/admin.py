@@ -17,13 +17,14 @@ rows written during a long export may or may not be in it. A failure mid-stream 
 never passes it off as complete.
 
 `DELETE /admin/delete/{org}` with `{"confirm": "<org id>"}` (anything else is 400 `invalid_body`), in one core
-transaction: destroy the org's data key (first, so bank-line writers holding it finish and later ones are refused),
-then the org's deletion lock, delete every row of the org, write the tombstone (who, when, counts), and append
-`admin.org.delete` to the audit chain, which is never deleted. After the commit, auth is asked to disable the org's
-users and clients and erase their addresses (`POST /internal/orgs/{org}/erase`). Core's part comes first because
-it is what cannot wait: if auth fails the data is gone anyway, and the answer is a 502 `upstream_unavailable`
-saying so; the same DELETE again (the caller's token still works, since auth did not revoke it) does only auth's
-part. A tombstone whose `auth_erased_at` is null names an org whose auth part is still to be done.
+transaction: the org's deletion lock exclusive (first, so the writers holding it shared finish and later ones find
+the tombstone: `store.orgs.hold_org`), destroy the org's data key, delete every row of the org, write the tombstone
+(who, when, counts), and append `admin.org.delete` to the audit chain, which is never deleted. After the commit,
+auth is asked to disable the org's users and clients and erase their addresses (`POST /internal/orgs/{org}/erase`).
+Core's part comes first because it is what cannot wait: if auth fails the data is gone anyway, and the answer is a
+502 `upstream_unavailable` saying so; the same DELETE again (the caller's token still works, since auth did not
+revoke it; it is the one route a deleted org's token still reaches) does only auth's part.
+A tombstone whose `auth_erased_at` is null names an org whose auth part is still to be done.
 """
 
 from __future__ import annotations
@@ -247,11 +248,12 @@ async def delete_org(request: Request, principal: Principal) -> Response:
     async with _pool(runtime).acquire() as conn:
         try:
             async with conn.transaction():
-                # The key first: a concurrent deletion waits here for this one, then finds its tombstone.
+                # The org's deletion lock first (store/orgs.py says why): writers holding it finish, later ones
+                # and a concurrent deletion wait here, then find the tombstone.
+                await orgs.begin_deletion(conn, org_id)
                 destroyed = await cipher.destroy(org_id, conn=conn)
                 stone = await orgs.tombstone(conn, org_id)
                 if stone is None:
-                    await orgs.begin_deletion(conn, org_id)
                     counts = await orgs.delete_org_rows(conn, org_id)
                     stone = await orgs.insert_tombstone(conn, org_id, actor, counts)
                     await audit.append(
@@ -264,6 +266,7 @@ async def delete_org(request: Request, principal: Principal) -> Response:
                     )
         finally:
             cipher.forget(org_id)
+    core_deps(request).deleted_orgs.remember(org_id)
     if stone.auth_erased_at is None and await _erase_in_auth(runtime, org_id):
         async with _pool(runtime).acquire() as conn:
             stone = await orgs.mark_auth_erased(conn, org_id) or stone

@@ -26,6 +26,7 @@ from services.core.cursor import InvalidCursor, decode_alert_cursor, encode_aler
 from services.core.deps import core_deps
 from services.core.models import non_blank, view_of
 from services.core.store import alerts as store
+from services.core.store.orgs import hold_org
 from shared import audit
 from shared.authz import guard
 from shared.canonical import canonical_json
@@ -157,6 +158,7 @@ async def resolve_alert(request: Request, principal: Principal) -> Response:
     org_id = uuid.UUID(principal.org_id)
     actor = audit.actor_of(principal)
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        await hold_org(conn, org_id)
 
         async def resolve() -> Response:
             outcome, alert = await store.resolve_alert(conn, org_id, alert_id, actor=actor, note=body.note)

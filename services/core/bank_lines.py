@@ -31,6 +31,7 @@ from services.core.evaluation import reevaluate, shortfall_threshold
 from services.core.models import BankLine, BankLinePage, BankLineQuery, FilterText, NewBankLine
 from services.core.obligations import totals_by_quarter
 from services.core.store import BANK_LINES_TABLE, LineKey, SealedLine
+from services.core.store.orgs import hold_org
 from shared import audit
 from shared.authz import guard
 from shared.errors import ApiError, FieldError
@@ -205,6 +206,7 @@ async def create_line(request: Request, principal: Principal) -> Response:
         created_at=datetime.now(UTC),
     )
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        await hold_org(conn, org_id)
 
         async def create() -> Response:
             await lock_sealing_keys(cipher, conn, org_id, (payee, description))

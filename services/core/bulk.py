@@ -48,6 +48,7 @@ from services.core.imports import (
 )
 from services.core.obligations import totals_by_quarter
 from services.core.store import BANK_LINES_TABLE
+from services.core.store.orgs import hold_org
 from shared import audit
 from shared.authz import guard
 from shared.errors import ApiError
@@ -211,6 +212,7 @@ async def _store(request: Request, principal: Principal, sealed: SealedImport) -
     actor = audit.actor_of(principal)
     lines, summary, detail, document = sealed.lines, sealed.summary, sealed.detail, sealed.document
     async with runtime.db.pool.acquire() as conn, conn.transaction():
+        await hold_org(conn, org_id)
 
         async def work() -> Response:
             await lock_sealing_keys(cipher, conn, org_id, _sealed_values(lines))

@@ -1,12 +1,14 @@
 """What core's handlers share, built once at start-up by `create_app` (the pool exists only then): the PII cipher,
-the page-cursor key, the bulk imports' admission slots, and the BAS lodgement's outbound adapter
-(`services.core.lodgement`: the recording one unless another is given). Handlers reach it with
-`core_deps(request)`, typed, never through loose `app.state` keys."""
+the page-cursor key, the bulk imports' admission slots, the BAS lodgement's outbound adapter
+(`services.core.lodgement`: the recording one unless another is given), and the deleted orgs this process knows
+of. Handlers reach it with `core_deps(request)`, typed, never through loose `app.state` keys."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,10 +18,18 @@ from starlette.requests import Request
 
 from services.core import store
 from services.core.lodgement import LodgementGateway, RecordingGateway
+from services.core.store import orgs
 from shared.errors import ApiError
 from shared.pii import PiiCipher
 
-__all__ = ["CoreDeps", "CursorKey", "ImportSlots", "core_deps"]
+__all__ = ["DELETED_ORGS_MAX", "CoreDeps", "CursorKey", "DeletedOrgs", "ImportSlots", "core_deps"]
+
+# Deleted orgs remembered per process (16 bytes and a dict slot each); past it the least recently asked is read
+# again from the table when asked.
+DELETED_ORGS_MAX = 10_000
+# A tombstone lookup takes a pool connection of its own (before the handler takes one); waiting longer would only
+# hide exhaustion.
+TOMBSTONE_ACQUIRE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -73,12 +83,45 @@ class ImportSlots:
             self._free.release()
 
 
+@dataclass
+class DeletedOrgs:
+    """Whether an org was deleted, for core's check of every request (`services.core.app.refuse_deleted_org`).
+
+    A deletion is forever, so "deleted" is remembered (the most recently asked `max_orgs`); "not deleted" never is,
+    since another process may delete the org at any moment: it is one primary-key probe of `core.org_tombstones`
+    per request, on a connection given back before the handler takes its own."""
+
+    max_orgs: int = DELETED_ORGS_MAX
+    _known: OrderedDict[uuid.UUID, None] = field(default_factory=OrderedDict, repr=False)
+
+    async def is_deleted(self, pool: asyncpg.Pool, org_id: uuid.UUID) -> bool:
+        if org_id in self._known:
+            self._known.move_to_end(org_id)
+            return True
+        async with pool.acquire(timeout=TOMBSTONE_ACQUIRE_TIMEOUT_S) as conn:
+            deleted = await orgs.is_deleted(conn, org_id)
+        if deleted:
+            self.remember(org_id)
+        return deleted
+
+    def remember(self, org_id: uuid.UUID) -> None:
+        """The org is deleted (its deletion committed)."""
+        self._known[org_id] = None
+        self._known.move_to_end(org_id)
+        while len(self._known) > self.max_orgs:
+            self._known.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
 @dataclass(frozen=True)
 class CoreDeps:
     cipher: PiiCipher
     cursor_key: CursorKey
     imports: ImportSlots
     lodgement: LodgementGateway = field(default_factory=RecordingGateway)
+    deleted_orgs: DeletedOrgs = field(default_factory=DeletedOrgs)
 
 
 def core_deps(request: Request) -> CoreDeps:

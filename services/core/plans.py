@@ -43,6 +43,7 @@ from services.core.evaluation import compute, current_cycle
 from services.core.models import IsoDate, non_blank, parse_iso_date, view_of
 from services.core.store import cycles
 from services.core.store import plans as store
+from services.core.store.orgs import hold_org
 from shared import audit
 from shared.authz import guard
 from shared.errors import ApiError
@@ -195,6 +196,7 @@ async def create_plan(request: Request, principal: Principal) -> Response:
     actor = audit.actor_of(principal)
     now = datetime.now(UTC)
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        await hold_org(conn, org_id)
 
         async def create() -> Response:
             cycle = await _lock_target_cycle(conn, org_id, body.cycle_id, now)
@@ -248,6 +250,7 @@ async def _decide(request: Request, principal: Principal, decision: plan_rules.D
     org_id = uuid.UUID(principal.org_id)
     actor = audit.actor_of(principal)
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        await hold_org(conn, org_id)
 
         async def decide() -> Response:
             before = await store.get_plan(conn, org_id, plan_id)

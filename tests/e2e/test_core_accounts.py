@@ -205,7 +205,11 @@ async def test_deposits_from_a_listed_source_add_up_and_replay(
     assert await balance(stack.database_url, org.id) == Decimal("1300.00")
     made_audit = await audit_rows(stack.database_url, org.id, "designated.deposit")
     assert [orjson.loads(row["detail"])["balance"] for row in made_audit] == ["1200.50", "1300.00"]
-    assert "reference" not in orjson.loads(made_audit[0]["detail"])
+    # Neither the reference nor the source's text: a tag of the source, the same for both deposits from it.
+    details = [orjson.loads(row["detail"]) for row in made_audit]
+    assert all("reference" not in d and "source" not in d for d in details)
+    assert SOURCE not in str(details) and "PAYRUN" not in str(details)
+    assert len(details[0]["source_tag"]) == 32 and details[0]["source_tag"] == details[1]["source_tag"]
     async with connect(stack.database_url) as conn:
         # Each deposit re-evaluated the current cycle: nothing required, 1300.00 secured.
         assert await conn.fetchval("SELECT status FROM core.bas_cycles WHERE org_id = $1", org.id) == "READY"
@@ -284,7 +288,9 @@ async def test_with_no_sources_every_deposit_is_refused(
     status, problem, _ = await deposit(http, stack, tokens["admin"], account_id(org.id, "GST"), deposit_body())
     assert (status, problem["reason"]) == (422, "unlisted_source")
     alerts = await attempt_alerts(stack.database_url, org.id)
-    assert orjson.loads(alerts[0]["detail"])["source"] == SOURCE
+    detail = orjson.loads(alerts[0]["detail"])
+    # The alert (the org's row, deleted with it) names what was tried, and its tag to match audit records against.
+    assert detail["source"] == SOURCE and len(detail["source_tag"]) == 32
     async with connect(stack.database_url) as conn:
         assert await conn.fetchval("SELECT count(*) FROM core.designated_accounts WHERE org_id = $1", org.id) == 0
 
@@ -356,10 +362,15 @@ async def test_changing_the_whitelist_needs_a_step_up(http: aiohttp.ClientSessio
         status, problem, _ = await call(http, "PUT", url, token=stepped.token, json=bad)
         assert (status, problem["code"]) == (400, "invalid_body"), bad
     changes = await audit_rows(stack.database_url, org.id, "designated_sources.replace")
-    assert [(orjson.loads(r["detail"])["added"], orjson.loads(r["detail"])["removed"]) for r in changes] == [
-        ([SOURCE, "payroll-clearing"], []),
-        ([], [SOURCE]),
+    # The sources are named by their tags, never their text: what the second change removed is what the first added.
+    (first_added, first_removed), (second_added, second_removed) = [
+        (orjson.loads(r["detail"])["added"], orjson.loads(r["detail"])["removed"]) for r in changes
     ]
+    assert (len(first_added), first_removed, second_added) == (2, [], [])
+    assert second_removed == first_added[:1] and len(second_removed[0]) == 32
+    assert SOURCE not in str([r["detail"] for r in changes]) and "payroll-clearing" not in str(
+        [r["detail"] for r in changes]
+    )
 
     status, body, _ = await call(http, "GET", url, token=tokens["finance"])
     assert (status, [s["source"] for s in body["sources"]]) == (200, ["payroll-clearing"])

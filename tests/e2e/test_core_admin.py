@@ -32,6 +32,7 @@ from core_support import (
     start_core,
 )
 
+from services.core.designated import account_id
 from shared import audit
 from shared.pii import KeyDestroyed
 
@@ -40,6 +41,11 @@ pytestmark = pytest.mark.e2e
 REVOCATION_POLLS, REVOCATION_POLL_S = 50, 0.1
 PAYEES = ("Zelda Quixotic Plumbing", "Yannick Obscure Catering")
 DESCRIPTIONS = ("Invoice for the Marrickville job", "Staff lunch at Quokka Cafe")
+# A whitelisted deposit source, an unlisted one tried, and a deposit's reference: a person's name and account
+# numbers, in the whitelist, the transfer and the alert, and named only by tags in the audit chain.
+SOURCE = "Wilhelmina Zed 062-000 87654321"
+UNLISTED = "Bartholomew Qux 033-111 11223344"
+REFERENCE = "PAYRUN-Zanzibar-0042"
 
 
 @pytest.fixture
@@ -143,7 +149,18 @@ async def dump_text(database_url: str) -> str:
 
 
 def plaintexts(org: Org) -> list[str]:
-    return [*PAYEES, *DESCRIPTIONS, *(user.email for user in org.users.values())]
+    return [*PAYEES, *DESCRIPTIONS, *(user.email for user in org.users.values()), SOURCE, UNLISTED, REFERENCE]
+
+
+async def seed_deposits(http: aiohttp.ClientSession, stack: CoreStack, org: Org, admin: str, finance: str) -> None:
+    """The whitelisted SOURCE, a deposit from it with REFERENCE, and a refused one from UNLISTED (an alert)."""
+    account = f"{stack.core.url}/org/designated-accounts/{account_id(org.id, 'PAYGW')}"
+    status, body, _ = await call(http, "PUT", f"{account}/sources", token=admin, json={"sources": [SOURCE]})
+    assert status == 200, body
+    for source, expected in ((SOURCE, 201), (UNLISTED, 422)):
+        deposit = {"amount": "25.00", "source": source, "reference": REFERENCE}
+        status, body, _ = await call(http, "POST", f"{account}/deposits", token=finance, json=deposit)
+        assert status == expected, body
 
 
 async def test_deleting_the_org_leaves_no_pii_no_way_in_and_a_verified_chain(
@@ -156,9 +173,10 @@ async def test_deleting_the_org_leaves_no_pii_no_way_in_and_a_verified_chain(
     assert status == 201
     await insert_alert(stack.database_url, org.id)
     admin = await stepped_up(http, stack.auth.url, org.email("admin"))
+    await seed_deposits(http, stack, org, admin.token, tokens["finance"])
     sealed = await raw_lines(stack.database_url, org.id)
     before = await dump_text(stack.database_url)
-    assert all(text in before for text in [*plaintexts(org)[4:]]), "the addresses are there before"
+    assert all(text in before for text in [*plaintexts(org)[4:]]), "the addresses and sources are there before"
 
     for confirm in ("", str(other_org.id), "yes"):
         status, problem, _ = await call(
@@ -175,7 +193,7 @@ async def test_deleting_the_org_leaves_no_pii_no_way_in_and_a_verified_chain(
     assert status == 200, deleted
     assert deleted["org_id"] == str(org.id) and deleted["auth_erased"] is True
     assert deleted["deleted_by"] == f"user:{org.users['admin'].id}"
-    assert deleted["counts"]["bank_lines"] == 2 and deleted["counts"]["alerts"] == 1
+    assert deleted["counts"]["bank_lines"] == 2 and deleted["counts"]["alerts"] == 2
     assert deleted["counts"]["idempotency_records"] == 0
 
     async with connect(stack.database_url) as conn:

@@ -5,11 +5,19 @@ OFFSET and never the whole table: a row comes back as its key (to ask for the ne
 as PostgreSQL renders it to JSON (`to_jsonb`, without `org_id`), so a column a later migration adds is exported
 without a change here. Bank lines are read with `bank_lines.page_lines` (their PII is opened by the caller).
 
+The org's deletion lock (advisory, class ORG_DELETION_LOCK_CLASS) orders every write of an org against its
+deletion. Every write transaction of an org takes it shared with `hold_org` as its FIRST statement, before any row
+lock, key lock or idempotency claim, and `hold_org` then refuses an org already deleted (`OrgGone`, a 410); the
+deletion takes it exclusive first. So every transaction takes the locks in one order (the org's deletion lock, the
+data key row, the org's rows, the money lock, the audit lock) and none waits for a lock held by one that waits
+for it: a writer that locked an account row and only then met the deletion lock in 0008's insert trigger used to
+deadlock with a deletion waiting to delete that row. 0008's triggers stay as the backstop of a writer that forgot.
+
 Deletion runs in the caller's transaction, in this order (core/0008_org_deletion.sql says why):
 
     begin_deletion     SET LOCAL apgms.deleting_org (the money tables' triggers then allow DELETE), then the
-                       org's deletion lock exclusive: writers already past an insert finish first, later ones wait
-                       and then find the tombstone. The caller destroys the org's data key before this.
+                       org's deletion lock exclusive: writers already holding it finish first, later ones wait and
+                       then find the tombstone. The caller then destroys the org's data key.
     delete_org_rows    every table in DELETION_ORDER, then the org's idempotency records (their stored answers
                        can hold PII, such as a created line's payee); returns how many rows went from each
     insert_tombstone   org, when, by whom, those counts; no PII
@@ -35,13 +43,16 @@ __all__ = [
     "ORG_DELETED_SQLSTATE",
     "ORG_DELETION_LOCK_CLASS",
     "ExportRow",
+    "OrgGone",
     "OrgTable",
     "Tombstone",
     "begin_deletion",
     "count_org_rows",
     "delete_org_rows",
     "export_rows",
+    "hold_org",
     "insert_tombstone",
+    "is_deleted",
     "mark_auth_erased",
     "tombstone",
 ]
@@ -51,6 +62,14 @@ __all__ = [
 ORG_DELETION_LOCK_CLASS = 0x4F_52_47_44
 ORG_DELETED_SQLSTATE = "AP410"
 IDEMPOTENCY_RECORDS = "idempotency_records"
+
+
+class OrgGone(Exception):
+    """The org was deleted: nothing of it may be written (core's app answers 410 `gone`)."""
+
+    def __init__(self, org_id: uuid.UUID) -> None:
+        self.org_id = org_id
+        super().__init__(f"org {org_id} was deleted")
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,22 @@ async def count_org_rows(conn: asyncpg.Connection, org_id: uuid.UUID) -> dict[st
     for name in DELETION_ORDER:
         counts[name] = int(await conn.fetchval(f"SELECT count(*) FROM core.{name} WHERE org_id = $1", org_id))
     return counts
+
+
+async def hold_org(conn: asyncpg.Connection, org_id: uuid.UUID) -> None:
+    """The first statement of every write transaction of the org: hold its deletion lock shared until the
+    transaction ends, then `OrgGone` if it was deleted (read after the lock, so a deletion that committed while this
+    waited is seen)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock_shared($1, hashtext($2::uuid::text))", ORG_DELETION_LOCK_CLASS, org_id
+    )
+    if await is_deleted(conn, org_id):
+        raise OrgGone(org_id)
+
+
+async def is_deleted(conn: asyncpg.Connection, org_id: uuid.UUID) -> bool:
+    """Whether the org has a tombstone (one primary-key probe)."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM core.org_tombstones WHERE org_id = $1)", org_id))
 
 
 async def begin_deletion(conn: asyncpg.Connection, org_id: uuid.UUID) -> None:
