@@ -221,6 +221,17 @@ async def bank_line_summary(request: Request, principal: Principal) -> Response:
     return encoded_response(summary, media_type)
 
 
+# What an alert keeps to itself when it leaves core for another service: free text the org wrote (resolution notes)
+# and the text of a refused deposit's source, which may name a person and an account (its tag stays).
+WITHHELD_ALERT_DETAIL = ("source",)
+
+
+def shared_alert_view(alert: alert_store.Alert) -> AlertView:
+    """The alert as compliance and the regulator see it: no resolution note, no WITHHELD_ALERT_DETAIL keys."""
+    detail = {key: value for key, value in alert.detail.items() if key not in WITHHELD_ALERT_DETAIL}
+    return AlertView.of(alert).model_copy(update={"resolution_note": None, "detail": detail})
+
+
 @documented(
     "An org's alerts, newest first, paged and filtered like GET /alerts, without resolution notes; JSON or msgpack",
     response=AlertPage,
@@ -246,7 +257,7 @@ async def org_alerts(request: Request, principal: Principal) -> Response:
     page, more = rows[: query.limit], len(rows) > query.limit
     last = page[-1] if more else None
     body = AlertPage(
-        items=[AlertView.of(alert).model_copy(update={"resolution_note": None}) for alert in page],
+        items=[shared_alert_view(alert) for alert in page],
         next_cursor=encode_alert_cursor(key, org_id, bound_to, alert_store.AlertKey(last.created_at, last.id))
         if last
         else None,
@@ -408,7 +419,7 @@ async def report_inputs(request: Request, principal: Principal) -> Response:
         payment_plans=[_plan(plan) for plan in plans],
         alerts=AlertSummary(
             open_high_count=counts.open,
-            open_high=[AlertView.of(alert) for alert in open_high],
+            open_high=[shared_alert_view(alert) for alert in open_high],
             resolved_this_quarter=counts.resolved_since,
             quarter_start=current.cycle.period_start,
         ),
