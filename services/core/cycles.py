@@ -36,7 +36,7 @@ from starlette.responses import Response
 
 from services.core import bas
 from services.core.deps import core_deps
-from services.core.evaluation import compute, current_cycle
+from services.core.evaluation import compute, current_cycle, cycle_to_lodge_next
 from services.core.lodgement import LODGE_TIMEOUT_S, LodgementRequest
 from services.core.models import IsoDate, parse_iso_date
 from services.core.obligations import (
@@ -285,13 +285,12 @@ async def _read_preview(conn: asyncpg.Connection, org_id: uuid.UUID, now: dateti
     today = bas.business_date(now)
     ledger = await cycles.ledger(conn, org_id)
     shared_out = allocate(await cycles.designated_balances(conn, org_id), ledger)
-    waiting = awaiting_lodgement(ledger, today)
-    cycle = bas.cycle_for(waiting[0]) if waiting else current_cycle(now)
+    cycle = cycle_to_lodge_next(ledger, now)
     row = await cycles.get_cycle(conn, org_id, bas.cycle_id(org_id, cycle.period_start))
     lodged = row is not None and row.status == LODGED
     obligations = _frozen(row) if row is not None and lodged else shared_out.of(cycle.period_start)
     current = CurrentCycle(org_id, cycle, row, obligations)
-    if not waiting:
+    if cycle.period_end >= today:  # nothing ended is waiting: the current quarter, still open
         lodgeable, reason = False, _open_reason(cycle)
     elif obligations.status != "READY":
         lodgeable, reason = False, f"The BAS for {_period(cycle)} cannot be lodged: {'; '.join(obligations.blockers)}"

@@ -18,13 +18,15 @@ before its own `audit.append`:
    counts towards it: its figures are frozen, and money set aside for it is spoken for first.
 Each alert raised gets its own `alert.raise` audit record by the writer. Reads never call it: no GET writes.
 
-The current cycle is the quarter containing `now`'s date in Australia (`services.core.bas.business_date`).
+The current cycle is the quarter containing `now`'s date in Australia (`services.core.bas.business_date`). The cycle
+to lodge next (`cycle_to_lodge_next`: what `GET /bas/preview` shows and `POST /bas/payment-plans` defaults to) is the
+oldest ended, unlodged quarter with lines (`obligations.awaiting_lodgement`), else the current cycle.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -34,7 +36,14 @@ from starlette.requests import Request
 
 from services.core import bas
 from services.core.config import CoreSettings
-from services.core.obligations import Allocation, Obligations, QuarterTotals, allocate
+from services.core.obligations import (
+    Allocation,
+    LedgerCycle,
+    Obligations,
+    QuarterTotals,
+    allocate,
+    awaiting_lodgement,
+)
 from services.core.store import alerts, cycles
 from shared import audit
 from shared.money import format_total
@@ -45,6 +54,7 @@ __all__ = [
     "allocation",
     "compute",
     "current_cycle",
+    "cycle_to_lodge_next",
     "reevaluate",
     "shortfall_threshold",
 ]
@@ -68,6 +78,13 @@ class Evaluation:
 
 def current_cycle(now: datetime) -> bas.Cycle:
     return bas.cycle_for(bas.business_date(now))
+
+
+def cycle_to_lodge_next(ledger: Iterable[LedgerCycle], now: datetime) -> bas.Cycle:
+    """The oldest unlodged quarter of `ledger` that has lines and has ended before `now`'s date in Australia, else
+    the current cycle (one that has ended is lodgeable once READY; the current one is not yet)."""
+    waiting = awaiting_lodgement(ledger, bas.business_date(now))
+    return bas.cycle_for(waiting[0]) if waiting else current_cycle(now)
 
 
 def shortfall_threshold(request: Request) -> Decimal:
