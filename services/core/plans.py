@@ -1,12 +1,16 @@
 """Payment plans: `GET /bas/payment-plans` and `POST /bas/payment-plans` (finance, admin; the POST idempotent), and
 `POST /bas/payment-plans/{id}/approve` and `/reject` (admin with a recent step-up). Rules: `plan_rules.py`.
 
-A plan is asked for a BLOCKED cycle: the current one unless the body names another of the org's cycles. Whether it
-is blocked is computed live (`services.core.evaluation.compute`: the cycle's lines against the designated
-balances), under the cycle row's lock, which the org's money writes take too: a deposit that clears the shortfall
-either committed before (and the request is 409 `cycle_not_blocked`) or waits until the plan is recorded. The
-current cycle's row is inserted by this POST if no write has needed it yet (ON CONFLICT DO NOTHING); the GET
-writes nothing but its audit record (`payment_plans.read`, count and filter).
+A plan is asked for a BLOCKED cycle: by default the cycle `GET /bas/preview` shows, the cycle to lodge next
+(`services.core.evaluation.cycle_to_lodge_next`: the oldest ended, unlodged quarter with lines, else the current
+quarter), or any unlodged cycle of the org the body names by `cycle_id` (one with a row, a quarter with lines, or
+the current quarter; 404 otherwise; a LODGED one is 409). Whether it is blocked is the allocated shortfall the preview
+and the obligations show (`services.core.obligations.allocate`: the designated balances shared out oldest first), so
+a quarter whose lines an older deposit covers is not BLOCKED. It is judged under the org's money lock
+(`store.cycles.lock_org_money`, which every money write and lodgement takes first) and the cycle row's lock: a
+deposit or lodgement that changes the figures either committed before (and the request is 409 `cycle_not_blocked`)
+or waits until the plan is recorded. The cycle's row is inserted by this POST if no write has needed it yet (ON
+CONFLICT DO NOTHING); the GET writes nothing but its audit record (`payment_plans.read`, count and filter).
 
 Reason, notes and decision notes are free text that may name people, so the audit records (`payment_plan.create`,
 `payment_plan.approve`, `payment_plan.reject`) carry ids, amounts, dates, statuses and the texts' lengths, never
@@ -39,8 +43,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.core import bas, plan_rules
-from services.core.evaluation import compute, current_cycle
+from services.core.evaluation import current_cycle, cycle_to_lodge_next
 from services.core.models import IsoDate, non_blank, parse_iso_date, view_of
+from services.core.obligations import LedgerCycle, allocate
 from services.core.store import cycles
 from services.core.store import plans as store
 from services.core.store.orgs import hold_org
@@ -91,7 +96,7 @@ def _positive(value: Decimal) -> Decimal:
 
 
 class NewPlan(BaseModel):
-    """`POST /bas/payment-plans`: for the current cycle unless `cycle_id` names another of the org's cycles."""
+    """`POST /bas/payment-plans`: for the preview's cycle unless `cycle_id` names another of the org's cycles."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -149,19 +154,33 @@ def _plan_id(request: Request) -> uuid.UUID:
         raise ApiError("not_found") from None
 
 
+def _named_cycle(org_id: uuid.UUID, named: uuid.UUID, ledger: list[LedgerCycle], now: datetime) -> bas.Cycle | None:
+    """The quarter with lines, or the current quarter, whose derived id is `named` (None when none is)."""
+    starts = [c.period_start for c in ledger] + [current_cycle(now).period_start]
+    return next((bas.cycle_for(s) for s in starts if bas.cycle_id(org_id, s) == named), None)
+
+
 async def _lock_target_cycle(
     conn: asyncpg.Connection, org_id: uuid.UUID, named: uuid.UUID | None, now: datetime
-) -> cycles.CycleRow:
-    """The cycle a plan is asked for, locked: the current one (its row inserted if no write has needed it yet)
-    unless the body names another of the org's cycles (404 when it has no such cycle)."""
-    current = current_cycle(now)
-    current_id = bas.cycle_id(org_id, current.period_start)
-    if named is None or named == current_id:
-        await cycles.ensure_cycle(conn, org_id, current)
-        return await cycles.lock_cycle(conn, org_id, current_id)
-    if await cycles.get_cycle(conn, org_id, named) is None:
+) -> tuple[cycles.CycleRow, str]:
+    """The cycle a plan is asked for, locked under the org's money lock, and its status (LODGED, or READY/BLOCKED
+    from the allocation): the preview's cycle unless the body names another of the org's cycles (404 when it has
+    none such). Its row is inserted if no write has needed it yet."""
+    await cycles.lock_org_money(conn, org_id)
+    ledger = await cycles.ledger(conn, org_id)
+    if named is None:
+        cycle = cycle_to_lodge_next(ledger, now)
+    elif (row := await cycles.get_cycle(conn, org_id, named)) is not None:
+        cycle = row.cycle
+    elif (found := _named_cycle(org_id, named, ledger, now)) is not None:
+        cycle = found
+    else:
         raise ApiError("not_found", "This org has no BAS cycle with that id")
-    return await cycles.lock_cycle(conn, org_id, named)
+    locked = await cycles.lock_cycle(conn, org_id, await cycles.ensure_cycle(conn, org_id, cycle))
+    if locked.status == "LODGED":
+        return locked, "LODGED"
+    balances = await cycles.designated_balances(conn, org_id)
+    return locked, allocate(balances, ledger).of(cycle.period_start).status
 
 
 @documented("The org's payment plans, newest first", response=PlanList, tags=["bas"])
@@ -199,8 +218,7 @@ async def create_plan(request: Request, principal: Principal) -> Response:
         await hold_org(conn, org_id)
 
         async def create() -> Response:
-            cycle = await _lock_target_cycle(conn, org_id, body.cycle_id, now)
-            status = "LODGED" if cycle.status == "LODGED" else (await compute(conn, org_id, cycle.cycle)).status
+            cycle, status = await _lock_target_cycle(conn, org_id, body.cycle_id, now)
             refusal = plan_rules.request_error(status)
             if refusal is not None:
                 raise ApiError("cycle_not_blocked", refusal)

@@ -1,6 +1,7 @@
-"""Payment plans through real auth and core processes: asked for a BLOCKED cycle only (computed live from the
-cycle's lines and the designated balances), one open plan per cycle, approved or rejected once by an admin with a
-recent step-up, and every route refusing the roles it does not list."""
+"""Payment plans through real auth and core processes: asked for a BLOCKED cycle only (its allocated shortfall: the
+designated balances shared out over the org's cycles oldest first, as the preview shows), by default the cycle the
+preview shows (the oldest ended, unlodged quarter with lines, else the current one), one open plan per cycle,
+approved or rejected once by an admin with a recent step-up, and every route refusing the roles it does not list."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -20,6 +22,8 @@ from core2_support import stepped_up
 from core_support import CoreStack, connect, new_line, post_line, role_tokens, start_core
 
 from services.core import bas
+from services.core.designated import Tax, account_id
+from services.core.store import accounts
 
 pytestmark = pytest.mark.e2e
 
@@ -55,6 +59,37 @@ async def block_cycle(http: aiohttp.ClientSession, stack: CoreStack, token: str)
     line = new_line(date=today().isoformat(), amount="-1000.00", gst_amount="0.00", paygw_amount="600.00")
     status, body, _ = await post_line(http, stack, token, line)
     assert status == 201, body
+
+
+def previous_quarter() -> bas.Cycle:
+    return bas.cycle_for(bas.cycle_for(today()).period_start - timedelta(days=1))
+
+
+def wages(day: Any, paygw: str = "300.00") -> dict[str, Any]:
+    return new_line(date=day.isoformat(), amount="-1000.00", gst_amount="0.00", paygw_amount=paygw)
+
+
+async def deposit(database_url: str, org_id: uuid.UUID, tax: Tax, amount: str) -> None:
+    """A transfer written straight into the database (the deposit route, its sources and step-up have their own
+    tests); the next money write or lodgement sees it under the org's money lock."""
+    account = account_id(org_id, tax)
+    async with connect(database_url) as conn:
+        await accounts.ensure_account(conn, org_id, account, tax)
+        await accounts.insert_transfer(
+            conn,
+            org_id=org_id,
+            account_id=account,
+            amount=Decimal(amount),
+            source="bank",
+            reference="test",
+            actor="test:fixture",
+        )
+
+
+async def preview(http: aiohttp.ClientSession, stack: CoreStack, token: str) -> Any:
+    status, shown, _ = await call(http, "GET", f"{stack.core.url}/bas/preview", token=token)
+    assert status == 200, shown
+    return shown
 
 
 async def audit_rows(database_url: str, org_id: uuid.UUID, action: str) -> list[dict[str, Any]]:
@@ -213,3 +248,83 @@ async def test_an_admin_with_step_up_decides_once_and_a_rejected_cycle_may_ask_a
         (again["id"], decided[0]["status"]),
         (plan["id"], "REJECTED"),
     ]
+
+
+async def test_an_ended_quarter_short_of_money_gets_the_plan_by_default_and_the_current_one_can_be_named(
+    stack: CoreStack, http: aiohttp.ClientSession, org: Org
+) -> None:
+    tokens = await role_tokens(http, stack, org)
+    previous, current = previous_quarter(), bas.cycle_for(today())
+    for day in (previous.period_start, today()):
+        status, body, _ = await post_line(http, stack, tokens["finance"], wages(day))
+        assert status == 201, body
+    shown = await preview(http, stack, tokens["finance"])
+    previous_id = str(bas.cycle_id(org.id, previous.period_start))
+    assert (shown["cycle"]["id"], shown["status"], shown["total_shortfall"]) == (previous_id, "BLOCKED", "300.00")
+
+    # No write has needed the ended quarter's row yet: the plan's POST inserts it.
+    status, plan, _ = await call(http, "POST", plans_url(stack), token=tokens["finance"], json=plan_body())
+    assert (status, plan["cycle_id"]) == (201, previous_id), plan
+    status, body, _ = await call(http, "POST", plans_url(stack), token=tokens["finance"], json=plan_body())
+    assert (status, body["code"]) == (409, "plan_exists"), body
+
+    current_id = str(bas.cycle_id(org.id, current.period_start))
+    status, named, _ = await call(
+        http, "POST", plans_url(stack), token=tokens["finance"], json=plan_body(cycle_id=current_id)
+    )
+    assert (status, named["cycle_id"]) == (201, current_id), named
+    # A quarter without lines or a row is none of the org's cycles.
+    later = bas.cycle_for(current.period_end + timedelta(days=1))
+    status, body, _ = await call(
+        http,
+        "POST",
+        plans_url(stack),
+        token=tokens["finance"],
+        json=plan_body(cycle_id=str(bas.cycle_id(org.id, later.period_start))),
+    )
+    assert (status, body["code"]) == (404, "not_found"), body
+    assert [row["cycle_id"] for row in await plan_rows(stack.database_url)] == [
+        uuid.UUID(previous_id),
+        uuid.UUID(current_id),
+    ]
+
+
+async def test_a_quarter_covered_by_the_oldest_first_allocation_is_not_blocked_and_a_lodged_one_gets_none(
+    stack: CoreStack, http: aiohttp.ClientSession, org: Org
+) -> None:
+    tokens = await role_tokens(http, stack, org)
+    previous = previous_quarter()
+    previous_id = str(bas.cycle_id(org.id, previous.period_start))
+    current_id = str(bas.cycle_id(org.id, bas.cycle_for(today()).period_start))
+    status, body, _ = await post_line(http, stack, tokens["finance"], wages(previous.period_start))
+    assert status == 201, body
+    await deposit(stack.database_url, org.id, "PAYGW", "300.00")
+    status, body, _ = await post_line(http, stack, tokens["finance"], wages(today()))
+    assert status == 201, body
+
+    # The 300.00 set aside covers the ended quarter (allocated first), so it is READY and gets no plan, by default
+    # or by name; the current quarter is left short by its 300.00 and can be named.
+    shown = await preview(http, stack, tokens["finance"])
+    assert (shown["cycle"]["id"], shown["status"], shown["lodgeable"]) == (previous_id, "READY", True)
+    for asked in (plan_body(), plan_body(cycle_id=previous_id)):
+        status, body, _ = await call(http, "POST", plans_url(stack), token=tokens["finance"], json=asked)
+        assert (status, body["code"]) == (409, "cycle_not_blocked"), body
+        assert "READY" in body["detail"]
+    assert await plan_rows(stack.database_url) == []
+    status, plan, _ = await call(
+        http, "POST", plans_url(stack), token=tokens["finance"], json=plan_body(cycle_id=current_id)
+    )
+    assert (status, plan["cycle_id"]) == (201, current_id), plan
+
+    # Once the ended quarter is lodged it gets no plan; the preview and the default move on to the current one.
+    admin = await stepped_up(http, stack.auth.url, org.email("admin"))
+    status, lodged, _ = await call(http, "POST", f"{stack.core.url}/bas/lodge", token=admin.token)
+    assert (status, lodged["cycle"]["id"]) == (200, previous_id), lodged
+    status, body, _ = await call(
+        http, "POST", plans_url(stack), token=tokens["finance"], json=plan_body(cycle_id=previous_id)
+    )
+    assert (status, body["code"]) == (409, "cycle_not_blocked"), body
+    assert "lodged" in body["detail"]
+    assert (await preview(http, stack, tokens["finance"]))["cycle"]["id"] == current_id
+    status, body, _ = await call(http, "POST", plans_url(stack), token=tokens["finance"], json=plan_body())
+    assert (status, body["code"]) == (409, "plan_exists"), body  # the current quarter's plan, asked for above
