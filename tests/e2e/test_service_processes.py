@@ -96,7 +96,7 @@ async def test_request_id_is_accepted_replaced_echoed_and_logged(start_service, 
 async def test_metrics_use_route_templates_and_unmatched(start_service, http) -> None:
     service = start_service("core")
     line = "/bank-lines/3f2c1b0a-9e8d-4c7b-8a69-5f4e3d2c1b0a"
-    for path in ("/ready", "/alerts/123/resolve", "/no/such/route", line, "/ready"):
+    for path in ("/ready", "/alerts/123/no-such-action", "/no/such/route", line, "/alerts/123/resolve", "/ready"):
         async with http.get(service.url + path):
             pass
     async with http.get(f"{service.url}/metrics") as response:
@@ -104,7 +104,9 @@ async def test_metrics_use_route_templates_and_unmatched(start_service, http) ->
     assert response.headers["content-type"].startswith("text/plain")
     assert 'apgms_api_requests_total{method="GET",route="/ready",status="200"} 2.0' in text
     assert 'apgms_api_requests_total{method="GET",route="unmatched",status="404"} 2.0' in text
-    assert "/alerts/123/resolve" not in text
+    assert "/alerts/123" not in text
+    # A route matched by path but not method (resolve is POST only) keeps its template too.
+    assert 'apgms_api_requests_total{method="GET",route="/alerts/:id/resolve",status="405"} 1.0' in text
     # A matched route is labelled by its template, never its path (the line needs a token: 401).
     assert 'apgms_api_requests_total{method="GET",route="/bank-lines/:line_id",status="401"} 1.0' in text
     assert line not in text
