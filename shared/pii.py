@@ -269,9 +269,7 @@ def open_value(keys: OrgKeys, binding: Binding, blob: bytes) -> str:
         raise KeyDestroyed(f"the data key of org {keys.org_id} was destroyed")
     if len(blob) < HEADER_BYTES + NONCE_BYTES + TAG_BYTES:
         raise CiphertextInvalid("sealed value is truncated")
-    version, key_id = _HEADER.unpack_from(blob)
-    if version != VERSION:
-        raise CiphertextInvalid(f"sealed value has unknown version {version}")
+    key_id = sealed_key_id(blob)
     key = keys.keys.get(key_id)
     if key is None:
         raise CiphertextInvalid(f"sealed value names key {key_id}, which org {keys.org_id} does not have")
