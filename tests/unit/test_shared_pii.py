@@ -205,20 +205,24 @@ def test_a_cache_hit_does_not_extend_the_ttl() -> None:
     clock = Clock()
     cache = DataKeyCache(max_orgs=10, ttl_s=60, clock=clock)
     cache.put(KEYS_A)
-    for _ in range(6):
+    for _ in range(5):
         clock.now += 10
-        cache.get(ORG_A)
+        assert cache.get(ORG_A) is KEYS_A, "a hit inside the ttl"
+    clock.now += 10
     assert cache.get(ORG_A) is None
 
 
 def test_evict_forgets_one_org() -> None:
     cache = DataKeyCache(clock=Clock())
     cache.put(KEYS_A)
-    cache.put(OrgKeys(ORG_B, {1: KEY}))
+    keys_b = OrgKeys(ORG_B, {1: KEY})
+    cache.put(keys_b)
     cache.evict(ORG_A)
     cache.evict(ORG_A)
     assert cache.get(ORG_A) is None
     assert cache.get(ORG_B) is not None
+    assert cache.get(ORG_B) is keys_b
+    assert len(cache) == 1
 
 
 # --- tags --------------------------------------------------------------------------------------------------------
