@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.core.cursor import InvalidCursor, decode_alert_cursor, encode_alert_cursor
+from services.core.cursor import InvalidCursor, bad_cursor, decode_alert_cursor, encode_alert_cursor
 from services.core.deps import core_deps
 from services.core.models import non_blank, view_of
 from services.core.store import alerts as store
@@ -30,7 +30,7 @@ from services.core.store.orgs import hold_org
 from shared import audit
 from shared.authz import guard
 from shared.canonical import canonical_json
-from shared.errors import ApiError, FieldError
+from shared.errors import ApiError
 from shared.idempotency import idempotent
 from shared.openapi import documented
 from shared.pagination import PageQuery
@@ -97,14 +97,6 @@ class ResolveAlert(BaseModel):
     note: Note
 
 
-def _bad_cursor() -> ApiError:
-    return ApiError(
-        "invalid_query",
-        "The cursor is not one this API gave for these filters",
-        errors=[FieldError("cursor", "not a cursor from this API for these filters")],
-    )
-
-
 def _alert_id(request: Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.path_params["id"])
@@ -124,7 +116,7 @@ async def list_alerts(request: Request, principal: Principal) -> Response:
         try:
             after = decode_alert_cursor(key, org_id, bound_to, query.cursor) if query.cursor is not None else None
         except InvalidCursor:
-            raise _bad_cursor() from None
+            raise bad_cursor() from None
         rows = await store.page_alerts(conn, org_id, query.filters(), after, query.limit + 1)
         page, more = rows[: query.limit], len(rows) > query.limit
         await audit.append(

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.core import store
-from services.core.cursor import InvalidCursor, decode_cursor, encode_cursor
+from services.core.cursor import InvalidCursor, bad_cursor, decode_cursor, encode_cursor
 from services.core.deps import core_deps
 from services.core.evaluation import reevaluate, shortfall_threshold
 from services.core.models import BankLine, BankLinePage, BankLineQuery, FilterText, NewBankLine
@@ -34,7 +34,7 @@ from services.core.store import BANK_LINES_TABLE, LineKey, SealedLine
 from services.core.store.orgs import hold_org
 from shared import audit
 from shared.authz import guard
-from shared.errors import ApiError, FieldError
+from shared.errors import ApiError
 from shared.idempotency import idempotent
 from shared.money import format_money
 from shared.openapi import documented
@@ -94,14 +94,6 @@ async def lock_sealing_keys(
             raise erased()
 
 
-def _bad_cursor() -> ApiError:
-    return ApiError(
-        "invalid_query",
-        "The cursor is not one this API gave for these filters",
-        errors=[FieldError("cursor", "not a cursor from this API for these filters")],
-    )
-
-
 @documented("List the org's bank lines, newest first", response=BankLinePage, tags=["bank-lines"])
 @guard(roles=READERS)
 async def list_lines(request: Request, principal: Principal) -> Response:
@@ -116,7 +108,7 @@ async def list_lines(request: Request, principal: Principal) -> Response:
         try:
             after = decode_cursor(key, org_id, text.canonical, query.cursor) if query.cursor is not None else None
         except InvalidCursor:
-            raise _bad_cursor() from None
+            raise bad_cursor() from None
         lines = await store.page_lines(conn, org_id, filters, after, query.limit + 1)
         page, more = lines[: query.limit], len(lines) > query.limit
         payees, descriptions, destroyed = await open_page(deps.cipher, org_id, page)

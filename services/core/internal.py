@@ -50,7 +50,7 @@ from starlette.responses import Response
 from services.core import bas, store
 from services.core.accounts import DesignatedTotals
 from services.core.alerts import AlertPage, AlertQuery, AlertView
-from services.core.cursor import InvalidCursor, decode_alert_cursor, encode_alert_cursor
+from services.core.cursor import InvalidCursor, bad_cursor, decode_alert_cursor, encode_alert_cursor
 from services.core.cycles import LODGED, CurrentCycle, TaxView, read_current_cycle
 from services.core.deps import core_deps
 from services.core.models import LineDate
@@ -248,11 +248,7 @@ async def org_alerts(request: Request, principal: Principal) -> Response:
         try:
             after = decode_alert_cursor(key, org_id, bound_to, query.cursor) if query.cursor is not None else None
         except InvalidCursor:
-            raise ApiError(
-                "invalid_query",
-                "The cursor is not one this API gave for these filters",
-                errors=[FieldError("cursor", "not a cursor from this API for these filters")],
-            ) from None
+            raise bad_cursor() from None
         rows = await alert_store.page_alerts(conn, org_id, query.filters(), after, query.limit + 1)
     page, more = rows[: query.limit], len(rows) > query.limit
     last = page[-1] if more else None
