@@ -69,6 +69,7 @@ from shared.authz import guard
 from shared.errors import ApiError, problem_response
 from shared.idempotency import idempotent
 from shared.money import Money, format_money, format_total
+from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
 from shared.pii import KeyDestroyed, PiiCipher
 from shared.roles import Role
@@ -92,7 +93,6 @@ SOURCE_EDITORS: tuple[Role, ...] = ("admin",)
 REFUSED = "designated_withdrawal_refused"
 # What a source's tag is made for (shared.pii: a tag differs per purpose).
 SOURCE_TAG_PURPOSE = "designated_source"
-JSON = "application/json"
 
 # A sum of transfers may pass twelve integer digits: written with format_total, never refused.
 Total = Annotated[Decimal, PlainSerializer(format_total, return_type=str)]
@@ -269,7 +269,7 @@ async def list_accounts(request: Request, principal: Principal) -> Response:
         ],
         totals=DesignatedTotals(paygw=balances[ids["PAYGW"]], gst=balances[ids["GST"]]),
     )
-    return Response(body.model_dump_json(), media_type=JSON)
+    return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
 @documented(
@@ -334,7 +334,7 @@ async def deposit(request: Request, principal: Principal) -> Response:
                 },
             )
             made = DepositMade(transfer=TransferView.of(transfer), balance=balance)
-            return Response(made.model_dump_json(), status_code=201, media_type=JSON)
+            return Response(made.model_dump_json(), status_code=201, media_type=JSON_MEDIA_TYPE)
 
         return await idempotent(request, conn, work, org_id=org_id, actor=actor, body=body)
 
@@ -377,7 +377,7 @@ def _sources_view(account: uuid.UUID, tax: Tax, entries: list[store.SourceEntry]
         tax=tax,
         sources=[SourceView(source=e.source, added_at=e.added_at, added_by=e.added_by) for e in entries],
     )
-    return Response(body.model_dump_json(), media_type=JSON)
+    return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
 @documented(

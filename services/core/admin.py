@@ -52,6 +52,7 @@ from shared.app import Runtime
 from shared.authz import guard
 from shared.errors import ApiError, FieldError
 from shared.log import get_logger
+from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
 from shared.pii import PiiCipher
 from shared.roles import Role
@@ -67,7 +68,6 @@ EXPORT_PAGE_ROWS = 500
 # Users read from auth per call, and at most this many calls: an org's users fit in memory many times over.
 USERS_PAGE_ROWS = 200
 MAX_USER_PAGES = 100
-JSON = "application/json"
 log = get_logger(__name__)
 
 
@@ -204,7 +204,7 @@ async def export_org(request: Request, principal: Principal) -> Response:
         )
     return StreamingResponse(
         _document(runtime, cipher, org_id, users, exported_at),
-        media_type=JSON,
+        media_type=JSON_MEDIA_TYPE,
         headers={"content-disposition": f'attachment; filename="apgms-export-{org_id}.json"'},
     )
 

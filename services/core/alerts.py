@@ -32,6 +32,7 @@ from shared.authz import guard
 from shared.canonical import canonical_json
 from shared.errors import ApiError
 from shared.idempotency import idempotent
+from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
 from shared.pagination import PageQuery
 from shared.roles import ROLES, Role
@@ -43,7 +44,6 @@ __all__ = ["NOTE_MAX_CHARS", "READERS", "RESOLVERS", "list_alerts", "resolve_ale
 READERS: tuple[Role, ...] = ROLES
 RESOLVERS: tuple[Role, ...] = ("admin", "finance")
 NOTE_MAX_CHARS = 1000
-JSON = "application/json"
 
 
 class AlertQuery(PageQuery):
@@ -134,7 +134,7 @@ async def list_alerts(request: Request, principal: Principal) -> Response:
         if last
         else None,
     )
-    return Response(body.model_dump_json(), media_type=JSON)
+    return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
 @documented(
@@ -172,6 +172,6 @@ async def resolve_alert(request: Request, principal: Principal) -> Response:
                     "note_chars": len(body.note),
                 },
             )
-            return Response(AlertView.of(alert).model_dump_json(), media_type=JSON)
+            return Response(AlertView.of(alert).model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
         return await idempotent(request, conn, resolve, org_id=org_id, actor=actor, body=body)

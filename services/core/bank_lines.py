@@ -37,6 +37,7 @@ from shared.authz import guard
 from shared.errors import ApiError
 from shared.idempotency import idempotent
 from shared.money import format_money
+from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
 from shared.pii import KeyDestroyed, PiiCipher, sealed_key_id
 from shared.roles import Role
@@ -48,7 +49,6 @@ __all__ = ["READERS", "WRITERS", "create_line", "erased", "get_line", "list_line
 READERS: tuple[Role, ...] = ("admin", "finance", "analyst")
 WRITERS: tuple[Role, ...] = ("admin", "finance")
 PAYEE, DESCRIPTION = "payee", "description"
-JSON = "application/json"
 
 
 async def open_page(
@@ -134,7 +134,7 @@ async def list_lines(request: Request, principal: Principal) -> Response:
         next_cursor=encode_cursor(key, org_id, text.canonical, LineKey(last.date, last.id)) if last else None,
         pii_destroyed=destroyed,
     )
-    return Response(body.model_dump_json(), media_type=JSON)
+    return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
 @documented("One of the org's bank lines", response=BankLine, tags=["bank-lines"])
@@ -160,7 +160,7 @@ async def get_line(request: Request, principal: Principal) -> Response:
             target=f"bank_line:{line_id}",
             detail={"id": str(line_id), "pii_destroyed": destroyed},
         )
-    return Response(BankLine.of(line, payees[0], descriptions[0]).model_dump_json(), media_type=JSON)
+    return Response(BankLine.of(line, payees[0], descriptions[0]).model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
 @documented(
@@ -229,7 +229,7 @@ async def create_line(request: Request, principal: Principal) -> Response:
             return Response(
                 shown.model_dump_json(),
                 status_code=201,
-                media_type=JSON,
+                media_type=JSON_MEDIA_TYPE,
                 headers={"location": f"/bank-lines/{line_id}"},
             )
 

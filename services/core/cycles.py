@@ -58,6 +58,7 @@ from shared.authz import guard
 from shared.errors import ApiError
 from shared.idempotency import idempotent
 from shared.money import format_total
+from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
 from shared.roles import ROLES, Role
 from shared.tokens import Principal
@@ -79,7 +80,6 @@ __all__ = [
 
 PREVIEWERS: tuple[Role, ...] = ("admin", "finance")
 LODGERS: tuple[Role, ...] = ("admin", "finance")
-JSON = "application/json"
 LODGED = "LODGED"
 
 
@@ -240,7 +240,7 @@ async def current_obligations(request: Request, principal: Principal) -> Respons
         gst=TaxView.of(current.obligations.gst),
         next_bas_due=bas.next_bas_due(bas.business_date(datetime.now(UTC))),
     )
-    return Response(body.model_dump_json(), media_type=JSON)
+    return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
 def _preview(
@@ -324,7 +324,7 @@ async def preview(request: Request, principal: Principal) -> Response:
                 "lodgeable": shown.lodgeable,
             },
         )
-    return Response(shown.model_dump_json(), media_type=JSON)
+    return Response(shown.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
 async def _lodge_choice(request: Request) -> LodgeRequest:
@@ -430,7 +430,7 @@ async def lodge(request: Request, principal: Principal) -> Response:
             body = _preview(
                 CurrentCycle(org_id, cycle, lodged, obligations), lodgeable=False, reason=None, amendments=[]
             )
-            return Response(body.model_dump_json(), media_type=JSON)
+            return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
         fingerprint: object = b"" if choice.period_start is None else choice
         return await idempotent(request, conn, work, org_id=org_id, actor=actor, body=fingerprint)

@@ -54,6 +54,7 @@ from shared.authz import guard
 from shared.errors import ApiError
 from shared.idempotency import idempotent
 from shared.money import Money, format_money
+from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
 from shared.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, QueryInt
 from shared.roles import Role
@@ -64,7 +65,6 @@ __all__ = ["DECIDERS", "REQUESTERS", "approve_plan", "create_plan", "list_plans"
 
 REQUESTERS: tuple[Role, ...] = ("admin", "finance")
 DECIDERS: tuple[Role, ...] = ("admin",)
-JSON = "application/json"
 ZERO = Decimal("0.00")
 
 
@@ -198,7 +198,7 @@ async def list_plans(request: Request, principal: Principal) -> Response:
             target="payment_plans",
             detail={"count": len(found), "cycle_id": None if query.cycle_id is None else str(query.cycle_id)},
         )
-    return Response(PlanList(items=[PlanView.of(plan) for plan in found]).model_dump_json(), media_type=JSON)
+    return Response(PlanList(items=[PlanView.of(plan) for plan in found]).model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
 @documented(
@@ -255,7 +255,7 @@ async def create_plan(request: Request, principal: Principal) -> Response:
             return Response(
                 PlanView.of(plan).model_dump_json(),
                 status_code=201,
-                media_type=JSON,
+                media_type=JSON_MEDIA_TYPE,
                 headers={"location": f"/bas/payment-plans/{plan.id}"},
             )
 
@@ -293,7 +293,7 @@ async def _decide(request: Request, principal: Principal, decision: plan_rules.D
                     "note_chars": len(body.note or ""),
                 },
             )
-            return Response(PlanView.of(plan).model_dump_json(), media_type=JSON)
+            return Response(PlanView.of(plan).model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
         return await idempotent(request, conn, decide, org_id=org_id, actor=actor, body=body)
 
