@@ -7,17 +7,25 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Annotated, NoReturn, TypeVar
+from collections.abc import Callable
+from typing import Annotated
 
-import asyncpg
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.progress import TaskID
 from rich.table import Table
 
 from apgms import devstack
-from apgms.devservers import DATABASE_ERRORS, LocalPostgres, redact_url
+from apgms.audit_cli import audit_app
+from apgms.common import (
+    command_environ,
+    console,
+    database_url,
+    error_console,
+    fail,
+    unreachable,
+    with_connection,
+)
+from apgms.devservers import DATABASE_ERRORS
 from apgms.seed import (
     DEFAULT_RANDOM_SEED,
     DEMO_ORG_NAME,
@@ -36,12 +44,9 @@ from apgms.seed import (
 )
 from services.auth.keys import PUBLISH_AHEAD_S, RETIRE_AFTER_S, rotate
 from services.auth.oauth import ClientError, create_client
-from shared.audit import VerifyResult, last_record, verify_org
 from shared.config import (
     ConfigError,
-    Env,
     Settings,
-    environ_with_dotenv,
     load_settings,
     new_master_key,
     new_service_client_secret,
@@ -55,7 +60,6 @@ from shared.pii import rotate_kek
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="APGMS development and operations tooling.")
 db_app = typer.Typer(no_args_is_help=True, help="Database migrations of every service.")
 app.add_typer(db_app, name="db")
-audit_app = typer.Typer(no_args_is_help=True, help="The audit trail: each org's hash chain.")
 app.add_typer(audit_app, name="audit")
 keys_app = typer.Typer(no_args_is_help=True, help="Token signing keys of the auth service.")
 app.add_typer(keys_app, name="keys")
@@ -63,67 +67,6 @@ clients_app = typer.Typer(no_args_is_help=True, help="OAuth2 API clients (client
 app.add_typer(clients_app, name="clients")
 pii_app = typer.Typer(no_args_is_help=True, help="PII data keys and their key-encryption key (KEK).")
 app.add_typer(pii_app, name="pii")
-
-T = TypeVar("T")
-
-console = Console(highlight=False)
-error_console = Console(stderr=True, highlight=False)
-
-
-def fail(message: str) -> NoReturn:
-    error_console.print(f"error: {message}", markup=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
-def command_environ(*, master_key: bool = False, kek: bool = False) -> dict[str, str]:
-    """What a command reads: the environment over `.env`; without DATABASE_URL, `make run`'s database (outside
-    production); with `master_key` and without APGMS_MASTER_KEY, the checkout's key (the one `make run` uses);
-    with `kek` and without APGMS_KEK_FILE or APGMS_KEK, the checkout's KEK file (the one `make run` gives core and
-    compliance)."""
-    environ = environ_with_dotenv(None, devstack.PROJECT_ROOT / ".env")
-    if not environ.get("DATABASE_URL"):
-        environ["DATABASE_URL"] = dev_database_url(environ)
-    if master_key:
-        try:
-            environ = devstack.with_dev_master_key(environ)
-        except OSError as error:
-            fail(f"cannot read or create the checkout's master key: {error}")
-    if kek:
-        try:
-            environ = devstack.with_dev_kek(environ)
-        except OSError as error:
-            fail(f"cannot read or create the checkout's KEK file: {error}")
-    return environ
-
-
-def dev_database_url(environ: dict[str, str]) -> str:
-    """The DSN of `make run`'s PostgreSQL while it runs; otherwise the command stops saying how to get one."""
-    example = "e.g. postgresql://user@127.0.0.1:5432/apgms"
-    if environ.get("APGMS_ENV") == "production":
-        fail(f"DATABASE_URL is not set; set it to the PostgreSQL URL, {example}")
-    data_dir = devstack.dev_dir(environ) / "pg"
-    dsn = LocalPostgres(data_dir).running_dsn()
-    if dsn is None:
-        fail(
-            f"DATABASE_URL is not set and make run's PostgreSQL ({devstack.shown_path(data_dir)}) is not running: "
-            f"start it with `make run` (in another terminal), or set DATABASE_URL to a PostgreSQL URL, {example}"
-        )
-    error_console.print(f"Using make run's database at {dsn} (DATABASE_URL is not set)", soft_wrap=True)
-    return dsn
-
-
-def database_url() -> str:
-    environ = command_environ()
-    try:
-        url = Env(environ).url("DATABASE_URL", ("postgres", "postgresql"), required=True)
-    except ConfigError as error:
-        fail(str(error))
-    assert url is not None
-    return url.reveal()
-
-
-def unreachable(dsn: str, error: BaseException) -> str:
-    return f"cannot use the database at {redact_url(dsn)}: {str(error) or type(error).__name__}"
 
 
 @app.command()
@@ -183,44 +126,6 @@ def db_status() -> None:
 
 # --- audit: checking an org's chain -------------------------------------------------------------------------------
 
-# A chain up to this long is checked without a progress bar (a few batches: it is over in a moment).
-PROGRESS_FROM_RECORDS = 10_000
-CONNECT_TIMEOUT_S = 10.0
-
-
-async def verify_chain(dsn: str, org_id: uuid.UUID) -> VerifyResult:
-    """`verify_org` over a connection of its own, with a progress bar on stderr for a long chain in a terminal."""
-    connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
-    try:
-        last = await last_record(connection, org_id)
-        total = last.seq if last is not None else 0
-        show = error_console.is_terminal and total > PROGRESS_FROM_RECORDS
-        columns = (TextColumn("Checking records"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, console=error_console, transient=True, disable=not show) as progress:
-            task = progress.add_task("verify", total=total)
-            return await verify_org(
-                connection, org_id, progress=lambda checked: progress.update(task, completed=checked)
-            )
-    finally:
-        await connection.close()
-
-
-@audit_app.command("verify")
-def audit_verify(org: Annotated[uuid.UUID, typer.Option("--org", help="The org whose chain to check.")]) -> None:
-    """Recompute the org's audit chain from its first record; exit code 1 names the first broken link."""
-    dsn = database_url()
-    try:
-        result = asyncio.run(verify_chain(dsn, org))
-    except DATABASE_ERRORS as error:
-        fail(unreachable(dsn, error))
-    if result.broken is not None:
-        fail(
-            f"audit chain of org {org} is broken at record {result.broken.seq}: {result.broken.reason} "
-            f"({result.checked} record(s) before it check out)"
-        )
-    console.print(f"{result.checked} record(s) checked: the audit chain of org {org} is intact.", soft_wrap=True)
-
-
 # --- auth: demo data, signing keys, API clients ------------------------------------------------------------------
 
 
@@ -230,23 +135,6 @@ def auth_settings(environ: dict[str, str], *, sealing: bool) -> Settings:
         return load_settings("auth", environ, master_key_required=sealing)
     except ConfigError as error:
         fail(str(error))
-
-
-def with_connection(settings: Settings, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    assert settings.database_url is not None
-    dsn = settings.database_url.reveal()
-
-    async def run() -> T:
-        connection = await asyncpg.connect(dsn)
-        try:
-            return await work(connection)
-        finally:
-            await connection.close()
-
-    try:
-        return asyncio.run(run())
-    except DATABASE_ERRORS as error:
-        fail(unreachable(dsn, error))
 
 
 @app.command()

@@ -95,13 +95,13 @@ async def test_an_unreachable_database_is_one_clean_error(database_url: str) -> 
 async def test_a_long_chain_in_a_terminal_shows_progress_on_stderr(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from apgms import cli
+    from apgms import audit_cli
 
     terminal = io.StringIO()
-    monkeypatch.setattr(cli, "error_console", Console(file=terminal, force_terminal=True, width=80))
-    monkeypatch.setattr(cli, "PROGRESS_FROM_RECORDS", CHAIN_LENGTH - 1)
+    monkeypatch.setattr(audit_cli, "error_console", Console(file=terminal, force_terminal=True, width=80))
+    monkeypatch.setattr(audit_cli, "PROGRESS_FROM_RECORDS", CHAIN_LENGTH - 1)
     await write_chain(database_url)
-    result = await cli.verify_chain(database_url, ORG)
+    result = await audit_cli.verify_chain(database_url, ORG)
     assert (result.checked, result.broken) == (CHAIN_LENGTH, None)
     assert "Checking records" in terminal.getvalue()
     assert f"{CHAIN_LENGTH}/{CHAIN_LENGTH}" in terminal.getvalue()
