@@ -108,6 +108,7 @@ __all__ = [
     "last_record",
     "next_record",
     "parse_actor",
+    "record_of_row",
     "records",
     "verify",
     "verify_org",
@@ -470,7 +471,7 @@ async def last_record(connection: asyncpg.Connection, org_id: uuid.UUID) -> Audi
         org_id,
         timeout=READ_TIMEOUT_S,
     )
-    return _record(row) if row is not None else None
+    return record_of_row(row) if row is not None else None
 
 
 async def records(
@@ -487,7 +488,7 @@ async def records(
             timeout=READ_TIMEOUT_S,
         )
         for row in rows:
-            yield _record(row)
+            yield record_of_row(row)
         if len(rows) < batch_rows:
             return
         after_seq = rows[-1]["seq"]
@@ -515,7 +516,8 @@ async def verify_org(
     return result
 
 
-def _record(row: asyncpg.Record) -> AuditRecord:
+def record_of_row(row: asyncpg.Record) -> AuditRecord:
+    """A record as stored (columns as `records` selects them, detail as text), unchecked."""
     return AuditRecord(
         org_id=row["org_id"],
         seq=row["seq"],

@@ -1,0 +1,227 @@
+"""Signed documents, pure: how an evidence pack or an audit checkpoint is signed, and how anyone verifies one
+with nothing but its bytes and the published keys (the service, `apgms evidence verify`, a regulator's own code).
+
+    payload    the document as canonical JSON (RFC 8785, `shared.canonical`): these bytes are stored and exported
+               as they are, never re-encoded
+    sha256     lowercase hex of SHA-256(payload)
+    signature  standard base64 (with padding) of the Ed25519 signature over the 32 raw bytes of that digest
+    key_id     the `kid` of the signing key in /compliance/.well-known/evidence-keys.json (a JWKS: kty OKP,
+               crv Ed25519, x the public key in base64url, alg EdDSA)
+
+A verifier in a few lines of Python, with `cryptography` only:
+
+    digest = hashlib.sha256(payload).digest()
+    assert digest.hex() == sha256
+    Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"])).verify(base64.b64decode(signature), digest)
+
+An export (`GET /compliance/evidence/{id}`, the file `apgms evidence verify` reads) is `Export`: the fields above
+plus the pack's id, org, creation time and author, with the payload in standard base64. The payload repeats the id
+and org; `verify` checks they match, so a payload moved onto another pack's row is caught.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "EXPORT_FORMAT",
+    "JWK_ALGORITHM",
+    "PACK_FORMAT",
+    "SIGNATURE_ALGORITHM",
+    "Check",
+    "Export",
+    "InvalidKey",
+    "Signed",
+    "Verification",
+    "b64url_decode",
+    "b64url_encode",
+    "digest_of",
+    "jwks_keys",
+    "public_jwk",
+    "sign",
+    "verify",
+]
+
+PACK_FORMAT = "apgms.evidence-pack/1"
+CHECKPOINT_FORMAT = "apgms.audit-checkpoint/1"
+EXPORT_FORMAT = "apgms.evidence-export/1"
+SIGNATURE_ALGORITHM = "Ed25519"
+JWK_ALGORITHM = "EdDSA"
+ED25519_PUBLIC_KEY_BYTES = 32
+
+# The checks of `verify`, in the order they are made and reported.
+CHECK_SHA256 = "sha256"
+CHECK_KEY = "key"
+CHECK_SIGNATURE = "signature"
+CHECK_PAYLOAD = "payload"
+
+
+class InvalidKey(ValueError):
+    """A JWK that is not an Ed25519 public key."""
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def digest_of(payload: bytes) -> bytes:
+    return hashlib.sha256(payload).digest()
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A payload and its digest and signature, as stored."""
+
+    payload: bytes = field(repr=False)
+    sha256: str
+    signature: str
+    key_id: str
+
+
+def sign(payload: bytes, key: Ed25519PrivateKey, key_id: str) -> Signed:
+    digest = digest_of(payload)
+    return Signed(payload, digest.hex(), base64.b64encode(key.sign(digest)).decode(), key_id)
+
+
+def public_jwk(key: Ed25519PublicKey, kid: str) -> dict[str, str]:
+    raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw), "kid": kid, "use": "sig", "alg": JWK_ALGORITHM}
+
+
+def _public_key(jwk: Mapping[str, Any]) -> Ed25519PublicKey:
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(jwk.get("x"), str):
+        raise InvalidKey("not an Ed25519 public key (kty OKP, crv Ed25519, x)")
+    try:
+        raw = b64url_decode(jwk["x"])
+    except (binascii.Error, ValueError):
+        raise InvalidKey("x is not base64url") from None
+    if len(raw) != ED25519_PUBLIC_KEY_BYTES:
+        raise InvalidKey(f"x is {len(raw)} bytes, not {ED25519_PUBLIC_KEY_BYTES}")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def jwks_keys(document: Any) -> dict[str, Ed25519PublicKey]:
+    """kid → public key of every Ed25519 key in a JWKS document; other keys are skipped, a document that is not a
+    JWKS is `InvalidKey`."""
+    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+        raise InvalidKey('not a JWKS: expected {"keys": [...]}')
+    keys: dict[str, Ed25519PublicKey] = {}
+    for jwk in document["keys"]:
+        if isinstance(jwk, Mapping) and isinstance(jwk.get("kid"), str):
+            try:
+                keys[jwk["kid"]] = _public_key(jwk)
+            except InvalidKey:
+                continue
+    return keys
+
+
+class Export(BaseModel):
+    """A signed pack as it leaves the service: everything needed to verify it offline."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    format: str = EXPORT_FORMAT
+    id: uuid.UUID
+    org_id: uuid.UUID
+    created_at: datetime
+    created_by: str
+    tag: str | None
+    sha256: str
+    signature: str
+    key_id: str
+    algorithm: str = SIGNATURE_ALGORITHM
+    payload_base64: str
+
+    def payload(self) -> bytes:
+        """The payload bytes; `binascii.Error` when payload_base64 is not base64."""
+        return base64.b64decode(self.payload_base64, validate=True)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Every check made, in order; `failed` names the first that did not hold."""
+
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    @property
+    def failed(self) -> Check | None:
+        return next((check for check in self.checks if not check.ok), None)
+
+
+def verify(
+    payload: bytes,
+    sha256: str,
+    signature: str,
+    key_id: str,
+    keys: Mapping[str, Ed25519PublicKey],
+    *,
+    expect: Mapping[str, str] | None = None,
+) -> Verification:
+    """Check a signed document: its payload hashes to `sha256`, `key_id` is a published key, the signature verifies
+    over the payload's digest under it, and the payload is a JSON object whose fields hold `expect` (for example its
+    id and org). Every check is made and reported, so an answer says all that is wrong, first failure first."""
+    digest = digest_of(payload)
+    checks = [
+        Check(CHECK_SHA256, True)
+        if digest.hex() == sha256
+        else Check(CHECK_SHA256, False, "the payload does not hash to the recorded sha256"),
+    ]
+    key = keys.get(key_id)
+    if key is None:
+        checks.append(Check(CHECK_KEY, False, f"key {key_id!r} is not among the published evidence keys"))
+        checks.append(Check(CHECK_SIGNATURE, False, "no published key to check the signature with"))
+    else:
+        checks.append(Check(CHECK_KEY, True))
+        checks.append(_signature_check(key, signature, digest))
+    checks.append(_payload_check(payload, expect or {}))
+    return Verification(tuple(checks))
+
+
+def _signature_check(key: Ed25519PublicKey, signature: str, digest: bytes) -> Check:
+    try:
+        key.verify(base64.b64decode(signature, validate=True), digest)
+    except (InvalidSignature, binascii.Error, ValueError):
+        return Check(CHECK_SIGNATURE, False, "the signature does not verify over the payload's digest")
+    return Check(CHECK_SIGNATURE, True)
+
+
+def _payload_check(payload: bytes, expect: Mapping[str, str]) -> Check:
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return Check(CHECK_PAYLOAD, False, "the payload is not JSON")
+    if not isinstance(document, dict):
+        return Check(CHECK_PAYLOAD, False, "the payload is not a JSON object")
+    for name, value in expect.items():
+        if document.get(name) != value:
+            return Check(CHECK_PAYLOAD, False, f"the payload's {name} is not {value}")
+    return Check(CHECK_PAYLOAD, True)

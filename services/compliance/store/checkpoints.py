@@ -1,0 +1,66 @@
+"""compliance.audit_checkpoints: signed heads of each org's audit chain."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncpg
+
+__all__ = ["CHECKPOINT_COLUMNS", "Checkpoint", "insert_checkpoint", "latest_checkpoint", "org_checkpoints"]
+
+CHECKPOINT_COLUMNS = "id, org_id, created_at, created_by, seq, hash, payload, sha256, signature, key_id"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: uuid.UUID
+    org_id: uuid.UUID
+    created_at: datetime
+    created_by: str
+    seq: int
+    hash: str
+    payload: bytes = field(repr=False)
+    sha256: str
+    signature: str
+    key_id: str
+
+
+def _checkpoint(row: asyncpg.Record) -> Checkpoint:
+    return Checkpoint(**{name: row[name] for name in CHECKPOINT_COLUMNS.split(", ")})
+
+
+async def insert_checkpoint(conn: asyncpg.Connection, checkpoint: Checkpoint) -> bool:
+    """Insert it; False (nothing written) when the org already has a checkpoint of that seq."""
+    status: str = await conn.execute(
+        f"INSERT INTO compliance.audit_checkpoints ({CHECKPOINT_COLUMNS}) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (org_id, seq) DO NOTHING",
+        checkpoint.id,
+        checkpoint.org_id,
+        checkpoint.created_at,
+        checkpoint.created_by,
+        checkpoint.seq,
+        checkpoint.hash,
+        checkpoint.payload,
+        checkpoint.sha256,
+        checkpoint.signature,
+        checkpoint.key_id,
+    )
+    return status.endswith(" 1")
+
+
+async def latest_checkpoint(conn: asyncpg.Connection, org_id: uuid.UUID) -> Checkpoint | None:
+    row = await conn.fetchrow(
+        f"SELECT {CHECKPOINT_COLUMNS} FROM compliance.audit_checkpoints WHERE org_id = $1 ORDER BY seq DESC LIMIT 1",
+        org_id,
+    )
+    return None if row is None else _checkpoint(row)
+
+
+async def org_checkpoints(conn: asyncpg.Connection, org_id: uuid.UUID) -> list[Checkpoint]:
+    """Every checkpoint of the org, lowest seq first."""
+    rows = await conn.fetch(
+        f"SELECT {CHECKPOINT_COLUMNS} FROM compliance.audit_checkpoints WHERE org_id = $1 ORDER BY seq", org_id
+    )
+    return [_checkpoint(row) for row in rows]
