@@ -20,8 +20,9 @@ What the compliance report is built from, read in one read-only REPEATABLE READ 
 `cycles`, the current BAS cycle (live, as GET /org/obligations/current shows it) and up to REPORT_CYCLES - 1
 earlier ones as their rows recorded them, newest first, each with a `period` label such as "2025-Q3 (Jul-Sep)"
 (`period_label`), its status, due date, and when it was lodged and whether on time; `payment_plans`, the newest
-REPORT_PLANS without their free text (reason, notes, decision note); `alerts`, the number of open HIGH alerts with
-the newest REPORT_OPEN_HIGH of them and the number resolved since the current quarter began (in Australia);
+REPORT_PLANS without their free text (reason, notes, decision note); `alerts`, the number of open alerts in all and
+of each severity (`open_by_severity`), the open HIGH ones' count with the newest REPORT_OPEN_HIGH of them, and the
+number resolved since the current quarter began (in Australia);
 `obligations`, the current cycle's figures, status, blockers and `next_bas_due`; `designated_totals`, the PAYGW
 and GST designated balances. Every figure comes from the same functions the org's own routes use.
 
@@ -75,6 +76,7 @@ __all__ = [
     "AlertSummary",
     "BankLineSummary",
     "MonthSummary",
+    "OpenAlertCounts",
     "ReportCycle",
     "ReportInputs",
     "ReportObligations",
@@ -293,8 +295,18 @@ class ReportPlan(BaseModel):
     decided_at: datetime | None
 
 
+class OpenAlertCounts(BaseModel):
+    """The org's open alerts of each severity (core's severities: alert_store.SEVERITIES)."""
+
+    HIGH: int
+    MEDIUM: int
+    LOW: int
+
+
 class AlertSummary(BaseModel):
     open_high_count: int
+    open_total: int
+    open_by_severity: OpenAlertCounts
     open_high: list[AlertView] = Field(description=f"The newest {REPORT_OPEN_HIGH} open HIGH alerts")
     resolved_this_quarter: int
     quarter_start: date
@@ -402,7 +414,7 @@ async def report_inputs(request: Request, principal: Principal) -> Response:
         rows = await cycle_store.list_cycles(conn, org_id, REPORT_CYCLES)
         plans = await plan_store.list_plans(conn, org_id, None, REPORT_PLANS)
         since = _quarter_began(current)
-        counts = await alert_store.count_alerts(conn, org_id, open_severity="HIGH", resolved_since=since)
+        counts = await alert_store.count_alerts(conn, org_id, resolved_since=since)
         open_high = await alert_store.page_alerts(
             conn, org_id, alert_store.AlertFilters(resolved=False, severity="HIGH"), None, REPORT_OPEN_HIGH
         )
@@ -414,7 +426,9 @@ async def report_inputs(request: Request, principal: Principal) -> Response:
         cycles=report_cycles(current, rows),
         payment_plans=[_plan(plan) for plan in plans],
         alerts=AlertSummary(
-            open_high_count=counts.open,
+            open_high_count=counts.open_by_severity["HIGH"],
+            open_total=counts.open_total,
+            open_by_severity=OpenAlertCounts.model_validate(counts.open_by_severity),
             open_high=[shared_alert_view(alert) for alert in open_high],
             resolved_this_quarter=counts.resolved_since,
             quarter_start=current.cycle.period_start,

@@ -52,8 +52,8 @@ def at_noon(day: date) -> datetime:
 
 async def write_history(database_url: str, org: Org, now: datetime) -> dict[str, Any]:
     """Ten earlier cycles (one lodged on time, one lodged late, one BLOCKED, the rest OPEN), lines (with the
-    quarter's running totals) and a deposit in the current quarter, two plans, and alerts of every kind; what the
-    test expects to find named."""
+    quarter's running totals) and a deposit in the current quarter, two plans, and alerts of every kind and
+    severity; what the test expects to find named."""
     current = current_cycle(now)
     last, before = earlier(current, 1), earlier(current, 2)
     async with connect(database_url) as conn, conn.transaction():
@@ -98,6 +98,8 @@ async def write_history(database_url: str, org: Org, now: datetime) -> dict[str,
         database_url, org.id, severity="HIGH", message="Older high", created_at=now - timedelta(days=200)
     )
     await insert_alert(database_url, org.id, severity="MEDIUM")
+    for _ in range(3):
+        await insert_alert(database_url, org.id, severity="LOW")
     await insert_alert(database_url, org.id, severity="HIGH", resolved=True)
     await insert_alert(database_url, org.id, severity="LOW", resolved=True)
     long_ago = await insert_alert(database_url, org.id, severity="HIGH", resolved=True)
@@ -177,6 +179,9 @@ async def test_report_inputs_carry_cycles_plans_alerts_obligations_and_totals(
     # Alerts: open HIGH ones (newest first), and those resolved since the quarter began in Australia.
     summary = report["alerts"]
     assert summary["open_high_count"] == 2
+    # Open ones of every severity (resolved ones are not counted), from the same one-pass count.
+    assert summary["open_by_severity"] == {"HIGH": 2, "MEDIUM": 1, "LOW": 3}
+    assert summary["open_total"] == 6
     assert [a["id"] for a in summary["open_high"]] == [str(i) for i in written["open_high"]]
     assert {(a["severity"], a["status"], a["resolution_note"]) for a in summary["open_high"]} == {
         ("HIGH", "open", None)
@@ -222,6 +227,10 @@ async def test_an_org_without_rows_gets_its_derived_current_cycle_and_zeros(
     ]
     assert report["payment_plans"] == []
     assert report["alerts"]["open_high_count"] == 0
+    assert (report["alerts"]["open_total"], report["alerts"]["open_by_severity"]) == (
+        0,
+        {"HIGH": 0, "MEDIUM": 0, "LOW": 0},
+    )
     assert report["alerts"]["open_high"] == []
     assert report["obligations"]["total_shortfall"] == "0.00"
     assert report["obligations"]["blockers"] == []

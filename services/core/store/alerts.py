@@ -92,8 +92,12 @@ class AlertFilters:
 
 @dataclass(frozen=True, slots=True)
 class AlertCounts:
-    open: int  # open alerts of the severity asked for
+    open_by_severity: dict[Severity, int]  # open alerts of each severity, every one of SEVERITIES present
     resolved_since: int  # alerts (any severity) resolved at or after the instant asked for
+
+    @property
+    def open_total(self) -> int:
+        return sum(self.open_by_severity.values())
 
 
 class Resolution(enum.Enum):
@@ -159,20 +163,27 @@ async def page_alerts(
     return [_alert(record) for record in records]
 
 
-async def count_alerts(
-    conn: asyncpg.Connection, org_id: uuid.UUID, *, open_severity: Severity, resolved_since: datetime
-) -> AlertCounts:
-    """How many of the org's alerts are open with `open_severity`, and how many were resolved since
-    `resolved_since` (one pass over the org's alerts, for the compliance report's summary)."""
+# One count per severity (the names come from SEVERITIES, never from a caller).
+_OPEN_COUNTS = ", ".join(
+    f"count(*) FILTER (WHERE resolved_at IS NULL AND severity = '{severity}') AS open_{severity.lower()}"
+    for severity in SEVERITIES
+)
+
+
+async def count_alerts(conn: asyncpg.Connection, org_id: uuid.UUID, *, resolved_since: datetime) -> AlertCounts:
+    """How many of the org's alerts are open, per severity, and how many were resolved since `resolved_since`
+    (one pass over the org's alerts, for the compliance report's summary and monitoring snapshots)."""
     record = await conn.fetchrow(
-        "SELECT count(*) FILTER (WHERE resolved_at IS NULL AND severity = $2) AS open, "
-        "count(*) FILTER (WHERE resolved_at >= $3) AS resolved_since FROM core.alerts WHERE org_id = $1",
+        f"SELECT {_OPEN_COUNTS}, count(*) FILTER (WHERE resolved_at >= $2) AS resolved_since "
+        "FROM core.alerts WHERE org_id = $1",
         org_id,
-        open_severity,
         resolved_since,
     )
     assert record is not None
-    return AlertCounts(open=int(record["open"]), resolved_since=int(record["resolved_since"]))
+    return AlertCounts(
+        open_by_severity={severity: int(record[f"open_{severity.lower()}"]) for severity in SEVERITIES},
+        resolved_since=int(record["resolved_since"]),
+    )
 
 
 async def get_alert(conn: asyncpg.Connection, org_id: uuid.UUID, alert_id: uuid.UUID) -> Alert | None:
