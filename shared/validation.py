@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -25,6 +26,7 @@ __all__ = [
     "nul_paths",
     "parse_body",
     "parse_query",
+    "path_uuid",
     "paths_where",
     "read_body",
     "read_json",
@@ -168,3 +170,12 @@ async def parse_body(request: Request, model: type[M], max_bytes: int = MAX_JSON
 
 def parse_query(query: Mapping[str, str], model: type[M]) -> M:
     return validate(model, dict(query), code="invalid_query")
+
+
+def path_uuid(request: Request, name: str) -> uuid.UUID:
+    """The UUID in the path parameter `name`; anything else is 404 `not_found`, exactly like an id that names
+    nothing (a malformed id is a resource that does not exist, not a bad request, and never a 500)."""
+    try:
+        return uuid.UUID(request.path_params[name])
+    except ValueError:
+        raise ApiError("not_found") from None

@@ -49,7 +49,7 @@ from shared.metrics import record_security_event
 from shared.openapi import documented
 from shared.ratelimit import LoginGuard, make_backend, rate_limited_error
 from shared.tokens import ACCESS_TOKEN_TTL_S, Principal
-from shared.validation import parse_body
+from shared.validation import parse_body, path_uuid
 
 TOTP_ISSUER = "APGMS"
 TOTP_STEP_S = 30
@@ -348,10 +348,7 @@ async def step_up(request: Request, principal: Principal) -> Response:
 @guard(roles={"admin"}, step_up=True)
 async def reset_totp(request: Request, principal: Principal) -> Response:
     """`DELETE /users/{user_id}/mfa`: for a lost authenticator; the user logs in and enrols again."""
-    try:
-        user_id = uuid.UUID(request.path_params["user_id"])
-    except ValueError:
-        raise ApiError("not_found") from None
+    user_id = path_uuid(request, "user_id")
     org_id = uuid.UUID(principal.org_id)
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
         # Another org's user is 404, exactly like a user that does not exist.

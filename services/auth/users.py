@@ -25,7 +25,7 @@ from shared.errors import ApiError
 from shared.openapi import documented
 from shared.pagination import PageQuery, decode_cursor, encode_cursor
 from shared.tokens import Principal
-from shared.validation import parse_body, parse_query
+from shared.validation import parse_body, parse_query, path_uuid
 
 
 def mask_email(email: str) -> str:
@@ -104,10 +104,7 @@ async def update_user(request: Request, principal: Principal) -> Response:
     """`PATCH /users/{user_id}`. An admin cannot change or disable themselves: the org keeps at least one admin
     (the one acting), and nobody locks themselves out by mistake."""
     body = await parse_body(request, UpdateUserRequest)
-    try:
-        user_id = uuid.UUID(request.path_params["user_id"])
-    except ValueError:
-        raise ApiError("not_found") from None
+    user_id = path_uuid(request, "user_id")
     if str(user_id) == principal.subject:
         raise ApiError("conflict", "You cannot change your own role or disable yourself; ask another admin")
     acting_id, org_id = uuid.UUID(principal.subject), uuid.UUID(principal.org_id)

@@ -74,7 +74,7 @@ from shared.openapi import documented
 from shared.pii import KeyDestroyed, PiiCipher
 from shared.roles import Role
 from shared.tokens import Principal
-from shared.validation import MAX_JSON_BODY_BYTES, parse_body, read_body
+from shared.validation import MAX_JSON_BODY_BYTES, parse_body, path_uuid, read_body
 
 __all__ = [
     "READERS",
@@ -184,10 +184,7 @@ async def _source_tags(cipher: PiiCipher, org_id: uuid.UUID, sources: list[str])
 def _account(request: Request, principal: Principal) -> tuple[uuid.UUID, uuid.UUID, Tax]:
     """(org, account, tax) of the path's account; 404 unless it is one of the principal's org's two."""
     org_id = uuid.UUID(principal.org_id)
-    try:
-        account = uuid.UUID(request.path_params["account_id"])
-    except ValueError:
-        raise ApiError("not_found") from None
+    account = path_uuid(request, "account_id")
     tax = tax_of(org_id, account)
     if tax is None:
         raise ApiError("not_found")

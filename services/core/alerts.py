@@ -37,7 +37,7 @@ from shared.openapi import documented
 from shared.pagination import PageQuery
 from shared.roles import ROLES, Role
 from shared.tokens import Principal
-from shared.validation import parse_body, parse_query
+from shared.validation import parse_body, parse_query, path_uuid
 
 __all__ = ["NOTE_MAX_CHARS", "READERS", "RESOLVERS", "list_alerts", "resolve_alert"]
 
@@ -97,13 +97,6 @@ class ResolveAlert(BaseModel):
     note: Note
 
 
-def _alert_id(request: Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.path_params["id"])
-    except ValueError:
-        raise ApiError("not_found") from None
-
-
 @documented("List the org's alerts, newest first", response=AlertPage, tags=["alerts"])
 @guard(roles=READERS)
 async def list_alerts(request: Request, principal: Principal) -> Response:
@@ -145,7 +138,7 @@ async def list_alerts(request: Request, principal: Principal) -> Response:
 )
 @guard(roles=RESOLVERS, step_up=True)
 async def resolve_alert(request: Request, principal: Principal) -> Response:
-    alert_id = _alert_id(request)
+    alert_id = path_uuid(request, "id")
     body = await parse_body(request, ResolveAlert)
     org_id = uuid.UUID(principal.org_id)
     actor = audit.actor_of(principal)

@@ -42,7 +42,7 @@ from shared.openapi import documented
 from shared.pii import KeyDestroyed, PiiCipher, sealed_key_id
 from shared.roles import Role
 from shared.tokens import Principal
-from shared.validation import parse_body, parse_query
+from shared.validation import parse_body, parse_query, path_uuid
 
 __all__ = ["READERS", "WRITERS", "create_line", "erased", "get_line", "list_lines", "lock_sealing_keys", "open_page"]
 
@@ -140,10 +140,7 @@ async def list_lines(request: Request, principal: Principal) -> Response:
 @documented("One of the org's bank lines", response=BankLine, tags=["bank-lines"])
 @guard(roles=READERS)
 async def get_line(request: Request, principal: Principal) -> Response:
-    try:
-        line_id = uuid.UUID(request.path_params["line_id"])
-    except ValueError:
-        raise ApiError("not_found") from None
+    line_id = path_uuid(request, "line_id")
     org_id = uuid.UUID(principal.org_id)
     deps = core_deps(request)
     await _warm_key(deps.cipher, org_id)

@@ -59,7 +59,7 @@ from shared.openapi import documented
 from shared.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, QueryInt
 from shared.roles import Role
 from shared.tokens import Principal
-from shared.validation import parse_body, parse_query
+from shared.validation import parse_body, parse_query, path_uuid
 
 __all__ = ["DECIDERS", "REQUESTERS", "approve_plan", "create_plan", "list_plans", "reject_plan"]
 
@@ -145,13 +145,6 @@ class PlanView(BaseModel):
 
 class PlanList(BaseModel):
     items: list[PlanView]
-
-
-def _plan_id(request: Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.path_params["id"])
-    except ValueError:
-        raise ApiError("not_found") from None
 
 
 def _named_cycle(org_id: uuid.UUID, named: uuid.UUID, ledger: list[LedgerCycle], now: datetime) -> bas.Cycle | None:
@@ -263,7 +256,7 @@ async def create_plan(request: Request, principal: Principal) -> Response:
 
 
 async def _decide(request: Request, principal: Principal, decision: plan_rules.Decision) -> Response:
-    plan_id = _plan_id(request)
+    plan_id = path_uuid(request, "id")
     body = await parse_body(request, Decision)
     org_id = uuid.UUID(principal.org_id)
     actor = audit.actor_of(principal)

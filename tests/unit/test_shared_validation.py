@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import uuid
 
-from shared.validation import malformed_json, nul_paths
+import pytest
+from starlette.requests import Request
+
+from shared.errors import ApiError
+from shared.validation import malformed_json, nul_paths, path_uuid
 
 
 @pytest.mark.parametrize(
@@ -39,3 +43,16 @@ def test_nul_paths_finds_keys_and_values_at_any_depth() -> None:
     data = {"a": "x\x00", "b": [{"c\x00": 1}, "ok"], "d": {"e": ["\x00"]}}
     assert nul_paths(data) == ["a", "b.0.c\x00", "d.e.0"]
     assert nul_paths({"fine": ["text", 1, None]}) == []
+
+
+def _request_with(path_params: dict[str, str]) -> Request:
+    return Request({"type": "http", "method": "GET", "path": "/", "headers": [], "path_params": path_params})
+
+
+def test_path_uuid_returns_the_id_and_answers_anything_else_404() -> None:
+    ident = uuid.uuid4()
+    assert path_uuid(_request_with({"id": str(ident)}), "id") == ident
+    for text in ("not-a-uuid", "", "1234", str(ident) + "0"):
+        with pytest.raises(ApiError) as caught:
+            path_uuid(_request_with({"id": text}), "id")
+        assert caught.value.code == "not_found"
