@@ -1,5 +1,5 @@
 """docker-compose.yml: only the proxy is published (on loopback), no credential is written in it, Redis needs a
-password, each secret goes only to the services that use it (the master key to auth, the KEK to core and
+password, each secret goes only to the services that use it (the master key to auth and compliance, which seal signing keys with it, the KEK to core and
 compliance, each service client secret to its service and to auth), and every secret it takes is one
 `apgms dev-secrets` generates and compose refuses to start without."""
 
@@ -85,11 +85,12 @@ def test_redis_requires_the_password_the_services_use() -> None:
         assert database_url is not None and f":{db_password}@db:" in database_url.reveal()
 
 
-def test_only_auth_gets_the_master_key() -> None:
+def test_only_the_services_that_seal_signing_keys_get_the_master_key() -> None:
     services = compose()["services"]
     holders = [name for name, service in services.items() if "APGMS_MASTER_KEY" in (service.get("environment") or {})]
-    assert holders == ["auth"]
-    assert REQUIRED_VARIABLE.fullmatch(services["auth"]["environment"]["APGMS_MASTER_KEY"])
+    assert holders == ["auth", "compliance"]
+    for name in holders:
+        assert REQUIRED_VARIABLE.fullmatch(services[name]["environment"]["APGMS_MASTER_KEY"])
 
 
 def test_dev_secrets_generates_every_variable_the_file_requires() -> None:
