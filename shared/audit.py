@@ -2,7 +2,8 @@
 
     AuditRecord       one row: org_id, seq, at, actor, action, target, request_id, detail, prev_hash, hash
     next_record       the record that follows `prev` in its org's chain (seq + 1, linked, hashed)
-    verify(rows)      VerifyResult: how many rows hold, and the first broken link (its seq and why)
+    verify(rows)      VerifyResult: how many rows hold, and the first broken link (its seq and why), optionally
+                      against anchors: links recorded outside the table
     ChainVerifier     the same check fed a row at a time, for rows read in batches
 
 The hash, so that a verifier outside this code can recompute it (`chain_hash`):
@@ -36,7 +37,12 @@ Unix time), and the upper one leaves a day below `datetime.max` so a time in any
 
 A chain shows edits, deletions and reordering of the rows it holds, not a rewrite of its tail: whoever can write
 the table can delete the last rows, or recompute every hash after the row they change. `verify` catches that only
-against an `Anchor` (a seq and hash published where the writer cannot change it, such as a regulator's copy).
+against anchors (`Anchor`: a seq and hash recorded where the writer cannot change it, such as a signed checkpoint,
+a signed evidence pack or a regulator's copy), the way Certificate Transparency's signed tree heads work. The chain
+must hold every anchor's hash at its seq and reach every anchor's seq. When the links hold but an anchor disagrees,
+the rewritten row lies after the last anchor that held and at or before the one that disagrees; the verifier
+reports the disagreeing seq and that range (`BrokenLink.earliest_seq`), so an anchor on every row (a checkpoint
+records the hash of each row since the one before, a pack its 25 newest rows) names the rewritten row itself.
 
 The asyncpg adapter, over `audit.records` (shared/sql/0001_audit.sql, which refuses UPDATE, DELETE and TRUNCATE):
 
@@ -209,16 +215,23 @@ class AuditRecord:
 
 @dataclass(frozen=True)
 class Anchor:
-    """A link known from outside the table (an export, a regulator's copy): row `seq` must have `hash`."""
+    """A link known from outside the table (a signed checkpoint or pack, a regulator's copy): row `seq` must have
+    `hash`. `source` names where it was recorded, in words for the verdict ("signed checkpoint 3f2c... (head
+    record 9)"); without one the verdict says "anchored row"."""
 
     seq: int
     hash: str
+    source: str | None = None
 
 
 @dataclass(frozen=True)
 class BrokenLink:
+    """The first link that does not hold. `earliest_seq` is set when the fault is proven to lie somewhere from
+    that seq to `seq` but not where (a rewrite with every later hash recomputed, between two anchors)."""
+
     seq: int
     reason: str
+    earliest_seq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -305,11 +318,14 @@ def next_record(
     return AuditRecord(**fields, prev_hash=prev_hash, hash=chain_hash(prev_hash, fields))
 
 
-def verify(rows: Iterable[AuditRecord], *, anchor: Anchor | None = None) -> VerifyResult:
+def verify(
+    rows: Iterable[AuditRecord], *, anchor: Anchor | None = None, anchors: Iterable[Anchor] = ()
+) -> VerifyResult:
     """Check one org's rows, given in seq order from seq 1; stop at the first broken link. A row is reported at
     the seq its position should hold: an edited row at its own, a deleted one at its seq (the gap), rows out of
-    order at the first misplaced position. With `anchor`, the chain must reach it and hold its hash there."""
-    verifier = ChainVerifier(anchor=anchor)
+    order at the first misplaced position. With `anchor` and `anchors`, the chain must reach each and hold its hash
+    there."""
+    verifier = ChainVerifier(anchor=anchor, anchors=anchors)
     for row in rows:
         if not verifier.add(row):
             break
@@ -318,12 +334,20 @@ def verify(rows: Iterable[AuditRecord], *, anchor: Anchor | None = None) -> Veri
 
 class ChainVerifier:
     """`verify` a row at a time, for rows read in batches (`verify_org`): `add` each in seq order from seq 1
-    until it returns False, then take `result()`. Holds one link's state, never the rows."""
+    until it returns False, then take `result()`. Holds one link's state and the anchors, never the rows."""
 
-    def __init__(self, *, anchor: Anchor | None = None) -> None:
-        self._anchor = anchor
+    def __init__(self, *, anchor: Anchor | None = None, anchors: Iterable[Anchor] = ()) -> None:
+        self._anchors: dict[int, list[Anchor]] = {}
+        for each in (*anchors, *((anchor,) if anchor is not None else ())):
+            if each.seq < FIRST_SEQ:  # a head before any record (seq 0) anchors nothing
+                continue
+            at_seq = self._anchors.setdefault(each.seq, [])
+            if all(known.hash != each.hash for known in at_seq):
+                at_seq.append(each)
         self._org_id: uuid.UUID | None = None
         self._expected_seq, self._expected_prev, self._checked = FIRST_SEQ, GENESIS_HASH, 0
+        # The highest seq an anchor confirmed so far (0: none; the genesis link needs none).
+        self._last_anchored = 0
         self._broken: BrokenLink | None = None
 
     @property
@@ -335,24 +359,58 @@ class ChainVerifier:
         """Check the next row; False once a link is broken (no later row is looked at)."""
         if self._broken is not None:
             return False
-        seq, anchor = self._expected_seq, self._anchor
+        seq = self._expected_seq
         reason = _fault(row, self._org_id, seq, self._expected_prev)
-        if reason is None and anchor is not None and anchor.seq == seq and row.hash != anchor.hash:
-            reason = f"row {seq} is not the anchored row"
         if reason is not None:
             self._broken = BrokenLink(seq, reason)
             return False
+        anchors = self._anchors.get(seq, ())
+        disagreeing = next((anchor for anchor in anchors if anchor.hash != row.hash), None)
+        if disagreeing is not None:
+            self._broken = _rewritten(seq, disagreeing, self._last_anchored)
+            return False
+        if anchors:
+            self._last_anchored = seq
         self._org_id, self._expected_prev = row.org_id, row.hash
         self._expected_seq, self._checked = seq + 1, self._checked + 1
         return True
 
     def result(self) -> VerifyResult:
-        """The verdict on the rows added, taken as the whole chain: with an anchor, it must reach the anchor."""
-        anchor, seq = self._anchor, self._expected_seq
-        if self._broken is None and anchor is not None and anchor.seq >= seq:
-            reason = f"chain ends at row {seq - 1}, before anchored row {anchor.seq}"
-            return VerifyResult(self._checked, BrokenLink(seq, reason))
+        """The verdict on the rows added, taken as the whole chain: it must reach every anchor."""
+        seq = self._expected_seq
+        if self._broken is None:
+            beyond = [anchor for at_seq, anchors in self._anchors.items() if at_seq >= seq for anchor in anchors]
+            if beyond:
+                farthest = max(beyond, key=lambda anchor: anchor.seq)
+                return VerifyResult(self._checked, BrokenLink(seq, _cut_tail(seq - 1, farthest)))
         return VerifyResult(self._checked, self._broken)
+
+
+def _rewritten(seq: int, anchor: Anchor, last_anchored: int) -> BrokenLink:
+    """The break at `seq`, whose row links to the one before but is not the row `anchor` recorded."""
+    if anchor.source is None:
+        return BrokenLink(seq, f"row {seq} is not the anchored row")
+    if last_anchored == seq - 1:
+        # The row before was confirmed by an anchor: this row itself was changed.
+        return BrokenLink(seq, f"record {seq} was changed after {anchor.source} covered it (its hash differs)")
+    first = last_anchored + 1
+    after = f"record {last_anchored}, the last one a signed anchor confirms" if last_anchored else "the first record"
+    return BrokenLink(
+        seq,
+        f"a record from {first} to {seq} was changed after {anchor.source} covered it, and every later hash "
+        f"recomputed: record {seq}'s hash differs from the recorded one; no anchor records the rows from "
+        f"{after} on one by one, so which of them changed cannot be told",
+        earliest_seq=first,
+    )
+
+
+def _cut_tail(last_seq: int, anchor: Anchor) -> str:
+    if anchor.source is None:
+        return f"chain ends at row {last_seq}, before anchored row {anchor.seq}"
+    return (
+        f"the chain ends at record {last_seq} but {anchor.source} records record {anchor.seq}: "
+        "records were deleted from the tail"
+    )
 
 
 def _fault(row: AuditRecord, org_id: uuid.UUID | None, expected_seq: int, expected_prev: str) -> str | None:
@@ -499,12 +557,14 @@ async def verify_org(
     org_id: uuid.UUID,
     *,
     anchor: Anchor | None = None,
+    anchors: Iterable[Anchor] = (),
     batch_rows: int = READ_BATCH_ROWS,
     progress: Callable[[int], None] | None = None,
 ) -> VerifyResult:
-    """`verify` the org's whole chain from storage, a batch at a time; `progress` is told the rows checked so far
-    after each batch. Rows are read until the first broken link, never all at once."""
-    verifier = ChainVerifier(anchor=anchor)
+    """`verify` the org's whole chain from storage against `anchor` and `anchors`, a batch at a time; `progress`
+    is told the rows checked so far after each batch. Rows are read until the first broken link, never all at
+    once."""
+    verifier = ChainVerifier(anchor=anchor, anchors=anchors)
     async for row in records(connection, org_id, batch_rows=batch_rows):
         if not verifier.add(row):
             break
