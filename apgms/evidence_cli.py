@@ -1,0 +1,177 @@
+"""`apgms evidence ...`: checking an exported evidence pack offline, and rotating the key that signs packs.
+
+`verify FILE [--keys URL_OR_FILE]` needs nothing but the file and the published keys (no database, no login): it
+re-hashes the payload, checks the key id is published, the Ed25519 signature over the digest, and that the payload
+names the pack's id and org (`services.compliance.signing.verify`). Exit 0 when every check holds, 1 naming the
+first that does not (and the others), or why the file or the keys could not be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.table import Table
+
+from apgms.common import command_environ, console, fail, with_connection
+from apgms.evidence_files import EvidenceFile, EvidenceFileError, parse_evidence_file
+from apgms.http_fetch import FetchError, fetch_json
+from services.compliance.config import SERVICE_NAME
+from services.compliance.keys import rotate
+from services.compliance.signing import CHECK_PAYLOAD, Check, InvalidKey, Verification, jwks_keys, verify
+from shared.config import ConfigError, load_settings
+from shared.crypto import SecretBox
+
+__all__ = ["evidence_app"]
+
+evidence_app = typer.Typer(no_args_is_help=True, help="Evidence packs: offline verification and the signing key.")
+
+KEYS_PATH = "/compliance/.well-known/evidence-keys.json"
+# A JWKS holds a few hundred bytes per key: this is thousands of keys.
+MAX_JWKS_BYTES = 1024 * 1024
+JWKS_FETCH_TIMEOUT_S = 15.0
+RECORDED_KEYS_NOTE = "recorded in the file at backup time; pass --keys to check against the published keys"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The public keys to verify with, and where they came from (said in the output)."""
+
+    keys: dict[str, Ed25519PublicKey]
+    source: str
+
+
+def read_file(path: Path, what: str, limit: int | None = None) -> bytes:
+    try:
+        if limit is not None and path.stat().st_size > limit:
+            fail(f"{what} {path} is larger than the {limit:,} bytes allowed for it")
+        return path.read_bytes()
+    except OSError as error:
+        fail(f"cannot read {what} {path}: {error.strerror or error}")
+
+
+def keys_of(document: Any, source: str) -> Keys:
+    try:
+        return Keys(jwks_keys(document), source)
+    except InvalidKey as error:
+        fail(f"the keys from {source} are not usable: {error}")
+
+
+def published_keys(location: str) -> Keys:
+    """The JWKS at an http(s) URL (with a deadline and a size bound) or in a file."""
+    if location.startswith(("http://", "https://")):
+        try:
+            document = asyncio.run(fetch_json(location, limit=MAX_JWKS_BYTES, timeout_s=JWKS_FETCH_TIMEOUT_S))
+        except FetchError as error:
+            fail(f"cannot fetch the evidence keys: {error}")
+        return keys_of(document, location)
+    data = read_file(Path(location), "the keys file", MAX_JWKS_BYTES)
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        fail(f"the keys file {location} is not JSON (expected a JWKS such as {KEYS_PATH} answers)")
+    return keys_of(document, f"the file {location}")
+
+
+def keys_for(pack: EvidenceFile, location: str | None) -> Keys:
+    if location is not None:
+        return published_keys(location)
+    if pack.recorded_keys is None:
+        fail(
+            "this is an export, which does not hold the keys: pass --keys with the published keys, the URL "
+            f"<base URL>{KEYS_PATH} (e.g. http://localhost:3000{KEYS_PATH}) or a file holding that JWKS"
+        )
+    return keys_of(pack.recorded_keys, RECORDED_KEYS_NOTE)
+
+
+def verification_of(pack: EvidenceFile, keys: Keys) -> Verification:
+    export = pack.export
+    try:
+        payload = export.payload()
+    except (binascii.Error, ValueError):
+        return Verification((Check(CHECK_PAYLOAD, False, "payload_base64 is not standard base64"),))
+    return verify(
+        payload,
+        export.sha256,
+        export.signature,
+        export.key_id,
+        keys.keys,
+        expect={"id": str(export.id), "org_id": str(export.org_id)},
+    )
+
+
+def checks_table(verification: Verification) -> Table:
+    table = Table(title="Checks")
+    table.add_column("Check", no_wrap=True)
+    table.add_column("Result", no_wrap=True)
+    table.add_column("Reason")
+    for check in verification.checks:
+        table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]FAILED[/]", check.reason or "")
+    return table
+
+
+@evidence_app.command("verify")
+def evidence_verify(
+    file: Annotated[
+        Path,
+        typer.Argument(help="An export (GET /compliance/evidence/{id}) or a file of `apgms backup evidence-pack`."),
+    ],
+    keys: Annotated[
+        str | None,
+        typer.Option(
+            "--keys",
+            help=f"The published keys: a URL such as http://localhost:3000{KEYS_PATH}, or a file holding that "
+            "JWKS. Without it, a backup file's recorded keys.",
+        ),
+    ] = None,
+) -> None:
+    """Verify an evidence pack offline: its sha256, key, Ed25519 signature and payload; exit 1 names what fails."""
+    try:
+        pack = parse_evidence_file(read_file(file, "the file"))
+    except EvidenceFileError as error:
+        fail(f"{file}: {error}")
+    used = keys_for(pack, keys)
+    export = pack.export
+    console.print(f"pack     {export.id}", markup=False)
+    console.print(f"org      {export.org_id}", markup=False)
+    console.print(f"created  {export.created_at.isoformat()} by {export.created_by}", markup=False)
+    console.print(f"sha256   {export.sha256}", markup=False)
+    console.print(f"key id   {export.key_id}", markup=False)
+    console.print(f"keys     {used.source}", markup=False, soft_wrap=True)
+    verification = verification_of(pack, used)
+    console.print(checks_table(verification))
+    failed = verification.failed
+    if failed is not None:
+        others = [check.name for check in verification.checks if not check.ok and check is not failed]
+        also = f" (also failed: {', '.join(others)})" if others else ""
+        fail(f"the evidence pack does NOT verify: check {failed.name} failed: {failed.reason}{also}")
+    console.print("The evidence pack verifies: every check holds.")
+
+
+@evidence_app.command("rotate-key")
+def evidence_rotate_key() -> None:
+    """Retire the active evidence signing key and sign with a new one from now on; retired keys stay published,
+    so packs signed before keep verifying."""
+    environ = command_environ(master_key=True)
+    try:
+        settings = load_settings(SERVICE_NAME, environ, master_key_required=True, service_client=False)
+    except ConfigError as error:
+        fail(str(error))
+    box = SecretBox(settings.require_master_key())
+    old, new = with_connection(settings, lambda conn: rotate(conn, box))
+    retired = (
+        f"Retired key {old}; it stays published, so packs it signed keep verifying."
+        if old
+        else ("There was no active key.")
+    )
+    console.print(f"{retired} New evidence signing key: {new}", soft_wrap=True)
+    console.print(
+        "The running compliance service signs with the new key within a few seconds (it re-reads its keys).",
+        soft_wrap=True,
+    )
