@@ -1,0 +1,192 @@
+"""The compliance report and the evidence pack's payload, pure: what the handlers of report.py and evidence.py
+build from core's answers and compliance's own rows, with no I/O.
+
+    report_of(inputs, now)     the report (`GET /compliance/report`) from core's report inputs
+    NewPack                    the body of `POST /compliance/evidence`: nothing, `{}` or `{"tag": ...}`
+    audit_head(records)        the chain head a pack anchors: the newest of the org's audit records
+    PackPayload / payload_bytes   the signed document and its one encoding (RFC 8785 canonical JSON)
+
+The payload is written once, as canonical JSON, and those bytes are what is hashed, signed, stored and exported.
+Audit records in it keep every column, `at` in the chain's own form (`shared.audit`), so anyone holding a pack can
+recompute the hashes of the rows it carries and check them against the head it names.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from services.compliance.signing import PACK_FORMAT
+from services.compliance.store.snapshots import SnapshotRow
+from services.core.accounts import DesignatedTotals
+from services.core.alerts import AlertView
+from services.core.internal import AlertSummary, ReportCycle, ReportInputs, ReportObligations, ReportPlan
+from shared.audit import GENESIS_HASH, AuditRecord
+from shared.canonical import canonical_json
+
+__all__ = [
+    "BAS_HISTORY_CYCLES",
+    "PACK_AUDIT_RECORDS",
+    "PACK_SNAPSHOTS",
+    "TAG_MAX_CHARS",
+    "AuditHead",
+    "NewPack",
+    "PackAuditRecord",
+    "PackPayload",
+    "PackSnapshot",
+    "Report",
+    "audit_head",
+    "chain_time",
+    "pack_audit_record",
+    "pack_snapshot",
+    "payload_bytes",
+    "report_of",
+]
+
+BAS_HISTORY_CYCLES = 8
+PACK_AUDIT_RECORDS = 25
+PACK_SNAPSHOTS = 5
+TAG_MAX_CHARS = 100
+
+
+class Report(BaseModel):
+    """An org's compliance report: where its BAS cycles stand, its payment plans, alerts, obligations and the
+    balances of its designated accounts, as core reported them at `generated_at`. Money is 2-place strings."""
+
+    org_id: uuid.UUID
+    generated_at: datetime
+    bas_history: list[ReportCycle] = Field(
+        description=f"The current BAS cycle and earlier ones, newest first, at most {BAS_HISTORY_CYCLES}"
+    )
+    payment_plans: list[ReportPlan]
+    alerts: AlertSummary
+    obligations: ReportObligations
+    next_bas_due: date
+    designated_totals: DesignatedTotals
+
+
+def report_of(inputs: ReportInputs, now: datetime) -> Report:
+    """The report of core's `inputs`, generated at `now`."""
+    return Report(
+        org_id=uuid.UUID(inputs.org_id),
+        generated_at=now,
+        bas_history=inputs.cycles[:BAS_HISTORY_CYCLES],
+        payment_plans=inputs.payment_plans,
+        alerts=inputs.alerts,
+        obligations=inputs.obligations,
+        next_bas_due=inputs.obligations.next_bas_due,
+        designated_totals=inputs.designated_totals,
+    )
+
+
+def _no_control_characters(text: str) -> str:
+    # Category Cc: C0 and C1 controls and DEL. A tag is shown in listings and file names; a newline or an escape
+    # sequence in one would forge lines in a terminal or a log.
+    if any(unicodedata.category(character) == "Cc" for character in text):
+        raise ValueError("must not contain control characters")
+    return text
+
+
+Tag = Annotated[
+    str,
+    StringConstraints(strict=True, min_length=1, max_length=TAG_MAX_CHARS),
+    AfterValidator(_no_control_characters),
+]
+
+
+class NewPack(BaseModel):
+    """`POST /compliance/evidence`: an optional tag of 1-100 characters to find the pack by (free text)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tag: Tag | None = None
+
+
+class AuditHead(BaseModel):
+    """The newest record of the org's audit chain when the pack was made; seq 0 and GENESIS_HASH for none."""
+
+    seq: int
+    hash: str
+
+
+def audit_head(newest_first: Sequence[AuditRecord]) -> AuditHead:
+    """The head of a chain from its records read newest first (so the pack's rows and its head agree)."""
+    if not newest_first:
+        return AuditHead(seq=0, hash=GENESIS_HASH)
+    return AuditHead(seq=newest_first[0].seq, hash=newest_first[0].hash)
+
+
+def chain_time(moment: datetime) -> str:
+    """`moment` in the form the audit chain hashes it ("2026-11-27T21:55:37.000000Z")."""
+    # canonical_json writes a datetime as a JSON string of that form: its text without the quotes.
+    return canonical_json(moment).decode()[1:-1]
+
+
+class PackAuditRecord(BaseModel):
+    """One audit row as stored, every column (see `shared.audit` for how `hash` is computed from them)."""
+
+    org_id: uuid.UUID
+    seq: int
+    at: str
+    actor: str
+    action: str
+    target: str
+    request_id: str | None
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+def pack_audit_record(record: AuditRecord) -> PackAuditRecord:
+    return PackAuditRecord(
+        org_id=record.org_id,
+        seq=record.seq,
+        at=chain_time(record.at),
+        actor=record.actor,
+        action=record.action,
+        target=record.target,
+        request_id=record.request_id,
+        detail=dict(record.detail),
+        prev_hash=record.prev_hash,
+        hash=record.hash,
+    )
+
+
+class PackSnapshot(BaseModel):
+    id: uuid.UUID
+    taken_at: datetime
+    taken_by: str
+    body: dict[str, Any]
+
+
+def pack_snapshot(row: SnapshotRow) -> PackSnapshot:
+    return PackSnapshot(id=row.id, taken_at=row.taken_at, taken_by=row.taken_by, body=row.body)
+
+
+class PackPayload(BaseModel):
+    """The signed document of an evidence pack. Everything a verifier trusts is in here: which pack and org it is,
+    when and by whom it was made, and the audit chain head it anchors."""
+
+    format: str = PACK_FORMAT
+    id: uuid.UUID
+    org_id: uuid.UUID
+    created_at: datetime
+    created_by: str
+    tag: str | None
+    audit_head: AuditHead
+    report: Report
+    obligations: ReportObligations
+    alerts: list[AlertView] = Field(description="The org's newest alerts, open and resolved, without notes")
+    audit: list[PackAuditRecord] = Field(description=f"The org's {PACK_AUDIT_RECORDS} newest audit records")
+    snapshots: list[PackSnapshot] = Field(description=f"The org's {PACK_SNAPSHOTS} newest monitoring snapshots")
+
+
+def payload_bytes(payload: PackPayload) -> bytes:
+    """The payload's one encoding: its JSON form (money strings, ISO dates) as RFC 8785 canonical JSON."""
+    document: Mapping[str, Any] = payload.model_dump(mode="json")
+    return canonical_json(document)
