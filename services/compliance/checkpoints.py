@@ -1,0 +1,278 @@
+"""Signed checkpoints of each org's audit chain head, taken on a schedule and on demand.
+
+    POST /audit/checkpoints   admin, auditor: a checkpoint of the caller's org now (201), or the one that already
+                              covers its head (200); audited as `audit.checkpoint`
+    GET  /audit/checkpoints   admin, auditor: the org's checkpoints, newest head first (cursor)
+
+A plain hash chain can be recomputed by anyone who can write the database; a checkpoint is the org's head (seq and
+hash) and the hashes of the records since the previous checkpoint (`services.compliance.anchors`), signed with the
+evidence key, so `/audit/verify` catches history rewritten after it was taken, and names the rewritten record.
+
+The schedule (`schedule`, every AUDIT_CHECKPOINT_INTERVAL_S, 0 = off) checkpoints every org whose head no
+checkpoint covers yet; orgs come from audit.records by a skip scan in batches (`store.heads`). One replica works
+at a time (a session advisory lock, tried, not waited for). Scheduled checkpoints write no audit record: it would
+move every org's head, so every run would checkpoint every org again, forever. An on-demand checkpoint is audited
+like any change, after it is inserted, so it covers the head before its own record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.compliance.anchors import MAX_CHECKPOINT_ROWS, checkpoint_payload
+from services.compliance.config import ComplianceSettings
+from services.compliance.deps import compliance_deps
+from services.compliance.keys import EvidenceKeys
+from services.compliance.seq_cursor import decode_seq_cursor, encode_seq_cursor
+from services.compliance.store import heads
+from services.compliance.store.checkpoints import Checkpoint, insert_checkpoint, latest_checkpoint
+from shared import audit
+from shared.app import Runtime
+from shared.authz import guard
+from shared.crypto import SecretBox
+from shared.db import Database
+from shared.errors import ApiError
+from shared.log import get_logger
+from shared.metrics import timed_job
+from shared.negotiation import JSON_MEDIA_TYPE
+from shared.openapi import documented
+from shared.pagination import PageQuery
+from shared.roles import Role
+from shared.tokens import Principal
+from shared.validation import parse_query
+
+__all__ = [
+    "CHECKPOINTERS",
+    "CHECKPOINT_LOCK",
+    "FIRST_RUN_DELAY_S",
+    "CheckpointView",
+    "Taken",
+    "checkpoint_moved_heads",
+    "create_checkpoint",
+    "list_checkpoints",
+    "run_schedule",
+    "schedule",
+    "take_checkpoint",
+]
+
+log = get_logger(__name__)
+
+CHECKPOINTERS: tuple[Role, ...] = ("admin", "auditor")
+SCHEDULED_ACTOR = "system"
+# The one-key session advisory lock of the scheduled run ('APGCKPT'): a replica that cannot take it skips the run.
+CHECKPOINT_LOCK = 0x41_50_47_43_4B_50_54
+# The first scheduled run comes this soon after start-up (or after one interval, if shorter): a service restarted
+# more often than the interval must still checkpoint.
+FIRST_RUN_DELAY_S = 30.0
+ACQUIRE_TIMEOUT_S = 10.0
+CHECKPOINT_TASK = "audit-checkpoints"
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A checkpoint of the head, and whether this call made it (False: one already covered the head)."""
+
+    checkpoint: Checkpoint
+    created: bool
+
+
+async def _rows_up_to(conn: asyncpg.Connection, org_id: uuid.UUID, after: int, head: int) -> list[audit.AuditRecord]:
+    rows: list[audit.AuditRecord] = []
+    async for row in audit.records(conn, org_id, after_seq=after, batch_rows=MAX_CHECKPOINT_ROWS):
+        if row.seq > head:  # written after the head was read
+            break
+        rows.append(row)
+    return rows
+
+
+async def take_checkpoint(conn: asyncpg.Connection, keys: EvidenceKeys, org_id: uuid.UUID, actor: str) -> Taken | None:
+    """A signed checkpoint of the org's head now, stored; the existing one when a checkpoint already covers that
+    seq; None when the org has no audit records."""
+    head = await audit.last_record(conn, org_id)
+    if head is None:
+        return None
+    previous = await latest_checkpoint(conn, org_id)
+    if previous is not None and previous.seq == head.seq:
+        return Taken(previous, created=False)
+    covered = previous.seq if previous is not None and previous.seq < head.seq else 0
+    rows = await _rows_up_to(conn, org_id, max(covered, head.seq - MAX_CHECKPOINT_ROWS), head.seq)
+    checkpoint_id, created_at = uuid.uuid4(), datetime.now(UTC)
+    signed = await keys.sign(checkpoint_payload(checkpoint_id, org_id, created_at, actor, head, rows))
+    checkpoint = Checkpoint(
+        id=checkpoint_id,
+        org_id=org_id,
+        created_at=created_at,
+        created_by=actor,
+        seq=head.seq,
+        hash=head.hash,
+        payload=signed.payload,
+        sha256=signed.sha256,
+        signature=signed.signature,
+        key_id=signed.key_id,
+    )
+    if await insert_checkpoint(conn, checkpoint):
+        return Taken(checkpoint, created=True)
+    existing = await heads.checkpoint_at(conn, org_id, head.seq)  # another caller took it a moment ago
+    assert existing is not None, "the insert conflicted on (org_id, seq), so the row exists"
+    return Taken(existing, created=False)
+
+
+# --- the schedule -------------------------------------------------------------------------------------------------
+
+
+async def checkpoint_moved_heads(conn: asyncpg.Connection, keys: EvidenceKeys) -> int | None:
+    """Checkpoint every org whose head no checkpoint covers, on `conn`; the number taken, or None when another
+    replica holds the run's lock."""
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", CHECKPOINT_LOCK):
+        return None
+    taken = 0
+    try:
+        after: uuid.UUID | None = None
+        while batch := await heads.org_ids_after(conn, after):
+            for org_id in await heads.uncovered_heads(conn, batch):
+                result = await take_checkpoint(conn, keys, org_id, SCHEDULED_ACTOR)
+                taken += result is not None and result.created
+            after = batch[-1]
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", CHECKPOINT_LOCK)
+    return taken
+
+
+async def run_schedule(db: Database, keys: EvidenceKeys, interval_s: float) -> None:
+    """Forever: a round of `checkpoint_moved_heads` every `interval_s` (the first after FIRST_RUN_DELAY_S at
+    most), timed as the job "checkpoint". A failed round is logged and the next one comes as usual."""
+    delay = min(interval_s, FIRST_RUN_DELAY_S)
+    while True:
+        await asyncio.sleep(delay)
+        delay = interval_s
+        try:
+            with timed_job("checkpoint"):
+                async with db.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                    taken = await checkpoint_moved_heads(conn, keys)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("audit_checkpoints_failed", error=type(exc).__name__, message=str(exc))
+            continue
+        if taken is None:
+            log.info("audit_checkpoints_skipped", reason="another replica holds the lock")
+        else:
+            log.info("audit_checkpoints", taken=taken)
+
+
+def schedule(runtime: Runtime, settings: ComplianceSettings) -> None:
+    """Register the start-up and shut-down hooks of the scheduled checkpoints (none when the interval is 0)."""
+    if settings.checkpoint_interval_s <= 0:
+        return
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(rt: Runtime) -> None:
+        assert rt.db is not None
+        keys = EvidenceKeys(rt.db.pool, SecretBox(settings.require_master_key()))
+        tasks.append(
+            asyncio.create_task(run_schedule(rt.db, keys, settings.checkpoint_interval_s), name=CHECKPOINT_TASK)
+        )
+
+    async def stop(_: Runtime) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    runtime.on_startup.append(start)
+    runtime.on_shutdown.append(stop)
+
+
+# --- the routes ---------------------------------------------------------------------------------------------------
+
+
+class CheckpointView(BaseModel):
+    id: uuid.UUID
+    org_id: uuid.UUID
+    seq: int
+    hash: str
+    sha256: str
+    signature: str
+    key_id: str
+    created_at: datetime
+    created_by: str
+
+    @classmethod
+    def of(cls, checkpoint: Checkpoint) -> CheckpointView:
+        return cls(
+            id=checkpoint.id,
+            org_id=checkpoint.org_id,
+            seq=checkpoint.seq,
+            hash=checkpoint.hash,
+            sha256=checkpoint.sha256,
+            signature=checkpoint.signature,
+            key_id=checkpoint.key_id,
+            created_at=checkpoint.created_at,
+            created_by=checkpoint.created_by,
+        )
+
+
+class CheckpointPage(BaseModel):
+    items: list[CheckpointView]
+    next_cursor: str | None
+
+
+@documented(
+    "Take a signed checkpoint of the org's audit chain head now (200 with the existing one when it is covered)",
+    response=CheckpointView,
+    status=201,
+    tags=["audit"],
+)
+@guard(roles=CHECKPOINTERS)
+async def create_checkpoint(request: Request, principal: Principal) -> Response:
+    org_id = uuid.UUID(principal.org_id)
+    actor = audit.actor_of(principal)
+    keys = compliance_deps(request).keys
+    async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
+        taken = await take_checkpoint(conn, keys, org_id, actor)
+        if taken is None:
+            raise ApiError("conflict", "The organisation has no audit records to checkpoint yet")
+        if taken.created:
+            checkpoint = taken.checkpoint
+            detail: dict[str, Any] = {
+                "id": str(checkpoint.id),
+                "seq": checkpoint.seq,
+                "hash": checkpoint.hash,
+                "sha256": checkpoint.sha256,
+                "key_id": checkpoint.key_id,
+            }
+            await audit.append(
+                conn,
+                org_id=org_id,
+                actor=actor,
+                action="audit.checkpoint",
+                target=f"audit_checkpoint:{checkpoint.id}",
+                detail=detail,
+            )
+    body = CheckpointView.of(taken.checkpoint).model_dump_json()
+    return Response(body, status_code=201 if taken.created else 200, media_type=JSON_MEDIA_TYPE)
+
+
+@documented("List the org's signed audit checkpoints, newest head first", response=CheckpointPage, tags=["audit"])
+@guard(roles=CHECKPOINTERS)
+async def list_checkpoints(request: Request, principal: Principal) -> Response:
+    query = parse_query(request.query_params, PageQuery)
+    org_id = uuid.UUID(principal.org_id)
+    bound_to = b"audit-checkpoints"
+    before = decode_seq_cursor(query.cursor, bound_to) if query.cursor is not None else None
+    async with request.app.state.runtime.db.pool.acquire() as conn:
+        rows = await heads.page_checkpoints(conn, org_id, before, query.limit + 1)
+    page, more = rows[: query.limit], len(rows) > query.limit
+    body = CheckpointPage(
+        items=[CheckpointView.of(row) for row in page],
+        next_cursor=encode_seq_cursor(page[-1].seq, bound_to) if more else None,
+    )
+    return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
