@@ -166,11 +166,12 @@ class Backup:
                 ) as response:
                     body = await read_bounded(response, MAX_DOCUMENT_BYTES, url)
                     status, reason = response.status, response.reason
+                    answered_id = response.headers.get(REQUEST_ID_HEADER, request_id)
             except TRANSPORT_ERRORS as error:
                 raise transport_failure(url, error) from None
             self.progress.update(task, completed=len(body))
             if not 200 <= status < 300:
-                raise FetchError(status_failure(self.target, call, status, reason, body, request_id))
+                raise FetchError(status_failure(self.target, call, status, reason, body, answered_id))
             try:
                 return orjson.loads(body)
             except orjson.JSONDecodeError:
@@ -194,8 +195,9 @@ class Backup:
                 async with self.http.get(url, headers=headers, timeout=deadline(EXPORT_TIMEOUT_S)) as response:
                     if not 200 <= response.status < 300:
                         body = await read_bounded(response, MAX_DOCUMENT_BYTES, url)
+                        answered_id = response.headers.get(REQUEST_ID_HEADER, request_id)
                         raise FetchError(
-                            status_failure(self.target, call, response.status, response.reason, body, request_id)
+                            status_failure(self.target, call, response.status, response.reason, body, answered_id)
                         )
                     self.progress.update(task, total=response.content_length)
                     size, first, last = 0, b"", b""

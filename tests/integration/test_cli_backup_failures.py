@@ -32,6 +32,7 @@ def send(status: int, body: bytes, *, length: int | None = None) -> Answer:
         handler.send_response(status)
         handler.send_header("content-type", "application/json")
         handler.send_header("content-length", str(len(body) if length is None else length))
+        handler.send_header("x-request-id", REQUEST_ID)
         handler.end_headers()
         handler.wfile.write(body)
 
@@ -110,7 +111,8 @@ def test_a_5xx_names_the_step_and_the_problem(tmp_path: Path, server: tuple[str,
     assert (code, out) == (1, "")
     assert (
         f"error: the server failed at the compliance report: GET {url}/compliance/report answered 503 "
-        "Service Unavailable: core is unavailable; try again later, or look up request ID"
+        f"Service Unavailable: core is unavailable; try again later, or look up request ID {REQUEST_ID} in the "
+        "services' logs"
     ) in err
     assert_no_file(tmp_path)
 
