@@ -187,11 +187,10 @@ async def sample_once(db: Database, sources: Mapping[str, str], reader: MetricsR
     """Read every source, store a sample of each that answered, and delete a batch of expired samples."""
     scrapes = await reader.read_all(sources)
     rows = [
-        samples.MetricSample(scrape.service, scrape.sampled.at, scrape.sampled.reading.requests,
-                             scrape.sampled.reading.errors_5xx)
+        samples.MetricSample(scrape.service, sampled.at, sampled.reading.requests, sampled.reading.errors_5xx)
         for scrape in scrapes
-        if scrape.sampled is not None
-    ]  # fmt: skip
+        if (sampled := scrape.sampled) is not None
+    ]
     async with db.pool.acquire(timeout=SAMPLER_ACQUIRE_TIMEOUT_S) as conn:
         await samples.insert_samples(conn, rows)
         await samples.delete_expired_samples(conn, datetime.now(UTC) - samples.SAMPLE_RETENTION)
@@ -297,12 +296,10 @@ def snapshot_body(inputs: ReportInputs, traffic: Traffic) -> SnapshotBody:
     )
 
 
-async def _traffic(
-    conn: asyncpg.Connection, sources: Mapping[str, str], scrapes: list[Scrape], since: datetime
-) -> Traffic:
+async def _traffic(conn: asyncpg.Connection, scrapes: list[Scrape], since: datetime) -> Traffic:
     """Each scrape against its service's baseline sample (taken before `since`, when the scrapes began, so never
     after the reading it is compared with)."""
-    found = await samples.baselines(conn, list(sources), since, SNAPSHOT_WINDOW)
+    found = await samples.baselines(conn, [scrape.service for scrape in scrapes], since, SNAPSHOT_WINDOW)
     return summarise(
         [
             ServiceReading(
@@ -338,7 +335,7 @@ async def create_snapshot(request: Request, principal: Principal) -> Response:
         async with MetricsReader() as reader:
             scrapes = await reader.read_all(sources)
         async with pool.acquire() as conn:
-            traffic = await _traffic(conn, sources, scrapes, since)
+            traffic = await _traffic(conn, scrapes, since)
             view = SnapshotView(
                 id=uuid.uuid4(), taken_at=datetime.now(UTC), taken_by=actor, body=snapshot_body(inputs, traffic)
             )
