@@ -1,9 +1,11 @@
 """`GET /compliance/report` through real auth, core and compliance processes: the figures of an org with bank lines
 and alerts (posted through core's API) are core's own, every role may read it, the time is recorded in
-`apgms_job_duration_seconds{job="report"}`, and a core that is down is a quick 502 problem, never a 500 or a hang."""
+`apgms_job_duration_seconds{job="report"}`, a core that is down is a quick 502 problem (and a pack then stores
+nothing), one that never answers a 504 at the deadline: never a 500 or a hang."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -13,9 +15,10 @@ import pytest
 from auth_support import Org, call
 from compliance_support import start_compliance
 from core2_support import insert_alert
-from core_support import StartService, new_line, post_line, role_tokens
+from core_support import StartService, connect, new_line, post_line, role_tokens
 from test_core_internal import service_token
 
+from services.compliance.core_client import CORE_CALL_DEADLINE_S
 from services.core.evaluation import current_cycle
 from shared.roles import ROLES
 
@@ -123,3 +126,38 @@ async def test_core_down_is_a_quick_upstream_problem(
     assert failure["path"] == f"/internal/orgs/{org.id}/report-inputs"
     # Timed all the same: a job that fails is part of what the histogram shows.
     assert job_count(await metrics_of(http, stack.compliance.url), "report") == 2
+
+    # A pack needs core too: the same problem, and nothing stored, not even an audit record.
+    async with connect(database_url) as conn:
+        records = await conn.fetchval("SELECT count(*) FROM audit.records WHERE org_id = $1", org.id)
+    status, problem, _ = await call(http, "POST", f"{stack.compliance.url}/compliance/evidence", token=tokens["admin"])
+    assert (status, problem["code"]) == (502, "upstream_unavailable")
+    async with connect(database_url) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM compliance.evidence_packs") == 0
+        assert await conn.fetchval("SELECT count(*) FROM audit.records WHERE org_id = $1", org.id) == records
+
+
+async def test_a_core_that_never_answers_is_a_504_at_the_deadline(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # read nothing, answer nothing
+
+    silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        stack = start_compliance(start_service, database_url, {"CORE_URL": f"http://127.0.0.1:{port}"})
+        tokens = await role_tokens(http, stack.core_stack, org)
+        started = time.monotonic()
+        status, problem, _ = await call(http, "GET", f"{stack.compliance.url}/compliance/report", token=tokens["admin"])
+        waited = time.monotonic() - started
+        assert (status, problem["code"]) == (504, "upstream_timeout")
+        assert CORE_CALL_DEADLINE_S <= waited < CORE_CALL_DEADLINE_S + QUICK_FAILURE_S
+        assert accepted, "compliance never called the stand-in core"
+    finally:
+        for writer in accepted:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
