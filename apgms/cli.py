@@ -16,6 +16,7 @@ from rich.table import Table
 
 from apgms import devstack
 from apgms.audit_cli import audit_app
+from apgms.backup import backup_app
 from apgms.common import (
     command_environ,
     console,
@@ -26,6 +27,7 @@ from apgms.common import (
     with_connection,
 )
 from apgms.devservers import DATABASE_ERRORS
+from apgms.evidence_cli import evidence_app
 from apgms.seed import (
     DEFAULT_RANDOM_SEED,
     DEMO_ORG_NAME,
@@ -67,6 +69,8 @@ clients_app = typer.Typer(no_args_is_help=True, help="OAuth2 API clients (client
 app.add_typer(clients_app, name="clients")
 pii_app = typer.Typer(no_args_is_help=True, help="PII data keys and their key-encryption key (KEK).")
 app.add_typer(pii_app, name="pii")
+app.add_typer(evidence_app, name="evidence")
+app.add_typer(backup_app, name="backup")
 
 
 @app.command()
