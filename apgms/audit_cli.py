@@ -1,18 +1,35 @@
-"""`apgms audit ...`: the audit trail, each org's hash chain."""
+"""`apgms audit ...`: the audit trail, each org's hash chain, and its signed checkpoints.
+
+`verify` checks the chain against every anchor the org's signed checkpoints and evidence packs record, with the
+public keys from compliance.evidence_keys (no master key needed): history rewritten after a checkpoint or pack
+was issued is caught even when every later hash was recomputed. `checkpoint` takes a signed checkpoint now (the
+master key opens the evidence signing key); like the compliance service's schedule, it writes no audit record.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
 import asyncpg
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from apgms.common import CONNECT_TIMEOUT_S, console, database_url, error_console, fail, unreachable
+from apgms.common import CONNECT_TIMEOUT_S, command_environ, console, database_url, error_console, fail, unreachable
 from apgms.devservers import DATABASE_ERRORS
-from shared.audit import VerifyResult, last_record, verify_org
+from services.compliance.anchors import AnchorSet, SignedDocument, collect_anchors
+from services.compliance.checkpoints import SCHEDULED_ACTOR, checkpoint_moved_heads, take_checkpoint
+from services.compliance.config import SERVICE_NAME as COMPLIANCE
+from services.compliance.keys import EvidenceKeys
+from services.compliance.signing import jwks_keys
+from services.compliance.store.checkpoints import org_checkpoints
+from services.compliance.store.keys import all_keys
+from services.compliance.store.packs import signed_packs
+from shared.audit import BrokenLink, VerifyResult, last_record, verify_org
+from shared.config import ConfigError, load_settings
+from shared.crypto import SecretBox
 
 __all__ = ["audit_app"]
 
@@ -22,34 +39,137 @@ audit_app = typer.Typer(no_args_is_help=True, help="The audit trail: each org's 
 PROGRESS_FROM_RECORDS = 10_000
 
 
-async def verify_chain(dsn: str, org_id: uuid.UUID) -> VerifyResult:
-    """`verify_org` over a connection of its own, with a progress bar on stderr for a long chain in a terminal."""
+@dataclass(frozen=True)
+class ChainCheck:
+    """The chain's verdict against the anchors of the org's signed checkpoints and packs that verified."""
+
+    result: VerifyResult
+    anchors: AnchorSet
+
+    @property
+    def checked(self) -> int:
+        return self.result.checked
+
+    @property
+    def broken(self) -> BrokenLink | None:
+        return self.result.broken
+
+
+async def org_anchors(connection: asyncpg.Connection, org_id: uuid.UUID) -> AnchorSet:
+    """The anchors of the org's checkpoints and packs whose own signature holds under the published keys."""
+    keys = jwks_keys({"keys": [row.public_jwk for row in await all_keys(connection)]})
+    documents = [
+        *(
+            SignedDocument("checkpoint", c.id, c.org_id, c.payload, c.sha256, c.signature, c.key_id)
+            for c in await org_checkpoints(connection, org_id)
+        ),
+        *(
+            SignedDocument("pack", p.id, p.org_id, p.payload, p.sha256, p.signature, p.key_id)
+            for p in await signed_packs(connection, org_id)
+        ),
+    ]
+    return collect_anchors(documents, keys)
+
+
+async def verify_chain(dsn: str, org_id: uuid.UUID) -> ChainCheck:
+    """`verify_org` against the org's anchors over a connection of its own, with a progress bar on stderr for a
+    long chain in a terminal."""
     connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     try:
+        anchors = await org_anchors(connection, org_id)
         last = await last_record(connection, org_id)
         total = last.seq if last is not None else 0
         show = error_console.is_terminal and total > PROGRESS_FROM_RECORDS
         columns = (TextColumn("Checking records"), BarColumn(), MofNCompleteColumn())
         with Progress(*columns, console=error_console, transient=True, disable=not show) as progress:
             task = progress.add_task("verify", total=total)
-            return await verify_org(
-                connection, org_id, progress=lambda checked: progress.update(task, completed=checked)
+            result = await verify_org(
+                connection,
+                org_id,
+                anchors=anchors.anchors,
+                progress=lambda checked: progress.update(task, completed=checked),
             )
+        return ChainCheck(result, anchors)
     finally:
         await connection.close()
 
 
 @audit_app.command("verify")
 def audit_verify(org: Annotated[uuid.UUID, typer.Option("--org", help="The org whose chain to check.")]) -> None:
-    """Recompute the org's audit chain from its first record; exit code 1 names the first broken link."""
+    """Recompute the org's audit chain from its first record and check it against every signed checkpoint and
+    evidence pack of the org; exit code 1 names the first broken link, or a checkpoint or pack that was tampered
+    with."""
     dsn = database_url()
     try:
-        result = asyncio.run(verify_chain(dsn, org))
+        check = asyncio.run(verify_chain(dsn, org))
     except DATABASE_ERRORS as error:
         fail(unreachable(dsn, error))
-    if result.broken is not None:
-        fail(
-            f"audit chain of org {org} is broken at record {result.broken.seq}: {result.broken.reason} "
-            f"({result.checked} record(s) before it check out)"
+    for invalid in check.anchors.invalid:
+        error_console.print(
+            f"{'signed checkpoint' if invalid.kind == 'checkpoint' else 'evidence pack'} {invalid.id} fails its own "
+            f"verification ({invalid.check}: {invalid.reason}); it is not used as an anchor",
+            markup=False,
+            soft_wrap=True,
         )
-    console.print(f"{result.checked} record(s) checked: the audit chain of org {org} is intact.", soft_wrap=True)
+    if check.broken is not None:
+        fail(
+            f"audit chain of org {org} is broken at record {check.broken.seq}: {check.broken.reason} "
+            f"({check.checked} record(s) before it check out)"
+        )
+    if check.anchors.invalid:
+        fail(
+            f"the audit chain of org {org} links, but {len(check.anchors.invalid)} signed anchor(s) were tampered with"
+        )
+    used = check.anchors.used
+    against = f" against {used} signed checkpoint(s) and pack(s)" if used else ""
+    console.print(
+        f"{check.checked} record(s) checked{against}: the audit chain of org {org} is intact.", soft_wrap=True
+    )
+
+
+async def checkpoint_now(dsn: str, box: SecretBox, org_id: uuid.UUID | None) -> int | None:
+    """A checkpoint of the org's head (`org_id`), or of every org whose head moved (None); the number taken, None
+    when the compliance service's scheduled run holds the lock."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, timeout=CONNECT_TIMEOUT_S)
+    try:
+        keys = EvidenceKeys(pool, box)
+        async with pool.acquire() as connection:
+            if org_id is None:
+                return await checkpoint_moved_heads(connection, keys)
+            taken = await take_checkpoint(connection, keys, org_id, SCHEDULED_ACTOR)
+            return 0 if taken is None or not taken.created else 1
+    finally:
+        await pool.close()
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    org: Annotated[uuid.UUID | None, typer.Option("--org", help="The org whose chain head to checkpoint.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Checkpoint every org whose head moved.")] = False,
+) -> None:
+    """Take a signed checkpoint of an org's audit chain head now (`--org`), or of every org whose head moved since
+    its last checkpoint (`--all`); no audit record is written, as for the scheduled checkpoints."""
+    if (org is None) == (not every):
+        fail("give exactly one of --org ID and --all")
+    environ = command_environ(master_key=True)
+    try:
+        settings = load_settings(COMPLIANCE, environ, master_key_required=True, service_client=False)
+    except ConfigError as error:
+        fail(str(error))
+    assert settings.database_url is not None
+    dsn = settings.database_url.reveal()
+    try:
+        taken = asyncio.run(checkpoint_now(dsn, SecretBox(settings.require_master_key()), org))
+    except DATABASE_ERRORS as error:
+        fail(unreachable(dsn, error))
+    if taken is None:
+        fail("the compliance service is taking its scheduled checkpoints right now; try again in a moment")
+    if org is not None:
+        console.print(
+            f"Checkpointed the audit chain head of org {org}."
+            if taken
+            else f"Nothing to do: org {org} has no audit records, or a checkpoint already covers its head.",
+            soft_wrap=True,
+        )
+    else:
+        console.print(f"Checkpointed {taken} org(s) whose audit chain head moved.", soft_wrap=True)
