@@ -103,15 +103,7 @@ class PackView(BaseModel):
 
     @classmethod
     def of(cls, pack: packs.PackSummary) -> PackView:
-        return cls(
-            id=pack.id,
-            org_id=pack.org_id,
-            created_at=pack.created_at,
-            created_by=pack.created_by,
-            tag=pack.tag,
-            sha256=pack.sha256,
-            key_id=pack.key_id,
-        )
+        return cls(**{name: getattr(pack, name) for name in cls.model_fields})
 
 
 class PackPage(BaseModel):
@@ -247,14 +239,8 @@ def wants_payload(accept: str | None) -> bool:
 
 def _export(pack: packs.Pack) -> Export:
     return Export(
-        id=pack.id,
-        org_id=pack.org_id,
-        created_at=pack.created_at,
-        created_by=pack.created_by,
-        tag=pack.tag,
-        sha256=pack.sha256,
+        **PackView.of(pack).model_dump(),
         signature=pack.signature,
-        key_id=pack.key_id,
         payload_base64=base64.b64encode(pack.payload).decode(),
     )
 
