@@ -84,11 +84,17 @@ def report_of(inputs: ReportInputs, now: datetime) -> Report:
     )
 
 
+# Characters a tag may not hold. Category Cc: C0 and C1 controls and DEL; Zl and Zp: the line and paragraph
+# separators; and the bidirectional controls, which reorder how the text around them is shown ("Trojan Source",
+# CVE-2021-42574). A tag is shown in listings, terminals and file names: a newline, an escape sequence or a
+# reordering in one would forge what a reader sees.
+REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _no_control_characters(text: str) -> str:
-    # Category Cc: C0 and C1 controls and DEL. A tag is shown in listings and file names; a newline or an escape
-    # sequence in one would forge lines in a terminal or a log.
-    if any(unicodedata.category(character) == "Cc" for character in text):
-        raise ValueError("must not contain control characters")
+    if any(unicodedata.category(ch) in REFUSED_CATEGORIES or ch in BIDI_CONTROLS for ch in text):
+        raise ValueError("must not contain control characters (line breaks, escapes, bidirectional controls)")
     return text
 
 

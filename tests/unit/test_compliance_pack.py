@@ -94,7 +94,7 @@ def test_the_report_is_cores_inputs_as_they_came() -> None:
     assert len(report_of(inputs(BAS_HISTORY_CYCLES + 2), NOW).bas_history) == BAS_HISTORY_CYCLES
 
 
-@pytest.mark.parametrize("tag", ["a", "x" * 100, "Q3 review — café ✓", "tab-free text"])
+@pytest.mark.parametrize("tag", ["a", "x" * 100, "Q3 review — café ✓", "\U0001f469\u200d\U0001f4bb team"])
 def test_good_tags(tag: str) -> None:
     assert validate(NewPack, {"tag": tag}).tag == tag
 
@@ -109,6 +109,9 @@ def test_good_tags(tag: str) -> None:
         {"tag": "\x1b[2J"},
         {"tag": "del\x7f"},
         {"tag": "nel\x85"},
+        {"tag": "line\u2028separator"},
+        {"tag": "evil\u202etxt.exe"},
+        {"tag": "isolate\u2066x\u2069"},
         {"tag": 7},
         {"tag": True},
         {"tag": ["a"]},
