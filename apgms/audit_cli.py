@@ -19,14 +19,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from apgms.common import CONNECT_TIMEOUT_S, command_environ, console, database_url, error_console, fail, unreachable
 from apgms.devservers import DATABASE_ERRORS
-from services.compliance.anchors import AnchorSet, SignedDocument, collect_anchors
+from services.compliance.anchors import AnchorSet
+from services.compliance.audit_trail import org_anchors
 from services.compliance.checkpoints import SCHEDULED_ACTOR, checkpoint_moved_heads, take_checkpoint
 from services.compliance.config import SERVICE_NAME as COMPLIANCE
 from services.compliance.keys import EvidenceKeys
 from services.compliance.signing import jwks_keys
-from services.compliance.store.checkpoints import org_checkpoints
 from services.compliance.store.keys import all_keys
-from services.compliance.store.packs import signed_packs
 from shared.audit import BrokenLink, VerifyResult, last_record, verify_org
 from shared.config import ConfigError, load_settings
 from shared.crypto import SecretBox
@@ -55,28 +54,13 @@ class ChainCheck:
         return self.result.broken
 
 
-async def org_anchors(connection: asyncpg.Connection, org_id: uuid.UUID) -> AnchorSet:
-    """The anchors of the org's checkpoints and packs whose own signature holds under the published keys."""
-    keys = jwks_keys({"keys": [row.public_jwk for row in await all_keys(connection)]})
-    documents = [
-        *(
-            SignedDocument("checkpoint", c.id, c.org_id, c.payload, c.sha256, c.signature, c.key_id)
-            for c in await org_checkpoints(connection, org_id)
-        ),
-        *(
-            SignedDocument("pack", p.id, p.org_id, p.payload, p.sha256, p.signature, p.key_id)
-            for p in await signed_packs(connection, org_id)
-        ),
-    ]
-    return collect_anchors(documents, keys)
-
-
 async def verify_chain(dsn: str, org_id: uuid.UUID) -> ChainCheck:
     """`verify_org` against the org's anchors over a connection of its own, with a progress bar on stderr for a
     long chain in a terminal."""
     connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     try:
-        anchors = await org_anchors(connection, org_id)
+        keys = jwks_keys({"keys": [row.public_jwk for row in await all_keys(connection)]})
+        anchors = await org_anchors(connection, org_id, keys)
         last = await last_record(connection, org_id)
         total = last.seq if last is not None else 0
         show = error_console.is_terminal and total > PROGRESS_FROM_RECORDS

@@ -17,9 +17,12 @@ per verification would move the head that checkpoints cover.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 from starlette.requests import Request
@@ -31,6 +34,7 @@ from services.compliance.seq_cursor import decode_seq_cursor, encode_seq_cursor
 from services.compliance.store.audit import AuditFilters, page_records
 from services.compliance.store.checkpoints import org_checkpoints
 from services.compliance.store.packs import signed_packs
+from services.core.models import view_of
 from shared import audit
 from shared.authz import guard
 from shared.canonical import canonical_json
@@ -41,7 +45,7 @@ from shared.roles import Role
 from shared.tokens import Principal
 from shared.validation import parse_query
 
-__all__ = ["AUDIT_READERS", "AuditPage", "AuditQuery", "ChainVerdict", "list_records", "verify_chain"]
+__all__ = ["AUDIT_READERS", "AuditPage", "AuditQuery", "ChainVerdict", "list_records", "org_anchors", "verify_chain"]
 
 AUDIT_READERS: tuple[Role, ...] = ("admin", "auditor")
 MAX_ACTOR_CHARS = 160
@@ -101,7 +105,7 @@ class AuditRecordView(BaseModel):
 
     @classmethod
     def of(cls, record: audit.AuditRecord) -> AuditRecordView:
-        return cls(**{name: getattr(record, name) for name in cls.model_fields})
+        return view_of(cls, record)
 
 
 class AuditPage(BaseModel):
@@ -165,6 +169,21 @@ class ChainVerdict(BaseModel):
         )
 
 
+async def org_anchors(conn: asyncpg.Connection, org_id: uuid.UUID, keys: Mapping[str, Ed25519PublicKey]) -> AnchorSet:
+    """The anchors of the org's signed checkpoints and packs whose own digest and signature hold under `keys`."""
+    documents = [
+        *(
+            SignedDocument("checkpoint", c.id, c.org_id, c.payload, c.sha256, c.signature, c.key_id)
+            for c in await org_checkpoints(conn, org_id)
+        ),
+        *(
+            SignedDocument("pack", p.id, p.org_id, p.payload, p.sha256, p.signature, p.key_id)
+            for p in await signed_packs(conn, org_id)
+        ),
+    ]
+    return collect_anchors(documents, keys)
+
+
 @documented("List the org's audit records, newest first", response=AuditPage, tags=["audit"])
 @guard(roles=AUDIT_READERS)
 async def list_records(request: Request, principal: Principal) -> Response:
@@ -193,17 +212,7 @@ async def verify_chain(request: Request, principal: Principal) -> Response:
     keys = await compliance_deps(request).keys.public_keys()
     pool = request.app.state.runtime.db.pool
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        documents = [
-            *(
-                SignedDocument("checkpoint", c.id, c.org_id, c.payload, c.sha256, c.signature, c.key_id)
-                for c in await org_checkpoints(conn, org_id)
-            ),
-            *(
-                SignedDocument("pack", p.id, p.org_id, p.payload, p.sha256, p.signature, p.key_id)
-                for p in await signed_packs(conn, org_id)
-            ),
-        ]
-        anchors = collect_anchors(documents, keys)
+        anchors = await org_anchors(conn, org_id, keys)
         head = await audit.last_record(conn, org_id)
         result = await audit.verify_org(conn, org_id, anchors=anchors.anchors)
     return Response(ChainVerdict.of(org_id, head, result, anchors).model_dump_json(), media_type=JSON_MEDIA_TYPE)
