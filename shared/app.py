@@ -7,16 +7,18 @@ a counted, logged 500 problem) → Starlette's routing.
 
 The `Runtime` holds what the process shares: the pool, Redis, a token verifier per audience (user tokens and
 service tokens, one JWKS cache), and the `ServiceClient` a service calls the others with, built from its
-SERVICE_CLIENT_SECRET. A service with a database also runs the cleanup of expired idempotency records in the
-background (`shared.idempotency.run_cleanup`), from start-up to shutdown.
+SERVICE_CLIENT_SECRET. `Runtime.run_in_background` runs a service's long-lived work (a sampler, a schedule) as a
+task from start-up to shutdown; a service with a database runs the cleanup of expired idempotency records that way
+(`shared.idempotency.run_cleanup`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -35,6 +37,7 @@ from shared.db import Database
 from shared.errors import EXCEPTION_HANDLERS, ErrorBoundaryMiddleware
 from shared.health import Check, Health
 from shared.idempotency import run_cleanup
+from shared.log import get_logger
 from shared.metrics import MetricsMiddleware, metrics_endpoint
 from shared.openapi import openapi_document
 from shared.ratelimit import make_backend
@@ -46,6 +49,7 @@ from shared.types import ASGIApp
 __all__ = [
     "API_VERSION",
     "IDEMPOTENCY_CLEANUP_TASK",
+    "Background",
     "Hook",
     "Runtime",
     "build_runtime",
@@ -58,6 +62,10 @@ API_VERSION = "0.1.0"
 IDEMPOTENCY_CLEANUP_TASK = "idempotency-cleanup"
 
 Hook = Callable[["Runtime"], Awaitable[None]]
+# What `Runtime.run_in_background` runs: given the started runtime, the coroutine of the task.
+Background = Callable[["Runtime"], Coroutine[Any, Any, None]]
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -94,6 +102,27 @@ class Runtime:
             raise RuntimeError(f"{self.settings.service} has no service client: set SERVICE_CLIENT_SECRET")
         return self.service_client
 
+    def run_in_background(self, name: str, start: Background) -> None:
+        """Run `start(runtime)` as the task `name` from start-up to shutdown: a start-up hook creates it (after the
+        pool is open, so `start` may use `runtime.db`), a shutdown hook cancels it and waits for it to end. A task
+        that ended early, returned or failed, does not hold up shutdown; a failure is logged when it happens, as
+        `background_task_failed` with the task's name, since nothing else awaits the task until then."""
+        tasks: list[asyncio.Task[None]] = []
+
+        async def start_task(runtime: Runtime) -> None:
+            task = asyncio.create_task(start(runtime), name=name)
+            task.add_done_callback(_log_failure)
+            tasks.append(task)
+
+        async def stop_task(_: Runtime) -> None:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            tasks.clear()
+
+        self.on_startup.append(start_task)
+        self.on_shutdown.append(stop_task)
+
     async def close(self) -> None:
         """The shutdown hooks (last registered first), then Redis and the pool. Done once: a second caller
         waits for the same work to finish."""
@@ -108,6 +137,11 @@ class Runtime:
             await self.redis.aclose()
         if self.db is not None:
             await self.db.close()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("background_task_failed", task=task.get_name(), error=type(error).__name__, message=str(error))
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -156,18 +190,7 @@ def build_runtime(settings: Settings) -> Runtime:
     runtime.on_shutdown.append(close_jwks_session)
     if db is not None:
         database = db
-        cleanup: list[asyncio.Task[None]] = []
-
-        async def start_idempotency_cleanup(_: Runtime) -> None:
-            cleanup.append(asyncio.create_task(run_cleanup(database), name=IDEMPOTENCY_CLEANUP_TASK))
-
-        async def stop_idempotency_cleanup(_: Runtime) -> None:
-            for task in cleanup:
-                task.cancel()
-            await asyncio.gather(*cleanup, return_exceptions=True)
-
-        runtime.on_startup.append(start_idempotency_cleanup)
-        runtime.on_shutdown.append(stop_idempotency_cleanup)
+        runtime.run_in_background(IDEMPOTENCY_CLEANUP_TASK, lambda _: run_cleanup(database))
     if service_client is not None:
         caller = service_client
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -170,25 +171,17 @@ async def run_schedule(db: Database, keys: EvidenceKeys, interval_s: float) -> N
 
 
 def schedule(runtime: Runtime, settings: ComplianceSettings) -> None:
-    """Register the start-up and shut-down hooks of the scheduled checkpoints (none when the interval is 0)."""
+    """Run the scheduled checkpoints from start-up to shutdown (`Runtime.run_in_background`); none when the interval
+    is 0."""
     if settings.checkpoint_interval_s <= 0:
         return
-    tasks: list[asyncio.Task[None]] = []
 
-    async def start(rt: Runtime) -> None:
+    def checkpoints(rt: Runtime) -> Coroutine[Any, Any, None]:
         assert rt.db is not None
         keys = EvidenceKeys(rt.db.pool, SecretBox(settings.require_master_key()))
-        tasks.append(
-            asyncio.create_task(run_schedule(rt.db, keys, settings.checkpoint_interval_s), name=CHECKPOINT_TASK)
-        )
+        return run_schedule(rt.db, keys, settings.checkpoint_interval_s)
 
-    async def stop(_: Runtime) -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    runtime.on_startup.append(start)
-    runtime.on_shutdown.append(stop)
+    runtime.run_in_background(CHECKPOINT_TASK, checkpoints)
 
 
 # --- the routes ---------------------------------------------------------------------------------------------------

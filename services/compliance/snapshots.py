@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -211,20 +212,13 @@ async def run_sampler(db: Database, settings: ComplianceSettings) -> None:
 
 
 def schedule_sampling(runtime: Runtime, settings: ComplianceSettings) -> None:
-    """Register the start-up hook that starts the sampler and the shutdown hook that cancels and awaits it."""
-    tasks: list[asyncio.Task[None]] = []
+    """Run the sampler from start-up to shutdown (`Runtime.run_in_background`)."""
 
-    async def start(rt: Runtime) -> None:
+    def sampler(rt: Runtime) -> Coroutine[Any, Any, None]:
         assert rt.db is not None
-        tasks.append(asyncio.create_task(run_sampler(rt.db, settings), name=SAMPLER_TASK))
+        return run_sampler(rt.db, settings)
 
-    async def stop(_: Runtime) -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    runtime.on_startup.append(start)
-    runtime.on_shutdown.append(stop)
+    runtime.run_in_background(SAMPLER_TASK, sampler)
 
 
 # --- the snapshot -------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +20,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from shared.app import build_service_app
+from shared.app import Runtime, build_runtime, build_service_app
 from shared.config import load_settings
 from shared.errors import ApiError
+from shared.log import capture_logs
 from shared.openapi import documented
 from shared.validation import parse_body
 
@@ -399,3 +402,73 @@ def test_body_over_the_limit_is_a_413(client: TestClient) -> None:
     assert_problem(response, 413, "payload_too_large")
     fits = client.post("/small", json={"payee": "A", "amount_cents": 1})
     assert fits.status_code == 200
+
+
+# Background tasks (Runtime.run_in_background)
+
+
+def test_a_background_task_starts_with_the_app_and_is_cancelled_and_awaited_at_shutdown(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, log_stream: io.StringIO
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings("auth", environ={"APGMS_ENV": "test"}, database_required=False)
+    runtime = build_runtime(settings)
+    seen: list[str] = []
+    running = threading.Event()
+
+    async def work(given: Runtime) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        seen.append(f"started by {given.settings.service}, named {task.get_name()}")
+        running.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        seen.append("slept an hour")  # never: shutdown cancels it
+
+    runtime.run_in_background("test-work", work)
+    app = build_service_app(settings, title="APGMS test service", runtime=runtime)
+    assert seen == []  # registering starts nothing
+    with TestClient(app) as client:
+        assert running.wait(5)
+        assert client.get("/health").status_code == 200
+        assert seen == ["started by auth, named test-work"]
+    # TestClient's exit runs the lifespan's shutdown: the task was cancelled and awaited before it returned.
+    assert seen == ["started by auth, named test-work", "cancelled"]
+
+
+async def test_a_background_task_that_failed_is_logged_once_and_does_not_hold_up_shutdown(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    runtime = build_runtime(load_settings("auth", environ={"APGMS_ENV": "test"}, database_required=False))
+
+    async def broken(_: Runtime) -> None:
+        raise RuntimeError("the sampler lost its source")
+
+    async def finished(_: Runtime) -> None:
+        return None
+
+    runtime.run_in_background("test-broken", broken)
+    runtime.run_in_background("test-finished", finished)
+    with capture_logs() as logs:
+        for hook in runtime.on_startup:
+            await hook(runtime)
+        ours = [task for task in asyncio.all_tasks() if task.get_name() in {"test-broken", "test-finished"}]
+        assert len(ours) == 2
+        await asyncio.wait(ours)
+        await asyncio.sleep(0)  # the done callbacks run on the next loop pass
+        await asyncio.wait_for(runtime.close(), timeout=5)
+    failures = [entry for entry in logs if entry["event"] == "background_task_failed"]
+    assert failures == [
+        {
+            "event": "background_task_failed",
+            "log_level": "error",
+            "task": "test-broken",
+            "error": "RuntimeError",
+            "message": "the sampler lost its source",
+        }
+    ]
+    assert all(task.done() for task in ours)
