@@ -17,17 +17,17 @@ import asyncpg
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from apgms.common import CONNECT_TIMEOUT_S, command_environ, console, database_url, error_console, fail, unreachable
+from apgms.common import CONNECT_TIMEOUT_S, command_environ, console, error_console, fail, unreachable
 from apgms.devservers import DATABASE_ERRORS
 from services.compliance.anchors import AnchorSet
 from services.compliance.audit_trail import org_anchors
 from services.compliance.checkpoints import SCHEDULED_ACTOR, checkpoint_moved_heads, take_checkpoint
 from services.compliance.config import SERVICE_NAME as COMPLIANCE
-from services.compliance.keys import EvidenceKeys
+from services.compliance.keys import EvidenceKeys, genuine_keys
 from services.compliance.signing import jwks_keys
 from services.compliance.store.keys import all_keys
 from shared.audit import BrokenLink, VerifyResult, last_record, verify_org
-from shared.config import ConfigError, load_settings
+from shared.config import ConfigError, Env, load_settings
 from shared.crypto import SecretBox
 
 __all__ = ["audit_app"]
@@ -54,12 +54,23 @@ class ChainCheck:
         return self.result.broken
 
 
-async def verify_chain(dsn: str, org_id: uuid.UUID) -> ChainCheck:
+async def verify_chain(dsn: str, org_id: uuid.UUID, box: SecretBox | None = None) -> ChainCheck:
     """`verify_org` against the org's anchors over a connection of its own, with a progress bar on stderr for a
-    long chain in a terminal."""
+    long chain in a terminal. With `box` (the master key) only this deployment's own evidence keys are trusted
+    (`services.compliance.keys.genuine_keys`); without it, every key in the table is."""
     connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     try:
-        keys = jwks_keys({"keys": [row.public_jwk for row in await all_keys(connection)]})
+        rows = await all_keys(connection)
+        if box is not None:
+            rows, untrusted = genuine_keys(rows, box)
+            for kid in untrusted:
+                error_console.print(
+                    f"evidence key {kid} is not one of this deployment's keys (its private key does not open under "
+                    "the master key); nothing it signed is trusted",
+                    markup=False,
+                    soft_wrap=True,
+                )
+        keys = jwks_keys({"keys": [row.public_jwk for row in rows]})
         anchors = await org_anchors(connection, org_id, keys)
         last = await last_record(connection, org_id)
         total = last.seq if last is not None else 0
@@ -83,9 +94,24 @@ def audit_verify(org: Annotated[uuid.UUID, typer.Option("--org", help="The org w
     """Recompute the org's audit chain from its first record and check it against every signed checkpoint and
     evidence pack of the org; exit code 1 names the first broken link, or a checkpoint or pack that was tampered
     with."""
-    dsn = database_url()
+    environ = command_environ(master_key=True)
     try:
-        check = asyncio.run(verify_chain(dsn, org))
+        settings = load_settings(COMPLIANCE, environ, master_key_required=False, service_client=False)
+        master_key = Env(environ).master_key("APGMS_MASTER_KEY", required=False)
+    except ConfigError as error:
+        fail(str(error))
+    assert settings.database_url is not None
+    dsn = settings.database_url.reveal()
+    if master_key is None:
+        error_console.print(
+            "APGMS_MASTER_KEY is not set: the evidence keys in the database are trusted as they are (a database "
+            "writer could have added one); set it to check them",
+            markup=False,
+            soft_wrap=True,
+        )
+    box = SecretBox(master_key) if master_key is not None else None
+    try:
+        check = asyncio.run(verify_chain(dsn, org, box))
     except DATABASE_ERRORS as error:
         fail(unreachable(dsn, error))
     for invalid in check.anchors.invalid:

@@ -4,8 +4,15 @@ published (a pack must verify for as long as anyone keeps it).
 Rotation (`apgms evidence rotate-key`) retires the active key and adds a new one in one transaction. Unlike token
 keys, nothing needs publishing ahead: a signature is checked when someone asks, against the JWKS as it is then,
 and the new key is in it from the moment it signs. Private keys are sealed with the master key
-(`shared.crypto.SecretBox`, associated data the kid), like auth's token signing keys. Every process re-reads the
-keys at most every KEY_CACHE_TTL_S, so a rotation made by the CLI or another replica is picked up without a restart.
+(`shared.crypto.SecretBox`, associated data the kid), like auth's token signing keys.
+
+A key row is trusted only when its sealed private key opens under the master key and matches its public key
+(`genuine_keys`). Whoever can write the table but lacks the master key could otherwise insert a key pair of their
+own and sign forged packs and checkpoints that `/verify` and `/audit/verify` would accept, and that the JWKS would
+publish; such a row (or a genuine row whose public key was altered) is left out of everything, and logged.
+
+Every process re-reads the keys at most every KEY_CACHE_TTL_S, so a rotation made by the CLI or another replica is
+picked up without a restart.
 """
 
 from __future__ import annotations
@@ -21,13 +28,34 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from services.compliance.signing import Signed, jwks_keys, public_jwk, sign
 from services.compliance.store import keys as store
-from shared.crypto import SecretBox
+from shared.crypto import SealError, SecretBox
+from shared.errors import ApiError
+from shared.log import get_logger
 
-__all__ = ["FIRST_KEY_LOCK", "KEY_CACHE_TTL_S", "EvidenceKeys", "add_active_key", "rotate"]
+__all__ = ["FIRST_KEY_LOCK", "KEY_CACHE_TTL_S", "EvidenceKeys", "add_active_key", "genuine_keys", "rotate"]
 
 KEY_CACHE_TTL_S = 5.0
+UNTRUSTED_KEY_EVENT = "evidence_key_untrusted"
+
+log = get_logger(__name__)
 # Any fixed number; serialises "create the first key" between replicas starting together.
 FIRST_KEY_LOCK = 0x41_50_47_45_56_4B
+
+
+def _opened_private(row: store.KeyRow, box: SecretBox) -> Ed25519PrivateKey | None:
+    """The row's private key when it opens under the master key and matches the row's public key, else None."""
+    try:
+        key = Ed25519PrivateKey.from_private_bytes(box.open(row.private_sealed, row.kid.encode()))
+    except (SealError, ValueError):
+        return None
+    return key if public_jwk(key.public_key(), row.kid) == row.public_jwk else None
+
+
+def genuine_keys(rows: list[store.KeyRow], box: SecretBox) -> tuple[list[store.KeyRow], list[str]]:
+    """The rows that are this deployment's own keys (their private key opens under the master key and matches the
+    public key they publish), in their order, and the kids of the others."""
+    genuine = [row for row in rows if _opened_private(row, box) is not None]
+    return genuine, [row.kid for row in rows if row not in genuine]
 
 
 def new_kid() -> str:
@@ -76,18 +104,25 @@ class EvidenceKeys:
             if not any(row.status == "active" for row in rows):
                 await self._ensure_active(conn)
                 rows = await store.all_keys(conn)
-        self._rows = rows
-        self._public = jwks_keys({"keys": [row.public_jwk for row in rows]})
+        genuine, untrusted = genuine_keys(rows, self._box)
+        for kid in untrusted:
+            log.error("security_event", **{"security.event": UNTRUSTED_KEY_EVENT}, kid=kid)
+        self._rows = genuine
+        self._public = jwks_keys({"keys": [row.public_jwk for row in genuine]})
         self._loaded_at = time.monotonic()
 
     async def sign(self, payload: bytes) -> Signed:
-        """`payload` signed by the active key."""
+        """`payload` signed by the active key; 503 when the active row is not one of this deployment's keys (the
+        table was tampered with: an operator rotates the key, `apgms evidence rotate-key`, after looking)."""
         await self._load()
-        row = next(row for row in self._rows if row.status == "active")
+        row = next((row for row in self._rows if row.status == "active"), None)
+        if row is None:
+            raise ApiError("service_unavailable", "The evidence signing key failed its integrity check")
         key = self._opened.get(row.kid)
         if key is None:
-            raw = self._box.open(row.private_sealed, row.kid.encode())
-            key = self._opened[row.kid] = Ed25519PrivateKey.from_private_bytes(raw)
+            key = self._opened[row.kid] = Ed25519PrivateKey.from_private_bytes(
+                self._box.open(row.private_sealed, row.kid.encode())
+            )
         return sign(payload, key, row.kid)
 
     async def public_keys(self) -> dict[str, Ed25519PublicKey]:

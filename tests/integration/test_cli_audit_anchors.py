@@ -8,10 +8,15 @@ import dataclasses
 import uuid
 
 import asyncpg
+import orjson
 import pytest
 from cli_support import run_cli
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.compliance.signing import public_jwk, sign
 from shared import audit
+from shared.config import Secret, new_master_key
+from shared.crypto import SecretBox
 
 ORG = uuid.UUID("7d7a6b0e-5c1f-4a39-9a57-0f3c2b1e8d44")
 OTHER_ORG = uuid.UUID("0b9f3e2a-1c4d-4e8f-8a6b-2d5c7e9f1a30")
@@ -93,6 +98,36 @@ async def test_a_recomputed_rewrite_fails_verify_once_a_checkpoint_covers_it(
     assert code == 1
     assert "fails its own verification (sha256: the payload does not hash to the recorded sha256)" in one_line(err)
     assert "signed anchor(s) were tampered with" in one_line(err)
+
+
+async def test_a_checkpoint_re_signed_with_a_key_inserted_without_the_master_key_is_not_trusted(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    await write_chain(conn, ORG)
+    code, _, err = await run_cli(database_url, "audit", "checkpoint", "--org", str(ORG))
+    assert code == 0, err
+    # A database writer adds a key pair of their own (sealed under a master key that is not the deployment's) and
+    # re-signs the checkpoint with it: the signature is valid for that key, but the key is not ours.
+    forged, kid = Ed25519PrivateKey.generate(), "ev-forged-0001"
+    await conn.execute(
+        "INSERT INTO compliance.evidence_keys (kid, public_jwk, private_sealed, status, retired_at) "
+        "VALUES ($1, $2::text::jsonb, $3, 'retired', now())",
+        kid,
+        orjson.dumps(public_jwk(forged.public_key(), kid)).decode(),
+        SecretBox(Secret(new_master_key())).seal(forged.private_bytes_raw(), kid.encode()),
+    )
+    payload = await conn.fetchval("SELECT payload FROM compliance.audit_checkpoints WHERE org_id = $1", ORG)
+    signed = sign(payload, forged, kid)
+    await conn.execute(
+        "UPDATE compliance.audit_checkpoints SET signature = $2, key_id = $3 WHERE org_id = $1",
+        ORG,
+        signed.signature,
+        kid,
+    )
+    code, out, err = await run_cli(database_url, "audit", "verify", "--org", str(ORG))
+    assert code == 1, out
+    assert f"evidence key {kid} is not one of this deployment's keys" in one_line(err)
+    assert f"key: key '{kid}' is not among the published evidence keys" in one_line(err)
 
 
 @pytest.mark.parametrize("args", [(), ("--all", "--org", str(ORG))])
