@@ -1,5 +1,9 @@
 """Opaque keyset cursors: `{"items": [...], "next_cursor": ...}` pages, newest or oldest first by (time, id).
 
+A listing reads `limit + 1` rows past the cursor; `page_of` cuts the page and makes the next cursor from its last
+row's key only when that extra row came back, so the last page has `next_cursor: null` without a second query. The
+key is the listing's own: a (time, id) `encode_cursor`, or another scheme (the audit seq cursors of compliance).
+
 `QueryInt` is an integer as a query string spells it: ASCII digits only. Pydantic's lax `int` would also take
 `+5`, ` 5`, `1_0`, `5.0` and `05`, each a second spelling of one value that a cache, a log or a signed cursor then sees
 as different; `limit` is one.
@@ -11,8 +15,9 @@ import base64
 import binascii
 import re
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -28,7 +33,10 @@ __all__ = [
     "QueryInt",
     "decode_cursor",
     "encode_cursor",
+    "page_of",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -59,6 +67,15 @@ class PageQuery(BaseModel):
 
     cursor: str | None = Field(default=None, max_length=MAX_CURSOR_CHARS)
     limit: QueryInt = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+
+
+def page_of(rows: Sequence[T], limit: int, key: Callable[[T], str]) -> tuple[list[T], str | None]:
+    """The page in `rows` (read with a limit of `limit + 1`) and the cursor of the next one: `key` of the page's
+    last row when a row past the page came back, else None."""
+    if limit < 1:
+        raise ValueError(f"a page holds at least one row, not {limit}")
+    page = list(rows[:limit])
+    return page, key(page[-1]) if len(rows) > limit else None
 
 
 def encode_cursor(at: datetime, row_id: uuid.UUID) -> str:

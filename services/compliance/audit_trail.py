@@ -40,7 +40,7 @@ from shared.authz import guard
 from shared.canonical import canonical_json
 from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
-from shared.pagination import PageQuery
+from shared.pagination import PageQuery, page_of
 from shared.roles import Role
 from shared.tokens import Principal
 from shared.validation import parse_query
@@ -193,11 +193,8 @@ async def list_records(request: Request, principal: Principal) -> Response:
     before = decode_seq_cursor(query.cursor, bound_to) if query.cursor is not None else None
     async with request.app.state.runtime.db.pool.acquire() as conn:
         rows = await page_records(conn, org_id, query.filters(), before, query.limit + 1)
-    page, more = rows[: query.limit], len(rows) > query.limit
-    body = AuditPage(
-        items=[AuditRecordView.of(row) for row in page],
-        next_cursor=encode_seq_cursor(page[-1].seq, bound_to) if more else None,
-    )
+    page, next_cursor = page_of(rows, query.limit, lambda record: encode_seq_cursor(record.seq, bound_to))
+    body = AuditPage(items=[AuditRecordView.of(row) for row in page], next_cursor=next_cursor)
     return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 

@@ -46,7 +46,7 @@ from shared.log import get_logger
 from shared.metrics import timed_job
 from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
-from shared.pagination import PageQuery
+from shared.pagination import PageQuery, page_of
 from shared.roles import Role
 from shared.tokens import Principal
 from shared.validation import parse_query
@@ -263,9 +263,6 @@ async def list_checkpoints(request: Request, principal: Principal) -> Response:
     before = decode_seq_cursor(query.cursor, bound_to) if query.cursor is not None else None
     async with request.app.state.runtime.db.pool.acquire() as conn:
         rows = await heads.page_checkpoints(conn, org_id, before, query.limit + 1)
-    page, more = rows[: query.limit], len(rows) > query.limit
-    body = CheckpointPage(
-        items=[CheckpointView.of(row) for row in page],
-        next_cursor=encode_seq_cursor(page[-1].seq, bound_to) if more else None,
-    )
+    page, next_cursor = page_of(rows, query.limit, lambda checkpoint: encode_seq_cursor(checkpoint.seq, bound_to))
+    body = CheckpointPage(items=[CheckpointView.of(row) for row in page], next_cursor=next_cursor)
     return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)

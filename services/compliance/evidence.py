@@ -55,7 +55,7 @@ from shared.idempotency import idempotent
 from shared.metrics import timed_job
 from shared.negotiation import JSON_MEDIA_TYPE, parse_accept
 from shared.openapi import documented
-from shared.pagination import PageQuery, decode_cursor, encode_cursor
+from shared.pagination import PageQuery, decode_cursor, encode_cursor, page_of
 from shared.roles import ROLES, Role
 from shared.tokens import Principal
 from shared.validation import parse_query, path_uuid
@@ -211,11 +211,8 @@ async def list_packs(request: Request, principal: Principal) -> Response:
     org_id = uuid.UUID(principal.org_id)
     async with request.app.state.runtime.db.pool.acquire() as conn:
         rows = await packs.page_packs(conn, org_id, after, query.limit + 1)
-    page, more = rows[: query.limit], len(rows) > query.limit
-    body = PackPage(
-        items=[PackView.of(row) for row in page],
-        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None,
-    )
+    page, next_cursor = page_of(rows, query.limit, lambda pack: encode_cursor(pack.created_at, pack.id))
+    body = PackPage(items=[PackView.of(row) for row in page], next_cursor=next_cursor)
     return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 

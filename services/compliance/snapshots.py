@@ -54,7 +54,7 @@ from shared.log import get_logger
 from shared.metrics import timed_job
 from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
-from shared.pagination import PageQuery, decode_cursor, encode_cursor
+from shared.pagination import PageQuery, decode_cursor, encode_cursor, page_of
 from shared.roles import ROLES
 from shared.tokens import Principal
 from shared.validation import parse_query
@@ -365,9 +365,6 @@ async def list_snapshots(request: Request, principal: Principal) -> Response:
     org_id = uuid.UUID(principal.org_id)
     async with request.app.state.runtime.db.pool.acquire() as conn:
         rows = await page_snapshots(conn, org_id, after, query.limit + 1)
-    page, more = rows[: query.limit], len(rows) > query.limit
-    body = SnapshotPage(
-        items=[SnapshotView.of(row) for row in page],
-        next_cursor=encode_cursor(page[-1].taken_at, page[-1].id) if more else None,
-    )
+    page, next_cursor = page_of(rows, query.limit, lambda snapshot: encode_cursor(snapshot.taken_at, snapshot.id))
+    body = SnapshotPage(items=[SnapshotView.of(row) for row in page], next_cursor=next_cursor)
     return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
