@@ -6,7 +6,8 @@ package writes them; this module only maps our types onto JSON first:
 
     None, bool, int, str     as themselves (ints outside +/-(2**53 - 1) are refused by JCS)
     Decimal                  its money string, `"1234.50"`: a Decimal that is not money is `MoneyError`
-    datetime                 `"2026-11-27T21:55:37.000000Z"`: UTC, always microseconds; a naive one is `ValueError`
+    datetime                 `"2026-11-27T21:55:37.000000Z"`: UTC, always microseconds (`utc_text`); a naive one
+                             is `ValueError`
     UUID                     `"7d7a...-..."`, the lower-case hyphenated form
     Mapping (str keys)       an object;  list, tuple: an array
 
@@ -26,7 +27,7 @@ import rfc8785
 
 from shared.money import format_money
 
-__all__ = ["canonical_json"]
+__all__ = ["canonical_json", "utc_text"]
 
 JsonValue: TypeAlias = "bool | int | str | list[JsonValue] | dict[str, JsonValue] | None"
 
@@ -43,9 +44,7 @@ def _to_json(value: object) -> JsonValue:
     if isinstance(value, Decimal):
         return format_money(value)
     if isinstance(value, datetime):
-        if value.utcoffset() is None:
-            raise ValueError(f"canonical JSON needs an aware datetime, got the naive {value.isoformat()}")
-        return _utc_text(value)
+        return utc_text(value)
     if isinstance(value, UUID):
         return str(value)
     if isinstance(value, Mapping):
@@ -57,9 +56,12 @@ def _to_json(value: object) -> JsonValue:
     raise TypeError(f"canonical JSON cannot encode {type(value).__qualname__}")
 
 
-def _utc_text(moment: datetime) -> str:
-    # Fixed width (microseconds even when zero, "Z" not "+00:00") so a timestamp read back from PostgreSQL, which
-    # keeps microseconds, encodes exactly as it did before it was stored.
+def utc_text(moment: datetime) -> str:
+    """`moment` as canonical JSON writes it, without the quotes: `2026-11-27T21:55:37.000000Z`. Fixed width
+    (microseconds even when zero, "Z" not "+00:00") so a timestamp read back from PostgreSQL, which keeps
+    microseconds, is spelled exactly as it was before it was stored. `ValueError` for a naive datetime."""
+    if moment.utcoffset() is None:
+        raise ValueError(f"canonical JSON needs an aware datetime, got the naive {moment.isoformat()}")
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 

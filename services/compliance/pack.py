@@ -27,7 +27,7 @@ from services.core.accounts import DesignatedTotals
 from services.core.alerts import AlertView
 from services.core.internal import AlertSummary, ReportCycle, ReportInputs, ReportObligations, ReportPlan
 from shared.audit import GENESIS_HASH, AuditRecord
-from shared.canonical import canonical_json
+from shared.canonical import canonical_json, utc_text
 
 __all__ = [
     "BAS_HISTORY_CYCLES",
@@ -129,8 +129,7 @@ def audit_head(newest_first: Sequence[AuditRecord]) -> AuditHead:
 
 def chain_time(moment: datetime) -> str:
     """`moment` in the form the audit chain hashes it ("2026-11-27T21:55:37.000000Z")."""
-    # canonical_json writes a datetime as a JSON string of that form: its text without the quotes.
-    return canonical_json(moment).decode()[1:-1]
+    return utc_text(moment)
 
 
 class PackAuditRecord(BaseModel):

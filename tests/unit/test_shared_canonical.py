@@ -15,7 +15,7 @@ import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.canonical import canonical_json
+from shared.canonical import canonical_json, utc_text
 from shared.money import MoneyError
 
 # RFC 8785 section 3.2.2: the example of JCS's string and number rules, input and canonical output as printed.
@@ -130,6 +130,23 @@ def test_an_instant_has_one_spelling_whatever_its_zone() -> None:
 def test_a_naive_datetime_is_refused() -> None:
     with pytest.raises(ValueError, match="aware datetime"):
         canonical_json({"at": datetime(2026, 1, 2, 3, 4, 5)})
+    with pytest.raises(ValueError, match="aware datetime"):
+        utc_text(datetime(2026, 1, 2, 3, 4, 5))
+
+
+@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.timezones()))
+def test_utc_text_is_the_canonical_json_string_of_an_instant_without_its_quotes(moment: datetime) -> None:
+    text = utc_text(moment)
+    assert canonical_json(moment) == f'"{text}"'.encode()
+    assert len(text) == len("2026-01-02T03:04:05.000000Z") and text.endswith("Z")
+    assert datetime.fromisoformat(text) == moment
+
+
+def test_utc_text_spells_whole_seconds_with_microseconds_and_other_zones_in_utc() -> None:
+    assert utc_text(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000000Z"
+    assert utc_text(datetime(2026, 1, 2, 14, 4, 5, 7, tzinfo=timezone(timedelta(hours=11)))) == (
+        "2026-01-02T03:04:05.000007Z"
+    )
 
 
 @pytest.mark.parametrize("amount", [Decimal("1.5"), Decimal("1.500"), Decimal("NaN"), Decimal("1E+13")])
