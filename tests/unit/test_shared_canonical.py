@@ -134,7 +134,11 @@ def test_a_naive_datetime_is_refused() -> None:
         utc_text(datetime(2026, 1, 2, 3, 4, 5))
 
 
-@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.timezones()))
+FIXED_ZONES = st.builds(timezone, st.timedeltas(min_value=timedelta(hours=-23), max_value=timedelta(hours=23)))
+
+
+# Fixed offsets: a zone's DST gap has wall times that name no instant, which compare unequal to any.
+@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=FIXED_ZONES))
 def test_utc_text_is_the_canonical_json_string_of_an_instant_without_its_quotes(moment: datetime) -> None:
     text = utc_text(moment)
     assert canonical_json(moment) == f'"{text}"'.encode()
