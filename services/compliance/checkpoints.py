@@ -35,7 +35,13 @@ from services.compliance.deps import compliance_deps
 from services.compliance.keys import EvidenceKeys
 from services.compliance.seq_cursor import decode_seq_cursor, encode_seq_cursor
 from services.compliance.store import heads
-from services.compliance.store.checkpoints import Checkpoint, insert_checkpoint, latest_checkpoint
+from services.compliance.store.checkpoints import (
+    Checkpoint,
+    checkpoint_at,
+    insert_checkpoint,
+    latest_checkpoint,
+    page_checkpoints,
+)
 from shared import audit
 from shared.app import Runtime
 from shared.authz import guard
@@ -122,7 +128,7 @@ async def take_checkpoint(conn: asyncpg.Connection, keys: EvidenceKeys, org_id: 
     )
     if await insert_checkpoint(conn, checkpoint):
         return Taken(checkpoint, created=True)
-    existing = await heads.checkpoint_at(conn, org_id, head.seq)  # another caller took it a moment ago
+    existing = await checkpoint_at(conn, org_id, head.seq)  # another caller took it a moment ago
     assert existing is not None, "the insert conflicted on (org_id, seq), so the row exists"
     return Taken(existing, created=False)
 
@@ -262,7 +268,7 @@ async def list_checkpoints(request: Request, principal: Principal) -> Response:
     bound_to = b"audit-checkpoints"
     before = decode_seq_cursor(query.cursor, bound_to) if query.cursor is not None else None
     async with request.app.state.runtime.db.pool.acquire() as conn:
-        rows = await heads.page_checkpoints(conn, org_id, before, query.limit + 1)
+        rows = await page_checkpoints(conn, org_id, before, query.limit + 1)
     page, next_cursor = page_of(rows, query.limit, lambda checkpoint: encode_seq_cursor(checkpoint.seq, bound_to))
     body = CheckpointPage(items=[CheckpointView.of(row) for row in page], next_cursor=next_cursor)
     return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)

@@ -8,7 +8,15 @@ from datetime import datetime
 
 import asyncpg
 
-__all__ = ["CHECKPOINT_COLUMNS", "Checkpoint", "insert_checkpoint", "latest_checkpoint", "org_checkpoints"]
+__all__ = [
+    "CHECKPOINT_COLUMNS",
+    "Checkpoint",
+    "checkpoint_at",
+    "insert_checkpoint",
+    "latest_checkpoint",
+    "org_checkpoints",
+    "page_checkpoints",
+]
 
 CHECKPOINT_COLUMNS = "id, org_id, created_at, created_by, seq, hash, payload, sha256, signature, key_id"
 
@@ -56,6 +64,30 @@ async def latest_checkpoint(conn: asyncpg.Connection, org_id: uuid.UUID) -> Chec
         org_id,
     )
     return None if row is None else _checkpoint(row)
+
+
+async def checkpoint_at(conn: asyncpg.Connection, org_id: uuid.UUID, seq: int) -> Checkpoint | None:
+    """The org's checkpoint of `seq`, if one was taken."""
+    row = await conn.fetchrow(
+        f"SELECT {CHECKPOINT_COLUMNS} FROM compliance.audit_checkpoints WHERE org_id = $1 AND seq = $2",
+        org_id,
+        seq,
+    )
+    return None if row is None else _checkpoint(row)
+
+
+async def page_checkpoints(
+    conn: asyncpg.Connection, org_id: uuid.UUID, before_seq: int | None, limit: int
+) -> list[Checkpoint]:
+    """The org's checkpoints newest head first, below `before_seq` (None: from the newest), at most `limit`."""
+    rows = await conn.fetch(
+        f"SELECT {CHECKPOINT_COLUMNS} FROM compliance.audit_checkpoints "
+        "WHERE org_id = $1 AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
+        org_id,
+        before_seq,
+        limit,
+    )
+    return [_checkpoint(row) for row in rows]
 
 
 async def org_checkpoints(conn: asyncpg.Connection, org_id: uuid.UUID) -> list[Checkpoint]:

@@ -1,5 +1,5 @@
-"""Reads for the audit checkpoints: which orgs have a chain, whose head no checkpoint covers yet, one org's
-checkpoint of a given seq, and the org's checkpoints a page at a time (`store.checkpoints` writes them)."""
+"""Reads of the orgs' audit chain heads for the scheduled checkpoints: which orgs have a chain, and whose head no
+checkpoint covers yet (`store.checkpoints` reads and writes the checkpoints themselves)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import uuid
 
 import asyncpg
 
-from services.compliance.store.checkpoints import CHECKPOINT_COLUMNS, Checkpoint
-
-__all__ = ["ORG_BATCH", "checkpoint_at", "org_ids_after", "page_checkpoints", "uncovered_heads"]
+__all__ = ["ORG_BATCH", "org_ids_after", "uncovered_heads"]
 
 # Orgs read per round trip of the scheduled checkpoints: a batch of skip-scan steps, each an index probe.
 ORG_BATCH = 200
@@ -39,10 +37,6 @@ ORDER BY o.org_id
 NIL_ORG = uuid.UUID(int=0)
 
 
-def _checkpoint(row: asyncpg.Record) -> Checkpoint:
-    return Checkpoint(**dict(row.items()))
-
-
 async def org_ids_after(conn: asyncpg.Connection, after: uuid.UUID | None, limit: int = ORG_BATCH) -> list[uuid.UUID]:
     """Up to `limit` orgs with audit records, in id order, after `after` (None: from the first)."""
     rows = await conn.fetch(_ORGS_AFTER, after or NIL_ORG, limit, timeout=READ_TIMEOUT_S)
@@ -53,26 +47,3 @@ async def uncovered_heads(conn: asyncpg.Connection, org_ids: list[uuid.UUID]) ->
     """Those of `org_ids` whose last audit record has no checkpoint of its seq (the head moved since the last)."""
     rows = await conn.fetch(_UNCOVERED, org_ids, timeout=READ_TIMEOUT_S)
     return [row["org_id"] for row in rows]
-
-
-async def checkpoint_at(conn: asyncpg.Connection, org_id: uuid.UUID, seq: int) -> Checkpoint | None:
-    row = await conn.fetchrow(
-        f"SELECT {CHECKPOINT_COLUMNS} FROM compliance.audit_checkpoints WHERE org_id = $1 AND seq = $2",
-        org_id,
-        seq,
-    )
-    return None if row is None else _checkpoint(row)
-
-
-async def page_checkpoints(
-    conn: asyncpg.Connection, org_id: uuid.UUID, before_seq: int | None, limit: int
-) -> list[Checkpoint]:
-    """The org's checkpoints newest head first, below `before_seq` (None: from the newest), at most `limit`."""
-    rows = await conn.fetch(
-        f"SELECT {CHECKPOINT_COLUMNS} FROM compliance.audit_checkpoints "
-        "WHERE org_id = $1 AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
-        org_id,
-        before_seq,
-        limit,
-    )
-    return [_checkpoint(row) for row in rows]
