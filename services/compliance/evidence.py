@@ -152,8 +152,6 @@ async def create_pack(request: Request, principal: Principal) -> Response:
     with timed_job(PACK_JOB):
         report, inputs = await build_report(request, org_id)
         alerts = await core_client.newest_alerts(request, org_id)
-        # Loaded now, so that signing inside the transaction finds them cached and needs no second connection.
-        await keys.public_keys()
         async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
 
             async def create() -> Response:
@@ -172,7 +170,7 @@ async def create_pack(request: Request, principal: Principal) -> Response:
                     audit=[pack_audit_record(record) for record in records],
                     snapshots=[pack_snapshot(row) for row in snapshots],
                 )
-                signed = await keys.sign(payload_bytes(payload))
+                signed = await keys.sign(payload_bytes(payload), conn)
                 pack = packs.Pack(
                     id=payload.id,
                     org_id=org_id,

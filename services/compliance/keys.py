@@ -35,6 +35,8 @@ from shared.log import get_logger
 __all__ = ["FIRST_KEY_LOCK", "KEY_CACHE_TTL_S", "EvidenceKeys", "add_active_key", "genuine_keys", "rotate"]
 
 KEY_CACHE_TTL_S = 5.0
+# A reload by a caller without a connection of its own waits at most this long for one.
+KEY_LOAD_ACQUIRE_TIMEOUT_S = 5.0
 UNTRUSTED_KEY_EVENT = "evidence_key_untrusted"
 
 log = get_logger(__name__)
@@ -90,20 +92,30 @@ class EvidenceKeys:
         self._public: dict[str, Ed25519PublicKey] = {}
         self._opened: dict[str, Ed25519PrivateKey] = {}
 
+    async def _read(self, conn: asyncpg.Connection) -> list[store.KeyRow]:
+        rows = await store.all_keys(conn)
+        if not any(row.status == "active" for row in rows):
+            await self._ensure_active(conn)
+            rows = await store.all_keys(conn)
+        return rows
+
     async def _ensure_active(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", FIRST_KEY_LOCK)
             if not any(row.status == "active" for row in await store.all_keys(conn)):
                 await add_active_key(conn, self._box)
 
-    async def _load(self, *, force: bool = False) -> None:
+    async def _load(self, conn: asyncpg.Connection | None = None, *, force: bool = False) -> None:
+        """Re-read the keys when the cache is older than KEY_CACHE_TTL_S (or `force`), on `conn` when the caller
+        holds one: taking a second pool connection while holding one would, with enough such callers at once,
+        leave the pool empty and every one of them waiting for good."""
         if not force and self._rows and time.monotonic() - self._loaded_at < KEY_CACHE_TTL_S:
             return
-        async with self._pool.acquire() as conn:
-            rows = await store.all_keys(conn)
-            if not any(row.status == "active" for row in rows):
-                await self._ensure_active(conn)
-                rows = await store.all_keys(conn)
+        if conn is None:
+            async with self._pool.acquire(timeout=KEY_LOAD_ACQUIRE_TIMEOUT_S) as own:
+                rows = await self._read(own)
+        else:
+            rows = await self._read(conn)
         genuine, untrusted = genuine_keys(rows, self._box)
         for kid in untrusted:
             log.error("security_event", **{"security.event": UNTRUSTED_KEY_EVENT}, kid=kid)
@@ -111,10 +123,11 @@ class EvidenceKeys:
         self._public = jwks_keys({"keys": [row.public_jwk for row in genuine]})
         self._loaded_at = time.monotonic()
 
-    async def sign(self, payload: bytes) -> Signed:
+    async def sign(self, payload: bytes, conn: asyncpg.Connection | None = None) -> Signed:
         """`payload` signed by the active key; 503 when the active row is not one of this deployment's keys (the
-        table was tampered with: an operator rotates the key, `apgms evidence rotate-key`, after looking)."""
-        await self._load()
+        table was tampered with: an operator rotates the key, `apgms evidence rotate-key`, after looking). A caller
+        holding a pool connection passes it as `conn`, so that a reload of the keys does not take a second one."""
+        await self._load(conn)
         row = next((row for row in self._rows if row.status == "active"), None)
         if row is None:
             raise ApiError("service_unavailable", "The evidence signing key failed its integrity check")
