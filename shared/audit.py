@@ -4,7 +4,8 @@
     next_record       the record that follows `prev` in its org's chain (seq + 1, linked, hashed)
     verify(rows)      VerifyResult: how many rows hold, and the first broken link (its seq and why), optionally
                       against anchors: links recorded outside the table
-    ChainVerifier     the same check fed a row at a time, for rows read in batches
+    ChainVerifier     the same check fed a row at a time, for rows read in batches; with `after`, of the segment
+                      that follows a link known to hold (a signed checkpoint's head), not of the whole chain
 
 The hash, so that a verifier outside this code can recompute it (`chain_hash`):
 
@@ -48,7 +49,8 @@ The asyncpg adapter, over `audit.records` (shared/sql/0001_audit.sql, which refu
 
     append(conn, ...)          the org's next record, inserted in the caller's transaction, or `AuditFailed`
     records(conn, org_id)      the org's rows in seq order, read in bounded batches
-    verify_org(conn, org_id)   `verify` over `records`, for chains too long to hold in memory
+    verify_org(conn, org_id)   `verify` over `records`, for chains too long to hold in memory (`after=`: the rows
+                               after a known link only)
 
 `append` serialises an org's writers with a transaction-scoped advisory lock, `pg_advisory_xact_lock(AUDIT_LOCK_CLASS,
 hashtext(org_id::text))`: the two-key form, which PostgreSQL keeps apart from the one-key locks (migrations, the
@@ -236,7 +238,8 @@ class BrokenLink:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """`checked` rows hold, in order from seq 1; `broken` is the first link that does not, or None."""
+    """`checked` rows hold, in order from seq 1 (or from the row after `after`); `broken` is the first link that
+    does not, or None."""
 
     checked: int
     broken: BrokenLink | None
@@ -319,13 +322,17 @@ def next_record(
 
 
 def verify(
-    rows: Iterable[AuditRecord], *, anchor: Anchor | None = None, anchors: Iterable[Anchor] = ()
+    rows: Iterable[AuditRecord],
+    *,
+    after: Anchor | None = None,
+    anchor: Anchor | None = None,
+    anchors: Iterable[Anchor] = (),
 ) -> VerifyResult:
-    """Check one org's rows, given in seq order from seq 1; stop at the first broken link. A row is reported at
-    the seq its position should hold: an edited row at its own, a deleted one at its seq (the gap), rows out of
-    order at the first misplaced position. With `anchor` and `anchors`, the chain must reach each and hold its hash
-    there."""
-    verifier = ChainVerifier(anchor=anchor, anchors=anchors)
+    """Check one org's rows, given in seq order from seq 1 (with `after`, from the row after it); stop at the first
+    broken link. A row is reported at the seq its position should hold: an edited row at its own, a deleted one at
+    its seq (the gap), rows out of order at the first misplaced position. With `anchor` and `anchors`, the chain
+    must reach each and hold its hash there."""
+    verifier = ChainVerifier(after=after, anchor=anchor, anchors=anchors)
     for row in rows:
         if not verifier.add(row):
             break
@@ -334,9 +341,15 @@ def verify(
 
 class ChainVerifier:
     """`verify` a row at a time, for rows read in batches (`verify_org`): `add` each in seq order from seq 1
-    until it returns False, then take `result()`. Holds one link's state and the anchors, never the rows."""
+    until it returns False, then take `result()`. Holds one link's state and the anchors, never the rows.
 
-    def __init__(self, *, anchor: Anchor | None = None, anchors: Iterable[Anchor] = ()) -> None:
+    `after` is a link known to hold, checked earlier or signed (a checkpoint's head seq and hash): the rows then
+    start at its seq + 1, the first linking from its hash, and only that segment is checked; the rows up to it are
+    taken on trust, and an anchor at or below its seq is not looked at. None: from seq 1 and GENESIS_HASH."""
+
+    def __init__(
+        self, *, after: Anchor | None = None, anchor: Anchor | None = None, anchors: Iterable[Anchor] = ()
+    ) -> None:
         self._anchors: dict[int, list[Anchor]] = {}
         for each in (*anchors, *((anchor,) if anchor is not None else ())):
             if each.seq < FIRST_SEQ:  # a head before any record (seq 0) anchors nothing
@@ -346,8 +359,10 @@ class ChainVerifier:
                 at_seq.append(each)
         self._org_id: uuid.UUID | None = None
         self._expected_seq, self._expected_prev, self._checked = FIRST_SEQ, GENESIS_HASH, 0
-        # The highest seq an anchor confirmed so far (0: none; the genesis link needs none).
+        # The highest seq an anchor confirmed so far (0: none; the genesis link needs none). A known start counts.
         self._last_anchored = 0
+        if after is not None:
+            self._expected_seq, self._expected_prev, self._last_anchored = after.seq + 1, after.hash, after.seq
         self._broken: BrokenLink | None = None
 
     @property
@@ -556,16 +571,18 @@ async def verify_org(
     connection: asyncpg.Connection,
     org_id: uuid.UUID,
     *,
+    after: Anchor | None = None,
     anchor: Anchor | None = None,
     anchors: Iterable[Anchor] = (),
     batch_rows: int = READ_BATCH_ROWS,
     progress: Callable[[int], None] | None = None,
 ) -> VerifyResult:
-    """`verify` the org's whole chain from storage against `anchor` and `anchors`, a batch at a time; `progress`
-    is told the rows checked so far after each batch. Rows are read until the first broken link, never all at
-    once."""
-    verifier = ChainVerifier(anchor=anchor, anchors=anchors)
-    async for row in records(connection, org_id, batch_rows=batch_rows):
+    """`verify` the org's whole chain from storage (with `after`, the rows after that known link) against `anchor`
+    and `anchors`, a batch at a time; `progress` is told the rows checked so far after each batch. Rows are read
+    until the first broken link, never all at once."""
+    verifier = ChainVerifier(after=after, anchor=anchor, anchors=anchors)
+    start = 0 if after is None else after.seq
+    async for row in records(connection, org_id, after_seq=start, batch_rows=batch_rows):
         if not verifier.add(row):
             break
         if progress is not None and verifier.checked % batch_rows == 0:

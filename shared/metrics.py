@@ -63,6 +63,7 @@ JOB_DURATION_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 SECURITY_EVENTS = (
     "anomaly.auth",
+    "audit_chain_broken",
     "audit_failed",
     "auth.failure",
     "auth.lockout",

@@ -1,12 +1,20 @@
 """Signed checkpoints of each org's audit chain head, taken on a schedule and on demand.
 
     POST /audit/checkpoints   admin, auditor: a checkpoint of the caller's org now (201), or the one that already
-                              covers its head (200); audited as `audit.checkpoint`
+                              covers its head (200); audited as `audit.checkpoint`; 409 `conflict` naming the
+                              record when the chain is broken since the last checkpoint (nothing is signed)
     GET  /audit/checkpoints   admin, auditor: the org's checkpoints, newest head first (cursor)
 
 A plain hash chain can be recomputed by anyone who can write the database; a checkpoint is the org's head (seq and
 hash) and the hashes of the records since the previous checkpoint (`services.compliance.anchors`), signed with the
 evidence key, so `/audit/verify` catches history rewritten after it was taken, and names the rewritten record.
+
+A checkpoint vouches for the records it covers, so none is signed over a chain already broken: before signing,
+the records after the org's latest checkpoint must link from that checkpoint's hash up to the head
+(`shared.audit.verify_org(after=...)`; an org's first checkpoint checks its chain from seq 1), or the checkpoint is
+refused (`ChainBroken`): the on-demand route answers 409, the schedule skips the org with an `audit_chain_broken`
+error line and security event, and `apgms audit checkpoint` exits 1. Each check reads only the records since the
+last checkpoint; the first one of an org reads its whole chain, a batch at a time.
 
 The schedule (`schedule`, every AUDIT_CHECKPOINT_INTERVAL_S, 0 = off) checkpoints every org whose head no
 checkpoint covers yet; orgs come from audit.records by a skip scan in batches (`store.heads`). One replica works
@@ -49,7 +57,7 @@ from shared.crypto import SecretBox
 from shared.db import Database
 from shared.errors import ApiError
 from shared.log import get_logger
-from shared.metrics import timed_job
+from shared.metrics import record_security_event, timed_job
 from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
 from shared.pagination import PageQuery, page_of
@@ -61,11 +69,13 @@ __all__ = [
     "CHECKPOINTERS",
     "CHECKPOINT_LOCK",
     "FIRST_RUN_DELAY_S",
+    "ChainBroken",
     "CheckpointView",
     "Taken",
     "checkpoint_moved_heads",
     "create_checkpoint",
     "list_checkpoints",
+    "refused",
     "run_schedule",
     "schedule",
     "take_checkpoint",
@@ -101,16 +111,49 @@ async def _rows_up_to(conn: asyncpg.Connection, org_id: uuid.UUID, after: int, h
     return rows
 
 
+class ChainBroken(Exception):
+    """The records a new checkpoint would vouch for do not link: nothing was signed. `link` is the first break."""
+
+    def __init__(self, org_id: uuid.UUID, link: audit.BrokenLink) -> None:
+        super().__init__(f"the audit chain of org {org_id} is broken at record {link.seq}: {link.reason}")
+        self.org_id, self.link = org_id, link
+
+
+async def _segment_break(
+    conn: asyncpg.Connection, org_id: uuid.UUID, previous: Checkpoint | None, head: audit.AuditRecord
+) -> audit.BrokenLink | None:
+    """The first break in the records after `previous` (from seq 1 without one) up to `head`, or None."""
+    if previous is None:
+        return (await audit.verify_org(conn, org_id, anchor=audit.Anchor(head.seq, head.hash))).broken
+    source = f"signed checkpoint {previous.id} (head record {previous.seq})"
+    if head.seq < previous.seq:
+        return audit.BrokenLink(
+            head.seq + 1,
+            f"the chain ends at record {head.seq} but {source} records record {previous.seq}: "
+            "records were deleted from the tail",
+        )
+    if head.seq == previous.seq:
+        if head.hash == previous.hash:
+            return None
+        return audit.BrokenLink(head.seq, f"record {head.seq} was changed after {source} covered it")
+    known = audit.Anchor(previous.seq, previous.hash, source)
+    return (await audit.verify_org(conn, org_id, after=known, anchor=audit.Anchor(head.seq, head.hash))).broken
+
+
 async def take_checkpoint(conn: asyncpg.Connection, keys: EvidenceKeys, org_id: uuid.UUID, actor: str) -> Taken | None:
     """A signed checkpoint of the org's head now, stored; the existing one when a checkpoint already covers that
-    seq; None when the org has no audit records."""
+    head; None when the org has no audit records. `ChainBroken` (nothing signed or stored) when the records since
+    the org's latest checkpoint (since the first record, for its first) do not link from that checkpoint's hash
+    to the head: a checkpoint vouches for them, so it must not be signed over a chain already broken."""
     head = await audit.last_record(conn, org_id)
     if head is None:
         return None
     previous = await latest_checkpoint(conn, org_id)
+    if (broken := await _segment_break(conn, org_id, previous, head)) is not None:
+        raise ChainBroken(org_id, broken)
     if previous is not None and previous.seq == head.seq:
         return Taken(previous, created=False)
-    covered = previous.seq if previous is not None and previous.seq < head.seq else 0
+    covered = 0 if previous is None else previous.seq
     rows = await _rows_up_to(conn, org_id, max(covered, head.seq - MAX_CHECKPOINT_ROWS), head.seq)
     checkpoint_id, created_at = uuid.uuid4(), datetime.now(UTC)
     signed = await keys.sign(checkpoint_payload(checkpoint_id, org_id, created_at, actor, head, rows))
@@ -136,9 +179,18 @@ async def take_checkpoint(conn: asyncpg.Connection, keys: EvidenceKeys, org_id: 
 # --- the schedule -------------------------------------------------------------------------------------------------
 
 
+def refused(broken: ChainBroken) -> None:
+    """Say that a checkpoint was refused over a broken chain: an `audit_chain_broken` error line naming the org and
+    the record, and the `audit_chain_broken` security event."""
+    link = broken.link
+    log.error("audit_chain_broken", org_id=str(broken.org_id), seq=link.seq, reason=link.reason)
+    record_security_event("audit_chain_broken", org_id=str(broken.org_id), seq=link.seq)
+
+
 async def checkpoint_moved_heads(conn: asyncpg.Connection, keys: EvidenceKeys) -> int | None:
     """Checkpoint every org whose head no checkpoint covers, on `conn`; the number taken, or None when another
-    replica holds the run's lock."""
+    replica holds the run's lock. An org whose chain is broken since its last checkpoint is skipped (`refused`);
+    the run goes on with the others, and the next run finds it again."""
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", CHECKPOINT_LOCK):
         return None
     taken = 0
@@ -146,7 +198,11 @@ async def checkpoint_moved_heads(conn: asyncpg.Connection, keys: EvidenceKeys) -
         after: uuid.UUID | None = None
         while batch := await heads.org_ids_after(conn, after):
             for org_id in await heads.uncovered_heads(conn, batch):
-                result = await take_checkpoint(conn, keys, org_id, SCHEDULED_ACTOR)
+                try:
+                    result = await take_checkpoint(conn, keys, org_id, SCHEDULED_ACTOR)
+                except ChainBroken as broken:
+                    refused(broken)
+                    continue
                 taken += result is not None and result.created
             after = batch[-1]
     finally:
@@ -236,7 +292,15 @@ async def create_checkpoint(request: Request, principal: Principal) -> Response:
     actor = audit.actor_of(principal)
     keys = compliance_deps(request).keys
     async with request.app.state.runtime.db.pool.acquire() as conn, conn.transaction():
-        taken = await take_checkpoint(conn, keys, org_id, actor)
+        try:
+            taken = await take_checkpoint(conn, keys, org_id, actor)
+        except ChainBroken as broken:
+            refused(broken)
+            raise ApiError(
+                "conflict",
+                f"The audit chain is broken at record {broken.link.seq} ({broken.link.reason}), so no checkpoint "
+                "was signed: run GET /audit/verify for the whole chain's verdict",
+            ) from None
         if taken is None:
             raise ApiError("conflict", "The organisation has no audit records to checkpoint yet")
         if taken.created:

@@ -339,6 +339,41 @@ def test_a_rewritten_tail_is_found_only_against_an_anchor() -> None:
     assert verify(rows, anchor=anchor) == broken(6, "row 6 is not the anchored row", 5)
 
 
+def test_a_segment_after_a_known_link_is_checked_from_that_link() -> None:
+    rows = chain(8)
+    known = Anchor(seq=5, hash=rows[4].hash, source="signed checkpoint c1 (head record 5)")
+    assert verify(rows[5:], after=known) == VerifyResult(3, None)
+    assert verify([], after=known) == VerifyResult(0, None)  # nothing after the link yet
+    assert verify(rows[5:], after=Anchor(seq=0, hash=GENESIS_HASH)) == broken(1, "seq gap: expected 1, found 6", 0)
+    assert verify(rows, after=Anchor(seq=0, hash=GENESIS_HASH)) == verify(rows)  # seq 0 is the genesis link
+
+
+def test_a_segment_whose_first_row_does_not_link_from_the_known_hash_is_refused() -> None:
+    rows = chain(8)
+    # Row 5 rewritten and every later hash recomputed: the segment links in itself, but not from the signed head.
+    rewritten = [*rows[:4], rehashed(rows[4], detail={"index": 99})]
+    for row in rows[5:]:
+        rewritten.append(rehashed(row, prev_hash=rewritten[-1].hash))
+    assert verify(rewritten) == VerifyResult(8, None)
+    known = Anchor(seq=5, hash=rows[4].hash)
+    assert verify(rewritten[5:], after=known) == broken(6, "row 6 does not follow row 5", 0)
+
+
+def test_a_segment_reports_an_edit_a_gap_and_a_cut_tail_at_their_own_seq() -> None:
+    rows = chain(8)
+    known = Anchor(seq=4, hash=rows[3].hash)
+    edited = [*rows[4:6], dataclasses.replace(rows[6], detail={"index": 99}), rows[7]]
+    assert verify(edited, after=known) == broken(7, "row 7 was edited", 2)
+    assert verify([rows[4], *rows[6:]], after=known) == broken(6, "seq gap: expected 6, found 7", 1)
+    head = Anchor(seq=8, hash=rows[7].hash)
+    assert verify(rows[4:7], after=known, anchor=head) == broken(8, "chain ends at row 7, before anchored row 8", 3)
+    # An anchor inside the taken-on-trust part is not looked at; one in the segment is.
+    assert verify(rows[4:], after=known, anchor=Anchor(seq=2, hash="0" * 64)) == VerifyResult(4, None)
+    assert verify(rows[4:], after=known, anchor=Anchor(seq=6, hash="0" * 64)) == broken(
+        6, "row 6 is not the anchored row", 1
+    )
+
+
 def test_a_row_no_writer_could_produce_is_reported_as_edited() -> None:
     rows = chain(3)
     for changes in ({"at": datetime(2026, 1, 1)}, {"prev_hash": "zz"}, {"detail": {"x": 0.5}}):

@@ -75,9 +75,15 @@ def test_unknown_security_event_is_rejected_and_not_counted() -> None:
 def test_every_security_event_series_exists_from_start() -> None:
     for event in SECURITY_EVENTS:
         assert REGISTRY.get_sample_value("security_events_total", {"event": event}) is not None
-    assert {"anomaly.auth", "audit_failed", "auth.failure", "mfa.denied", "rate_limited", "cors.reject"} <= set(
-        SECURITY_EVENTS
-    )
+    assert {
+        "anomaly.auth",
+        "audit_chain_broken",
+        "audit_failed",
+        "auth.failure",
+        "mfa.denied",
+        "rate_limited",
+        "cors.reject",
+    } <= set(SECURITY_EVENTS)
 
 
 def test_request_metrics_are_exposed_exactly_as_prometheus_clients_own() -> None:
