@@ -83,8 +83,10 @@ ERRORS: dict[str, ErrorKind] = {
     "invalid_token": ErrorKind(401, "Token is invalid or expired"),
     "mfa_required": ErrorKind(401, "Recent multi-factor authentication required"),
     "mfa_invalid": ErrorKind(401, "One-time code is invalid or already used"),
+    "access_denied": ErrorKind(401, "Access code, credential or org not accepted"),
     "forbidden": ErrorKind(403, "Not allowed"),
     "cors_forbidden": ErrorKind(403, "Origin not allowed"),
+    "csrf_failed": ErrorKind(403, "The form could not be verified; reload the page and try again"),
     "not_found": ErrorKind(404, "Not found"),
     "method_not_allowed": ErrorKind(405, "Method not allowed"),
     "not_acceptable": ErrorKind(406, "Not acceptable"),
@@ -112,6 +114,7 @@ ERRORS: dict[str, ErrorKind] = {
     "upstream_unavailable": ErrorKind(502, "Upstream service unavailable"),
     "service_unavailable": ErrorKind(503, "Service unavailable"),
     "upstream_busy": ErrorKind(503, "Upstream service busy"),
+    "regulator_busy": ErrorKind(503, "The regulator route is at its concurrency limit"),
     "upstream_timeout": ErrorKind(504, "Upstream service timed out"),
 }
 
