@@ -20,7 +20,8 @@ Failures, each an RFC 9457 problem with the request ID:
     429 rate_limited          the client address already has `max_per_client` requests in flight
     499 (logged, not sent)    the client closed the connection before its declared Content-Length arrived
     502 upstream_unavailable  connection to the instance failed (idempotent methods were retried elsewhere)
-    503 service_unavailable   no healthy instance, or the regulator route is at its concurrency limit
+    503 service_unavailable   no healthy instance
+    503 regulator_busy        the regulator route is at its concurrency limit (Retry-After: 1)
     503 service_unavailable   buffering the body would take the process past `buffer_total_bytes`; the
                               connection is closed
     503 upstream_busy         no pooled connection to the service came free within the pool wait
@@ -207,8 +208,8 @@ class Forwarder:
                 if slots is not None:
                     if slots.locked():
                         await problem_response(
-                            "service_unavailable",
-                            "The regulator route is at its concurrency limit",
+                            "regulator_busy",
+                            "The regulator route is at its concurrency limit; retry in a moment",
                             headers={"retry-after": RETRY_AFTER_S},
                         )(scope, receive, send)
                         return

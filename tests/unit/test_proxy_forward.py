@@ -584,7 +584,7 @@ async def test_the_regulator_route_sheds_load_past_its_concurrency_limit(upstrea
         other = await client.get("/alerts")
         first = await slow
     assert first.status_code == 200
-    assert_problem(shed, 503, "service_unavailable")
+    assert_problem(shed, 503, "regulator_busy")
     assert shed.headers["retry-after"] == "1"
     assert other.status_code == 200
 
