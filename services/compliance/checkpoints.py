@@ -156,7 +156,8 @@ async def take_checkpoint(conn: asyncpg.Connection, keys: EvidenceKeys, org_id: 
     covered = 0 if previous is None else previous.seq
     rows = await _rows_up_to(conn, org_id, max(covered, head.seq - MAX_CHECKPOINT_ROWS), head.seq)
     checkpoint_id, created_at = uuid.uuid4(), datetime.now(UTC)
-    signed = await keys.sign(checkpoint_payload(checkpoint_id, org_id, created_at, actor, head, rows))
+    # On the connection held: a key reload on a second one could leave the pool empty with every signer waiting.
+    signed = await keys.sign(checkpoint_payload(checkpoint_id, org_id, created_at, actor, head, rows), conn)
     checkpoint = Checkpoint(
         id=checkpoint_id,
         org_id=org_id,

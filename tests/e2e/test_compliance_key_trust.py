@@ -124,3 +124,28 @@ async def pack_count(database_url: str) -> int:
     async with connect(database_url) as conn:
         count: int = await conn.fetchval("SELECT count(*) FROM compliance.evidence_packs")
         return count
+
+
+async def test_signing_after_the_key_cache_expires_takes_no_second_connection(
+    start_service: StartService, database_url: str, org: Org, http: aiohttp.ClientSession
+) -> None:
+    """With a pool of two, more concurrent signers than connections each reload the keys on the connection they
+    hold; a reload that took a second one would leave them all waiting for good."""
+    stack = start_compliance(start_service, database_url, {"DB_POOL_MAX_SIZE": "2"})
+    base = stack.compliance.url
+    token = (await role_tokens(http, stack.core_stack, org))["admin"]
+    status, created, _ = await call(http, "POST", f"{base}/compliance/evidence", token=token)
+    assert status == 201, created
+    await asyncio.sleep(KEY_CACHE_TTL_S + 0.5)
+
+    async def one(kind: str) -> int:
+        path = "/compliance/evidence" if kind == "pack" else "/audit/checkpoints"
+        status, body, _ = await call(http, "POST", f"{base}{path}", token=token)
+        assert status in (200, 201), body
+        return status
+
+    async with asyncio.timeout(30):
+        statuses = await asyncio.gather(*(one("pack" if i % 2 else "checkpoint") for i in range(6)))
+    assert statuses.count(201) >= 3
+    status, listing, _ = await call(http, "GET", f"{base}/compliance/evidence?limit=200", token=token)
+    assert status == 200 and len(listing["items"]) == 4, listing
