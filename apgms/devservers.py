@@ -1,5 +1,6 @@
 """Dev and throwaway PostgreSQL servers from the machine's own binaries (no Docker), and the helpers that
-find or install PostgreSQL and Redis binaries.
+find or install PostgreSQL and Redis binaries, and the Chromium and chromedriver the regulator portal's browser tests
+drive.
 
 PostgreSQL runs from `initdb`/`pg_ctl` in a directory of ours on a free loopback port; as root it runs as the
 `postgres` system user (initdb refuses root). The Redis server class is in `apgms.localredis`.
@@ -24,6 +25,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -58,6 +60,13 @@ PG_MISSING = (
     "`sudo apt-get install postgresql` (Debian/Ubuntu) or `brew install postgresql@16` (macOS), "
     "or point DATABASE_URL (TEST_DATABASE_URL for the tests) at an existing server."
 )
+CHROMIUM_MISSING = (
+    "Chromium and its chromedriver were not found (the regulator portal's browser tests drive them). Install them "
+    "with `sudo apt-get install chromium chromium-driver` (Debian; Ubuntu: `chromium-browser chromium-chromedriver`) "
+    "or point APGMS_CHROMIUM and APGMS_CHROMEDRIVER at the binaries."
+)
+# Debian's names first; other distributions and Google's builds use the others.
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 REDIS_MISSING = (
     "redis-server was not found. Install it with `sudo apt-get install redis-server` (Debian/Ubuntu) or "
     "`brew install redis` (macOS), or point REDIS_URL (TEST_REDIS_URL for the tests) at an existing server."
@@ -263,6 +272,44 @@ def ensure_redis_server(*, install: bool = True) -> Path:
     return binary
 
 
+@dataclass(frozen=True)
+class Browser:
+    """A Chromium binary and the chromedriver of the same version that drives it."""
+
+    chromium: Path
+    chromedriver: Path
+
+
+def _binary(variable: str, names: Iterable[str]) -> Path | None:
+    override = os.environ.get(variable)
+    if override:
+        return Path(override) if Path(override).exists() else None
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    return None
+
+
+def find_browser() -> Browser | None:
+    """Chromium and chromedriver (APGMS_CHROMIUM / APGMS_CHROMEDRIVER, else on PATH), or None when either is
+    missing."""
+    chromium = _binary("APGMS_CHROMIUM", CHROMIUM_NAMES)
+    driver = _binary("APGMS_CHROMEDRIVER", ("chromedriver",))
+    return Browser(chromium, driver) if chromium and driver else None
+
+
+def ensure_browser(*, install: bool = True) -> Browser:
+    """`find_browser`, installing Debian's `chromium` and `chromium-driver` first when missing and allowed."""
+    browser = find_browser()
+    if browser is None and install and can_apt_install():
+        apt_install("chromium", "chromium-driver")
+        browser = find_browser()
+    if browser is None:
+        raise DevServerError(CHROMIUM_MISSING)
+    return browser
+
+
 # --- databases -------------------------------------------------------------------------------------------------
 
 
@@ -448,11 +495,14 @@ class LocalPostgres:
 
 
 def ensure_test_binaries(environ: Mapping[str, str]) -> None:
-    """Install what the test session starts itself: PostgreSQL unless TEST_DATABASE_URL, Redis unless TEST_REDIS_URL."""
+    """Install what the test session starts itself: PostgreSQL unless TEST_DATABASE_URL, Redis unless TEST_REDIS_URL,
+    and the browser of the portal's tests."""
     if not environ.get("TEST_DATABASE_URL"):
         print(f"PostgreSQL binaries: {ensure_pg_bindir()}")
     if not environ.get("TEST_REDIS_URL"):
         print(f"redis-server: {ensure_redis_server()}")
+    browser = ensure_browser()
+    print(f"chromium: {browser.chromium}, chromedriver: {browser.chromedriver}")
 
 
 if __name__ == "__main__":
