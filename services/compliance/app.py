@@ -7,7 +7,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from services.compliance import audit_trail, checkpoints, evidence, report, snapshots
+from services.compliance import audit_trail, checkpoints, evidence, internal, report, snapshots
 from services.compliance.config import ComplianceSettings
 from services.compliance.deps import ComplianceDeps
 from services.compliance.keys import EvidenceKeys
@@ -31,6 +31,10 @@ def create_app(settings: ComplianceSettings) -> Starlette:
         Route("/audit/verify", audit_trail.verify_chain, methods=["GET"]),
         Route("/audit/checkpoints", checkpoints.create_checkpoint, methods=["POST"]),
         Route("/audit/checkpoints", checkpoints.list_checkpoints, methods=["GET"]),
+        Route("/internal/orgs/{org_id}/report", internal.org_report, methods=["GET"]),
+        Route("/internal/orgs/{org_id}/snapshots", internal.org_snapshots, methods=["GET"]),
+        Route("/internal/orgs/{org_id}/evidence", internal.org_evidence, methods=["GET"]),
+        Route("/internal/orgs/{org_id}/evidence/{pack_id}", internal.org_pack_item, methods=["GET"]),
     ]
     app = build_service_app(settings, routes, title="APGMS compliance service", runtime=runtime)
 

@@ -71,9 +71,13 @@ __all__ = [
     "Verdict",
     "create_pack",
     "evidence_keys",
+    "export_of",
     "get_pack",
     "list_packs",
     "new_pack_body",
+    "org_pack",
+    "pack_page",
+    "verdict_of",
     "verify_pack",
     "wants_payload",
 ]
@@ -204,20 +208,25 @@ async def create_pack(request: Request, principal: Principal) -> Response:
 @documented("List the org's evidence packs, newest first (no payload)", response=PackPage, tags=["compliance"])
 @guard(roles=ROLES)
 async def list_packs(request: Request, principal: Principal) -> Response:
-    query = parse_query(request.query_params, PageQuery)
-    after = decode_cursor(query.cursor) if query.cursor is not None else None
-    org_id = uuid.UUID(principal.org_id)
-    async with request.app.state.runtime.db.pool.acquire() as conn:
-        rows = await packs.page_packs(conn, org_id, after, query.limit + 1)
-    page, next_cursor = page_of(rows, query.limit, lambda pack: encode_cursor(pack.created_at, pack.id))
-    body = PackPage(items=[PackView.of(row) for row in page], next_cursor=next_cursor)
+    body = await pack_page(request, uuid.UUID(principal.org_id), parse_query(request.query_params, PageQuery))
     return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
-async def _org_pack(request: Request, principal: Principal) -> packs.Pack:
+async def pack_page(request: Request, org_id: uuid.UUID, query: PageQuery) -> PackPage:
+    """One page of the org's packs, newest first (the listing here and compliance's internal one)."""
+    after = decode_cursor(query.cursor) if query.cursor is not None else None
+    async with request.app.state.runtime.db.pool.acquire() as conn:
+        rows = await packs.page_packs(conn, org_id, after, query.limit + 1)
+    page, next_cursor = page_of(rows, query.limit, lambda pack: encode_cursor(pack.created_at, pack.id))
+    return PackPage(items=[PackView.of(row) for row in page], next_cursor=next_cursor)
+
+
+async def org_pack(request: Request, org_id: uuid.UUID) -> packs.Pack:
+    """The org's pack named by the path's `pack_id`; 404 `not_found` for another org's, an unknown or a malformed
+    id alike."""
     pack_id = path_uuid(request, "pack_id")
     async with request.app.state.runtime.db.pool.acquire() as conn:
-        pack = await packs.get_pack(conn, uuid.UUID(principal.org_id), pack_id)
+        pack = await packs.get_pack(conn, org_id, pack_id)
     if pack is None:
         raise ApiError("not_found", "No evidence pack with this id in your org")
     return pack
@@ -232,7 +241,8 @@ def wants_payload(accept: str | None) -> bool:
     )
 
 
-def _export(pack: packs.Pack) -> Export:
+def export_of(pack: packs.Pack) -> Export:
+    """The pack's export envelope: its fields, signature and payload bytes in base64."""
     return Export(
         **PackView.of(pack).model_dump(),
         signature=pack.signature,
@@ -248,9 +258,9 @@ def _export(pack: packs.Pack) -> Export:
 )
 @guard(roles=ROLES)
 async def get_pack(request: Request, principal: Principal) -> Response:
-    pack = await _org_pack(request, principal)
+    pack = await org_pack(request, uuid.UUID(principal.org_id))
     if not wants_payload(request.headers.get("accept")):
-        return Response(_export(pack).model_dump_json(), media_type=JSON_MEDIA_TYPE, headers={"vary": "accept"})
+        return Response(export_of(pack).model_dump_json(), media_type=JSON_MEDIA_TYPE, headers={"vary": "accept"})
     return Response(
         pack.payload,
         media_type=JSON_MEDIA_TYPE,
@@ -274,12 +284,17 @@ async def get_pack(request: Request, principal: Principal) -> Response:
 )
 @guard(roles=ROLES)
 async def verify_pack(request: Request, principal: Principal) -> Response:
-    pack = await _org_pack(request, principal)
+    verdict = await verdict_of(request, await org_pack(request, uuid.UUID(principal.org_id)))
+    return Response(verdict.model_dump_json(), media_type=JSON_MEDIA_TYPE)
+
+
+async def verdict_of(request: Request, pack: packs.Pack) -> Verdict:
+    """The pack re-hashed and re-verified against the evidence keys (`signing.verify`), as `/verify` answers it."""
     keys = await compliance_deps(request).keys.public_keys_with(pack.key_id)
     expect = {"format": PACK_FORMAT, "id": str(pack.id), "org_id": str(pack.org_id)}
     result = verify(pack.payload, pack.sha256, pack.signature, pack.key_id, keys, expect=expect)
     failed = result.failed
-    verdict = Verdict(
+    return Verdict(
         id=pack.id,
         valid=result.ok,
         failed=failed.name if failed else None,
@@ -288,7 +303,6 @@ async def verify_pack(request: Request, principal: Principal) -> Response:
         key_id=pack.key_id,
         checks=[CheckView(name=check.name, ok=check.ok, reason=check.reason) for check in result.checks],
     )
-    return Response(verdict.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
 @documented("Public keys of every evidence key ever used (a JWKS), to verify packs offline", tags=["compliance"])

@@ -80,6 +80,7 @@ __all__ = [
     "sample_once",
     "schedule_sampling",
     "snapshot_body",
+    "snapshot_page",
 ]
 
 SNAPSHOT_JOB = "snapshot"
@@ -360,11 +361,14 @@ async def create_snapshot(request: Request, principal: Principal) -> Response:
 @documented("List the org's monitoring snapshots, newest first", response=SnapshotPage, tags=["monitoring"])
 @guard(roles=ROLES)
 async def list_snapshots(request: Request, principal: Principal) -> Response:
-    query = parse_query(request.query_params, PageQuery)
+    body = await snapshot_page(request, uuid.UUID(principal.org_id), parse_query(request.query_params, PageQuery))
+    return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
+
+
+async def snapshot_page(request: Request, org_id: uuid.UUID, query: PageQuery) -> SnapshotPage:
+    """One page of the org's snapshots, newest first (the listing here and compliance's internal one)."""
     after = decode_cursor(query.cursor) if query.cursor is not None else None
-    org_id = uuid.UUID(principal.org_id)
     async with request.app.state.runtime.db.pool.acquire() as conn:
         rows = await page_snapshots(conn, org_id, after, query.limit + 1)
     page, next_cursor = page_of(rows, query.limit, lambda snapshot: encode_cursor(snapshot.taken_at, snapshot.id))
-    body = SnapshotPage(items=[SnapshotView.of(row) for row in page], next_cursor=next_cursor)
-    return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
+    return SnapshotPage(items=[SnapshotView.of(row) for row in page], next_cursor=next_cursor)
