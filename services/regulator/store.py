@@ -150,16 +150,19 @@ async def replace_code_hash(
     await end_sessions(conn, credential_id)
 
 
-async def credentials(conn: asyncpg.Connection, org_id: uuid.UUID | None = None) -> list[CredentialListing]:
-    """Every credential (or those that include `org_id`), by name, with their live sessions (of `org_id` only
-    when given)."""
+async def credentials(
+    conn: asyncpg.Connection, org_id: uuid.UUID | None = None, *, limit: int | None = None
+) -> list[CredentialListing]:
+    """Every credential (or those that include `org_id`), by name, at most `limit`, with their live sessions (of
+    `org_id` only when given)."""
     rows = await conn.fetch(
         f"""SELECT {", ".join("c." + column for column in _CREDENTIAL_COLUMNS.split(", "))},
             (SELECT count(*) FROM regulator.sessions s
              WHERE s.credential_id = c.id AND s.ended_at IS NULL AND s.expires_at > now()
                AND ($1::uuid IS NULL OR s.org_id = $1)) AS live_sessions
-        FROM regulator.credentials c WHERE $1::uuid IS NULL OR $1 = ANY (c.org_ids) ORDER BY c.name""",
+        FROM regulator.credentials c WHERE $1::uuid IS NULL OR $1 = ANY (c.org_ids) ORDER BY c.name LIMIT $2""",
         org_id,
+        limit,
     )
     listings = []
     for row in rows:
