@@ -2,8 +2,10 @@
 
 `verify FILE [--keys URL_OR_FILE]` needs nothing but the file and the published keys (no database, no login): it
 re-hashes the payload, checks the key id is published, the Ed25519 signature over the digest, and that the payload
-names the pack's id and org (`services.compliance.signing.verify`). Exit 0 when every check holds, 1 naming the
-first that does not (and the others), or why the file or the keys could not be read.
+holds every field the envelope shows (format, id, org, creation time, author, tag: `signing.pack_fields`), so a
+hand-edited envelope is caught (`services.compliance.signing.verify`). What it prints of the pack is read from the
+payload, the signed document, not from the envelope beside it. Exit 0 when every check holds, 1 naming the first
+that does not (and the others), or why the file or the keys could not be read.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from apgms.evidence_files import EvidenceFile, EvidenceFileError, parse_evidence
 from apgms.http_fetch import FetchError, fetch_json
 from services.compliance.config import SERVICE_NAME
 from services.compliance.keys import rotate
-from services.compliance.signing import CHECK_PAYLOAD, Check, InvalidKey, Verification, jwks_keys, verify
+from services.compliance.signing import (
+    CHECK_PAYLOAD,
+    Check,
+    InvalidKey,
+    Verification,
+    jwks_keys,
+    pack_fields,
+    verify,
+)
 from shared.config import ConfigError, load_settings
 from shared.crypto import SecretBox
 
@@ -96,14 +106,22 @@ def verification_of(pack: EvidenceFile, keys: Keys) -> Verification:
         payload = export.payload()
     except (binascii.Error, ValueError):
         return Verification((Check(CHECK_PAYLOAD, False, "payload_base64 is not standard base64"),))
-    return verify(
-        payload,
-        export.sha256,
-        export.signature,
-        export.key_id,
-        keys.keys,
-        expect={"id": str(export.id), "org_id": str(export.org_id)},
-    )
+    return verify(payload, export.sha256, export.signature, export.key_id, keys.keys, expect=pack_fields(export))
+
+
+def signed_fields(pack: EvidenceFile) -> dict[str, Any]:
+    """The pack's id, org, creation time, author and tag as its payload (the signed document) holds them; the
+    envelope's where the payload does not parse (verification then fails anyway)."""
+    export = pack.export
+    shown: dict[str, Any] = {name: getattr(export, name) for name in ("id", "org_id", "created_by", "tag")}
+    shown["created_at"] = export.created_at.isoformat()
+    try:
+        document = orjson.loads(export.payload())
+    except (binascii.Error, ValueError):
+        return shown
+    if isinstance(document, dict):
+        shown.update({name: document[name] for name in shown if name in document})
+    return shown
 
 
 def checks_table(verification: Verification) -> Table:
@@ -138,9 +156,11 @@ def evidence_verify(
         fail(f"{file}: {error}")
     used = keys_for(pack, keys)
     export = pack.export
-    console.print(f"pack     {export.id}", markup=False)
-    console.print(f"org      {export.org_id}", markup=False)
-    console.print(f"created  {export.created_at.isoformat()} by {export.created_by}", markup=False)
+    signed = signed_fields(pack)
+    console.print(f"pack     {signed['id']}", markup=False)
+    console.print(f"org      {signed['org_id']}", markup=False)
+    console.print(f"created  {signed['created_at']} by {signed['created_by']}", markup=False)
+    console.print(f"tag      {'(none)' if signed['tag'] is None else signed['tag']}", markup=False)
     console.print(f"sha256   {export.sha256}", markup=False)
     console.print(f"key id   {export.key_id}", markup=False)
     console.print(f"keys     {used.source}", markup=False, soft_wrap=True)

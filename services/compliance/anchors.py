@@ -17,8 +17,10 @@ records in full. Each recorded row is an anchor, so a row rewritten after a docu
 exactly; a row no document recorded one by one (more than MAX_CHECKPOINT_ROWS records between two checkpoints, and
 not among a pack's 25) is caught only as a range: after the last anchor that held, up to the head that disagrees.
 
-A document is used only when its own digest, signature and payload (id and org) verify under the published keys;
-one that does not is reported (`InvalidAnchor`), never trusted: whoever edits its row must not pick the anchors.
+A document is used only when its own digest and signature verify under the published keys and its payload holds
+every field its row shows (format, id, org, creation time and author, a pack's tag, a checkpoint's head seq and
+hash); one that does not is reported (`InvalidAnchor`), never trusted: whoever edits its row must not pick the
+anchors, nor have an edited row shown as if it were signed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.compliance import signing
+from services.compliance.store.checkpoints import Checkpoint
+from services.compliance.store.packs import Pack
 from shared.audit import GENESIS_HASH, MAX_SEQ, Anchor, AuditRecord
 from shared.canonical import canonical_json
 
@@ -43,8 +47,10 @@ __all__ = [
     "Head",
     "InvalidAnchor",
     "SignedDocument",
+    "checkpoint_document",
     "checkpoint_payload",
     "collect_anchors",
+    "pack_document",
 ]
 
 # ~85 bytes of canonical JSON a row: a checkpoint stays under ~90 kB however far the head moved. An hourly schedule
@@ -116,7 +122,8 @@ def checkpoint_payload(
 
 @dataclass(frozen=True)
 class SignedDocument:
-    """A checkpoint or a pack as stored: its payload bytes and their digest and signature."""
+    """A checkpoint or a pack as stored: its payload bytes and their digest and signature; `expect`, the fields its
+    row shows that the payload must hold (`signing.verify`); `head`, the head a checkpoint's row shows."""
 
     kind: DocumentKind
     id: uuid.UUID
@@ -125,6 +132,35 @@ class SignedDocument:
     sha256: str
     signature: str
     key_id: str
+    expect: Mapping[str, signing.Expected] = field(default_factory=dict)
+    head: tuple[int, str] | None = None
+
+
+def checkpoint_document(checkpoint: Checkpoint) -> SignedDocument:
+    expect: dict[str, signing.Expected] = {
+        "format": signing.CHECKPOINT_FORMAT,
+        "id": str(checkpoint.id),
+        "org_id": str(checkpoint.org_id),
+        "created_at": checkpoint.created_at,
+        "created_by": checkpoint.created_by,
+    }
+    return SignedDocument(
+        "checkpoint",
+        checkpoint.id,
+        checkpoint.org_id,
+        checkpoint.payload,
+        checkpoint.sha256,
+        checkpoint.signature,
+        checkpoint.key_id,
+        expect,
+        (checkpoint.seq, checkpoint.hash),
+    )
+
+
+def pack_document(pack: Pack) -> SignedDocument:
+    return SignedDocument(
+        "pack", pack.id, pack.org_id, pack.payload, pack.sha256, pack.signature, pack.key_id, signing.pack_fields(pack)
+    )
 
 
 @dataclass(frozen=True)
@@ -161,12 +197,13 @@ def _links(document: SignedDocument) -> tuple[Head, list[Head]]:
 
 
 def collect_anchors(documents: Iterable[SignedDocument], keys: Mapping[str, Ed25519PublicKey]) -> AnchorSet:
-    """Every link the documents vouch for, from those whose digest, signature, id and org verify under `keys`."""
+    """Every link the documents vouch for, from those whose digest and signature verify under `keys` and whose
+    payload holds what their row shows (`SignedDocument.expect`, a checkpoint's head)."""
     anchors: list[Anchor] = []
     invalid: list[InvalidAnchor] = []
     used, latest = 0, None
     for document in documents:
-        expect = {"id": str(document.id), "org_id": str(document.org_id)}
+        expect = {"id": str(document.id), "org_id": str(document.org_id), **document.expect}
         verification = signing.verify(
             document.payload, document.sha256, document.signature, document.key_id, keys, expect=expect
         )
@@ -178,6 +215,13 @@ def collect_anchors(documents: Iterable[SignedDocument], keys: Mapping[str, Ed25
             head, rows = _links(document)
         except ValidationError:
             reason = "the payload does not record the audit chain's head"
+            invalid.append(InvalidAnchor(document.kind, document.id, signing.CHECK_PAYLOAD, reason))
+            continue
+        if document.head is not None and document.head != (head.seq, head.hash):
+            row_seq, row_hash = document.head
+            reason = f"the payload's head is record {head.seq}, not the record {row_seq} its row shows"
+            if row_seq == head.seq:
+                reason = f"the payload's head hash is not the {row_hash} its row shows"
             invalid.append(InvalidAnchor(document.kind, document.id, signing.CHECK_PAYLOAD, reason))
             continue
         source = f"{_NAMES[document.kind]} {document.id} (head record {head.seq})"

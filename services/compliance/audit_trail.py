@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.compliance.anchors import AnchorSet, SignedDocument, collect_anchors
+from services.compliance.anchors import AnchorSet, checkpoint_document, collect_anchors, pack_document
 from services.compliance.deps import compliance_deps
 from services.compliance.seq_cursor import decode_seq_cursor, encode_seq_cursor
 from services.compliance.store.audit import AuditFilters, page_records
@@ -172,14 +172,8 @@ class ChainVerdict(BaseModel):
 async def org_anchors(conn: asyncpg.Connection, org_id: uuid.UUID, keys: Mapping[str, Ed25519PublicKey]) -> AnchorSet:
     """The anchors of the org's signed checkpoints and packs whose own digest and signature hold under `keys`."""
     documents = [
-        *(
-            SignedDocument("checkpoint", c.id, c.org_id, c.payload, c.sha256, c.signature, c.key_id)
-            for c in await org_checkpoints(conn, org_id)
-        ),
-        *(
-            SignedDocument("pack", p.id, p.org_id, p.payload, p.sha256, p.signature, p.key_id)
-            for p in await signed_packs(conn, org_id)
-        ),
+        *(checkpoint_document(checkpoint) for checkpoint in await org_checkpoints(conn, org_id)),
+        *(pack_document(pack) for pack in await signed_packs(conn, org_id)),
     ]
     return collect_anchors(documents, keys)
 

@@ -44,7 +44,7 @@ from services.compliance.pack import (
     payload_bytes,
 )
 from services.compliance.report import build_report
-from services.compliance.signing import PACK_FORMAT, Export, digest_of, verify
+from services.compliance.signing import Export, digest_of, pack_fields, verify
 from services.compliance.store import packs
 from services.compliance.store.audit import AuditFilters, page_records
 from services.compliance.store.snapshots import newest_snapshots
@@ -291,8 +291,7 @@ async def verify_pack(request: Request, principal: Principal) -> Response:
 async def verdict_of(request: Request, pack: packs.Pack) -> Verdict:
     """The pack re-hashed and re-verified against the evidence keys (`signing.verify`), as `/verify` answers it."""
     keys = await compliance_deps(request).keys.public_keys_with(pack.key_id)
-    expect = {"format": PACK_FORMAT, "id": str(pack.id), "org_id": str(pack.org_id)}
-    result = verify(pack.payload, pack.sha256, pack.signature, pack.key_id, keys, expect=expect)
+    result = verify(pack.payload, pack.sha256, pack.signature, pack.key_id, keys, expect=pack_fields(pack))
     failed = result.failed
     return Verdict(
         id=pack.id,

@@ -15,8 +15,10 @@ A verifier in a few lines of Python, with `cryptography` only:
     Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"])).verify(base64.b64decode(signature), digest)
 
 An export (`GET /compliance/evidence/{id}`, the file `apgms evidence verify` reads) is `Export`: the fields above
-plus the pack's id, org, creation time and author, with the payload in standard base64. The payload repeats the id
-and org; `verify` checks they match, so a payload moved onto another pack's row is caught.
+plus the pack's id, org, creation time, author and tag, with the payload in standard base64. Only the payload is
+signed; a row or envelope shows those fields beside it, so a verifier checks each against the payload's own
+(`pack_fields`, `verify(expect=...)`): a payload moved onto another pack's row, or a tag, author or time edited in
+the row or the file after signing, fails the `payload` check naming the field.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -43,6 +45,7 @@ __all__ = [
     "PACK_FORMAT",
     "SIGNATURE_ALGORITHM",
     "Check",
+    "Expected",
     "Export",
     "InvalidKey",
     "Signed",
@@ -51,6 +54,7 @@ __all__ = [
     "b64url_encode",
     "digest_of",
     "jwks_keys",
+    "pack_fields",
     "public_jwk",
     "sign",
     "verify",
@@ -133,6 +137,39 @@ def jwks_keys(document: Any) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
+# A field's value as a row or an envelope shows it: text, None for a JSON null, or an instant (the payload spells
+# it as ISO 8601 text; it must name the same instant).
+Expected = str | datetime | None
+
+
+class PackFields(Protocol):
+    """What a stored pack (`store.packs.PackSummary`) and an export (`Export`) show besides the payload."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def org_id(self) -> uuid.UUID: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def created_by(self) -> str: ...
+    @property
+    def tag(self) -> str | None: ...
+
+
+def pack_fields(pack: PackFields) -> dict[str, Expected]:
+    """Every field a pack's row or export shows that its signed payload also holds, for `verify(expect=...)`: the
+    payload's format too, so a signed document of another kind (a checkpoint) does not pass for a pack."""
+    return {
+        "format": PACK_FORMAT,
+        "id": str(pack.id),
+        "org_id": str(pack.org_id),
+        "created_at": pack.created_at,
+        "created_by": pack.created_by,
+        "tag": pack.tag,
+    }
+
+
 class Export(BaseModel):
     """A signed pack as it leaves the service: everything needed to verify it offline."""
 
@@ -184,11 +221,12 @@ def verify(
     key_id: str,
     keys: Mapping[str, Ed25519PublicKey],
     *,
-    expect: Mapping[str, str] | None = None,
+    expect: Mapping[str, Expected] | None = None,
 ) -> Verification:
     """Check a signed document: its payload hashes to `sha256`, `key_id` is a published key, the signature verifies
     over the payload's digest under it, and the payload is a JSON object whose fields hold `expect` (for example its
-    id and org). Every check is made and reported, so an answer says all that is wrong, first failure first."""
+    id and org; None expects a JSON null, a datetime the same instant). Every check is made and reported, so an
+    answer says all that is wrong, first failure first."""
     digest = digest_of(payload)
     checks = [
         Check(CHECK_SHA256, True)
@@ -214,7 +252,25 @@ def _signature_check(key: Ed25519PublicKey, signature: str, digest: bytes) -> Ch
     return Check(CHECK_SIGNATURE, True)
 
 
-def _payload_check(payload: bytes, expect: Mapping[str, str]) -> Check:
+def _holds(actual: Any, expected: Expected) -> bool:
+    if not isinstance(expected, datetime):
+        return bool(actual == expected)
+    if not isinstance(actual, str):
+        return False
+    try:
+        moment = datetime.fromisoformat(actual)
+    except ValueError:
+        return False
+    return moment.utcoffset() is not None and moment == expected
+
+
+def _shown(value: Expected) -> str:
+    if value is None:
+        return "null"
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _payload_check(payload: bytes, expect: Mapping[str, Expected]) -> Check:
     try:
         document = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -222,6 +278,6 @@ def _payload_check(payload: bytes, expect: Mapping[str, str]) -> Check:
     if not isinstance(document, dict):
         return Check(CHECK_PAYLOAD, False, "the payload is not a JSON object")
     for name, value in expect.items():
-        if document.get(name) != value:
-            return Check(CHECK_PAYLOAD, False, f"the payload's {name} is not {value}")
+        if name not in document or not _holds(document[name], value):
+            return Check(CHECK_PAYLOAD, False, f"the payload's {name} is not {_shown(value)}")
     return Check(CHECK_PAYLOAD, True)

@@ -44,7 +44,15 @@ def export(
     """An export envelope of a pack signed with `key` as `kid`; `flip`: one byte of the report's date changed after
     signing (the payload stays JSON naming the pack, so only the hash and the signature can catch it)."""
     payload = canonical_json(
-        {"format": PACK_FORMAT, "id": str(pack_id), "org_id": str(ORG), "report": {"next_bas_due": "2026-12-28"}}
+        {
+            "format": PACK_FORMAT,
+            "id": str(pack_id),
+            "org_id": str(ORG),
+            "created_at": "2026-11-28T03:15:00.000000Z",
+            "created_by": "user:admin",
+            "tag": None,
+            "report": {"next_bas_due": "2026-12-28"},
+        }
     )
     signed = sign(payload, key, kid)
     stored = bytearray(payload)
@@ -108,6 +116,34 @@ def test_each_kind_of_tampering_fails_with_exit_1_naming_the_check(tmp_path: Pat
     # A flipped byte breaks the hash and with it the signature over it: both are named, the hash first.
     _, _, err = verify(str(tmp_path / "flipped.json"), "--keys", str(keys_file))
     assert err.endswith("(also failed: signature)")
+
+
+def test_an_envelope_field_edited_after_signing_fails_the_payload_check_naming_it(
+    tmp_path: Path, keys_file: Path
+) -> None:
+    """Only the payload is signed: a tag, author or time edited in the envelope beside it is caught, and what is
+    printed of the pack is the payload's (the signed values), never the edited envelope's."""
+    edits = {
+        "tag": ({"tag": "EDITED"}, "the payload's tag is not EDITED"),
+        "created_by": ({"created_by": "user:evil"}, "the payload's created_by is not user:evil"),
+        "created_at": ({"created_at": "2001-01-01T00:00:00+00:00"}, "the payload's created_at is not 2001-01-01"),
+        "id": ({"id": str(uuid.uuid4())}, "the payload's id is not"),
+    }
+    for name, (edit, reason) in edits.items():
+        code, out, err = verify(str(write(tmp_path / f"{name}.json", {**export(), **edit})), "--keys", str(keys_file))
+        assert code == 1, name
+        assert f"check payload failed: {reason}" in err, (name, err)
+        assert "created  2026-11-28T03:15:00.000000Z by user:admin" in out, name
+        assert "tag      (none)" in out, name
+        assert f"pack     {PACK}" in out, name
+    # The same time in another spelling is the same instant: it verifies.
+    code, out, err = verify(
+        str(write(tmp_path / "z.json", {**export(), "created_at": "2026-11-28T14:15:00+11:00"})),
+        "--keys",
+        str(keys_file),
+    )
+    assert code == 0, err
+    assert "tag      (none)" in out
 
 
 def test_files_that_are_not_packs_fail_with_a_clear_message(tmp_path: Path, keys_file: Path) -> None:

@@ -22,6 +22,7 @@ from services.compliance.signing import (
     b64url_decode,
     b64url_encode,
     jwks_keys,
+    pack_fields,
     public_jwk,
     sign,
     verify,
@@ -140,3 +141,41 @@ def test_an_export_round_trips_its_payload_bytes(key: Ed25519PrivateKey) -> None
     assert (again.format, again.algorithm) == (EXPORT_FORMAT, "Ed25519")
     with pytest.raises(binascii.Error):
         export.model_copy(update={"payload_base64": "@@@"}).payload()
+
+
+def test_every_field_a_row_shows_is_checked_against_the_payload(key: Ed25519PrivateKey) -> None:
+    """`pack_fields` expects the format, id, org, creation time, author and tag (null included): an edit of any of
+    them in a row or an envelope fails the payload check naming it; the time matches as an instant, whichever way
+    the payload spells it (pydantic's or canonical JSON's)."""
+    created = datetime(2026, 11, 28, 3, 15, tzinfo=UTC)
+    fields = {"id": uuid.UUID(PACK_ID), "org_id": uuid.UUID(ORG_ID), "created_at": created, "created_by": "user:a"}
+    base = {"format": "apgms.evidence-pack/1", "id": PACK_ID, "org_id": ORG_ID, "created_by": "user:a", "tag": None}
+    keys = {"ev-1": key.public_key()}
+
+    def check(document: dict[str, object], **row: object) -> Check | None:
+        payload = canonical_json(document)
+        signed = sign(payload, key, "ev-1")
+        shown = Export(**{**fields, "tag": None, **row}, sha256="", signature="", key_id="", payload_base64="")
+        return verify(payload, signed.sha256, signed.signature, "ev-1", keys, expect=pack_fields(shown)).failed
+
+    for spelling in ("2026-11-28T03:15:00Z", "2026-11-28T03:15:00.000000Z", "2026-11-28T14:15:00+11:00"):
+        assert check({**base, "created_at": spelling}) is None, spelling
+    signed_doc = {**base, "created_at": "2026-11-28T03:15:00.000000Z"}
+    edits = {
+        "tag": {"tag": "EDITED"},
+        "created_by": {"created_by": "user:evil"},
+        "created_at": {"created_at": datetime(2001, 1, 1, tzinfo=UTC)},
+    }
+    for name, row in edits.items():
+        failed = check(signed_doc, **row)
+        assert failed is not None and failed.name == "payload", name
+        assert (failed.reason or "").startswith(f"the payload's {name} is not "), (name, failed.reason)
+    # A tag signed but removed from the row (null there), a payload of another format, a field the payload lacks.
+    failed = check({**signed_doc, "tag": "Q3"})
+    assert failed is not None and failed.reason == "the payload's tag is not null"
+    failed = check({**signed_doc, "format": "apgms.audit-checkpoint/1"})
+    assert failed is not None and failed.reason == "the payload's format is not apgms.evidence-pack/1"
+    failed = check({name: value for name, value in signed_doc.items() if name != "created_by"})
+    assert failed is not None and failed.reason == "the payload's created_by is not user:a"
+    failed = check({**signed_doc, "created_at": "not a time"})
+    assert failed is not None and (failed.reason or "").startswith("the payload's created_at is not 2026-11-28")
