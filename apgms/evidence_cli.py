@@ -1,11 +1,16 @@
 """`apgms evidence ...`: checking an exported evidence pack offline, and rotating the key that signs packs.
 
-`verify FILE [--keys URL_OR_FILE]` needs nothing but the file and the published keys (no database, no login): it
+`verify FILE --keys URL_OR_FILE` needs nothing but the file and the published keys (no database, no login): it
 re-hashes the payload, checks the key id is published, the Ed25519 signature over the digest, and that the payload
 holds every field the envelope shows (format, id, org, creation time, author, tag: `signing.pack_fields`), so a
 hand-edited envelope is caught (`services.compliance.signing.verify`). What it prints of the pack is read from the
 payload, the signed document, not from the envelope beside it. Exit 0 when every check holds, 1 naming the first
 that does not (and the others), or why the file or the keys could not be read.
+
+A backup file also records the JWKS as it was when it was taken. Checking a file against keys it carries itself
+proves only that the file is whole: anyone can sign a forgery with a key of their own and record that key beside
+it. So the recorded keys are used only when asked for (`--recorded-keys`), and the verdict then says that this is
+not proof of who signed it; without `--keys` or that flag, the command exits 1 naming both.
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ KEYS_PATH = "/compliance/.well-known/evidence-keys.json"
 # A JWKS holds a few hundred bytes per key: this is thousands of keys.
 MAX_JWKS_BYTES = 1024 * 1024
 JWKS_FETCH_TIMEOUT_S = 15.0
-RECORDED_KEYS_NOTE = "recorded in the file at backup time; pass --keys to check against the published keys"
+RECORDED_KEYS_NOTE = (
+    "recorded in the file at backup time (NOT the service's published keys: pass --keys to check who signed it)"
+)
 
 
 @dataclass(frozen=True)
@@ -89,13 +96,24 @@ def published_keys(location: str) -> Keys:
     return keys_of(document, f"the file {location}")
 
 
-def keys_for(pack: EvidenceFile, location: str | None) -> Keys:
+KEYS_HINT = (
+    f"the published keys, the URL <base URL>{KEYS_PATH} (e.g. http://localhost:3000{KEYS_PATH}) or a file holding "
+    "that JWKS"
+)
+
+
+def keys_for(pack: EvidenceFile, location: str | None, recorded: bool) -> Keys:
+    """The keys to verify with: the published ones (`--keys`), or a backup file's own (`--recorded-keys`)."""
+    if location is not None and recorded:
+        fail("give either --keys or --recorded-keys, not both")
     if location is not None:
         return published_keys(location)
     if pack.recorded_keys is None:
+        fail(f"this is an export, which does not hold the keys: pass --keys with {KEYS_HINT}")
+    if not recorded:
         fail(
-            "this is an export, which does not hold the keys: pass --keys with the published keys, the URL "
-            f"<base URL>{KEYS_PATH} (e.g. http://localhost:3000{KEYS_PATH}) or a file holding that JWKS"
+            f"pass --keys with {KEYS_HINT} to check who signed this pack; or --recorded-keys to check it only "
+            "against the keys recorded in the backup file itself, which proves the file is whole, not who signed it"
         )
     return keys_of(pack.recorded_keys, RECORDED_KEYS_NOTE)
 
@@ -144,17 +162,25 @@ def evidence_verify(
         str | None,
         typer.Option(
             "--keys",
-            help=f"The published keys: a URL such as http://localhost:3000{KEYS_PATH}, or a file holding that "
-            "JWKS. Without it, a backup file's recorded keys.",
+            help=f"The published keys: a URL such as http://localhost:3000{KEYS_PATH}, or a file holding that JWKS.",
         ),
     ] = None,
+    recorded_keys: Annotated[
+        bool,
+        typer.Option(
+            "--recorded-keys",
+            help="A backup file only: check against the keys recorded in the file itself. That proves the file is "
+            "whole, NOT who signed it (a forger records their own key); use --keys for that.",
+        ),
+    ] = False,
 ) -> None:
-    """Verify an evidence pack offline: its sha256, key, Ed25519 signature and payload; exit 1 names what fails."""
+    """Verify an evidence pack offline against the published keys: its sha256, key, Ed25519 signature and payload;
+    exit 1 names what fails."""
     try:
         pack = parse_evidence_file(read_file(file, "the file"))
     except EvidenceFileError as error:
         fail(f"{file}: {error}")
-    used = keys_for(pack, keys)
+    used = keys_for(pack, keys, recorded_keys)
     export = pack.export
     signed = signed_fields(pack)
     console.print(f"pack     {signed['id']}", markup=False)
@@ -171,6 +197,13 @@ def evidence_verify(
         others = [check.name for check in verification.checks if not check.ok and check is not failed]
         also = f" (also failed: {', '.join(others)})" if others else ""
         fail(f"the evidence pack does NOT verify: check {failed.name} failed: {failed.reason}{also}")
+    if recorded_keys:
+        console.print(
+            "The file is whole: every check holds against the keys recorded in it. This does NOT prove who signed "
+            "it (anyone can record a key of their own): run with --keys and the published keys for that.",
+            soft_wrap=True,
+        )
+        return
     console.print("The evidence pack verifies: every check holds.")
 
 

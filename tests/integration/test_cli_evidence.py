@@ -186,18 +186,39 @@ def test_an_export_needs_keys_and_a_backup_file_uses_its_recorded_ones(tmp_path:
         "evidence_keys": jwks((KEY, KID)),
     }
     path = write(tmp_path / "backup.json", backup)
+    # Keys recorded in the file prove only that it is whole: never used unless asked for, and never "verifies".
     code, out, err = verify(str(path))
+    assert (code, out) == (1, "")
+    assert "pass --keys with the published keys" in err and "or --recorded-keys" in err
+    assert "proves the file is whole, not who signed it" in err
+    code, out, err = verify(str(path), "--recorded-keys")
     assert code == 0, err
-    assert "recorded in the file at backup time; pass --keys to check against the published keys" in " ".join(
-        out.split()
+    flat = " ".join(out.split())
+    assert "recorded in the file at backup time (NOT the service's published keys: pass --keys" in flat
+    assert "The file is whole: every check holds against the keys recorded in it. This does NOT prove who" in flat
+    assert "The evidence pack verifies" not in flat
+    code, _, err = verify(str(path), "--recorded-keys", "--keys", str(keys_file))
+    assert code == 1 and "either --keys or --recorded-keys, not both" in err
+    code, _, err = verify(str(write(tmp_path / "export.json", export())), "--recorded-keys")
+    assert code == 1 and "this is an export, which does not hold the keys" in err
+    # A forgery signed with a key of its own, recorded beside it: exit 1 without the flag, fails the published keys.
+    forger = Ed25519PrivateKey.generate()
+    forged = write(
+        tmp_path / "forged.json",
+        {**backup, "evidence": export(key=forger, kid="ev-self"), "evidence_keys": jwks((forger, "ev-self"))},
     )
+    assert verify(str(forged))[0] == 1
+    code, _, err = verify(str(forged), "--keys", str(keys_file))
+    assert code == 1 and "check key failed: key 'ev-self' is not among the published" in err
     # --keys wins over the recorded keys: keys that do not hold the pack's kid fail it.
     other = write(tmp_path / "other-keys.json", jwks((Ed25519PrivateKey.generate(), "ev-other")))
     code, _, err = verify(str(path), "--keys", str(other))
     assert code == 1
     assert "check key failed" in err
     # A backup whose pack is of another org than the backup says is refused.
-    code, _, err = verify(str(write(tmp_path / "mixed.json", {**backup, "org_id": str(uuid.uuid4())})))
+    code, _, err = verify(
+        str(write(tmp_path / "mixed.json", {**backup, "org_id": str(uuid.uuid4())})), "--recorded-keys"
+    )
     assert code == 1
     assert "but its pack is of org" in err
 
