@@ -124,12 +124,17 @@ def _public_key(jwk: Mapping[str, Any]) -> Ed25519PublicKey:
 
 def jwks_keys(document: Any) -> dict[str, Ed25519PublicKey]:
     """kid → public key of every Ed25519 key in a JWKS document; other keys are skipped, a document that is not a
-    JWKS is `InvalidKey`."""
+    JWKS is `InvalidKey`, and so is one naming a kid twice: which of the two a signature is checked with must not
+    depend on their order (a second key under the genuine kid would otherwise verify what it signs)."""
     if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
         raise InvalidKey('not a JWKS: expected {"keys": [...]}')
     keys: dict[str, Ed25519PublicKey] = {}
+    seen: set[str] = set()
     for jwk in document["keys"]:
         if isinstance(jwk, Mapping) and isinstance(jwk.get("kid"), str):
+            if jwk["kid"] in seen:
+                raise InvalidKey(f"duplicate kid {jwk['kid']!r}: the JWKS names it twice")
+            seen.add(jwk["kid"])
             try:
                 keys[jwk["kid"]] = _public_key(jwk)
             except InvalidKey:

@@ -165,6 +165,11 @@ def test_files_that_are_not_packs_fail_with_a_clear_message(tmp_path: Path, keys
     code, out, err = verify(str(write(tmp_path / "b64.json", not_base64)), "--keys", str(keys_file))
     assert code == 1
     assert "check payload failed: payload_base64 is not standard base64" in err
+    forger = Ed25519PrivateKey.generate()
+    doubled = write(tmp_path / "doubled.json", {"keys": [*jwks((KEY, KID))["keys"], *jwks((forger, KID))["keys"]]})
+    code, out, err = verify(str(write(tmp_path / "forged.json", export(key=forger))), "--keys", str(doubled))
+    assert (code, out) == (1, "")
+    assert f"the keys from the file {doubled} are not usable: duplicate kid '{KID}'" in err
     bad_keys = write(tmp_path / "bad-keys.json", {"not": "a jwks"})
     code, _, err = verify(str(write(tmp_path / "pack.json", export())), "--keys", str(bad_keys))
     assert code == 1

@@ -179,3 +179,14 @@ def test_every_field_a_row_shows_is_checked_against_the_payload(key: Ed25519Priv
     assert failed is not None and failed.reason == "the payload's created_by is not user:a"
     failed = check({**signed_doc, "created_at": "not a time"})
     assert failed is not None and (failed.reason or "").startswith("the payload's created_at is not 2026-11-28")
+
+
+def test_a_jwks_naming_a_kid_twice_is_refused(key: Ed25519PrivateKey) -> None:
+    """A second key under the genuine kid must not be the one a pack is checked with (whichever order they come)."""
+    other = Ed25519PrivateKey.generate()
+    for first, second in ((key, other), (other, key)):
+        with pytest.raises(InvalidKey, match="duplicate kid 'real'"):
+            jwks_keys({"keys": [public_jwk(first.public_key(), "real"), public_jwk(second.public_key(), "real")]})
+    # Even when one of the two is not an Ed25519 key at all.
+    with pytest.raises(InvalidKey, match="duplicate kid 'real'"):
+        jwks_keys({"keys": [{"kty": "RSA", "kid": "real"}, public_jwk(key.public_key(), "real")]})
