@@ -21,7 +21,7 @@ from apgms.common import CONNECT_TIMEOUT_S, command_environ, console, error_cons
 from apgms.devservers import DATABASE_ERRORS
 from services.compliance.anchors import AnchorSet
 from services.compliance.audit_trail import org_anchors
-from services.compliance.checkpoints import SCHEDULED_ACTOR, checkpoint_moved_heads, take_checkpoint
+from services.compliance.checkpoints import SCHEDULED_ACTOR, ChainBroken, checkpoint_moved_heads, take_checkpoint
 from services.compliance.config import SERVICE_NAME as COMPLIANCE
 from services.compliance.keys import EvidenceKeys, genuine_keys
 from services.compliance.signing import jwks_keys
@@ -172,6 +172,11 @@ def audit_checkpoint(
         taken = asyncio.run(checkpoint_now(dsn, SecretBox(settings.require_master_key()), org))
     except DATABASE_ERRORS as error:
         fail(unreachable(dsn, error))
+    except ChainBroken as broken:
+        fail(
+            f"the audit chain of org {broken.org_id} is broken at record {broken.link.seq} ({broken.link.reason}); "
+            f"no checkpoint was signed. Run: apgms audit verify --org {broken.org_id}"
+        )
     if taken is None:
         fail("the compliance service is taking its scheduled checkpoints right now; try again in a moment")
     if org is not None:

@@ -136,3 +136,23 @@ async def test_checkpoint_needs_exactly_one_of_org_and_all(database_url: str, ar
     assert code == 1
     assert "give exactly one of --org ID and --all" in err
     assert "Traceback" not in out + err
+
+
+async def test_checkpoint_over_a_broken_chain_exits_1_naming_the_record_and_signs_nothing(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    await write_chain(conn, ORG)
+    code, _, err = await run_cli(database_url, "audit", "checkpoint", "--org", str(ORG))
+    assert code == 0, err
+    await write_chain(conn, ORG, 3)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        await conn.execute(
+            "UPDATE audit.records SET target = 'x' WHERE org_id = $1 AND seq = $2", ORG, CHAIN_LENGTH + 2
+        )
+    code, out, err = await run_cli(database_url, "audit", "checkpoint", "--org", str(ORG))
+    assert code == 1
+    assert "Traceback" not in out + err
+    assert one_line(err).startswith(f"error: the audit chain of org {ORG} is broken at record {CHAIN_LENGTH + 2} (")
+    assert f"no checkpoint was signed. Run: apgms audit verify --org {ORG}" in one_line(err)
+    assert await conn.fetchval("SELECT count(*) FROM compliance.audit_checkpoints WHERE org_id = $1", ORG) == 1
