@@ -28,6 +28,7 @@ from apgms.common import (
 )
 from apgms.devservers import DATABASE_ERRORS
 from apgms.evidence_cli import evidence_app
+from apgms.regulator_cli import regulator_app
 from apgms.seed import (
     DEFAULT_RANDOM_SEED,
     DEMO_ORG_NAME,
@@ -44,6 +45,7 @@ from apgms.seed import (
     seed_progress_bar,
     seeded_table,
 )
+from apgms.smoke import smoke_app
 from services.auth.keys import PUBLISH_AHEAD_S, RETIRE_AFTER_S, rotate
 from services.auth.oauth import ClientError, create_client
 from shared.config import (
@@ -71,6 +73,8 @@ pii_app = typer.Typer(no_args_is_help=True, help="PII data keys and their key-en
 app.add_typer(pii_app, name="pii")
 app.add_typer(evidence_app, name="evidence")
 app.add_typer(backup_app, name="backup")
+app.add_typer(smoke_app, name="smoke")
+app.add_typer(regulator_app, name="regulator")
 
 
 @app.command()

@@ -105,10 +105,10 @@ async def revoke_for_org(conn: asyncpg.Connection, credential: Credential, org_i
     return scope
 
 
-async def revoke_everywhere(conn: asyncpg.Connection, credential: Credential, actor: str) -> None:
+async def revoke_everywhere(conn: asyncpg.Connection, credential: Credential, actor: str) -> int:
     """Revoke the credential for all its orgs (its sessions end), audited in each org's chain; `credential` must
-    be locked."""
-    await store.revoke(conn, credential.id)
+    be locked. How many sessions were live."""
+    ended = await store.revoke(conn, credential.id)
     # In one order, so two changes spanning the same orgs never wait on each other's chain locks.
     for org_id in sorted(credential.org_ids):
         await audit.append(
@@ -119,3 +119,4 @@ async def revoke_everywhere(conn: asyncpg.Connection, credential: Credential, ac
             target=f"regulator_credential:{credential.id}",
             detail=_detail(credential, scope="credential"),
         )
+    return ended

@@ -172,12 +172,13 @@ async def credentials(
     return listings
 
 
-async def revoke(conn: asyncpg.Connection, credential_id: uuid.UUID) -> None:
-    """Revoke the credential (its sessions fail at once by the validity rule) and end its live sessions."""
+async def revoke(conn: asyncpg.Connection, credential_id: uuid.UUID) -> int:
+    """Revoke the credential (its sessions fail at once by the validity rule) and end its live sessions; how many
+    were live."""
     await conn.execute(
         "UPDATE regulator.credentials SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", credential_id
     )
-    await end_sessions(conn, credential_id)
+    return await end_sessions(conn, credential_id)
 
 
 async def remove_org(conn: asyncpg.Connection, credential_id: uuid.UUID, org_id: uuid.UUID) -> None:
