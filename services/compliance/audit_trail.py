@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -58,9 +58,21 @@ def _instant(value: Any) -> Any:
         parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         parsed = None
-    if parsed is None or parsed.tzinfo is None:
+    if parsed is None or parsed.utcoffset() is None:
         raise PydanticCustomError("instant", "must be an ISO 8601 date and time with an offset, e.g. 2026-07-01T00:00Z")
-    return parsed
+    # In UTC, the instant must lie where an audit record can (an offset near either end of the calendar would
+    # otherwise overflow it when the query converts it).
+    try:
+        in_utc = parsed.astimezone(UTC)
+    except OverflowError:
+        in_utc = None
+    if in_utc is None or not audit.EARLIEST_AT <= in_utc <= audit.LATEST_AT:
+        raise PydanticCustomError(
+            "instant",
+            "must lie from {earliest} to {latest} (UTC)",
+            {"earliest": audit.EARLIEST_AT.isoformat(), "latest": audit.LATEST_AT.isoformat()},
+        )
+    return in_utc
 
 
 Instant = Annotated[datetime, BeforeValidator(_instant)]

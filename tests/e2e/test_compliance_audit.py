@@ -255,6 +255,8 @@ async def test_the_audit_listing_filters_pages_and_binds_its_cursor_to_the_filte
         ({"from": "yesterday"}, "from"),
         ({"to": "2026-01-01"}, "to"),
         ({"from": "1700000000"}, "from"),
+        ({"from": "0001-01-01T00:00:00+14:00"}, "from"),  # overflows when read in UTC
+        ({"to": "9999-12-31T23:59:59-14:00"}, "to"),
         ({"limit": "0"}, "limit"),
         ({"limit": "201"}, "limit"),
         ({"colour": "red"}, "colour"),
