@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -46,6 +47,7 @@ from apgms.devservers import (
     redact_url,
 )
 from apgms.localredis import LocalRedis
+from apgms.regulator_demo import DEMO_CREDENTIAL_NAME, ensure_demo_credential
 from apgms.seed import DemoSeed, SeedError, demo_password, seed_demo
 from shared.config import (
     CALLING_SERVICES,
@@ -446,9 +448,12 @@ async def seed_dev_demo(env: Mapping[str, str], database_url: str) -> DemoSeed:
     dev_env = {**env, "APGMS_ENV": "dev", "DATABASE_URL": database_url}
     settings = load_settings("auth", dev_env, master_key_required=True)
     password = demo_password(dev_env)
+    master_key = settings.require_master_key()
     connection = await asyncpg.connect(database_url)
     try:
-        return await seed_demo(connection, SecretBox(settings.require_master_key()), password)
+        seed = await seed_demo(connection, SecretBox(master_key), password)
+        code = await ensure_demo_credential(connection, seed.org_id, master_key.reveal(), dev_env)
+        return dataclasses.replace(seed, regulator_code=code)
     finally:
         await connection.close()
 
@@ -463,6 +468,9 @@ def demo_logins(demo: DemoSeed) -> Text:
             text.append(", TOTP secret ")
             text.append(demo.totp_secret or "unreadable with this master key", style="bold")
         text.append(")")
+    if demo.regulator_code:
+        text.append(f"\n  regulator {DEMO_CREDENTIAL_NAME} (org {demo.org_id}), access code ")
+        text.append(demo.regulator_code, style="bold")
     return text
 
 

@@ -81,6 +81,8 @@ class DemoSeed:
     password_matches: bool
     totp_secret: str | None
     totp_uri: str | None
+    # `make run`'s demo regulator credential's access code (apgms.regulator_demo); None outside make run.
+    regulator_code: str | None = None
 
 
 def demo_password(environ: Mapping[str, str]) -> str:

@@ -22,6 +22,7 @@ from services.regulator.models import Credential, RegulatorSession
 
 __all__ = [
     "CredentialListing",
+    "add_org",
     "credential_by_id",
     "credential_by_lookup",
     "credential_by_name",
@@ -187,6 +188,16 @@ async def remove_org(conn: asyncpg.Connection, credential_id: uuid.UUID, org_id:
         "UPDATE regulator.credentials SET org_ids = array_remove(org_ids, $2) WHERE id = $1", credential_id, org_id
     )
     await end_sessions(conn, credential_id, org_id)
+
+
+async def add_org(conn: asyncpg.Connection, credential_id: uuid.UUID, org_id: uuid.UUID) -> None:
+    """Add `org_id` to the credential's orgs unless it is among them."""
+    await conn.execute(
+        """UPDATE regulator.credentials SET org_ids = array_append(org_ids, $2)
+        WHERE id = $1 AND NOT $2 = ANY (org_ids)""",
+        credential_id,
+        org_id,
+    )
 
 
 async def end_sessions(conn: asyncpg.Connection, credential_id: uuid.UUID, org_id: uuid.UUID | None = None) -> int:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from apgms import devstack
 from apgms.cli import app
+from apgms.regulator_demo import DEMO_CREDENTIAL_NAME, DemoRegulatorRefused, ensure_demo_credential
 from services.regulator import codes, store
 from shared.passwords import token_hash, verify_secret
 
@@ -113,3 +114,38 @@ async def test_revoking_an_unknown_name_fails(database_url: str) -> None:
     status, _, err = await run(database_url, "regulator", "revoke", "nobody")
     assert status == 1 and "no regulator credential named 'nobody'" in err
     assert codes.parse_lookup("x") is None
+
+
+async def test_the_demo_credential_follows_the_master_key(database_url: str) -> None:
+    org_id = uuid.uuid4()
+    dev = {"APGMS_ENV": "dev"}
+    connection = await asyncpg.connect(database_url)
+    try:
+        first = await ensure_demo_credential(connection, org_id, "key one", dev)
+        assert first == await ensure_demo_credential(connection, org_id, "key one", dev), "printable on every run"
+        row = await store.credential_by_name(connection, DEMO_CREDENTIAL_NAME)
+        assert row is not None and verify_secret(row.code_hash, first) and row.org_ids == (org_id,)
+
+        # Another master key: another code, and the old one no longer opens the row.
+        second = await ensure_demo_credential(connection, org_id, "key two", dev)
+        assert second != first
+        row = await store.credential_by_name(connection, DEMO_CREDENTIAL_NAME)
+        assert row is not None and verify_secret(row.code_hash, second) and not verify_secret(row.code_hash, first)
+        assert codes.parse_lookup(second) == row.lookup
+
+        # Revoked (by an admin, say): the next make run makes it usable again.
+        await store.revoke(connection, row.id)
+        assert await ensure_demo_credential(connection, org_id, "key two", dev) == second
+        row = await store.credential_by_name(connection, DEMO_CREDENTIAL_NAME)
+        assert row is not None and row.revoked_at is None
+
+        actions = await connection.fetch("SELECT action FROM audit.records WHERE org_id = $1 ORDER BY seq", org_id)
+        assert [r["action"] for r in actions] == [
+            "regulator.credential.create",
+            "regulator.credential.reissue",
+            "regulator.credential.reissue",
+        ]
+        with pytest.raises(DemoRegulatorRefused):
+            await ensure_demo_credential(connection, org_id, "key two", {"APGMS_ENV": "production"})
+    finally:
+        await connection.close()
