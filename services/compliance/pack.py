@@ -92,9 +92,16 @@ REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+# Characters that show nothing by themselves: a tag of only these (spaces, no-break spaces, zero-width format
+# characters) would be a blank entry in a listing. Inside a tag they stay allowed (an emoji's zero-width joiner).
+INVISIBLE_CATEGORIES = frozenset({"Cf", "Zs"})
+
+
 def _no_control_characters(text: str) -> str:
     if any(unicodedata.category(ch) in REFUSED_CATEGORIES or ch in BIDI_CONTROLS for ch in text):
         raise ValueError("must not contain control characters (line breaks, escapes, bidirectional controls)")
+    if all(ch.isspace() or unicodedata.category(ch) in INVISIBLE_CATEGORIES for ch in text):
+        raise ValueError("must hold a visible character (not only spaces or zero-width characters)")
     return text
 
 
