@@ -19,6 +19,9 @@ msgpack for `Accept: application/msgpack` (`shared.negotiation`; 406 `not_accept
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Awaitable, Callable
+
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
@@ -41,12 +44,22 @@ __all__ = ["COMPLIANCE_READ_SCOPE", "PackItem", "org_evidence", "org_pack_item",
 
 COMPLIANCE_READ_SCOPE = "compliance:read"
 
+# A listing of the org's own routes, as a function: snapshots.snapshot_page, evidence.pack_page.
+Lister = Callable[[Request, uuid.UUID, PageQuery], Awaitable[BaseModel]]
+
 
 class PackItem(BaseModel):
     """One pack for another service: the export envelope (`signing.Export`) and what `/verify` says of it."""
 
     export: Export
     verification: Verdict
+
+
+async def _org_page(request: Request, page: Lister) -> Response:
+    org_id = path_org(request.path_params["org_id"])
+    query = parse_query(request.query_params, PageQuery)
+    media_type = response_media_type(request)
+    return encoded_response(await page(request, org_id, query), media_type)
 
 
 @documented("An org's compliance report; JSON or msgpack", response=Report, tags=["internal"])
@@ -64,10 +77,7 @@ async def org_report(request: Request, principal: Principal) -> Response:
 )
 @guard(audience=SERVICE_AUDIENCE, scopes=(COMPLIANCE_READ_SCOPE,))
 async def org_snapshots(request: Request, principal: Principal) -> Response:
-    org_id = path_org(request.path_params["org_id"])
-    query = parse_query(request.query_params, PageQuery)
-    media_type = response_media_type(request)
-    return encoded_response(await snapshot_page(request, org_id, query), media_type)
+    return await _org_page(request, snapshot_page)
 
 
 @documented(
@@ -75,10 +85,7 @@ async def org_snapshots(request: Request, principal: Principal) -> Response:
 )
 @guard(audience=SERVICE_AUDIENCE, scopes=(COMPLIANCE_READ_SCOPE,))
 async def org_evidence(request: Request, principal: Principal) -> Response:
-    org_id = path_org(request.path_params["org_id"])
-    query = parse_query(request.query_params, PageQuery)
-    media_type = response_media_type(request)
-    return encoded_response(await pack_page(request, org_id, query), media_type)
+    return await _org_page(request, pack_page)
 
 
 @documented(
