@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -138,16 +139,20 @@ class EvidenceKeys:
             )
         return sign(payload, key, row.kid)
 
-    async def public_keys(self) -> dict[str, Ed25519PublicKey]:
-        """kid → public key of every key, active and retired."""
-        await self._load()
+    async def public_keys(self, conn: asyncpg.Connection | None = None) -> dict[str, Ed25519PublicKey]:
+        """kid → public key of every key, active and retired (a caller holding a connection passes it)."""
+        await self._load(conn)
         return dict(self._public)
 
-    async def public_keys_with(self, kid: str) -> dict[str, Ed25519PublicKey]:
-        """As `public_keys`, re-read at once when `kid` is unknown (a key another process added a moment ago)."""
-        await self._load()
-        if kid not in self._public:
-            await self._load(force=True)
+    async def public_keys_with(
+        self, kids: str | Iterable[str], conn: asyncpg.Connection | None = None
+    ) -> dict[str, Ed25519PublicKey]:
+        """As `public_keys`, re-read at once when one of `kids` is unknown (a key another process added a moment
+        ago, such as a rotation made in the last KEY_CACHE_TTL_S)."""
+        wanted = {kids} if isinstance(kids, str) else set(kids)
+        await self._load(conn)
+        if not wanted <= self._public.keys():
+            await self._load(conn, force=True)
         return dict(self._public)
 
     async def jwks(self) -> dict[str, Any]:
