@@ -19,9 +19,9 @@ HTML page with the problem's status.
 
 Every POST (login and logout) carries a CSRF token (`services.regulator.csrf`); without a matching one it is a 403
 `csrf_failed` page and nothing happens. Every response from here carries a strict CSP (no script at all, styles only
-from our own file, so no inline style anywhere), `nosniff`, `Referrer-Policy: no-referrer`, and `no-store` on all
-but the static files. The session cookie is HttpOnly, SameSite=Strict, Path=/, and Secure with the `__Host-` prefix
-outside dev and test (RegulatorSettings.secure_cookies); it lives as long as the session.
+from our own file, so no inline style anywhere), `nosniff`, `Referrer-Policy: same-origin` (see PAGE_HEADERS), and
+`no-store` on all but the static files. The session cookie is HttpOnly, SameSite=Strict, Path=/, and Secure with the
+`__Host-` prefix outside dev and test (RegulatorSettings.secure_cookies); it lives as long as the session.
 """
 
 from __future__ import annotations
@@ -74,7 +74,10 @@ CONTENT_SECURITY_POLICY = (
 PAGE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # Not no-referrer: under it the browser sends `Origin: null` with a form's POST (Fetch, "serializing a request
+    # origin"), which the proxy rightly refuses as cross-origin (403 cors_forbidden). same-origin sends no referrer
+    # to any other site, and our own origin to ourselves.
+    (b"referrer-policy", b"same-origin"),
 )
 # Static files are named by a hash of their content in their URL (`?v=`), so a year's caching is safe.
 STATIC_CACHE_CONTROL = "public, max-age=31536000, immutable"

@@ -13,29 +13,14 @@ from typing import Any
 import aiohttp
 from auth_support import Org, call
 from core_support import StartService, role_tokens
-from regulator_support import RegulatorStack, create_credential, start_regulator
+from portal_support import CSRF_COOKIE, SESSION_COOKIE, start_proxy
+from regulator_support import create_credential, start_regulator
 
 PORTAL = "/regulator/portal"
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-SESSION_COOKIE = "apgms_regulator"  # dev and test: no Secure, no __Host- prefix
-CSRF_COOKIE = "apgms_regulator_csrf"
 TOKEN_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def start_proxy(start_service: StartService, stack: RegulatorStack) -> str:
-    proxy = start_service(
-        "api-gateway",
-        {
-            "UPSTREAM_AUTH_URLS": stack.auth.url,
-            "UPSTREAM_CORE_URLS": stack.core.url,
-            "UPSTREAM_COMPLIANCE_URLS": stack.compliance.url,
-            "UPSTREAM_REGULATOR_URLS": stack.url,
-        },
-        module="proxy",
-    )
-    return str(proxy.url)
 
 
 def browser() -> aiohttp.ClientSession:
@@ -63,7 +48,7 @@ def set_cookies(headers: Any) -> SimpleCookie:
 def assert_portal_headers(headers: Any, *, cache: str = "no-store") -> None:
     assert headers["content-security-policy"] == CSP
     assert headers["x-content-type-options"] == "nosniff"
-    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["referrer-policy"] == "same-origin"
     assert headers["cache-control"] == cache
 
 
