@@ -469,7 +469,8 @@ def demo_logins(demo: DemoSeed) -> Text:
             text.append(demo.totp_secret or "unreadable with this master key", style="bold")
         text.append(")")
     if demo.regulator_code:
-        text.append(f"\n  regulator {DEMO_CREDENTIAL_NAME} (org {demo.org_id}), access code ")
+        # The code on a line of its own, so a terminal of 80 columns does not break it.
+        text.append(f"\n  regulator {DEMO_CREDENTIAL_NAME} (org {demo.org_id}), access code:\n    ")
         text.append(demo.regulator_code, style="bold")
     return text
 
