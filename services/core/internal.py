@@ -121,8 +121,8 @@ class SummaryQuery(BaseModel):
 class Totals(BaseModel):
     model_config = ConfigDict(frozen=True, serialize_by_alias=True, populate_by_name=True)
 
-    start: date = Field(alias="from")
-    end: date = Field(alias="to")
+    start: date = Field(validation_alias="from", serialization_alias="from")
+    end: date = Field(validation_alias="to", serialization_alias="to")
     count: int
     amount: str
     gst_amount: str
