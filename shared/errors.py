@@ -9,6 +9,8 @@
     a transaction PostgreSQL       503 service_unavailable with Retry-After: 1 (a deadlock or serialization failure
     aborted to break a conflict    rolled the whole transaction back, so the same request again is safe); one
                                    `transaction_conflict` warning line
+    TimeoutError                   503 service_unavailable with Retry-After: 1 (a pool connection, another service or
+                                   Redis did not answer within its deadline); one `dependency_timeout` warning line
     any other exception            500 internal_error, logged once with the request ID
 
 Every body carries `type`, `title`, `status`, `detail`, `code` and `request_id`; none carries a stack trace.
@@ -17,6 +19,8 @@ Every body carries `type`, `title`, `status`, `detail`, `code` and `request_id`;
 from __future__ import annotations
 
 import asyncio
+import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -252,6 +256,17 @@ def audit_failed(scope: Scope, exc: AuditFailed) -> None:
     )
 
 
+def _raised_at(exc: BaseException) -> str | None:
+    """`file:line in function` of the innermost frame of our own code in `exc`'s traceback (the call whose deadline
+    ran out), past the frames of the standard library and installed packages."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if "site-packages" not in f.filename and not f.filename.startswith(sys.base_prefix)]
+    if not frames:
+        return None
+    frame = (ours or frames)[-1]
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"
+
+
 def transaction_conflict(scope: Scope, exc: Exception) -> None:
     """Log a transaction PostgreSQL aborted to break a conflict (a deadlock, a serialization failure): one
     warning line, no traceback; the client is answered 503 with Retry-After."""
@@ -301,6 +316,19 @@ class ErrorBoundaryMiddleware:
             audit_failed(scope, exc)
             if not exchange.started:
                 await problem_response("audit_failed")(scope, receive, send)
+        except TimeoutError as exc:
+            # A dependency did not answer within its deadline (a pool connection, another service, Redis): the
+            # service is short of something for now, not broken, so the client is told to come back, not 500.
+            log.warning(
+                "dependency_timeout",
+                path=scope.get("path"),
+                method=scope.get("method"),
+                at=_raised_at(exc),
+            )
+            if not exchange.started:
+                detail = "Something this request needs did not answer in time; try again shortly"
+                retry = {"retry-after": str(CONFLICT_RETRY_AFTER_S)}
+                await problem_response("service_unavailable", detail, headers=retry)(scope, receive, send)
         except Exception as exc:
             if getattr(exc, "sqlstate", None) in TRANSACTION_CONFLICT_SQLSTATES:
                 transaction_conflict(scope, exc)

@@ -320,6 +320,30 @@ async def test_a_deadlock_or_serialization_failure_is_a_503_to_retry_not_a_500(
     ]
 
 
+async def test_a_dependency_deadline_is_a_503_to_retry_not_a_500(request_id: str) -> None:
+    async def starved(_: Scope, __: Receive, ___: Send) -> None:
+        async with asyncio.timeout(0):
+            await asyncio.sleep(1)  # stands in for pool.acquire(timeout=...) finding no connection in time
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
+    with capture_logs() as logs:
+        await ErrorBoundaryMiddleware(starved)(scope, receive, send)
+    assert sent[0]["status"] == 503
+    assert (b"retry-after", b"1") in sent[0]["headers"]
+    body = orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert (body["code"], body["request_id"]) == ("service_unavailable", request_id)
+    assert [(e["event"], e["log_level"]) for e in logs] == [("dependency_timeout", "warning")]
+    assert logs[0]["at"].endswith("in starved")
+
+
 async def test_any_other_database_error_is_still_a_500_unhandled_error(request_id: str) -> None:
     async def broken(_: Scope, __: Receive, ___: Send) -> None:
         raise asyncpg.UniqueViolationError("duplicate key")
