@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from starlette.requests import Request
 
 from services.compliance.evidence import PackPage
@@ -24,7 +24,7 @@ from services.compliance.internal import PackItem
 from services.compliance.pack import Report
 from services.compliance.snapshots import SnapshotPage
 from services.core.alerts import AlertPage, AlertQuery
-from services.core.internal import BankLineSummary, MonthSummary
+from services.core.internal import BankLineSummary
 from services.regulator.config import RegulatorSettings
 from shared.errors import ApiError, FieldError
 from shared.pagination import PageQuery
@@ -55,20 +55,6 @@ def _bad_cursor() -> ApiError:
 
 def _no_pack() -> ApiError:
     return ApiError("not_found", "No evidence pack with this id in the session's org")
-
-
-class _MonthAnswer(MonthSummary):
-    start: date = Field(validation_alias="from", serialization_alias="from")
-    end: date = Field(validation_alias="to", serialization_alias="to")
-
-
-class _SummaryAnswer(BankLineSummary):
-    """Core's summary as it arrives: core's Totals name `from`/`to` for serialization only, so its own model cannot
-    read its answer back (requested of the lead: `Field(alias=...)` there makes these two classes go)."""
-
-    start: date = Field(validation_alias="from", serialization_alias="from")
-    end: date = Field(validation_alias="to", serialization_alias="to")
-    months: list[_MonthAnswer] | None  # type: ignore[assignment]
 
 
 def _settings(request: Request) -> RegulatorSettings:
@@ -134,4 +120,4 @@ async def alerts(request: Request, org_id: uuid.UUID, query: AlertQuery) -> Aler
 async def bank_line_summary(request: Request, org_id: uuid.UUID, start: date, end: date) -> BankLineSummary:
     """Count and totals of the org's bank lines dated `start`..`end`, per month."""
     params = {"from": start.isoformat(), "to": end.isoformat(), "group": "month"}
-    return await _core(request, f"/internal/orgs/{org_id}/bank-lines/summary", _SummaryAnswer, params)
+    return await _core(request, f"/internal/orgs/{org_id}/bank-lines/summary", BankLineSummary, params)
