@@ -2,8 +2,10 @@
 
 `verify` checks the chain against every anchor the org's signed checkpoints and evidence packs record, with the
 public keys from compliance.evidence_keys (no master key needed): history rewritten after a checkpoint or pack
-was issued is caught even when every later hash was recomputed. `checkpoint` takes a signed checkpoint now (the
-master key opens the evidence signing key); like the compliance service's schedule, it writes no audit record.
+was issued is caught even when every later hash was recomputed, and a checkpoint deleted from the middle of the
+org's sequence of checkpoints, or replaced, is named by the one after it. `checkpoint` takes a signed checkpoint
+now (the master key opens the evidence signing key); like the compliance service's schedule, it writes no audit
+record.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from apgms.common import CONNECT_TIMEOUT_S, command_environ, console, error_console, fail, unreachable
 from apgms.devservers import DATABASE_ERRORS
-from services.compliance.anchors import AnchorSet
+from services.compliance.anchors import CHECK_CHAIN, AnchorSet
 from services.compliance.audit_trail import org_anchors
 from services.compliance.checkpoints import SCHEDULED_ACTOR, ChainBroken, checkpoint_moved_heads, take_checkpoint
 from services.compliance.config import SERVICE_NAME as COMPLIANCE
@@ -115,12 +117,13 @@ def audit_verify(org: Annotated[uuid.UUID, typer.Option("--org", help="The org w
     except DATABASE_ERRORS as error:
         fail(unreachable(dsn, error))
     for invalid in check.anchors.invalid:
-        error_console.print(
-            f"{'signed checkpoint' if invalid.kind == 'checkpoint' else 'evidence pack'} {invalid.id} fails its own "
-            f"verification ({invalid.check}: {invalid.reason}); it is not used as an anchor",
-            markup=False,
-            soft_wrap=True,
+        name = f"{'signed checkpoint' if invalid.kind == 'checkpoint' else 'evidence pack'} {invalid.id}"
+        finding = (
+            f"{name} is {invalid.reason}"
+            if invalid.check == CHECK_CHAIN
+            else f"{name} fails its own verification ({invalid.check}: {invalid.reason}); it is not used as an anchor"
         )
+        error_console.print(finding, markup=False, soft_wrap=True)
     if check.broken is not None:
         fail(
             f"audit chain of org {org} is broken at record {check.broken.seq}: {check.broken.reason} "

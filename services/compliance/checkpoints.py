@@ -8,6 +8,10 @@
 A plain hash chain can be recomputed by anyone who can write the database; a checkpoint is the org's head (seq and
 hash) and the hashes of the records since the previous checkpoint (`services.compliance.anchors`), signed with the
 evidence key, so `/audit/verify` catches history rewritten after it was taken, and names the rewritten record.
+Each checkpoint also names the org's previous one (`previous`: its id and sha256), so the checkpoints form a chain
+of their own and `/audit/verify` reports one deleted from the middle or replaced. The org's latest checkpoint is
+where the next one starts, so it is verified first, like any anchor: one whose row fails (edited seq or hash,
+another signature) is a refusal like a broken chain.
 
 A checkpoint vouches for the records it covers, so none is signed over a chain already broken: before signing,
 the records after the org's latest checkpoint must link from that checkpoint's hash up to the head
@@ -37,7 +41,13 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.compliance.anchors import MAX_CHECKPOINT_ROWS, checkpoint_payload
+from services.compliance.anchors import (
+    CHECK_CHAIN,
+    MAX_CHECKPOINT_ROWS,
+    checkpoint_document,
+    checkpoint_payload,
+    collect_anchors,
+)
 from services.compliance.config import ComplianceSettings
 from services.compliance.deps import compliance_deps
 from services.compliance.keys import EvidenceKeys
@@ -87,6 +97,9 @@ CHECKPOINTERS: tuple[Role, ...] = ("admin", "auditor")
 SCHEDULED_ACTOR = "system"
 # The one-key session advisory lock of the scheduled run ('APGCKPT'): a replica that cannot take it skips the run.
 CHECKPOINT_LOCK = 0x41_50_47_43_4B_50_54
+# The first key of the two-key transaction advisory lock one org's checkpoints are taken under ('APGC'; the two-key
+# space is apart from the one-key space of CHECKPOINT_LOCK).
+CHECKPOINT_ORG_LOCK = 0x41_50_47_43
 # The first scheduled run comes this soon after start-up (or after one interval, if shorter): a service restarted
 # more often than the interval must still checkpoint.
 FIRST_RUN_DELAY_S = 30.0
@@ -140,41 +153,75 @@ async def _segment_break(
     return (await audit.verify_org(conn, org_id, after=known, anchor=audit.Anchor(head.seq, head.hash))).broken
 
 
+def _org_lock(org_id: uuid.UUID) -> int:
+    """The second key of the org's checkpoint lock (two orgs sharing one only wait for each other)."""
+    return int.from_bytes(org_id.bytes[:4], "big", signed=True)
+
+
+async def _untrusted(conn: asyncpg.Connection, keys: EvidenceKeys, latest: Checkpoint) -> audit.BrokenLink | None:
+    """Why the org's latest checkpoint cannot be the starting link of the next one, or None when it verifies (its
+    digest, key, signature and every field its row shows, as `/audit/verify` checks it)."""
+    published = await keys.public_keys_with(latest.key_id, conn)
+    # Alone, it has no predecessor to be checked against (CHECK_CHAIN): only its own verification counts here.
+    invalid = collect_anchors([checkpoint_document(latest)], published).invalid
+    found = [each for each in invalid if each.check != CHECK_CHAIN]
+    if not found:
+        return None
+    return audit.BrokenLink(
+        latest.seq,
+        f"the latest signed checkpoint {latest.id} (head record {latest.seq}) fails its own verification "
+        f"({found[0].check}: {found[0].reason}), so nothing can link from it",
+    )
+
+
 async def take_checkpoint(conn: asyncpg.Connection, keys: EvidenceKeys, org_id: uuid.UUID, actor: str) -> Taken | None:
     """A signed checkpoint of the org's head now, stored; the existing one when a checkpoint already covers that
-    head; None when the org has no audit records. `ChainBroken` (nothing signed or stored) when the records since
-    the org's latest checkpoint (since the first record, for its first) do not link from that checkpoint's hash
-    to the head: a checkpoint vouches for them, so it must not be signed over a chain already broken."""
-    head = await audit.last_record(conn, org_id)
-    if head is None:
-        return None
-    previous = await latest_checkpoint(conn, org_id)
-    if (broken := await _segment_break(conn, org_id, previous, head)) is not None:
-        raise ChainBroken(org_id, broken)
-    if previous is not None and previous.seq == head.seq:
-        return Taken(previous, created=False)
-    covered = 0 if previous is None else previous.seq
-    rows = await _rows_up_to(conn, org_id, max(covered, head.seq - MAX_CHECKPOINT_ROWS), head.seq)
-    checkpoint_id, created_at = uuid.uuid4(), datetime.now(UTC)
-    # On the connection held: a key reload on a second one could leave the pool empty with every signer waiting.
-    signed = await keys.sign(checkpoint_payload(checkpoint_id, org_id, created_at, actor, head, rows), conn)
-    checkpoint = Checkpoint(
-        id=checkpoint_id,
-        org_id=org_id,
-        created_at=created_at,
-        created_by=actor,
-        seq=head.seq,
-        hash=head.hash,
-        payload=signed.payload,
-        sha256=signed.sha256,
-        signature=signed.signature,
-        key_id=signed.key_id,
-    )
-    if await insert_checkpoint(conn, checkpoint):
-        return Taken(checkpoint, created=True)
-    existing = await checkpoint_at(conn, org_id, head.seq)  # another caller took it a moment ago
-    assert existing is not None, "the insert conflicted on (org_id, seq), so the row exists"
-    return Taken(existing, created=False)
+    head; None when the org has no audit records. The new checkpoint names the org's latest one (`previous`), so
+    the checkpoints form a chain of their own (`services.compliance.anchors`).
+
+    `ChainBroken` (nothing signed or stored) when the org's latest checkpoint fails its own verification (its seq
+    and hash are where the new one would start: a row edited in the database must not be trusted), or when the
+    records since it (since the first record, for its first) do not link from its hash to the head: a checkpoint
+    vouches for them, so it must not be signed over a chain already broken.
+
+    In a transaction of its own (a savepoint inside the caller's) holding the org's checkpoint lock until the
+    outermost transaction ends: two checkpoints of one org taken at once would otherwise both name the same
+    predecessor, and the second would look like a break in the sequence."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1::int, $2::int)", CHECKPOINT_ORG_LOCK, _org_lock(org_id))
+        head = await audit.last_record(conn, org_id)
+        if head is None:
+            return None
+        previous = await latest_checkpoint(conn, org_id)
+        if previous is not None and (untrusted := await _untrusted(conn, keys, previous)) is not None:
+            raise ChainBroken(org_id, untrusted)
+        if (broken := await _segment_break(conn, org_id, previous, head)) is not None:
+            raise ChainBroken(org_id, broken)
+        if previous is not None and previous.seq == head.seq:
+            return Taken(previous, created=False)
+        covered = 0 if previous is None else previous.seq
+        rows = await _rows_up_to(conn, org_id, max(covered, head.seq - MAX_CHECKPOINT_ROWS), head.seq)
+        checkpoint_id, created_at = uuid.uuid4(), datetime.now(UTC)
+        payload = checkpoint_payload(checkpoint_id, org_id, created_at, actor, head, rows, previous)
+        # On the connection held: a key reload on a second one could leave the pool empty with every signer waiting.
+        signed = await keys.sign(payload, conn)
+        checkpoint = Checkpoint(
+            id=checkpoint_id,
+            org_id=org_id,
+            created_at=created_at,
+            created_by=actor,
+            seq=head.seq,
+            hash=head.hash,
+            payload=signed.payload,
+            sha256=signed.sha256,
+            signature=signed.signature,
+            key_id=signed.key_id,
+        )
+        if await insert_checkpoint(conn, checkpoint):
+            return Taken(checkpoint, created=True)
+        existing = await checkpoint_at(conn, org_id, head.seq)  # another caller took it a moment ago
+        assert existing is not None, "the insert conflicted on (org_id, seq), so the row exists"
+        return Taken(existing, created=False)
 
 
 # --- the schedule -------------------------------------------------------------------------------------------------
