@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.compliance.anchors import AnchorSet, checkpoint_document, collect_anchors, pack_document
+from services.compliance.anchors import AnchorCollector, AnchorSet, checkpoint_document, pack_document
 from services.compliance.deps import compliance_deps
 from services.compliance.seq_cursor import decode_seq_cursor, encode_seq_cursor
 from services.compliance.store.audit import AuditFilters, page_records
@@ -182,12 +182,15 @@ class ChainVerdict(BaseModel):
 
 
 async def org_anchors(conn: asyncpg.Connection, org_id: uuid.UUID, keys: Mapping[str, Ed25519PublicKey]) -> AnchorSet:
-    """The anchors of the org's signed checkpoints and packs whose own digest and signature hold under `keys`."""
-    documents = [
-        *(checkpoint_document(checkpoint) for checkpoint in await org_checkpoints(conn, org_id)),
-        *(pack_document(pack) for pack in await signed_packs(conn, org_id)),
-    ]
-    return collect_anchors(documents, keys)
+    """The anchors of the org's signed checkpoints and packs whose own digest and signature hold under `keys`, and
+    the checkpoints' chain checked; the documents are read in batches and only their anchors kept (an org's
+    payloads together may run to gigabytes; its anchors are bounded by its chain, one or a few per record)."""
+    collector = AnchorCollector(keys)
+    async for checkpoint in org_checkpoints(conn, org_id):
+        collector.add(checkpoint_document(checkpoint))
+    async for pack in signed_packs(conn, org_id):
+        collector.add(pack_document(pack))
+    return collector.result()
 
 
 @documented("List the org's audit records, newest first", response=AuditPage, tags=["audit"])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
 
 __all__ = [
+    "ANCHOR_BATCH_ROWS",
     "CHECKPOINT_COLUMNS",
     "Checkpoint",
     "checkpoint_at",
@@ -18,6 +20,9 @@ __all__ = [
     "page_checkpoints",
 ]
 
+# Signed documents (checkpoints here, packs in store.packs) are read this many at a time when every one of an org's
+# is wanted: a checkpoint's payload is up to ~90 kB, a pack's a few hundred kB, and an org may hold thousands.
+ANCHOR_BATCH_ROWS = 100
 CHECKPOINT_COLUMNS = "id, org_id, created_at, created_by, seq, hash, payload, sha256, signature, key_id"
 
 
@@ -90,9 +95,22 @@ async def page_checkpoints(
     return [_checkpoint(row) for row in rows]
 
 
-async def org_checkpoints(conn: asyncpg.Connection, org_id: uuid.UUID) -> list[Checkpoint]:
-    """Every checkpoint of the org, lowest seq first."""
-    rows = await conn.fetch(
-        f"SELECT {CHECKPOINT_COLUMNS} FROM compliance.audit_checkpoints WHERE org_id = $1 ORDER BY seq", org_id
-    )
-    return [_checkpoint(row) for row in rows]
+async def org_checkpoints(
+    conn: asyncpg.Connection, org_id: uuid.UUID, batch_rows: int = ANCHOR_BATCH_ROWS
+) -> AsyncIterator[Checkpoint]:
+    """Every checkpoint of the org, lowest seq first, read `batch_rows` at a time (a keyset on seq), so a caller
+    that keeps only what it needs of each holds one batch of payloads at most."""
+    after = -1
+    while True:
+        rows = await conn.fetch(
+            f"SELECT {CHECKPOINT_COLUMNS} FROM compliance.audit_checkpoints WHERE org_id = $1 AND seq > $2 "
+            "ORDER BY seq LIMIT $3",
+            org_id,
+            after,
+            batch_rows,
+        )
+        for row in rows:
+            yield _checkpoint(row)
+        if len(rows) < batch_rows:
+            return
+        after = rows[-1]["seq"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
+
+from services.compliance.store.checkpoints import ANCHOR_BATCH_ROWS
 
 __all__ = ["PACK_COLUMNS", "Pack", "PackSummary", "get_pack", "insert_pack", "page_packs", "signed_packs"]
 
@@ -88,9 +91,24 @@ async def page_packs(
     return [_summary(row) for row in rows]
 
 
-async def signed_packs(conn: asyncpg.Connection, org_id: uuid.UUID) -> list[Pack]:
-    """Every pack of the org, oldest first (the audit verification reads the chain heads they recorded)."""
-    rows = await conn.fetch(
-        f"SELECT {PACK_COLUMNS} FROM compliance.evidence_packs WHERE org_id = $1 ORDER BY created_at, id", org_id
-    )
-    return [_pack(row) for row in rows]
+async def signed_packs(
+    conn: asyncpg.Connection, org_id: uuid.UUID, batch_rows: int = ANCHOR_BATCH_ROWS
+) -> AsyncIterator[Pack]:
+    """Every pack of the org, oldest first (the audit verification reads the chain heads they recorded), read
+    `batch_rows` at a time (a keyset on (created_at, id)), so a caller that keeps only what it needs of each holds
+    one batch of payloads at most."""
+    after: tuple[datetime, uuid.UUID] | None = None
+    while True:
+        rows = await conn.fetch(
+            f"SELECT {PACK_COLUMNS} FROM compliance.evidence_packs WHERE org_id = $1 "
+            "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3)) ORDER BY created_at, id LIMIT $4",
+            org_id,
+            None if after is None else after[0],
+            None if after is None else after[1],
+            batch_rows,
+        )
+        for row in rows:
+            yield _pack(row)
+        if len(rows) < batch_rows:
+            return
+        after = (rows[-1]["created_at"], rows[-1]["id"])
