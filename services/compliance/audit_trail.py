@@ -8,7 +8,9 @@
 
 Verification answers 200 whatever it finds: a broken chain or a tampered pack is the finding, not an error of the
 request. `ok` is true only when the chain holds against every anchor and no checkpoint or pack failed its own
-verification (a signed document whose row was edited is evidence of tampering too). Everything is read in one
+verification (a signed document whose row was edited is evidence of tampering too). The evidence keys are re-read
+once when a document names a kid the cached keys lack (a rotation by another replica or the CLI moments ago), so
+a genuine document is not reported under an unknown key. Everything is read in one
 read-only REPEATABLE READ transaction, so the anchors and the chain are one snapshot; the database's statement
 timeout bounds each batch. Neither route writes an audit record: reading the trail changes nothing, and a record
 per verification would move the head that checkpoints cover.
@@ -32,7 +34,7 @@ from services.compliance.anchors import AnchorCollector, AnchorSet, checkpoint_d
 from services.compliance.deps import compliance_deps
 from services.compliance.seq_cursor import decode_seq_cursor, encode_seq_cursor
 from services.compliance.store.audit import AuditFilters, page_records
-from services.compliance.store.checkpoints import org_checkpoints
+from services.compliance.store.checkpoints import org_checkpoints, org_key_ids
 from services.compliance.store.packs import signed_packs
 from services.core.models import view_of
 from shared import audit
@@ -215,10 +217,14 @@ async def list_records(request: Request, principal: Principal) -> Response:
 @guard(roles=AUDIT_READERS)
 async def verify_chain(request: Request, principal: Principal) -> Response:
     org_id = uuid.UUID(principal.org_id)
-    keys = await compliance_deps(request).keys.public_keys()
-    pool = request.app.state.runtime.db.pool
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        anchors = await org_anchors(conn, org_id, keys)
-        head = await audit.last_record(conn, org_id)
-        result = await audit.verify_org(conn, org_id, anchors=anchors.anchors)
+    evidence_keys = compliance_deps(request).keys
+    async with request.app.state.runtime.db.pool.acquire() as conn:
+        # Every kid the org's documents name, known before the snapshot is taken: the cached keys are re-read once
+        # when one is new to them (a rotation by another replica or the CLI in the cache's lifetime), on this
+        # connection (outside the read-only snapshot, where a first key could not be written).
+        keys = await evidence_keys.public_keys_with(await org_key_ids(conn, org_id), conn)
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            anchors = await org_anchors(conn, org_id, keys)
+            head = await audit.last_record(conn, org_id)
+            result = await audit.verify_org(conn, org_id, anchors=anchors.anchors)
     return Response(ChainVerdict.of(org_id, head, result, anchors).model_dump_json(), media_type=JSON_MEDIA_TYPE)

@@ -17,6 +17,7 @@ __all__ = [
     "insert_checkpoint",
     "latest_checkpoint",
     "org_checkpoints",
+    "org_key_ids",
     "page_checkpoints",
 ]
 
@@ -114,3 +115,13 @@ async def org_checkpoints(
         if len(rows) < batch_rows:
             return
         after = rows[-1]["seq"]
+
+
+async def org_key_ids(conn: asyncpg.Connection, org_id: uuid.UUID) -> set[str]:
+    """The kids that signed the org's checkpoints and packs (so a verifier can load every key it will need first)."""
+    rows = await conn.fetch(
+        "SELECT key_id FROM compliance.audit_checkpoints WHERE org_id = $1 "
+        "UNION SELECT key_id FROM compliance.evidence_packs WHERE org_id = $1",
+        org_id,
+    )
+    return {row["key_id"] for row in rows}
