@@ -34,6 +34,7 @@ from apgms.http_fetch import (
     read_bounded,
     transport_failure,
 )
+from apgms.load import load
 from services.compliance.evidence import PackPage
 from services.compliance.internal import PackItem
 from services.compliance.pack import Report
@@ -238,3 +239,6 @@ def regulator(
         asyncio.run(run_regulator_smoke(base_url, access_code, org, say))
     except SmokeFailure as failure:
         _failed(failure)
+
+
+smoke_app.command("load")(load)
