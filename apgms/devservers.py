@@ -1,6 +1,6 @@
 """Dev and throwaway PostgreSQL servers from the machine's own binaries (no Docker), and the helpers that
-find or install PostgreSQL and Redis binaries, and the Chromium and chromedriver the regulator portal's browser tests
-drive.
+find or install PostgreSQL and Redis binaries, the Chromium and chromedriver the regulator portal's browser tests
+drive, and Prometheus with promtool (the rule tests of deploy/prometheus/).
 
 PostgreSQL runs from `initdb`/`pg_ctl` in a directory of ours on a free loopback port; as root it runs as the
 `postgres` system user (initdb refuses root). The Redis server class is in `apgms.localredis`.
@@ -67,6 +67,11 @@ CHROMIUM_MISSING = (
 )
 # Debian's names first; other distributions and Google's builds use the others.
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+PROMETHEUS_MISSING = (
+    "prometheus and promtool were not found (the tests check deploy/prometheus/ with promtool and evaluate its "
+    "PromQL on a real Prometheus). Install them with `sudo apt-get install prometheus` (Debian/Ubuntu) or "
+    "`brew install prometheus` (macOS), or point APGMS_PROMETHEUS and APGMS_PROMTOOL at the binaries."
+)
 REDIS_MISSING = (
     "redis-server was not found. Install it with `sudo apt-get install redis-server` (Debian/Ubuntu) or "
     "`brew install redis` (macOS), or point REDIS_URL (TEST_REDIS_URL for the tests) at an existing server."
@@ -310,6 +315,33 @@ def ensure_browser(*, install: bool = True) -> Browser:
     return browser
 
 
+@dataclass(frozen=True)
+class PrometheusBinaries:
+    """The Prometheus server and its promtool (rule and config checks, `promtool test rules`)."""
+
+    prometheus: Path
+    promtool: Path
+
+
+def find_prometheus() -> PrometheusBinaries | None:
+    """prometheus and promtool (APGMS_PROMETHEUS / APGMS_PROMTOOL, else on PATH), or None when either is missing."""
+    server = _binary("APGMS_PROMETHEUS", ("prometheus",))
+    promtool = _binary("APGMS_PROMTOOL", ("promtool",))
+    return PrometheusBinaries(server, promtool) if server and promtool else None
+
+
+def ensure_prometheus(*, install: bool = True) -> PrometheusBinaries:
+    """`find_prometheus`, installing Debian's `prometheus` package (server and promtool) first when missing and
+    allowed. The package's systemd unit is not started by us: the tests run their own server on a free port."""
+    binaries = find_prometheus()
+    if binaries is None and install and can_apt_install():
+        apt_install("prometheus")
+        binaries = find_prometheus()
+    if binaries is None:
+        raise DevServerError(PROMETHEUS_MISSING)
+    return binaries
+
+
 # --- databases -------------------------------------------------------------------------------------------------
 
 
@@ -496,13 +528,15 @@ class LocalPostgres:
 
 def ensure_test_binaries(environ: Mapping[str, str]) -> None:
     """Install what the test session starts itself: PostgreSQL unless TEST_DATABASE_URL, Redis unless TEST_REDIS_URL,
-    and the browser of the portal's tests."""
+    the browser of the portal's tests, and Prometheus with promtool."""
     if not environ.get("TEST_DATABASE_URL"):
         print(f"PostgreSQL binaries: {ensure_pg_bindir()}")
     if not environ.get("TEST_REDIS_URL"):
         print(f"redis-server: {ensure_redis_server()}")
     browser = ensure_browser()
     print(f"chromium: {browser.chromium}, chromedriver: {browser.chromedriver}")
+    prometheus = ensure_prometheus()
+    print(f"prometheus: {prometheus.prometheus}, promtool: {prometheus.promtool}")
 
 
 if __name__ == "__main__":

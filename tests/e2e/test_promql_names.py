@@ -5,7 +5,9 @@ and each `promql` block's selectors checked against it.
 A selector passes when some federated series has its metric name and satisfies all its equality matchers (so
 `service="core", route="/bank-lines", method="GET"` must be one real series, not three labels seen apart); a regex
 or negative matcher needs only its label on the metric (`status=~"5.."` selects nothing on a healthy stack). Labels
-named in `by (...)` must be on one of the expression's metrics. `up` is Prometheus's own and is skipped."""
+named in `by (...)` must be on one of the expression's metrics. `up` is Prometheus's own and is skipped; a recorded
+series (`job:...`, `route:...`: a name with a colon) exists in Prometheus, not in `/federate`, so it must instead be
+recorded by a rule of deploy/prometheus/rules/ (tests/e2e/test_promql_evaluated.py evaluates it there)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import aiohttp
 import pytest
 from auth_support import Org, call
 from core_support import role_tokens, start_core
+from promql_sources import promql_blocks, recorded_names
 from test_proxy import start_proxy
 
 pytestmark = pytest.mark.e2e
@@ -34,10 +37,6 @@ SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? \S+")
 FEDERATION_WAIT_S = 10.0
 
 Series = tuple[str, dict[str, str]]
-
-
-def promql_blocks(text: str) -> list[str]:
-    return [" ".join(block.split()) for block in re.findall(r"```promql\n(.*?)```", text, re.S)]
 
 
 def selectors(expression: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
@@ -64,11 +63,15 @@ def parse_exposition(text: str) -> list[Series]:
     return series
 
 
-def check(expression: str, federated: list[Series]) -> list[str]:
+def check(expression: str, federated: list[Series], recorded: frozenset[str] = frozenset()) -> list[str]:
     problems = []
     names_in_expression = []
     for name, matchers in selectors(expression):
         if name in PROMETHEUS_OWN:
+            continue
+        if ":" in name:
+            if name not in recorded:
+                problems.append(f"{name} is not recorded by any rule of deploy/prometheus/rules")
             continue
         names_in_expression.append(name)
         candidates = [labels for metric, labels in federated if metric == name]
@@ -103,12 +106,18 @@ def test_selectors_are_read_from_the_document() -> None:
         "{'service': 'core', 'route': '/bank-lines', 'method': 'GET'}",
         "no label le on ['apgms_api_request_duration_seconds_bucket']",
     ]
+    recorded = frozenset(recorded_names())
+    assert check('route:apgms_request_duration_seconds:p95_5m{route="/bank-lines"} > 0.5', [], recorded) == []
+    assert check("job:apgms_requests:rate_typo5m", [], recorded) == [
+        "job:apgms_requests:rate_typo5m is not recorded by any rule of deploy/prometheus/rules"
+    ]
 
 
 async def test_every_promql_selector_matches_a_federated_series(start_service, database_url: str, org: Org) -> None:
     stack = start_core(start_service, database_url)
     proxy = start_proxy(start_service, {"auth": [stack.auth.url], "core": [stack.core.url]})
     blocks = promql_blocks(PROMQL_DOC.read_text())
+    recorded = frozenset(recorded_names())
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
         token = (await role_tokens(http, stack, org))["finance"]
         status, page, _ = await call(http, "GET", f"{proxy.url}/bank-lines", token=token, params={"limit": "5"})
@@ -119,7 +128,7 @@ async def test_every_promql_selector_matches_a_federated_series(start_service, d
             async with http.get(f"{proxy.url}/federate", params={"match[]": FEDERATE_MATCH}) as response:
                 assert response.status == 200
                 federated = parse_exposition(await response.text())
-            problems = [f"{block}: {problem}" for block in blocks for problem in check(block, federated)]
+            problems = [f"{block}: {problem}" for block in blocks for problem in check(block, federated, recorded)]
             if not problems or asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.5)
