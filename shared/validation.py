@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -172,10 +173,16 @@ def parse_query(query: Mapping[str, str], model: type[M]) -> M:
     return validate(model, dict(query), code="invalid_query")
 
 
+# The canonical text of a UUID, as every id we hand out is spelled (either case: RFC 9562 says to accept upper).
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def path_uuid(request: Request, name: str) -> uuid.UUID:
-    """The UUID in the path parameter `name`; anything else is 404 `not_found`, exactly like an id that names
-    nothing (a malformed id is a resource that does not exist, not a bad request, and never a 500)."""
-    try:
-        return uuid.UUID(request.path_params[name])
-    except ValueError:
-        raise ApiError("not_found") from None
+    """The UUID in the path parameter `name`, in its canonical 36-character hyphenated form (either case);
+    anything else is 404 `not_found`, exactly like an id that names nothing (a malformed id is a resource that does
+    not exist, not a bad request, and never a 500). `uuid.UUID` alone also takes braces, `urn:uuid:` and no
+    hyphens, which would give one resource several paths (and caches or ACLs keyed on the path several names)."""
+    text = request.path_params[name]
+    if not isinstance(text, str) or _CANONICAL_UUID.fullmatch(text) is None:
+        raise ApiError("not_found")
+    return uuid.UUID(text)

@@ -56,3 +56,20 @@ def test_path_uuid_returns_the_id_and_answers_anything_else_404() -> None:
         with pytest.raises(ApiError) as caught:
             path_uuid(_request_with({"id": text}), "id")
         assert caught.value.code == "not_found"
+
+
+def test_path_uuid_takes_only_the_canonical_hyphenated_form_in_either_case() -> None:
+    ident = uuid.uuid4()
+    assert path_uuid(_request_with({"id": str(ident).upper()}), "id") == ident
+    for text in (
+        "{" + str(ident) + "}",
+        f"urn:uuid:{ident}",
+        ident.hex,
+        ident.hex.upper(),
+        f" {ident}",
+        f"{ident}\n",
+        str(ident).replace("-", "", 1) + "0",
+    ):
+        with pytest.raises(ApiError) as caught:
+            path_uuid(_request_with({"id": text}), "id")
+        assert caught.value.code == "not_found", text
