@@ -284,6 +284,25 @@ def temp_file_in(directory: Path, name: str) -> tuple[IO[bytes], Path]:
     return os.fdopen(descriptor, "wb"), Path(temp)
 
 
+# How many `-2`, `-3`, ... names are tried when backups of one org are taken in the same second.
+MAX_NAME_SUFFIX = 1000
+
+
+def publish(temp: Path, final: Path) -> Path:
+    """Give the finished `temp` file the name `final`, never replacing a file already there: a backup of the same
+    org taken in the same second gets `<name>-2.json`, then `-3`, ... (a hard link is made only when the name is
+    free, so two runs at once cannot take the same one); `temp` is removed. The name it got."""
+    for number in range(1, MAX_NAME_SUFFIX + 1):
+        name = final if number == 1 else final.with_name(f"{final.stem}-{number}{final.suffix}")
+        try:
+            os.link(temp, name)
+        except FileExistsError:
+            continue
+        temp.unlink()
+        return name
+    raise FileExistsError(f"{final} and {MAX_NAME_SUFFIX - 1} numbered names after it are taken")
+
+
 def progress_display() -> Progress:
     return Progress(
         SpinnerColumn(finished_text=""),
@@ -330,7 +349,7 @@ def evidence_pack(
             asyncio.run(take(target, file, taken_at, progress))
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp, final)
+        final = publish(temp, final)
     except FetchError as error:
         temp.unlink(missing_ok=True)
         fail(str(error))
