@@ -26,8 +26,10 @@ from apgms.common import (
     unreachable,
     with_connection,
 )
+from apgms.compliance_cli import compliance_app
 from apgms.devservers import DATABASE_ERRORS
 from apgms.evidence_cli import evidence_app
+from apgms.incident import incident_app
 from apgms.regulator_cli import regulator_app
 from apgms.seed import (
     DEFAULT_RANDOM_SEED,
@@ -75,6 +77,8 @@ app.add_typer(evidence_app, name="evidence")
 app.add_typer(backup_app, name="backup")
 app.add_typer(smoke_app, name="smoke")
 app.add_typer(regulator_app, name="regulator")
+app.add_typer(compliance_app, name="compliance")
+app.add_typer(incident_app, name="incident")
 
 
 @app.command()
