@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -49,6 +49,7 @@ __all__ = [
     "ErrorKind",
     "FieldError",
     "ProblemItem",
+    "Responder",
     "audit_failed",
     "client_closed_request",
     "code_for_status",
@@ -279,6 +280,15 @@ def transaction_conflict(scope: Scope, exc: Exception) -> None:
     )
 
 
+# How the boundary answers: (scope, code, detail, headers) → the response; a problem document unless a sub-app
+# (the regulator's HTML portal) answers in its own format.
+Responder = Callable[[Scope, str, "str | None", Mapping[str, str]], Response]
+
+
+def _problem_answer(_: Scope, code: str, detail: str | None, headers: Mapping[str, str]) -> Response:
+    return problem_response(code, detail, headers=headers)
+
+
 class ErrorBoundaryMiddleware:
     """Turns an unexpected exception into one logged line and a 500 `internal_error` problem, a deadlock or
     serialization failure into a 503 `service_unavailable` with Retry-After (see `transaction_conflict`), a request
@@ -287,16 +297,20 @@ class ErrorBoundaryMiddleware:
 
     It sits inside the request-context and metrics middleware, so the 500 is counted and carries `x-request-id`;
     Starlette's own ServerErrorMiddleware would re-raise past them and let the server print a traceback.
+    `respond` renders the answer (default: the problem document); a sub-app that answers in HTML wraps itself in
+    a boundary of its own with its renderer, so its error pages keep its format and headers.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, respond: Responder | None = None) -> None:
         self.app = app
+        self.respond = respond or _problem_answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         exchange, send = watch_response(scope, send)
+        respond = self.respond
         try:
             await self.app(scope, receive, send)
         except asyncio.CancelledError as exc:
@@ -309,13 +323,13 @@ class ErrorBoundaryMiddleware:
             if (task := asyncio.current_task()) is not None:
                 task.uncancel()  # handled here: nothing further up should see a pending cancellation
             detail = "The server shut down before this request finished"
-            await problem_response("service_unavailable", detail, headers={"connection": "close"})(scope, receive, send)
+            await respond(scope, "service_unavailable", detail, {"connection": "close"})(scope, receive, send)
         except ClientDisconnect:
             client_closed_request(scope, exchange)
         except AuditFailed as exc:
             audit_failed(scope, exc)
             if not exchange.started:
-                await problem_response("audit_failed")(scope, receive, send)
+                await respond(scope, "audit_failed", None, {})(scope, receive, send)
         except TimeoutError as exc:
             # A dependency did not answer within its deadline (a pool connection, another service, Redis): the
             # service is short of something for now, not broken, so the client is told to come back, not 500.
@@ -328,15 +342,15 @@ class ErrorBoundaryMiddleware:
             if not exchange.started:
                 detail = "Something this request needs did not answer in time; try again shortly"
                 retry = {"retry-after": str(CONFLICT_RETRY_AFTER_S)}
-                await problem_response("service_unavailable", detail, headers=retry)(scope, receive, send)
+                await respond(scope, "service_unavailable", detail, retry)(scope, receive, send)
         except Exception as exc:
             if getattr(exc, "sqlstate", None) in TRANSACTION_CONFLICT_SQLSTATES:
                 transaction_conflict(scope, exc)
                 if not exchange.started:
                     detail = "The request conflicted with another one and changed nothing; send it again"
                     retry = {"retry-after": str(CONFLICT_RETRY_AFTER_S)}
-                    await problem_response("service_unavailable", detail, headers=retry)(scope, receive, send)
+                    await respond(scope, "service_unavailable", detail, retry)(scope, receive, send)
                 return
             log.exception("unhandled_error", path=scope.get("path"), method=scope.get("method"))
             if not exchange.started:
-                await problem_response("internal_error")(scope, receive, send)
+                await respond(scope, "internal_error", None, {})(scope, receive, send)

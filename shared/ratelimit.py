@@ -2,7 +2,8 @@
 
     Backend                        increment / acquire / ttl_ms / delete on namespaced keys
       ├─ RedisBackend              atomic (one Lua script per increment); keys expire by themselves
-      └─ MemoryBackend             one process only; expired keys swept, at most MEMORY_MAX_KEYS kept
+      ├─ MemoryBackend             one process only; expired keys swept, at most MEMORY_MAX_KEYS kept
+      └─ FallbackBackend           Redis, and this process's memory while Redis cannot be reached
     RateLimiter(limit, window_s)   `hit(key)` → Decision
     LoginGuard                     per-address limit, per-account failure count and temporary lockout
 
@@ -23,13 +24,15 @@ import heapq
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from shared.errors import ApiError
+from shared.log import get_logger
 from shared.metrics import record_security_event
 
 __all__ = [
@@ -42,8 +45,10 @@ __all__ = [
     "LOGIN_PER_ADDRESS_WINDOW_S",
     "MEMORY_MAX_KEYS",
     "REDIS_KEY_PREFIX",
+    "REDIS_RETRY_S",
     "Backend",
     "Decision",
+    "FallbackBackend",
     "LoginGuard",
     "MemoryBackend",
     "RateLimiter",
@@ -54,8 +59,12 @@ __all__ = [
     "make_backend",
     "rate_limited_error",
     "retry_after_s",
+    "shared_backend",
     "to_window_ms",
 ]
+
+log = get_logger(__name__)
+_T = TypeVar("_T")
 
 REDIS_KEY_PREFIX = "apgms:"
 MEMORY_MAX_KEYS = 100_000
@@ -68,6 +77,16 @@ LOGIN_PER_ADDRESS_WINDOW_S = 60.0
 BUSY_RETRY_AFTER_S = 1
 # The log line names a locked account by this many hex digits of its digest: enough to correlate, not to store.
 ACCOUNT_LOG_DIGITS = 16
+# While Redis cannot be reached, one call in this many seconds tries it again (the others use memory at once), so a
+# Redis that hangs costs one request its socket timeout now and then, not every login.
+REDIS_RETRY_S = 5.0
+# What "Redis cannot be reached" looks like: refused or dropped connections, and a socket timeout.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+    TimeoutError,
+)
 
 # INCR, then start the window if the key has no expiry yet (-1: just created). PTTL is read back so the caller can
 # say how long until the window ends without a second round trip.
@@ -226,9 +245,81 @@ def _remaining_ms(entry: _Entry, now: float) -> int:
     return max(math.ceil((entry.expires_at - now) * 1000), 0)
 
 
+class FallbackBackend:
+    """`primary` (Redis) while it answers; this process's memory for any call it cannot answer.
+
+    A limiter must never turn a Redis outage into a failed login (a 500): for as long as Redis is unreachable the
+    counts are kept per process, as they are for a service run without Redis, and the health and readiness checks
+    (which read Redis itself, see `shared_backend`) report the outage. One `ratelimit_fallback` line is logged
+    when Redis is lost and one when it answers again. Counts made in memory are not carried over to Redis.
+    """
+
+    def __init__(
+        self,
+        primary: Backend,
+        *,
+        fallback: Backend | None = None,
+        retry_s: float = REDIS_RETRY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback if fallback is not None else MemoryBackend()
+        self.retry_s = retry_s
+        self._clock = clock
+        self._down = False
+        self._retry_at = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """True while the counts are kept in this process because Redis could not be reached."""
+        return self._down
+
+    async def increment(self, key: str, window_ms: int) -> WindowCount:
+        return await self._call(lambda backend: backend.increment(key, window_ms))
+
+    async def acquire(self, key: str, ttl_ms: int) -> bool:
+        return await self._call(lambda backend: backend.acquire(key, ttl_ms))
+
+    async def count(self, key: str) -> int:
+        return await self._call(lambda backend: backend.count(key))
+
+    async def ttl_ms(self, key: str) -> int:
+        return await self._call(lambda backend: backend.ttl_ms(key))
+
+    async def delete(self, key: str) -> None:
+        await self._call(lambda backend: backend.delete(key))
+
+    async def _call(self, operation: Callable[[Backend], Awaitable[_T]]) -> _T:
+        if self._down:
+            now = self._clock()
+            if now < self._retry_at:
+                return await operation(self.fallback)
+            # This call tries Redis; the calls that arrive while it waits keep using memory.
+            self._retry_at = now + self.retry_s
+        try:
+            result = await operation(self.primary)
+        except _UNREACHABLE as exc:
+            if not self._down:
+                self._down = True
+                self._retry_at = self._clock() + self.retry_s
+                log.warning("ratelimit_fallback", state="down", error=type(exc).__name__, retry_s=self.retry_s)
+            return await operation(self.fallback)
+        if self._down:
+            self._down = False
+            log.warning("ratelimit_fallback", state="up")
+        return result
+
+
 def make_backend(redis: aioredis.Redis | None) -> Backend:
-    """Redis when the service has a client (counts shared by replicas), else this process's memory."""
-    return RedisBackend(redis) if redis is not None else MemoryBackend()
+    """Redis when the service has a client (counts shared by replicas, this process's memory while Redis is
+    unreachable), else this process's memory."""
+    return FallbackBackend(RedisBackend(redis)) if redis is not None else MemoryBackend()
+
+
+def shared_backend(backend: Backend) -> Backend:
+    """The store the counts are meant to live in: Redis behind a `FallbackBackend` (which always answers), for a
+    health check that must fail while Redis is unreachable."""
+    return backend.primary if isinstance(backend, FallbackBackend) else backend
 
 
 def key_digest(value: str) -> str:

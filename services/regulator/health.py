@@ -6,7 +6,8 @@ runbook uses it to show the guard rails are active).
 
     session_guard   the guard's own validity query (`store.live_session`) for a random token hash answers, and
                     answers "no session" (so the database, the schema and the rule are all there)
-    login_throttle  the login guard's counter store (Redis, or memory) answers one read
+    login_throttle  the login guard's counter store (Redis, or memory) answers one read (Redis itself: the guard
+                    falls back to memory while Redis is down, but the check does not)
 
 It is unauthenticated, so its cost is bounded: one indexed query and one counter read, no argon2, no other service.
 """
@@ -24,6 +25,7 @@ from services.regulator import store
 from services.regulator.deps import RegulatorDeps, regulator_deps
 from shared.health import CheckResult, health_json, readiness_body, run_check
 from shared.openapi import documented
+from shared.ratelimit import shared_backend
 
 __all__ = ["GuardBroken", "regulator_health"]
 
@@ -48,7 +50,7 @@ async def _session_guard(deps: RegulatorDeps, timeout_s: float) -> float:
 async def _login_throttle(deps: RegulatorDeps, timeout_s: float) -> float:
     started = time.perf_counter()
     async with asyncio.timeout(timeout_s):
-        await deps.login_guard.backend.ttl_ms(_PROBE_KEY)
+        await shared_backend(deps.login_guard.backend).ttl_ms(_PROBE_KEY)
     return (time.perf_counter() - started) * 1000
 
 

@@ -51,7 +51,7 @@ from services.regulator import codes, csrf, reads, sessions
 from services.regulator.deps import regulator_deps
 from services.regulator.models import RegulatorSession
 from shared.context import current_request_id
-from shared.errors import ERRORS, ApiError
+from shared.errors import ERRORS, ApiError, ErrorBoundaryMiddleware
 from shared.pagination import PageQuery
 from shared.types import ASGIApp, Receive, Scope, Send
 from shared.validation import parse_query, path_uuid, read_body
@@ -473,23 +473,29 @@ async def evidence_export(request: Request, session: RegulatorSession) -> Respon
 # --- headers and the route table ----------------------------------------------------------------------------------
 
 
+def boundary_page(scope: Scope, code: str, detail: str | None, headers: Mapping[str, str]) -> Response:
+    """The error boundary's answer inside the portal (an unexpected error, a dependency past its deadline): the
+    same HTML error page as any other refusal, not a JSON problem."""
+    return error_page(Request(scope), ApiError(code, detail, headers=headers), None)
+
+
 class PortalHeaders:
     """Adds the portal's security headers to every response from inside it (and `no-store` unless the response
-    says how it may be cached), and answers an HTTP error raised by routing (404, 405) with an HTML page."""
+    says how it may be cached), and answers an HTTP error raised by routing (404, 405) with an HTML page. Any
+    other exception is answered inside it by an error boundary of its own (logged as everywhere, see
+    `shared.errors.ErrorBoundaryMiddleware`) with an HTML page, so a 500 or 503 carries these headers too."""
 
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+        self.inner = app
+        self.app = ErrorBoundaryMiddleware(self._refusals, respond=boundary_page)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.inner(scope, receive, send)
             return
-        started = False
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal started
             if message["type"] == "http.response.start":
-                started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _OURS]
                 headers.extend(PAGE_HEADERS)
                 if not any(name.lower() == b"cache-control" for name, _ in headers):
@@ -497,14 +503,24 @@ class PortalHeaders:
                 message = {**message, "headers": headers}
             await send(message)
 
+        await self.app(scope, receive, send_with_headers)
+
+    async def _refusals(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An HTTP error raised by routing (404, 405), or a refusal raised outside a page handler: its HTML page."""
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, receive, send_with_headers)
-        except HTTPException as exc:
+            await self.inner(scope, receive, watch)
+        except (HTTPException, ApiError) as exc:
             if started:
                 raise
-            code = _code_for(exc.status_code)
-            response = error_page(Request(scope, receive), ApiError(code), None)
-            await response(scope, receive, send_with_headers)
+            error = exc if isinstance(exc, ApiError) else ApiError(_code_for(exc.status_code))
+            await error_page(Request(scope, receive), error, None)(scope, receive, send)
 
 
 _OURS = frozenset(name for name, _ in PAGE_HEADERS)
