@@ -25,10 +25,12 @@ import orjson
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.table import Table
+from rich.text import Text
 
+from apgms.backup import MAX_EXPORT_BYTES
 from apgms.common import command_environ, console, fail, with_connection
-from apgms.evidence_files import EvidenceFile, EvidenceFileError, parse_evidence_file
-from apgms.http_fetch import FetchError, fetch_json
+from apgms.evidence_files import EvidenceFile, EvidenceFileError, parse_evidence_file, printable
+from apgms.http_fetch import MAX_DOCUMENT_BYTES, FetchError, fetch_json
 from services.compliance.config import SERVICE_NAME
 from services.compliance.keys import rotate
 from services.compliance.signing import (
@@ -50,6 +52,10 @@ evidence_app = typer.Typer(no_args_is_help=True, help="Evidence packs: offline v
 KEYS_PATH = "/compliance/.well-known/evidence-keys.json"
 # A JWKS holds a few hundred bytes per key: this is thousands of keys.
 MAX_JWKS_BYTES = 1024 * 1024
+# An export is one pack (a few hundred kB); a backup file also holds core's export (at most MAX_EXPORT_BYTES as the
+# backup command writes it) and three documents of at most MAX_DOCUMENT_BYTES each. A file past this is not one of
+# ours; one within it is read whole (a backup of the largest org takes as much memory to verify).
+MAX_EVIDENCE_FILE_BYTES = MAX_EXPORT_BYTES + 4 * MAX_DOCUMENT_BYTES
 JWKS_FETCH_TIMEOUT_S = 15.0
 RECORDED_KEYS_NOTE = (
     "recorded in the file at backup time (NOT the service's published keys: pass --keys to check who signed it)"
@@ -64,20 +70,26 @@ class Keys:
     source: str
 
 
-def read_file(path: Path, what: str, limit: int | None = None) -> bytes:
+def read_file(path: Path, what: str, limit: int) -> bytes:
+    """The file's bytes; exit 1 when it cannot be read or holds more than `limit` bytes (checked before reading,
+    and while reading, in case it grows)."""
     try:
-        if limit is not None and path.stat().st_size > limit:
-            fail(f"{what} {path} is larger than the {limit:,} bytes allowed for it")
-        return path.read_bytes()
+        if path.stat().st_size > limit:
+            fail(f"{what} {printable(path)} is larger than the {limit:,} bytes allowed for it")
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
     except OSError as error:
-        fail(f"cannot read {what} {path}: {error.strerror or error}")
+        fail(f"cannot read {what} {printable(path)}: {printable(error.strerror or error)}")
+    if len(data) > limit:
+        fail(f"{what} {printable(path)} is larger than the {limit:,} bytes allowed for it")
+    return data
 
 
 def keys_of(document: Any, source: str) -> Keys:
     try:
         return Keys(jwks_keys(document), source)
     except InvalidKey as error:
-        fail(f"the keys from {source} are not usable: {error}")
+        fail(f"the keys from {printable(source)} are not usable: {printable(error)}")
 
 
 def published_keys(location: str) -> Keys:
@@ -148,7 +160,8 @@ def checks_table(verification: Verification) -> Table:
     table.add_column("Result", no_wrap=True)
     table.add_column("Reason")
     for check in verification.checks:
-        table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]FAILED[/]", check.reason or "")
+        reason = Text(printable(check.reason or ""))  # a value from the file: no markup, no control characters
+        table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]FAILED[/]", reason)
     return table
 
 
@@ -177,26 +190,27 @@ def evidence_verify(
     """Verify an evidence pack offline against the published keys: its sha256, key, Ed25519 signature and payload;
     exit 1 names what fails."""
     try:
-        pack = parse_evidence_file(read_file(file, "the file"))
+        pack = parse_evidence_file(read_file(file, "the file", MAX_EVIDENCE_FILE_BYTES))
     except EvidenceFileError as error:
-        fail(f"{file}: {error}")
+        fail(f"{printable(file)}: {printable(error)}")
     used = keys_for(pack, keys, recorded_keys)
     export = pack.export
     signed = signed_fields(pack)
-    console.print(f"pack     {signed['id']}", markup=False)
-    console.print(f"org      {signed['org_id']}", markup=False)
-    console.print(f"created  {signed['created_at']} by {signed['created_by']}", markup=False)
-    console.print(f"tag      {'(none)' if signed['tag'] is None else signed['tag']}", markup=False)
-    console.print(f"sha256   {export.sha256}", markup=False)
-    console.print(f"key id   {export.key_id}", markup=False)
-    console.print(f"keys     {used.source}", markup=False, soft_wrap=True)
+    # Every value below comes from the file: printed escaped and without markup (`printable`).
+    console.print(f"pack     {printable(signed['id'])}", markup=False)
+    console.print(f"org      {printable(signed['org_id'])}", markup=False)
+    console.print(f"created  {printable(signed['created_at'])} by {printable(signed['created_by'])}", markup=False)
+    console.print(f"tag      {'(none)' if signed['tag'] is None else printable(signed['tag'])}", markup=False)
+    console.print(f"sha256   {printable(export.sha256)}", markup=False)
+    console.print(f"key id   {printable(export.key_id)}", markup=False)
+    console.print(f"keys     {printable(used.source)}", markup=False, soft_wrap=True)
     verification = verification_of(pack, used)
     console.print(checks_table(verification))
     failed = verification.failed
     if failed is not None:
         others = [check.name for check in verification.checks if not check.ok and check is not failed]
         also = f" (also failed: {', '.join(others)})" if others else ""
-        fail(f"the evidence pack does NOT verify: check {failed.name} failed: {failed.reason}{also}")
+        fail(f"the evidence pack does NOT verify: check {failed.name} failed: {printable(failed.reason)}{also}")
     if recorded_keys:
         console.print(
             "The file is whole: every check holds against the keys recorded in it. This does NOT prove who signed "

@@ -11,6 +11,7 @@ file is whole, not that the keys are the service's, which is what `--keys` with 
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ __all__ = [
     "EvidenceFileError",
     "backup_file_name",
     "parse_evidence_file",
+    "printable",
 ]
 
 BACKUP_FORMAT = "apgms.backup.evidence-pack/1"
@@ -58,6 +60,21 @@ class EvidenceFile:
     recorded_keys: dict[str, Any] | None = None
     taken_at: datetime | None = None
     base_url: str | None = None
+
+
+# Characters that steer a terminal rather than show: controls (ANSI escapes start with ESC), format characters
+# (bidi overrides, zero-width ones) and line and paragraph separators.
+_UNPRINTABLE = frozenset(("Cc", "Cf", "Zl", "Zp"))
+
+
+def printable(text: object) -> str:
+    """`text` as a terminal can show it safely: each control, format or separator character written as its
+    escape (`\\x1b`, `\\u202e`), so a value read from a file cannot clear the screen, recolour the output or
+    reorder what follows it. Everything else, non-Latin letters included, is left as it is."""
+    return "".join(
+        char.encode("unicode_escape").decode("ascii") if unicodedata.category(char) in _UNPRINTABLE else char
+        for char in str(text)
+    )
 
 
 def backup_file_name(org_id: uuid.UUID, taken_at: datetime) -> str:
