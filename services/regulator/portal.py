@@ -237,7 +237,7 @@ def page(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
 
     async def endpoint(request: Request) -> Response:
         try:
-            session = await sessions.current_session(request)
+            session = await sessions.current_session(request, cookie=True)
         except ApiError as error:
             if error.kind.status == 401:
                 return to_login(request)
@@ -289,7 +289,7 @@ def _org_id(text: str) -> uuid.UUID | None:
 
 async def index(request: Request) -> Response:
     try:
-        await sessions.current_session(request)
+        await sessions.current_session(request, cookie=True)
     except ApiError:
         return to_login(request)
     return RedirectResponse(f"{PORTAL_PATH}/dashboard", status_code=303)
@@ -354,7 +354,7 @@ async def logout(request: Request) -> Response:
     except ApiError as error:
         return error_page(request, error, None)
     try:
-        session = await sessions.current_session(request)
+        session = await sessions.current_session(request, cookie=True)
     except ApiError as error:
         if error.kind.status != 401:
             return error_page(request, error, None)

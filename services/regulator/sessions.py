@@ -4,9 +4,10 @@
     async def report(request: Request, session: RegulatorSession) -> Response: ...
 
 A session is one credential and one org for a fixed lifetime (REGULATOR_SESSION_TTL_S, 60 minutes). Its token is
-opaque (`rgs_` and 32 random bytes), sent as `Authorization: Bearer <token>` or in the portal's cookie, and stored
-as its SHA-256 only; every request checks it against the session row with one query (`store.live_session`), so a
-logout, a revocation or an org taken off the credential refuses the very next request on every replica.
+opaque (`rgs_` and 32 random bytes), sent as `Authorization: Bearer <token>` (or in the portal's cookie, which
+only the portal's pages read: see `current_session`), and stored as its SHA-256 only; every request checks it
+against the session row with one query (`store.live_session`), so a logout, a revocation or an org taken off the
+credential refuses the very next request on every replica.
 
 Login checks the access code with exactly one argon2 verification whatever happens (a dummy hash when no credential
 has the code's lookup), and answers every refusal — wrong code, unknown lookup, revoked or expired credential, an
@@ -85,11 +86,16 @@ def _access_denied() -> ApiError:
     return ApiError("access_denied", "The access code, credential or org was not accepted")
 
 
-async def current_session(request: Request) -> RegulatorSession:
-    """The live session of the request's bearer token (or, without one, the portal's cookie); 401 `unauthorized`
-    without either, `invalid_token` for anything that is not a live session's token (a user's JWT included)."""
+async def current_session(request: Request, *, cookie: bool = False) -> RegulatorSession:
+    """The live session of the request's bearer token (with `cookie`, or else the portal's cookie); 401
+    `unauthorized` without one, `invalid_token` for anything that is not a live session's token (a user's JWT
+    included).
+
+    Only the portal passes `cookie=True`: its forms carry a CSRF token. The JSON API and `POST /regulator/logout`
+    read the bearer token alone, so a browser's cookie (sent by the browser on its own) never authenticates them.
+    """
     deps = regulator_deps(request)
-    token = bearer_token(request) or request.cookies.get(deps.session_cookie)
+    token = bearer_token(request) or (request.cookies.get(deps.session_cookie) if cookie else None)
     if not token:
         raise ApiError(
             "unauthorized",

@@ -109,11 +109,18 @@ async def test_every_refusal_is_the_same_401_in_about_the_same_time(
     assert (status, body["code"]) == (401, "invalid_token")
     status, body, _ = await call(http, "POST", f"{stack.url}/regulator/logout")
     assert (status, body["code"]) == (401, "unauthorized")
-    # The portal's cookie (dev name, since tests run plain HTTP) is read like the bearer token.
-    status, _, _ = await call(
-        http, "POST", f"{stack.url}/regulator/logout", headers={"cookie": f"apgms_regulator={token}"}
-    )
+    # The portal's cookie (dev name, since tests run plain HTTP) opens only the portal: the JSON API and the JSON
+    # logout read the bearer token alone (a browser sends the cookie by itself, and they take no CSRF token).
+    cookie = {"cookie": f"apgms_regulator={token}"}
+    for method, path in (("GET", "/regulator/compliance/report"), ("POST", "/regulator/logout")):
+        status, body, _ = await call(http, method, f"{stack.url}{path}", headers=cookie)
+        assert (status, body["code"]) == (401, "unauthorized"), path
+    status, body, _ = await call(http, "GET", f"{stack.url}/regulator/compliance/report", token=token)
+    assert status == 200, body  # the cookie's logout ended nothing
+    status, _, _ = await call(http, "POST", f"{stack.url}/regulator/logout", token=token)
     assert status == 204
+    status, body, _ = await call(http, "GET", f"{stack.url}/regulator/compliance/report", token=token)
+    assert (status, body["code"]) == (401, "invalid_token")
 
 
 async def test_bad_bodies_are_400_naming_the_field(
