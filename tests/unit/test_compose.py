@@ -1,7 +1,7 @@
 """docker-compose.yml: only the proxy is published (on loopback), no credential is written in it, Redis needs a
-password, each secret goes only to the services that use it (the master key to auth and compliance, which seal signing keys with it, the KEK to core and
-compliance, each service client secret to its service and to auth), and every secret it takes is one
-`apgms dev-secrets` generates and compose refuses to start without."""
+password, each secret goes only to the services that use it (the master key to auth and compliance, which seal
+signing keys with it, the KEK to core and compliance, each service client secret to its service and to auth), and
+every secret it takes is one `apgms dev-secrets` generates and compose refuses to start without."""
 
 from __future__ import annotations
 
