@@ -11,6 +11,8 @@
                                    `transaction_conflict` warning line
     TimeoutError                   503 service_unavailable with Retry-After: 1 (a pool connection, another service or
                                    Redis did not answer within its deadline); one `dependency_timeout` warning line
+    a dependency unreachable       503 service_unavailable with Retry-After: 1 (a connection refused or dropped, a
+                                   PostgreSQL connection error or shutdown); one `dependency_unreachable` warning line
     any other exception            500 internal_error, logged once with the request ID
 
 Every body carries `type`, `title`, `status`, `detail`, `code` and `request_id`; none carries a stack trace.
@@ -43,6 +45,7 @@ __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "PROBLEM_TYPE_BASE",
     "TRANSACTION_CONFLICT_SQLSTATES",
+    "UNREACHABLE_SQLSTATES",
     "ApiError",
     "AuditFailed",
     "ErrorBoundaryMiddleware",
@@ -53,6 +56,7 @@ __all__ = [
     "audit_failed",
     "client_closed_request",
     "code_for_status",
+    "dependency_unreachable",
     "handle_api_error",
     "handle_http_exception",
     "problem_body",
@@ -68,6 +72,10 @@ CLIENT_CLOSED_REQUEST = 499
 # serialization_failure): nothing of it was kept, so the client is told to retry, not that the server failed.
 TRANSACTION_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 CONFLICT_RETRY_AFTER_S = 1
+# SQLSTATEs of a database that cannot be reached or is going away: class 08 (connection_exception) and 57P01-57P03
+# (admin_shutdown, crash_shutdown, cannot_connect_now). The request did not run, or its transaction was lost whole.
+UNREACHABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+UNREACHABLE_SQLSTATE_CLASS = "08"
 
 log = get_logger(__name__)
 
@@ -268,6 +276,17 @@ def _raised_at(exc: BaseException) -> str | None:
     return f"{frame.filename}:{frame.lineno} in {frame.name}"
 
 
+def dependency_unreachable(exc: BaseException) -> bool:
+    """True for an error that means a dependency could not be reached at all (a refused or reset connection, a
+    PostgreSQL connection error or shutdown), as opposed to one that answered with a failure."""
+    if isinstance(exc, ConnectionError):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and (
+        sqlstate.startswith(UNREACHABLE_SQLSTATE_CLASS) or sqlstate in UNREACHABLE_SQLSTATES
+    )
+
+
 def transaction_conflict(scope: Scope, exc: Exception) -> None:
     """Log a transaction PostgreSQL aborted to break a conflict (a deadlock, a serialization failure): one
     warning line, no traceback; the client is answered 503 with Retry-After."""
@@ -344,6 +363,21 @@ class ErrorBoundaryMiddleware:
                 retry = {"retry-after": str(CONFLICT_RETRY_AFTER_S)}
                 await respond(scope, "service_unavailable", detail, retry)(scope, receive, send)
         except Exception as exc:
+            if dependency_unreachable(exc):
+                # PostgreSQL (or another dependency) is down: a refused connection fails at once, so without this
+                # every request during an outage would be a 500 and an alert for a bug that is not there.
+                log.warning(
+                    "dependency_unreachable",
+                    path=scope.get("path"),
+                    method=scope.get("method"),
+                    error=type(exc).__name__,
+                    at=_raised_at(exc),
+                )
+                if not exchange.started:
+                    detail = "Something this request needs cannot be reached; try again shortly"
+                    retry = {"retry-after": str(CONFLICT_RETRY_AFTER_S)}
+                    await respond(scope, "service_unavailable", detail, retry)(scope, receive, send)
+                return
             if getattr(exc, "sqlstate", None) in TRANSACTION_CONFLICT_SQLSTATES:
                 transaction_conflict(scope, exc)
                 if not exchange.started:

@@ -1,0 +1,173 @@
+"""Helpers for the chaos drills (docs/ops/chaos.md): a TCP forwarder between the services and PostgreSQL or Redis
+that a drill can cut, restore and slow down, and the small timing helpers the drills share.
+
+    forwarder = TcpForwarder.start("127.0.0.1", 5432)   # listens on a free loopback port, in a thread of its own
+    core = start_service("core", {"DATABASE_URL": forwarder.url_for(database_url)})
+    forwarder.cut()        # refuse new connections, drop live ones: the server is down, as far as core can tell
+    forwarder.restore()    # listen again on the same port
+    forwarder.delay_s = 0.3   # every chunk from the server reaches the client 300 ms late (one round trip + 300 ms)
+
+The forwarder runs its own event loop in a daemon thread, so a test that blocks its loop (`start_service` waits
+for /health with sleeps) never stalls the connections of the processes behind it. The session's PostgreSQL and
+Redis are shared by every test: a drill takes them "down" only for the processes it points at its forwarder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from apgms.devservers import free_port
+
+_T = TypeVar("_T")
+
+CHUNK_BYTES = 64 * 1024
+# What a call into the forwarder's thread may take (start or stop listening, drop connections).
+CONTROL_TIMEOUT_S = 5.0
+# How long a drill polls for a state (readiness, a route that comes back) before it fails.
+POLL_INTERVAL_S = 0.1
+
+
+class TcpForwarder:
+    """Forwards each connection on 127.0.0.1:`port` to `target_host`:`target_port`, byte for byte.
+
+    `cut()` closes the listener and aborts every live connection (a client sees ECONNREFUSED, as for a stopped
+    server); `restore()` listens again on the same port. `delay_s` delays every chunk going from the server to the
+    client by that much, kept in order (a queue of due times per direction, so the delay adds latency without
+    also throttling throughput).
+    """
+
+    def __init__(self, target_host: str, target_port: int, port: int) -> None:
+        self.target_host = target_host
+        self.target_port = target_port
+        self.port = port
+        self.delay_s = 0.0
+        self.connections_accepted = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"forwarder-{port}", daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @classmethod
+    def start(cls, target_host: str, target_port: int) -> TcpForwarder:
+        forwarder = cls(target_host, target_port, free_port())
+        forwarder._thread.start()
+        forwarder.restore()
+        return forwarder
+
+    @classmethod
+    def for_url(cls, url: str) -> TcpForwarder:
+        """A forwarder to the host and port of a postgresql:// or redis:// URL."""
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None, url
+        return cls.start(parts.hostname, parts.port)
+
+    def url_for(self, url: str) -> str:
+        """`url` with its host and port replaced by the forwarder's (user, password, path and query kept)."""
+        parts = urlsplit(url)
+        credentials, _, _ = parts.netloc.rpartition("@")
+        netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    @property
+    def live_connections(self) -> int:
+        return len(self._writers) // 2
+
+    def cut(self) -> None:
+        self._call(self._cut)
+
+    def restore(self) -> None:
+        self._call(self._listen)
+
+    def close(self) -> None:
+        self._call(self._cut)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(CONTROL_TIMEOUT_S)
+        self._loop.close()
+
+    def _call(self, make: Callable[[], Awaitable[_T]]) -> _T:
+        async def run() -> _T:
+            return await make()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(CONTROL_TIMEOUT_S)
+
+    async def _listen(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self.connections_accepted += 1
+        try:
+            server_reader, server_writer = await asyncio.open_connection(self.target_host, self.target_port)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        pair = {client_writer, server_writer}
+        self._writers |= pair
+        try:
+            await asyncio.gather(
+                self._pipe(client_reader, server_writer, lambda: 0.0),
+                self._pipe(server_reader, client_writer, lambda: self.delay_s),
+                return_exceptions=True,
+            )
+        finally:
+            for writer in pair:
+                writer.transport.abort()
+            self._writers -= pair
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: Callable[[], float]
+    ) -> None:
+        due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def send() -> None:
+            while True:
+                at, chunk = await due.get()
+                if not chunk:
+                    writer.transport.abort()
+                    return
+                wait = at - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                writer.write(chunk)
+                await writer.drain()
+
+        sender = asyncio.ensure_future(send())
+        try:
+            while chunk := await reader.read(CHUNK_BYTES):
+                due.put_nowait((time.monotonic() + delay(), chunk))
+            due.put_nowait((time.monotonic() + delay(), b""))
+            await sender
+        finally:
+            sender.cancel()
+
+
+async def timed(call: Awaitable[_T]) -> tuple[_T, float]:
+    """The result of `call` and how many seconds it took."""
+    started = time.monotonic()
+    result = await call
+    return result, time.monotonic() - started
+
+
+async def wait_for(check: Callable[[], Awaitable[Any]], within_s: float, what: str) -> float:
+    """Poll `check` until it returns something true; the seconds it took. Fails the test after `within_s`."""
+    started = time.monotonic()
+    last: Any = None
+    while time.monotonic() - started < within_s:
+        last = await check()
+        if last:
+            return time.monotonic() - started
+        await asyncio.sleep(POLL_INTERVAL_S)
+    raise AssertionError(f"{what}: not within {within_s} s (last: {last!r})")
