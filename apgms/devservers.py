@@ -1,6 +1,7 @@
 """Dev and throwaway PostgreSQL servers from the machine's own binaries (no Docker), and the helpers that
 find or install PostgreSQL and Redis binaries, the Chromium and chromedriver the regulator portal's browser tests
-drive, and Prometheus with promtool (the rule tests of deploy/prometheus/).
+drive, Prometheus with promtool (the rule tests of deploy/prometheus/) and docker-compose (`docker-compose config`
+validates docker-compose.yml; it needs no container engine).
 
 PostgreSQL runs from `initdb`/`pg_ctl` in a directory of ours on a free loopback port; as root it runs as the
 `postgres` system user (initdb refuses root). The Redis server class is in `apgms.localredis`.
@@ -71,6 +72,11 @@ PROMETHEUS_MISSING = (
     "prometheus and promtool were not found (the tests check deploy/prometheus/ with promtool and evaluate its "
     "PromQL on a real Prometheus). Install them with `sudo apt-get install prometheus` (Debian/Ubuntu) or "
     "`brew install prometheus` (macOS), or point APGMS_PROMETHEUS and APGMS_PROMTOOL at the binaries."
+)
+DOCKER_COMPOSE_MISSING = (
+    "docker-compose was not found (the tests validate docker-compose.yml with `docker-compose config`, which needs "
+    "no container engine). Install it with `sudo apt-get install docker-compose` (Debian/Ubuntu) or point "
+    "APGMS_DOCKER_COMPOSE at a docker-compose binary."
 )
 REDIS_MISSING = (
     "redis-server was not found. Install it with `sudo apt-get install redis-server` (Debian/Ubuntu) or "
@@ -342,6 +348,23 @@ def ensure_prometheus(*, install: bool = True) -> PrometheusBinaries:
     return binaries
 
 
+def find_docker_compose() -> Path | None:
+    """docker-compose (APGMS_DOCKER_COMPOSE, else on PATH), or None."""
+    return _binary("APGMS_DOCKER_COMPOSE", ("docker-compose",))
+
+
+def ensure_docker_compose(*, install: bool = True) -> Path:
+    """`find_docker_compose`, installing Debian's `docker-compose` package first when missing and allowed. Only its
+    `config` command is used (it reads and resolves the file without a container engine)."""
+    binary = find_docker_compose()
+    if binary is None and install and can_apt_install():
+        apt_install("docker-compose")
+        binary = find_docker_compose()
+    if binary is None:
+        raise DevServerError(DOCKER_COMPOSE_MISSING)
+    return binary
+
+
 # --- databases -------------------------------------------------------------------------------------------------
 
 
@@ -528,7 +551,7 @@ class LocalPostgres:
 
 def ensure_test_binaries(environ: Mapping[str, str]) -> None:
     """Install what the test session starts itself: PostgreSQL unless TEST_DATABASE_URL, Redis unless TEST_REDIS_URL,
-    the browser of the portal's tests, and Prometheus with promtool."""
+    the browser of the portal's tests, Prometheus with promtool, and docker-compose."""
     if not environ.get("TEST_DATABASE_URL"):
         print(f"PostgreSQL binaries: {ensure_pg_bindir()}")
     if not environ.get("TEST_REDIS_URL"):
@@ -537,6 +560,7 @@ def ensure_test_binaries(environ: Mapping[str, str]) -> None:
     print(f"chromium: {browser.chromium}, chromedriver: {browser.chromedriver}")
     prometheus = ensure_prometheus()
     print(f"prometheus: {prometheus.prometheus}, promtool: {prometheus.promtool}")
+    print(f"docker-compose: {ensure_docker_compose()}")
 
 
 if __name__ == "__main__":
