@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -44,7 +46,7 @@ from services.compliance.pack import (
     payload_bytes,
 )
 from services.compliance.report import build_report
-from services.compliance.signing import Export, digest_of, pack_fields, verify
+from services.compliance.signing import Export, Verification, digest_of, pack_fields, verify
 from services.compliance.store import packs
 from services.compliance.store.audit import AuditFilters, page_records
 from services.compliance.store.snapshots import newest_snapshots
@@ -69,6 +71,8 @@ __all__ = [
     "PackPage",
     "PackView",
     "Verdict",
+    "VerifiedPackPage",
+    "VerifiedPackView",
     "create_pack",
     "evidence_keys",
     "export_of",
@@ -78,6 +82,7 @@ __all__ = [
     "org_pack",
     "pack_page",
     "verdict_of",
+    "verified_pack_page",
     "verify_pack",
     "wants_payload",
 ]
@@ -112,6 +117,19 @@ class PackView(BaseModel):
 
 class PackPage(BaseModel):
     items: list[PackView]
+    next_cursor: str | None
+
+
+class VerifiedPackView(PackView):
+    """A listed pack with what `/verify` says of it now: `verified` when every check holds, else `failed_check`
+    names the first that did not (the listing of compliance's internal API, which the regulator shows)."""
+
+    verified: bool
+    failed_check: str | None
+
+
+class VerifiedPackPage(BaseModel):
+    items: list[VerifiedPackView]
     next_cursor: str | None
 
 
@@ -213,12 +231,36 @@ async def list_packs(request: Request, principal: Principal) -> Response:
 
 
 async def pack_page(request: Request, org_id: uuid.UUID, query: PageQuery) -> PackPage:
-    """One page of the org's packs, newest first (the listing here and compliance's internal one)."""
+    """One page of the org's packs, newest first (the listing here)."""
     after = decode_cursor(query.cursor) if query.cursor is not None else None
     async with request.app.state.runtime.db.pool.acquire() as conn:
         rows = await packs.page_packs(conn, org_id, after, query.limit + 1)
-    page, next_cursor = page_of(rows, query.limit, lambda pack: encode_cursor(pack.created_at, pack.id))
+    page, next_cursor = page_of(rows, query.limit, _pack_cursor)
     return PackPage(items=[PackView.of(row) for row in page], next_cursor=next_cursor)
+
+
+async def verified_pack_page(request: Request, org_id: uuid.UUID, query: PageQuery) -> VerifiedPackPage:
+    """One page of the org's packs, newest first, each re-hashed and re-verified as `/verify` does it (compliance's
+    internal listing): a reader that shows every pack's status needs this one call, not one per pack. A page is at
+    most MAX_PAGE_SIZE packs, and a check is a hash and one Ed25519 verification each."""
+    after = decode_cursor(query.cursor) if query.cursor is not None else None
+    async with request.app.state.runtime.db.pool.acquire() as conn:
+        rows = await packs.page_signed_packs(conn, org_id, after, query.limit + 1)
+    page, next_cursor = page_of(rows, query.limit, _pack_cursor)
+    keys = await compliance_deps(request).keys.public_keys_with({pack.key_id for pack in page}) if page else {}
+    items = []
+    for pack in page:
+        failed = _verification(pack, keys).failed
+        items.append(
+            VerifiedPackView(
+                **PackView.of(pack).model_dump(), verified=failed is None, failed_check=failed.name if failed else None
+            )
+        )
+    return VerifiedPackPage(items=items, next_cursor=next_cursor)
+
+
+def _pack_cursor(pack: packs.PackSummary) -> str:
+    return encode_cursor(pack.created_at, pack.id)
 
 
 async def org_pack(request: Request, org_id: uuid.UUID) -> packs.Pack:
@@ -291,7 +333,7 @@ async def verify_pack(request: Request, principal: Principal) -> Response:
 async def verdict_of(request: Request, pack: packs.Pack) -> Verdict:
     """The pack re-hashed and re-verified against the evidence keys (`signing.verify`), as `/verify` answers it."""
     keys = await compliance_deps(request).keys.public_keys_with(pack.key_id)
-    result = verify(pack.payload, pack.sha256, pack.signature, pack.key_id, keys, expect=pack_fields(pack))
+    result = _verification(pack, keys)
     failed = result.failed
     return Verdict(
         id=pack.id,
@@ -302,6 +344,10 @@ async def verdict_of(request: Request, pack: packs.Pack) -> Verdict:
         key_id=pack.key_id,
         checks=[CheckView(name=check.name, ok=check.ok, reason=check.reason) for check in result.checks],
     )
+
+
+def _verification(pack: packs.Pack, keys: Mapping[str, Ed25519PublicKey]) -> Verification:
+    return verify(pack.payload, pack.sha256, pack.signature, pack.key_id, keys, expect=pack_fields(pack))
 
 
 @documented("Public keys of every evidence key ever used (a JWKS), to verify packs offline", tags=["compliance"])

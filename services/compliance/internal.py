@@ -4,10 +4,13 @@ answer what an org's own users see on compliance's routes, for the org in the pa
 
     GET /internal/orgs/{org_id}/report                    the report of GET /compliance/report
     GET /internal/orgs/{org_id}/snapshots?cursor=&limit=  the org's snapshots, newest first, paged
-    GET /internal/orgs/{org_id}/evidence?cursor=&limit=   the org's packs, newest first, paged, no payload
+    GET /internal/orgs/{org_id}/evidence?cursor=&limit=   the org's packs, newest first, paged, no payload, each
+                                                          with its verification verdict (verified, failed_check)
     GET /internal/orgs/{org_id}/evidence/{pack_id}        the pack's export envelope and its verification result
 
-Each uses the function the org's own route uses (no second reading of the same rows). The report, a listing and a
+Each uses the function the org's own route uses (no second reading of the same rows); the evidence listing adds to
+each pack what `/verify` says of it, so the regulator shows a page of packs with their status from one call. The
+report, a listing and a
 verdict hold no PII, and whoever shows them to a person (the regulator) audits that read in its own chain, so these
 reads write no audit row, like core's internal reads.
 
@@ -26,7 +29,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.compliance.evidence import PackPage, Verdict, export_of, org_pack, pack_page, verdict_of
+from services.compliance.evidence import Verdict, VerifiedPackPage, export_of, org_pack, verdict_of, verified_pack_page
 from services.compliance.pack import Report
 from services.compliance.report import REPORT_JOB, build_report
 from services.compliance.signing import Export
@@ -44,7 +47,7 @@ __all__ = ["COMPLIANCE_READ_SCOPE", "PackItem", "org_evidence", "org_pack_item",
 
 COMPLIANCE_READ_SCOPE = "compliance:read"
 
-# A listing of the org's own routes, as a function: snapshots.snapshot_page, evidence.pack_page.
+# A listing of the org's, as a function: snapshots.snapshot_page, evidence.verified_pack_page.
 Lister = Callable[[Request, uuid.UUID, PageQuery], Awaitable[BaseModel]]
 
 
@@ -81,11 +84,13 @@ async def org_snapshots(request: Request, principal: Principal) -> Response:
 
 
 @documented(
-    "An org's evidence packs, newest first, paged, no payload; JSON or msgpack", response=PackPage, tags=["internal"]
+    "An org's evidence packs, newest first, paged, no payload, each with its verification verdict; JSON or msgpack",
+    response=VerifiedPackPage,
+    tags=["internal"],
 )
 @guard(audience=SERVICE_AUDIENCE, scopes=(COMPLIANCE_READ_SCOPE,))
 async def org_evidence(request: Request, principal: Principal) -> Response:
-    return await _org_page(request, pack_page)
+    return await _org_page(request, verified_pack_page)
 
 
 @documented(

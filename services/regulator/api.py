@@ -4,7 +4,8 @@
     GET /regulator/alerts?status=open|resolved&severity=&cursor=&limit=   its alerts, newest first, paged
     GET /regulator/monitoring/snapshots?cursor=&limit=                its monitoring snapshots, newest first, paged
     GET /regulator/bank-lines/summary?from=YYYY-MM-DD&to=YYYY-MM-DD   bank-line count and totals by month
-    GET /regulator/evidence?cursor=&limit=                            its evidence packs, newest first, no payload
+    GET /regulator/evidence?cursor=&limit=                            its evidence packs, newest first, no payload,
+                                                                      each with verified and failed_check
     GET /regulator/evidence/{pack_id}                                 a pack's export envelope and verification
 
 Every route needs a live regulator session (`sessions.regulator_guard`: 401 without one, and for a user's token);
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.compliance.evidence import PackPage
+from services.compliance.evidence import VerifiedPackPage
 from services.compliance.internal import PackItem
 from services.compliance.pack import Report
 from services.compliance.snapshots import SnapshotPage
@@ -45,7 +46,7 @@ class NoQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _json(body: Report | AlertPage | SnapshotPage | BankLineSummary | PackPage | PackItem) -> Response:
+def _json(body: Report | AlertPage | SnapshotPage | BankLineSummary | VerifiedPackPage | PackItem) -> Response:
     return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
@@ -84,7 +85,9 @@ async def bank_line_summary(request: Request, session: RegulatorSession) -> Resp
 
 
 @documented(
-    "The session's org's evidence packs, newest first, paged, no payload (audited)", response=PackPage, tags=TAGS
+    "The session's org's evidence packs, newest first, paged, no payload, each with its verification verdict (audited)",
+    response=VerifiedPackPage,
+    tags=TAGS,
 )
 @regulator_guard
 async def evidence_list(request: Request, session: RegulatorSession) -> Response:

@@ -19,7 +19,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 from starlette.requests import Request
 
-from services.compliance.evidence import PackPage
+from services.compliance.evidence import VerifiedPackPage
 from services.compliance.internal import PackItem
 from services.compliance.pack import Report
 from services.compliance.snapshots import SnapshotPage
@@ -101,9 +101,9 @@ async def snapshots(request: Request, org_id: uuid.UUID, query: PageQuery) -> Sn
     return await _compliance(request, f"/internal/orgs/{org_id}/snapshots", SnapshotPage, _page_params(query))
 
 
-async def packs(request: Request, org_id: uuid.UUID, query: PageQuery) -> PackPage:
-    """A page of the org's evidence packs, newest first, without payloads."""
-    return await _compliance(request, f"/internal/orgs/{org_id}/evidence", PackPage, _page_params(query))
+async def packs(request: Request, org_id: uuid.UUID, query: PageQuery) -> VerifiedPackPage:
+    """A page of the org's evidence packs, newest first, without payloads, each with its verification verdict."""
+    return await _compliance(request, f"/internal/orgs/{org_id}/evidence", VerifiedPackPage, _page_params(query))
 
 
 async def pack_item(request: Request, org_id: uuid.UUID, pack_id: uuid.UUID) -> PackItem:

@@ -13,7 +13,7 @@ the org does not have (404) shows nothing and writes nothing.
     alerts(request, session, AlertQuery)                 a page of alerts             regulator.alerts.read
     snapshots(request, session, PageQuery)               a page of snapshots          regulator.snapshots.read
     bank_line_summary(request, session, SummaryRange)    bank-line totals by month    regulator.bank_lines.read
-    evidence_list(request, session, PageQuery)           a page of evidence packs     regulator.evidence.list
+    evidence_list(request, session, PageQuery)           packs, each with its verdict regulator.evidence.list
     evidence_item(request, session, pack_id)             a pack and its verification  regulator.evidence.read
 
 The bank-line summary covers the last SUMMARY_DEFAULT_MONTHS calendar months (this one included) unless `from`/`to`
@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
-from services.compliance.evidence import PackPage
+from services.compliance.evidence import VerifiedPackPage
 from services.compliance.internal import PackItem
 from services.compliance.pack import Report
 from services.compliance.snapshots import SnapshotPage
@@ -140,8 +140,12 @@ async def bank_line_summary(
     return summary
 
 
-async def evidence_list(request: Request, session: RegulatorSession, query: PageQuery | None = None) -> PackPage:
-    """A page of the session's org's evidence packs, newest first, without payloads."""
+async def evidence_list(
+    request: Request, session: RegulatorSession, query: PageQuery | None = None
+) -> VerifiedPackPage:
+    """A page of the session's org's evidence packs, newest first, without payloads, each with its verification
+    verdict (`verified`, `failed_check`): one read and one `regulator.evidence.list` row for the page, the packs
+    listed, not each opened (`evidence_item` is that read)."""
     page = await clients.packs(request, session.org_id, query if query is not None else PageQuery())
     await _audit_read(request, session, "regulator.evidence.list", _org(session), {"count": len(page.items)})
     return page

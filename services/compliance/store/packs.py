@@ -11,7 +11,16 @@ import asyncpg
 
 from services.compliance.store.checkpoints import ANCHOR_BATCH_ROWS
 
-__all__ = ["PACK_COLUMNS", "Pack", "PackSummary", "get_pack", "insert_pack", "page_packs", "signed_packs"]
+__all__ = [
+    "PACK_COLUMNS",
+    "Pack",
+    "PackSummary",
+    "get_pack",
+    "insert_pack",
+    "page_packs",
+    "page_signed_packs",
+    "signed_packs",
+]
 
 SUMMARY_COLUMNS = "id, org_id, created_at, created_by, tag, sha256, key_id"
 PACK_COLUMNS = f"{SUMMARY_COLUMNS}, payload, signature"
@@ -72,23 +81,42 @@ async def page_packs(
     conn: asyncpg.Connection, org_id: uuid.UUID, after: tuple[datetime, uuid.UUID] | None, limit: int
 ) -> list[PackSummary]:
     """The org's packs newest first, after the (created_at, id) `after`, at most `limit`."""
+    return [_summary(row) for row in await _page_rows(conn, SUMMARY_COLUMNS, org_id, after, limit)]
+
+
+async def page_signed_packs(
+    conn: asyncpg.Connection, org_id: uuid.UUID, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[Pack]:
+    """As `page_packs`, with each pack's payload and signature (a listing that verifies every pack it shows)."""
+    return [_pack(row) for row in await _page_rows(conn, PACK_COLUMNS, org_id, after, limit)]
+
+
+async def _page_rows(
+    conn: asyncpg.Connection,
+    columns: str,
+    org_id: uuid.UUID,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
     if after is None:
-        rows = await conn.fetch(
-            f"SELECT {SUMMARY_COLUMNS} FROM compliance.evidence_packs WHERE org_id = $1 "
-            "ORDER BY created_at DESC, id DESC LIMIT $2",
-            org_id,
-            limit,
+        return list(
+            await conn.fetch(
+                f"SELECT {columns} FROM compliance.evidence_packs WHERE org_id = $1 "
+                "ORDER BY created_at DESC, id DESC LIMIT $2",
+                org_id,
+                limit,
+            )
         )
-    else:
-        rows = await conn.fetch(
-            f"SELECT {SUMMARY_COLUMNS} FROM compliance.evidence_packs WHERE org_id = $1 "
+    return list(
+        await conn.fetch(
+            f"SELECT {columns} FROM compliance.evidence_packs WHERE org_id = $1 "
             "AND (created_at, id) < ($2, $3) ORDER BY created_at DESC, id DESC LIMIT $4",
             org_id,
             after[0],
             after[1],
             limit,
         )
-    return [_summary(row) for row in rows]
+    )
 
 
 async def signed_packs(
