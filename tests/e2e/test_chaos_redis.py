@@ -1,0 +1,114 @@
+"""Chaos drill 2 (docs/ops/chaos.md): Redis down under a running auth and core, then back.
+
+Both processes reach the session's Redis through a TCP forwarder the test cuts and restores. While Redis is down:
+each service's /ready is 503 with its `redis` check failing (Redis is a dependency of the deployment: the login
+limits are shared across replicas only through it), yet the stack keeps serving: logins answer 200 and 401 as
+usual, bank lines are read and written, and the login limits keep working in each process's memory
+(shared.ratelimit.FallbackBackend): the fifth wrong password still locks the account. After the restore /ready is
+200 again and the limiter goes back to Redis (its `ratelimit_fallback` line with state "up").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from auth_support import PASSWORD, Org, call
+from chaos_support import TcpForwarder, wait_for
+from core_support import SESSION_KEK, CoreStack, StartService, get_lines, new_line, post_line
+
+from shared.ratelimit import LOGIN_MAX_FAILURES, REDIS_RETRY_S
+
+pytestmark = pytest.mark.e2e
+
+READY_FLIPS_WITHIN_S = 5.0
+# The limiter tries Redis again at most once every REDIS_RETRY_S; a login a little after that finds it back.
+LIMITER_BACK_WITHIN_S = REDIS_RETRY_S + 5.0
+
+
+@pytest.fixture
+def redis_forwarder(clean_redis_url: str) -> Iterator[TcpForwarder]:
+    forwarder = TcpForwarder.for_url(clean_redis_url)
+    yield forwarder
+    forwarder.close()
+
+
+async def readiness(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, object]]:
+    status, body, _ = await call(http, "GET", f"{url}/ready")
+    return status, body
+
+
+async def login_status(http: aiohttp.ClientSession, stack: CoreStack, email: str, password: str) -> tuple[int, object]:
+    status, body, _ = await call(
+        http, "POST", f"{stack.auth.url}/auth/login", json={"email": email, "password": password}
+    )
+    return status, body
+
+
+async def test_redis_down_the_stack_keeps_serving_and_readiness_says_so(
+    start_service: StartService,
+    database_url: str,
+    clean_redis_url: str,
+    redis_forwarder: TcpForwarder,
+    org: Org,
+    http: aiohttp.ClientSession,
+) -> None:
+    through = {"REDIS_URL": redis_forwarder.url_for(clean_redis_url)}
+    auth = start_service("auth", through)
+    core = start_service("core", {"AUTH_URL": auth.url, "APGMS_KEK": SESSION_KEK, **through})
+    stack = CoreStack(auth=auth, core=core, database_url=database_url)
+    services = {"auth": stack.auth.url, "core": stack.core.url}
+    for name, url in services.items():
+        await wait_for(lambda url=url: _ready_is(http, url, 200), READY_FLIPS_WITHIN_S, f"{name} ready before")
+    assert redis_forwarder.connections_accepted > 0  # both really talk to Redis through the forwarder
+
+    redis_forwarder.cut()
+    for name, url in services.items():
+        await wait_for(lambda url=url: _ready_is(http, url, 503), READY_FLIPS_WITHIN_S, f"{name} /ready 503")
+        status, body = await readiness(http, url)
+        checks = body["checks"]
+        assert status == 503 and checks["redis"]["status"] == "fail", body  # type: ignore[index]
+        assert checks["postgres"]["status"] == "pass", body  # type: ignore[index]
+
+    # Logins answer as usual: right password 200, wrong 401.
+    status, session = await login_status(http, stack, org.email("finance"), PASSWORD)
+    assert status == 200, session
+    token = session["access_token"]  # type: ignore[index]
+    status, body = await login_status(http, stack, org.email("admin"), "wrong password")
+    assert (status, body["code"]) == (401, "bad_credentials"), body  # type: ignore[index]
+    logged = await stack.auth.wait_for_log_async(lambda line: line.get("event") == "ratelimit_fallback")
+    assert logged["state"] == "down", logged
+
+    # Bank lines are read and written.
+    status, created, _ = await post_line(http, stack, token, new_line(payee="While Redis is down"), key="chaos-redis")
+    assert status == 201, created
+    status, page, _ = await get_lines(http, stack, token)
+    assert status == 200 and [item["id"] for item in page["items"]] == [created["id"]], page
+
+    # The lockout still works, counted in auth's memory: LOGIN_MAX_FAILURES wrong passwords in all (one above),
+    # then even the right password is refused with 429 until the lock ends.
+    for _ in range(LOGIN_MAX_FAILURES - 1):
+        status, body = await login_status(http, stack, org.email("admin"), "wrong password")
+        assert status == 401, body
+    status, body = await login_status(http, stack, org.email("admin"), PASSWORD)
+    assert (status, body["code"]) == (429, "rate_limited"), body  # type: ignore[index]
+
+    redis_forwarder.restore()
+    for name, url in services.items():
+        await wait_for(lambda url=url: _ready_is(http, url, 200), READY_FLIPS_WITHIN_S, f"{name} /ready 200 again")
+
+    # The limiter tries Redis again on a call after REDIS_RETRY_S and says it is back.
+    async def limiter_back() -> bool:
+        status, body = await login_status(http, stack, org.email("analyst"), PASSWORD)
+        assert status == 200, body
+        return any(
+            line.get("event") == "ratelimit_fallback" and line.get("state") == "up" for line in stack.auth.log_lines()
+        )
+
+    await wait_for(limiter_back, LIMITER_BACK_WITHIN_S, "the limiter back on Redis")
+
+
+async def _ready_is(http: aiohttp.ClientSession, url: str, expected: int) -> bool:
+    status, _ = await readiness(http, url)
+    return status == expected
