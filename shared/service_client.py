@@ -12,6 +12,10 @@ own on first use (bounded, every call with a deadline) and `close()` closes it.
 
 `get_msgpack` asks an internal route for `application/msgpack` (shared.negotiation) and decodes whichever of
 msgpack or JSON the answer is in, so the caller gets the same document either way.
+
+Every answer is read into memory, so at most `max_bytes` of it (MAX_RESPONSE_BYTES unless the client or the call
+says otherwise): a larger one (by its Content-Length, or as it arrives) is abandoned there and the call raises
+`ResponseTooLarge`, an `aiohttp.ClientError` like any answer that could not be read.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ from shared.context import REQUEST_ID_HEADER, TRACEPARENT_HEADER, current_reques
 from shared.negotiation import JSON_MEDIA_TYPE, MSGPACK_MEDIA_TYPE, decode
 
 __all__ = [
+    "MAX_RESPONSE_BYTES",
+    "ResponseTooLarge",
     "ServiceAuthError",
     "ServiceCallError",
     "ServiceClient",
     "ServiceResponse",
     "basic_credentials",
     "context_headers",
+    "read_bounded",
     "refresh_time",
 ]
 
@@ -48,6 +55,33 @@ ERROR_BODY_PREVIEW_CHARS = 200
 # The session a client opens for itself: at most this many connections, each call done within the timeout.
 SERVICE_CALL_POOL_SIZE = 50
 SERVICE_CALL_TIMEOUT_S = 10.0
+# The most of one answer held in memory. The largest internal answers are an evidence pack's export (its payload in
+# base64, hundreds of kB) and a page of at most MAX_PAGE_SIZE items; 8 MiB is ten times that, and a few dozen such
+# reads at once still fit a service's memory, where an unbounded one (a bug upstream) need not.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+# A token answer is a few hundred bytes.
+TOKEN_RESPONSE_MAX_BYTES = 64 * 1024
+
+
+class ResponseTooLarge(aiohttp.ClientPayloadError):
+    """An answer longer than the call's bound; it was not read past the bound."""
+
+    def __init__(self, url: str, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        super().__init__(f"the answer of {url} is larger than {max_bytes} bytes")
+
+
+async def read_bounded(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The body of `response`, or `ResponseTooLarge` as soon as it (or its Content-Length) exceeds `max_bytes`."""
+    url = str(response.url)
+    if response.content_length is not None and response.content_length > max_bytes:
+        raise ResponseTooLarge(url, max_bytes)
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > max_bytes:
+            raise ResponseTooLarge(url, max_bytes)
+    return bytes(body)
 
 
 class ServiceAuthError(Exception):
@@ -123,6 +157,7 @@ class ServiceClient:
         *,
         scopes: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.token_url = auth_url.rstrip("/") + TOKEN_PATH
         self.client_id = client_id
@@ -131,6 +166,7 @@ class ServiceClient:
         self._owns_session = session is None
         self.scopes = tuple(scopes)
         self._clock = clock
+        self.max_response_bytes = max_response_bytes
         self._token: CachedToken | None = None
         self._lock = asyncio.Lock()
 
@@ -168,38 +204,55 @@ class ServiceClient:
             self._token = None
 
     async def request(
-        self, method: str, url: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        max_bytes: int | None = None,
+        **kwargs: Any,
     ) -> ServiceResponse:
         """One call with the token and the request context; on a 401 a new token is fetched and the call retried
-        once."""
+        once. The answer is read up to `max_bytes` (the client's `max_response_bytes` when None)."""
+        limit = self.max_response_bytes if max_bytes is None else max_bytes
         token = await self.access_token()
-        response = await self._send(method, url, token, headers, kwargs)
+        response = await self._send(method, url, token, headers, limit, kwargs)
         if response.status == 401:
             self.forget_token(token)
-            response = await self._send(method, url, await self.access_token(), headers, kwargs)
+            response = await self._send(method, url, await self.access_token(), headers, limit, kwargs)
         return response
 
-    async def get_json(self, url: str, **kwargs: Any) -> Any:
+    async def get_json(self, url: str, *, max_bytes: int | None = None, **kwargs: Any) -> Any:
         """The JSON body of a GET; `ServiceCallError` for any non-2xx answer."""
-        response = await self.request("GET", url, **kwargs)
+        response = await self.request("GET", url, max_bytes=max_bytes, **kwargs)
         if not response.ok:
             raise ServiceCallError("GET", url, response.status, response.body)
         return response.json()
 
-    async def get_msgpack(self, url: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
+    async def get_msgpack(
+        self, url: str, *, headers: Mapping[str, str] | None = None, max_bytes: int | None = None, **kwargs: Any
+    ) -> Any:
         """The body of a GET asked for as msgpack, decoded (from JSON if that is what came); `ServiceCallError` for
         any non-2xx answer."""
-        response = await self.request("GET", url, headers={**(headers or {}), "accept": MSGPACK_MEDIA_TYPE}, **kwargs)
+        response = await self.request(
+            "GET", url, headers={**(headers or {}), "accept": MSGPACK_MEDIA_TYPE}, max_bytes=max_bytes, **kwargs
+        )
         if not response.ok:
             raise ServiceCallError("GET", url, response.status, response.body)
         return response.document()
 
     async def _send(
-        self, method: str, url: str, token: str, headers: Mapping[str, str] | None, kwargs: Mapping[str, Any]
+        self,
+        method: str,
+        url: str,
+        token: str,
+        headers: Mapping[str, str] | None,
+        max_bytes: int,
+        kwargs: Mapping[str, Any],
     ) -> ServiceResponse:
         outgoing = {**context_headers(), **(headers or {}), "authorization": f"Bearer {token}"}
         async with self.session.request(method, url, headers=outgoing, **kwargs) as response:
-            body = await response.read()
+            body = await read_bounded(response, max_bytes)
             return ServiceResponse(response.status, response.headers, body)
 
     async def _fetch_token(self) -> CachedToken:
@@ -214,7 +267,7 @@ class ServiceClient:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=TOKEN_REQUEST_TIMEOUT_S),
             ) as response:
-                body = await response.read()
+                body = await read_bounded(response, TOKEN_RESPONSE_MAX_BYTES)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as error:
             raise ServiceAuthError(f"token request to {self.token_url} failed: {type(error).__name__}") from error

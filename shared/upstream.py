@@ -5,7 +5,8 @@ The call goes through the runtime's service client (its service token; the calle
 go along) and asks for msgpack. A failure is the caller's upstream problem, never a 500 and never a hang:
 
     the service (or auth, for the token) unreachable, a non-2xx       502 upstream_unavailable
-    answer, or an answer that does not parse into the model
+    answer, an answer larger than `max_bytes` (MAX_RESPONSE_BYTES,
+    abandoned there), or one that does not parse into the model
     no answer within the deadline (the token fetch included)         504 upstream_timeout
 
 each logged once as `<service>_call_failed` (or `<service>_answer_invalid`) with the path and the cause (the
@@ -26,7 +27,7 @@ from starlette.requests import Request
 
 from shared.errors import ApiError
 from shared.log import get_logger
-from shared.service_client import ServiceAuthError, ServiceCallError
+from shared.service_client import ResponseTooLarge, ServiceAuthError, ServiceCallError
 
 __all__ = ["read_model"]
 
@@ -45,13 +46,17 @@ async def read_model(
     deadline_s: float,
     params: Mapping[str, str] | None = None,
     refusals: Mapping[int, Callable[[], ApiError]] | None = None,
+    max_bytes: int | None = None,
 ) -> M:
-    """GET `base_url + path` from `service` (its name, for problems and logs) as `model`, within `deadline_s`."""
+    """GET `base_url + path` from `service` (its name, for problems and logs) as `model`, within `deadline_s`,
+    reading at most `max_bytes` of its answer (the service client's bound, MAX_RESPONSE_BYTES, when None)."""
     client = request.app.state.runtime.require_service_client()
     title = service.capitalize()
     try:
         async with asyncio.timeout(deadline_s):
-            document: Any = await client.get_msgpack(f"{base_url}{path}", params=dict(params or {}))
+            document: Any = await client.get_msgpack(
+                f"{base_url}{path}", params=dict(params or {}), max_bytes=max_bytes
+            )
     except TimeoutError:
         log.warning(f"{service}_call_failed", path=path, error="timeout", deadline_s=deadline_s)
         raise ApiError("upstream_timeout", f"{title} did not answer within {deadline_s:g}s") from None
@@ -61,6 +66,9 @@ async def read_model(
             raise refusal() from None
         log.warning(f"{service}_call_failed", path=path, error="status", status=error.status)
         raise ApiError("upstream_unavailable", f"{title} answered {error.status}") from None
+    except ResponseTooLarge as error:
+        log.warning(f"{service}_call_failed", path=path, error="too_large", max_bytes=error.max_bytes)
+        raise ApiError("upstream_unavailable", f"{title}'s answer was larger than {error.max_bytes} bytes") from None
     except (ServiceAuthError, aiohttp.ClientError, ValueError) as error:
         log.warning(f"{service}_call_failed", path=path, error=type(error).__name__)
         raise ApiError("upstream_unavailable", f"{title} could not be reached") from None
