@@ -5,7 +5,8 @@
     apgms regulator list                                      name, orgs, expiry, revoked, live sessions
 
 Each change is audited (actor `system`) in the chain of every org it affects, in the transaction that makes it
-(`services.regulator.lifecycle`, which the admins' routes share).
+(`services.regulator.lifecycle`, which the admins' routes share). `add` refuses an org id that is not an org of
+auth (exit 1 naming it, nothing written): a typo would give a code that opens nothing and start a stray chain.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import typer
 from rich.table import Table
 
 from apgms.common import command_environ, console, fail, with_connection
+from services.auth.store import org_names
 from services.regulator import codes, lifecycle, store
 from services.regulator.config import SERVICE_NAME
 from services.regulator.store import CredentialListing
@@ -88,7 +90,11 @@ def add(
     expires_at = datetime.now(UTC) + codes.parse_expires(expires)
     code = codes.new_access_code()
 
-    async def work(conn: asyncpg.Connection) -> lifecycle.IssuedCredential | None:
+    async def work(conn: asyncpg.Connection) -> lifecycle.IssuedCredential | list[uuid.UUID] | None:
+        known = await org_names(conn, org_ids)
+        unknown = [org_id for org_id in org_ids if org_id not in known]
+        if unknown:
+            return unknown
         code_hash = await lifecycle.hash_code(code)
         async with conn.transaction():
             return await lifecycle.issue(
@@ -96,6 +102,9 @@ def add(
             )
 
     issued = with_connection(_settings(), work)
+    if isinstance(issued, list):
+        named = ", ".join(str(org_id) for org_id in issued)
+        fail(f"unknown org {named}: no such org in auth.orgs (check the id); nothing was written")
     if issued is None:
         fail(f"a regulator credential named {name!r} exists already (revoke it, or choose another name)")
     console.print(

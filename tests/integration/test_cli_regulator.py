@@ -36,7 +36,18 @@ async def run(database_url: str, *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+async def create_orgs(database_url: str, *org_ids: uuid.UUID) -> None:
+    """The orgs in auth.orgs, as auth makes them (`apgms regulator add` refuses an org that is not there)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        for org_id in org_ids:
+            await connection.execute("INSERT INTO auth.orgs (id, name) VALUES ($1, $2)", org_id, f"Org {org_id}")
+    finally:
+        await connection.close()
+
+
 async def test_add_list_revoke(database_url: str) -> None:
+    await create_orgs(database_url, ORG_A, ORG_B)
     status, out, err = await run(
         database_url, "regulator", "add", "asic-1", "--orgs", f"{ORG_A},{ORG_B}", "--expires", "30d"
     )
@@ -106,6 +117,21 @@ async def test_bad_arguments_are_usage_errors_and_write_nothing(database_url: st
     connection = await asyncpg.connect(database_url)
     try:
         assert await connection.fetchval("SELECT count(*) FROM regulator.credentials") == 0
+    finally:
+        await connection.close()
+
+
+async def test_add_refuses_an_org_that_does_not_exist_and_writes_nothing(database_url: str) -> None:
+    await create_orgs(database_url, ORG_A)
+    ghost = uuid.uuid4()
+    status, out, err = await run(database_url, "regulator", "add", "ghost-org", "--orgs", f"{ORG_A},{ghost}")
+    assert status == 1, out
+    assert f"unknown org {ghost}" in err and str(ORG_A) not in err
+    assert "rgc." not in out  # no access code printed
+    connection = await asyncpg.connect(database_url)
+    try:
+        assert await connection.fetchval("SELECT count(*) FROM regulator.credentials") == 0
+        assert await connection.fetchval("SELECT count(*) FROM audit.records") == 0
     finally:
         await connection.close()
 
