@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -339,6 +340,11 @@ def load(
 ) -> None:
     """The runbook's k6 smoke: an open-model load on /health, /ready and (with a token) /bank-lines; a summary
     table, a latency histogram and the thresholds p95 < 500 ms and checks > 99%; exit 1 when one fails."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise typer.BadParameter(
+            f"{base_url!r} is not an http(s) URL, e.g. {DEFAULT_BASE_URL}", param_hint="--base-url"
+        )
     targets = targets_for(token)
     try:
         plan = plan_load(rate, parse_duration(duration), len(targets))

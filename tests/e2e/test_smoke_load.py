@@ -174,3 +174,6 @@ async def test_an_unreachable_url_is_one_line_and_exit_1() -> None:
 
     bad, _ = await smoke_load("--base-url", "http://127.0.0.1:1", "--rate", "1000", "--duration", "10m")
     assert bad.returncode == 2 and "100,000" in bad.stderr, bad.stderr
+    for url in ("not-a-url", "ftp://127.0.0.1/", "http://"):
+        wrong, _ = await smoke_load("--base-url", url)
+        assert wrong.returncode == 2 and "is not an http(s) URL" in wrong.stderr, (url, wrong.stderr)
