@@ -7,7 +7,8 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -304,8 +305,19 @@ COMPOSE_SECRET_GENERATORS: dict[str, Callable[[], str]] = {
     "APGMS_COMPOSE_CORE_CLIENT_SECRET": new_service_client_secret,
     "APGMS_COMPOSE_COMPLIANCE_CLIENT_SECRET": new_service_client_secret,
     "APGMS_COMPOSE_REGULATOR_CLIENT_SECRET": new_service_client_secret,
+    # The proxy's scrape credential (METRICS_BEARER_TOKEN), which the compose Prometheus presents on /metrics.
+    "APGMS_COMPOSE_METRICS_BEARER_TOKEN": lambda: secrets.token_urlsafe(COMPOSE_PASSWORD_BYTES),
+    "APGMS_COMPOSE_GRAFANA_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(COMPOSE_PASSWORD_BYTES),
 }
 COMPOSE_SECRETS = tuple(COMPOSE_SECRET_GENERATORS)
+# Values compose also needs as a file, for a compose secret (`secrets: file:` in docker-compose.yml, seen in the
+# container at /run/secrets/<name>): Prometheus reads the scrape credential from a file, the proxy from its
+# environment, so both come from the one value in .env. The file is in the git-ignored dev dir, in a directory only
+# its owner may enter; the file itself is readable by all, as it is bind-mounted into the Prometheus container,
+# which runs as `nobody`.
+COMPOSE_SECRET_FILES: dict[str, Path] = {
+    "APGMS_COMPOSE_METRICS_BEARER_TOKEN": Path(devstack.DEV_DIR_NAME, "compose", "metrics_bearer_token"),
+}
 
 
 def compose_secret(name: str) -> str:
@@ -314,23 +326,47 @@ def compose_secret(name: str) -> str:
 
 @app.command("dev-secrets")
 def dev_secrets() -> None:
-    """Generate the docker compose stack's database and Redis passwords, master key, KEK and service client secrets
-    into `.env` (mode 0600).
+    """Generate the docker compose stack's database and Redis passwords, master key, KEK, service client secrets,
+    scrape credential and Grafana admin password into `.env` (mode 0600), and the scrape credential's compose secret
+    file.
 
     Values already there are kept: the database volume keeps the password it was created with."""
     path = devstack.PROJECT_ROOT / ".env"
     existing = read_dotenv(path)
     missing = [name for name in COMPOSE_SECRETS if not existing.get(name)]
-    if not missing:
+    generated = {name: compose_secret(name) for name in missing}
+    if generated:
+        text = path.read_text() if path.exists() else ""
+        lines = [f"{name}={value}" for name, value in generated.items()]
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(descriptor, "a") as file:
+            file.write(("\n" if text and not text.endswith("\n") else "") + "\n".join(lines) + "\n")
+        path.chmod(0o600)
+        console.print(
+            f"Wrote {', '.join(missing)} to {path}; `docker compose up` reads them from there.", soft_wrap=True
+        )
+    files = write_compose_secret_files({**existing, **generated})
+    if files:
+        console.print(f"Wrote {', '.join(map(str, files))} (compose secrets, from the same values).", soft_wrap=True)
+    if not generated and not files:
         console.print(f"{path} already holds {', '.join(COMPOSE_SECRETS)}; nothing changed.", soft_wrap=True)
-        return
-    text = path.read_text() if path.exists() else ""
-    lines = [f"{name}={compose_secret(name)}" for name in missing]
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(descriptor, "a") as file:
-        file.write(("\n" if text and not text.endswith("\n") else "") + "\n".join(lines) + "\n")
-    path.chmod(0o600)
-    console.print(f"Wrote {', '.join(missing)} to {path}; `docker compose up` reads them from there.", soft_wrap=True)
+
+
+def write_compose_secret_files(values: Mapping[str, str]) -> list[Path]:
+    """Write each of COMPOSE_SECRET_FILES whose content is not its value in .env; returns the paths written."""
+    written = []
+    for name, relative in COMPOSE_SECRET_FILES.items():
+        path = devstack.PROJECT_ROOT / relative
+        if path.is_file() and path.read_text() == values[name]:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(values[name])
+        temporary.chmod(0o644)
+        os.replace(temporary, path)
+        written.append(path)
+    return written
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
-"""docker-compose.yml: only the proxy is published (on loopback), no credential is written in it, Redis needs a
-password, each secret goes only to the services that use it (the master key to auth and compliance, which seal
-signing keys with it, the KEK to core and compliance, each service client secret to its service and to auth), and
-every secret it takes is one `apgms dev-secrets` generates and compose refuses to start without."""
+"""docker-compose.yml: only the proxy, Prometheus and Grafana are published (on loopback), no credential is written
+in it, Redis needs a password, each secret goes only to the services that use it (the master key to auth and
+compliance, which seal signing keys with it, the KEK to core and compliance, each service client secret to its
+service and to auth, the scrape credential to the proxy and, as a compose secret file, to Prometheus), and every
+secret it takes is one `apgms dev-secrets` generates and compose refuses to start without. The file as
+docker-compose resolves it is checked against the settings loaders in tests/integration/test_compose_config.py."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from apgms import devstack
-from apgms.cli import COMPOSE_SECRETS, app
+from apgms.cli import COMPOSE_SECRET_FILES, COMPOSE_SECRETS, app
 from shared.config import MIN_SERVICE_CLIENT_SECRET_CHARS, Env, read_dotenv
 from shared.kek import KEK_BYTES, kek_provider_from_env
 
@@ -36,10 +38,14 @@ def interpolate(text: str, values: dict[str, str]) -> str:
     return REQUIRED_VARIABLE.sub(lambda match: values[match.group(1)], text)
 
 
-def test_only_the_proxy_publishes_a_port_and_only_on_loopback() -> None:
+def test_only_the_proxy_prometheus_and_grafana_publish_ports_and_only_on_loopback() -> None:
     services = compose()["services"]
     published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
-    assert published == {"proxy": ["127.0.0.1:3000:3000"]}
+    assert published == {
+        "proxy": ["127.0.0.1:3000:3000"],
+        "prometheus": ["127.0.0.1:9090:9090"],
+        "grafana": ["127.0.0.1:3030:3000"],
+    }
     assert not any("network_mode" in service for service in services.values())
 
 
@@ -52,6 +58,8 @@ SECRET_VARIABLES = {
     "SERVICE_CLIENT_SECRET_CORE",
     "SERVICE_CLIENT_SECRET_COMPLIANCE",
     "SERVICE_CLIENT_SECRET_REGULATOR",
+    "METRICS_BEARER_TOKEN",
+    "GF_SECURITY_ADMIN_PASSWORD",
 }
 
 
@@ -113,14 +121,26 @@ def test_dev_secrets_writes_each_secret_once_into_a_private_env_file(
     kek_provider_from_env({"APGMS_ENV": "production", "APGMS_KEK": written["APGMS_COMPOSE_KEK"]})
     for name in ("CORE", "COMPLIANCE", "REGULATOR"):
         assert len(written[f"APGMS_COMPOSE_{name}_CLIENT_SECRET"]) >= MIN_SERVICE_CLIENT_SECRET_CHARS
-    assert len({written[name] for name in COMPOSE_SECRETS}) == len(COMPOSE_SECRETS) == 7
+    assert len({written[name] for name in COMPOSE_SECRETS}) == len(COMPOSE_SECRETS) == 9
     for name in COMPOSE_SECRETS:
         assert written[name] not in result.output, "secrets are written to the file, never printed"
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+    # The scrape credential is also the compose secret's file: in a directory only its owner may enter, readable
+    # by the Prometheus container's `nobody` through the bind mount.
+    secret_file = tmp_path / COMPOSE_SECRET_FILES["APGMS_COMPOSE_METRICS_BEARER_TOKEN"]
+    assert secret_file.read_text() == written["APGMS_COMPOSE_METRICS_BEARER_TOKEN"]
+    assert stat.S_IMODE(secret_file.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o644
 
     again = CliRunner().invoke(app, ["dev-secrets"])
     assert again.exit_code == 0 and "nothing changed" in again.output
     assert read_dotenv(tmp_path / ".env") == written, "the database volume keeps its first password"
+
+    secret_file.unlink()  # e.g. the dev dir removed: the file is written again from .env, not from a new value
+    restored = CliRunner().invoke(app, ["dev-secrets"])
+    assert restored.exit_code == 0 and "nothing changed" not in restored.output
+    assert secret_file.read_text() == written["APGMS_COMPOSE_METRICS_BEARER_TOKEN"]
+    assert read_dotenv(tmp_path / ".env") == written
 
 
 def test_dev_secrets_adds_only_what_an_earlier_env_file_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,3 +178,23 @@ def test_only_the_services_holding_pii_get_the_kek() -> None:
     assert list(holders) == ["core", "compliance"]
     assert {REQUIRED_VARIABLE.fullmatch(value).group(1) for value in holders.values()} == {"APGMS_COMPOSE_KEK"}
     assert not any("APGMS_KEK_FILE" in (service.get("environment") or {}) for service in services.values())
+
+
+def test_prometheus_reads_the_proxy_s_scrape_credential_from_the_file_dev_secrets_writes() -> None:
+    document = compose()
+    services = document["services"]
+    token = REQUIRED_VARIABLE.fullmatch(services["proxy"]["environment"]["METRICS_BEARER_TOKEN"])
+    assert token and token.group(1) == "APGMS_COMPOSE_METRICS_BEARER_TOKEN"
+    assert services["prometheus"]["secrets"] == ["metrics_bearer_token"]
+    assert Path(document["secrets"]["metrics_bearer_token"]["file"]) == COMPOSE_SECRET_FILES[token.group(1)]
+    holders = [
+        name for name, service in services.items() if "METRICS_BEARER_TOKEN" in (service.get("environment") or {})
+    ]
+    assert holders == ["proxy"]
+
+
+def test_grafana_s_admin_password_is_generated_and_sign_up_is_off() -> None:
+    grafana = compose()["services"]["grafana"]["environment"]
+    password = REQUIRED_VARIABLE.fullmatch(grafana["GF_SECURITY_ADMIN_PASSWORD"])
+    assert password and password.group(1) in COMPOSE_SECRETS
+    assert grafana["GF_USERS_ALLOW_SIGN_UP"] == "false" and grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
