@@ -106,7 +106,7 @@ def add(
         named = ", ".join(str(org_id) for org_id in issued)
         fail(f"unknown org {named}: no such org in auth.orgs (check the id); nothing was written")
     if issued is None:
-        fail(f"a regulator credential named {name!r} exists already (revoke it, or choose another name)")
+        fail(lifecycle.name_taken(name))
     console.print(
         f"Regulator credential {name} for {len(org_ids)} org(s), valid until {expires_at:%Y-%m-%d %H:%M} UTC."
     )

@@ -130,7 +130,7 @@ async def create_credential(request: Request, principal: Principal) -> Response:
                 code_hash=code_hash,
             )
             if issued is None:
-                raise ApiError("conflict", f"A regulator credential named {body.name!r} exists already")
+                raise ApiError("conflict", lifecycle.name_taken(body.name))
             return _json(CreatedCredential(credential=CredentialView.of(issued.credential)), 201)
 
         response = await idempotent(request, conn, work, org_id=org_id, actor=actor, body=body)

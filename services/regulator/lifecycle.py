@@ -19,7 +19,16 @@ from services.regulator.models import Credential
 from shared import audit
 from shared.passwords import HASHER
 
-__all__ = ["IssuedCredential", "hash_code", "issue", "revoke_everywhere", "revoke_for_org"]
+__all__ = ["IssuedCredential", "hash_code", "issue", "name_taken", "revoke_everywhere", "revoke_for_org"]
+
+
+def name_taken(name: str) -> str:
+    """Why a name is refused (the admins' 409 and the CLI's exit 1): names are unique and never reused, revoked or
+    not, because the audit trail's `regulator:<name>` must name one credential forever."""
+    return (
+        f"A regulator credential named {name!r} exists already. Names are never reused, even after revocation "
+        f"(the audit trail's regulator:{name} must name one credential forever): choose another name"
+    )
 
 
 class IssuedCredential:

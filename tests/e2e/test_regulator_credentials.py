@@ -58,6 +58,7 @@ async def test_admin_creates_lists_and_revokes_a_credential_of_their_org_only(
     assert replayed["credential"]["id"] == created["credential"]["id"] and "access_code" not in replayed
     status, body, _ = await call(http, "POST", base, token=admin.token, json={"name": "asic-1"})
     assert (status, body["code"]) == (409, "conflict")
+    assert "never reused" in body["detail"] and "revoke it" not in body["detail"], body
 
     # The code logs in; a regulator token opens no admin route, and the listing never shows a hash.
     session = await regulator_login(http, stack, code, org.id)

@@ -88,6 +88,9 @@ async def test_add_list_revoke(database_url: str) -> None:
         assert await store.live_session(connection, token_hash("rgs_test")) is None
         status, out, _ = await run(database_url, "regulator", "revoke", "asic-1")
         assert status == 0 and "already revoked" in out
+        # The name stays taken after revocation, and the refusal says so (no "revoke it" circle).
+        status, out, err = await run(database_url, "regulator", "add", "asic-1", "--orgs", str(ORG_A))
+        assert status == 1 and "exists already" in err and "never reused" in err and "revoke it" not in err
 
         for org in (ORG_A, ORG_B):
             actions = await connection.fetch(
