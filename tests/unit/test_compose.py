@@ -198,3 +198,17 @@ def test_grafana_s_admin_password_is_generated_and_sign_up_is_off() -> None:
     password = REQUIRED_VARIABLE.fullmatch(grafana["GF_SECURITY_ADMIN_PASSWORD"])
     assert password and password.group(1) in COMPOSE_SECRETS
     assert grafana["GF_USERS_ALLOW_SIGN_UP"] == "false" and grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+
+def test_the_build_context_is_what_the_dockerfile_copies_and_no_secret() -> None:
+    root = COMPOSE_FILE.parent
+    copied = {
+        source
+        for line in (root / "deploy" / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for source in line.split()[1:-1]
+    }
+    rules = [line for line in (root / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert rules[0] == "*", "everything is left out unless named"
+    assert {rule[1:] for rule in rules if rule.startswith("!")} == copied
+    assert not copied & {".env", ".devdb", ".venv", "artifacts"}
