@@ -80,9 +80,11 @@ async def test_the_smoke_passes_through_the_proxy_with_a_token(
     # The proxy's /ready passes once its health checks saw every service ready.
     for _ in range(100):
         async with http.get(f"{proxy.url}/ready") as response:
-            if response.status == 200:
-                break
+            ready = response.status == 200
+        if ready:
+            break
         await asyncio.sleep(0.1)
+    assert ready, "the proxy did not see every service ready within 10 s"
 
     result, _ = await smoke_load(
         "--base-url", proxy.url, "--rate", "20", "--duration", "3s", "--token", tokens["analyst"]
