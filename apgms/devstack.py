@@ -34,6 +34,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -47,7 +48,7 @@ from apgms.devservers import (
     redact_url,
 )
 from apgms.localredis import LocalRedis
-from apgms.regulator_demo import DEMO_CREDENTIAL_NAME, ensure_demo_credential
+from apgms.regulator_demo import DEMO_CREDENTIAL_NAME, DemoRegulatorRefused, ensure_demo_credential
 from apgms.seed import DemoSeed, SeedError, demo_password, seed_demo
 from shared.config import (
     CALLING_SERVICES,
@@ -443,8 +444,11 @@ def stack_table(
     return table
 
 
-async def seed_dev_demo(env: Mapping[str, str], database_url: str) -> DemoSeed:
-    """Seed the demo org (idempotent) with the settings the dev processes get."""
+async def seed_dev_demo(
+    env: Mapping[str, str], database_url: str, warn: Callable[[str], None] = lambda _: None
+) -> DemoSeed:
+    """Seed the demo org (idempotent) with the settings the dev processes get; `warn` is told why there is no demo
+    regulator access code when a `demo-regulator` make run did not make is in the way (the stack still starts)."""
     dev_env = {**env, "APGMS_ENV": "dev", "DATABASE_URL": database_url}
     settings = load_settings("auth", dev_env, master_key_required=True)
     password = demo_password(dev_env)
@@ -452,7 +456,11 @@ async def seed_dev_demo(env: Mapping[str, str], database_url: str) -> DemoSeed:
     connection = await asyncpg.connect(database_url)
     try:
         seed = await seed_demo(connection, SecretBox(master_key), password)
-        code = await ensure_demo_credential(connection, seed.org_id, master_key.reveal(), dev_env)
+        try:
+            code = await ensure_demo_credential(connection, seed.org_id, master_key.reveal(), dev_env)
+        except DemoRegulatorRefused as refused:
+            warn(str(refused))
+            return seed
         return dataclasses.replace(seed, regulator_code=code)
     finally:
         await connection.close()
@@ -550,7 +558,9 @@ async def run_dev(
         if not applied:
             console.print("Database schema is up to date.")
         try:
-            demo = await seed_dev_demo(env, database_url)
+            demo = await seed_dev_demo(
+                env, database_url, lambda message: console.print(f"[yellow]{escape(message)}[/]", soft_wrap=True)
+            )
         except (ConfigError, SeedError) as error:
             console.print(f"[red]error:[/] {error}")
             return CONFIG_ERROR_EXIT_CODE

@@ -178,3 +178,49 @@ async def test_the_demo_credential_follows_the_master_key(database_url: str) -> 
             await ensure_demo_credential(connection, org_id, "key two", {"APGMS_ENV": "production"})
     finally:
         await connection.close()
+
+
+async def test_the_demo_credential_never_takes_over_a_row_make_run_did_not_make(database_url: str) -> None:
+    demo_org, other_org = uuid.uuid4(), uuid.uuid4()
+    dev = {"APGMS_ENV": "dev"}
+    connection = await asyncpg.connect(database_url)
+    try:
+        # An org admin's credential named demo-regulator, for their own org.
+        code = codes.new_access_code()
+        admin_made = await store.insert_credential(
+            connection,
+            name=DEMO_CREDENTIAL_NAME,
+            lookup=code.lookup,
+            code_hash=token_hash(code.text).hex(),
+            org_ids=[other_org],
+            created_by=f"user:{uuid.uuid4()}",
+            expires_at=datetime.now(UTC) + timedelta(days=30),
+        )
+        assert admin_made is not None
+        for attempt in range(2):  # and again after a revocation: the name stays theirs
+            with pytest.raises(DemoRegulatorRefused) as refused:
+                await ensure_demo_credential(connection, demo_org, "key one", dev)
+            message = str(refused.value)
+            assert "not by make run" in message and "Rename" in message and "revoke" in message, message
+            row = await store.credential_by_name(connection, DEMO_CREDENTIAL_NAME)
+            assert row is not None and row.org_ids == (other_org,) and row.lookup == code.lookup, "left alone"
+            if attempt == 0:
+                await store.revoke(connection, row.id)
+
+        # A system-made row that also covers another org (an operator's, say) is refused too.
+        await connection.execute(
+            "UPDATE regulator.credentials SET name = 'renamed' WHERE name = $1", DEMO_CREDENTIAL_NAME
+        )
+        await ensure_demo_credential(connection, demo_org, "key one", dev)
+        row = await store.credential_by_name(connection, DEMO_CREDENTIAL_NAME)
+        assert row is not None
+        await store.add_org(connection, row.id, other_org)
+        await store.revoke(connection, row.id)
+        with pytest.raises(DemoRegulatorRefused) as refused:
+            await ensure_demo_credential(connection, demo_org, "key one", dev)
+        assert "not the demo org alone" in str(refused.value)
+        row = await store.credential_by_name(connection, DEMO_CREDENTIAL_NAME)
+        assert row is not None and row.revoked_at is not None, "left revoked"
+        assert await connection.fetchval("SELECT count(*) FROM audit.records WHERE org_id = $1", other_org) == 0
+    finally:
+        await connection.close()
