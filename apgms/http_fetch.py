@@ -64,7 +64,8 @@ def transport_failure(url: str, error: BaseException) -> FetchError:
     """The user's sentence for a call that failed below HTTP (unreachable, timed out, cut off, not a URL)."""
     if isinstance(error, asyncio.TimeoutError):
         return FetchError(f"no complete answer from {url} in time (the call has a deadline): the server is too slow")
-    if isinstance(error, aiohttp.InvalidURL):
+    if isinstance(error, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        # A malformed URL, or another scheme (ftp://, file://): aiohttp's own message is only the URL again.
         return FetchError(f"{url} is not a valid http(s) URL")
     if isinstance(error, aiohttp.ClientConnectorError):
         return FetchError(f"cannot reach {url}: {error.os_error.strerror or error.os_error}; is the service running?")
