@@ -47,6 +47,8 @@ class TcpForwarder:
         self.port = port
         self.delay_s = 0.0
         self.connections_accepted = 0
+        # Chunks the server sent, each one reply of a round trip or part of one: what `delay_s` is paid for.
+        self.server_chunks = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"forwarder-{port}", daemon=True)
         self._server: asyncio.Server | None = None
@@ -85,6 +87,7 @@ class TcpForwarder:
 
     def close(self) -> None:
         self._call(self._cut)
+        self._call(self._cancel_tasks)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(CONTROL_TIMEOUT_S)
         self._loop.close()
@@ -107,6 +110,14 @@ class TcpForwarder:
             writer.transport.abort()
         self._writers.clear()
 
+    async def _cancel_tasks(self) -> None:
+        """Every connection's tasks ended (after `_cut` aborted their sockets), so none is left pending."""
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.connections_accepted += 1
         try:
@@ -119,16 +130,23 @@ class TcpForwarder:
         try:
             await asyncio.gather(
                 self._pipe(client_reader, server_writer, lambda: 0.0),
-                self._pipe(server_reader, client_writer, lambda: self.delay_s),
+                self._pipe(server_reader, client_writer, lambda: self.delay_s, from_server=True),
                 return_exceptions=True,
             )
+        except asyncio.CancelledError:
+            pass  # `close` ends what is left; asyncio would log a cancelled connection handler as an error
         finally:
             for writer in pair:
                 writer.transport.abort()
             self._writers -= pair
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: Callable[[], float]
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        delay: Callable[[], float],
+        *,
+        from_server: bool = False,
     ) -> None:
         due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -147,6 +165,8 @@ class TcpForwarder:
         sender = asyncio.ensure_future(send())
         try:
             while chunk := await reader.read(CHUNK_BYTES):
+                if from_server:
+                    self.server_chunks += 1
                 due.put_nowait((time.monotonic() + delay(), chunk))
             due.put_nowait((time.monotonic() + delay(), b""))
             await sender
