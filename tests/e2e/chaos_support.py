@@ -4,7 +4,8 @@ that a drill can cut, restore and slow down, and the small timing helpers the dr
     forwarder = TcpForwarder.start("127.0.0.1", 5432)   # listens on a free loopback port, in a thread of its own
     core = start_service("core", {"DATABASE_URL": forwarder.url_for(database_url)})
     forwarder.cut()        # refuse new connections, drop live ones: the server is down, as far as core can tell
-    forwarder.restore()    # listen again on the same port
+    forwarder.stall()      # accept and keep connections but pass nothing on: a server that hangs (a partition)
+    forwarder.restore()    # listen again on the same port (after a stall: the stalled connections dropped)
     forwarder.delay_s = 0.3   # every chunk from the server reaches the client 300 ms late (one round trip + 300 ms)
 
 The forwarder runs its own event loop in a daemon thread, so a test that blocks its loop (`start_service` waits
@@ -53,12 +54,13 @@ class TcpForwarder:
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"forwarder-{port}", daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._stalled = False
 
     @classmethod
     def start(cls, target_host: str, target_port: int) -> TcpForwarder:
         forwarder = cls(target_host, target_port, free_port())
         forwarder._thread.start()
-        forwarder.restore()
+        forwarder._call(forwarder._listen)
         return forwarder
 
     @classmethod
@@ -75,15 +77,15 @@ class TcpForwarder:
         netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
         return urlunsplit(parts._replace(netloc=netloc))
 
-    @property
-    def live_connections(self) -> int:
-        return len(self._writers) // 2
-
     def cut(self) -> None:
         self._call(self._cut)
 
+    def stall(self) -> None:
+        """Nothing passes either way and new connections are held unanswered, until `restore`."""
+        self._stalled = True
+
     def restore(self) -> None:
-        self._call(self._listen)
+        self._call(self._restore)
 
     def close(self) -> None:
         self._call(self._cut)
@@ -101,6 +103,18 @@ class TcpForwarder:
     async def _listen(self) -> None:
         if self._server is None:
             self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _restore(self) -> None:
+        if self._stalled:
+            # Stalled connections stopped mid-conversation; their clients must reconnect.
+            self._stalled = False
+            for writer in list(self._writers):
+                writer.transport.abort()
+        await self._listen()
+
+    async def _until_flowing(self) -> None:
+        while self._stalled:
+            await asyncio.sleep(POLL_INTERVAL_S)
 
     async def _cut(self) -> None:
         if self._server is not None:
@@ -120,6 +134,12 @@ class TcpForwarder:
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.connections_accepted += 1
+        if self._stalled:
+            self._writers.add(client_writer)
+            await self._until_flowing()
+            self._writers.discard(client_writer)
+            client_writer.transport.abort()
+            return
         try:
             server_reader, server_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
@@ -159,6 +179,7 @@ class TcpForwarder:
                 wait = at - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                await self._until_flowing()
                 writer.write(chunk)
                 await writer.drain()
 

@@ -4,7 +4,8 @@ Core reaches the test's database through a TCP forwarder the test cuts (connecti
 and restores; auth keeps its own direct connection, so tokens are still issued and only core loses its database.
 While the database is down core's /ready is 503 naming the postgres check, and the API answers 503 problems
 within a bound instead of hanging or failing with a 500; once it is back /ready is 200 again and the POST that
-failed, retried with the same Idempotency-Key, creates exactly one line.
+failed, retried with the same Idempotency-Key, creates exactly one line. The second drill is the harder outage: a
+database that accepts connections and never answers (a network partition), where only deadlines end the wait.
 """
 
 from __future__ import annotations
@@ -91,3 +92,38 @@ async def test_database_down_then_up(
 async def _is(http: aiohttp.ClientSession, url: str, expected: int) -> bool:
     status, _ = await ready_status(http, url)
     return status == expected
+
+
+async def test_database_that_hangs_answers_503_within_the_bound(
+    start_service: StartService,
+    database_url: str,
+    db_forwarder: TcpForwarder,
+    org: Org,
+    http: aiohttp.ClientSession,
+) -> None:
+    stack = start_core(start_service, database_url, {"DATABASE_URL": db_forwarder.url_for(database_url)})
+    finance = (await role_tokens(http, stack, org))["finance"]
+    status, page, _ = await get_lines(http, stack, finance)  # the pool holds a connection from now on
+    assert status == 200, page
+
+    db_forwarder.stall()
+    await wait_for(lambda: _is(http, stack.core.url, 503), READY_FLIPS_WITHIN_S, "core /ready 503 while stalled")
+    # Both a pooled connection that stops answering (the statement deadline) and a new one that never completes
+    # (the connect deadline) end in a 503 problem, not a hang.
+    for attempt in range(2):
+        key = f"chaos-db-stall-{attempt}"
+        (status, body, headers), took = await timed(
+            post_line(http, stack, finance, new_line(payee="During the stall"), key=key)
+        )
+        assert took < DOWN_ANSWER_WITHIN_S, (attempt, took)
+        assert (status, body["code"]) == (503, "service_unavailable"), body
+        assert "retry-after" in headers, headers
+
+    db_forwarder.restore()
+    await wait_for(lambda: _is(http, stack.core.url, 200), READY_FLIPS_WITHIN_S, "core /ready 200 after the stall")
+    assert await line_count(database_url) == 0  # nothing of the refused POSTs was written
+    status, created, _ = await post_line(
+        http, stack, finance, new_line(payee="During the stall"), key="chaos-db-stall-0"
+    )
+    assert status == 201, created
+    assert await line_count(database_url) == 1
