@@ -242,3 +242,6 @@ def regulator(
 
 
 smoke_app.command("load")(load)
+from apgms.checklist import checklist  # noqa: E402 (apgms.checklist imports this module's helpers)
+
+smoke_app.command("checklist")(checklist)
