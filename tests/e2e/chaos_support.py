@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
+
 from apgms.devservers import free_port
 
 _T = TypeVar("_T")
@@ -57,8 +59,9 @@ class TcpForwarder:
         self._stalled = False
 
     @classmethod
-    def start(cls, target_host: str, target_port: int) -> TcpForwarder:
-        forwarder = cls(target_host, target_port, free_port())
+    def start(cls, target_host: str, target_port: int, port: int | None = None) -> TcpForwarder:
+        """Listening on `port` (a free one when None), in a thread of its own."""
+        forwarder = cls(target_host, target_port, port or free_port())
         forwarder._thread.start()
         forwarder._call(forwarder._listen)
         return forwarder
@@ -212,3 +215,41 @@ async def wait_for(check: Callable[[], Awaitable[Any]], within_s: float, what: s
             return time.monotonic() - started
         await asyncio.sleep(POLL_INTERVAL_S)
     raise AssertionError(f"{what}: not within {within_s} s (last: {last!r})")
+
+
+async def in_rotation(http: aiohttp.ClientSession, proxy_url: str, service: str, value: float) -> bool:
+    """The proxy's apgms_proxy_upstream_up for `service`'s one instance is `value` (1 in rotation, 0 out)."""
+    async with http.get(f"{proxy_url}/metrics") as response:
+        text = await response.text()
+    samples = [
+        line.rsplit(" ", 1)[1]
+        for line in text.splitlines()
+        if line.startswith("apgms_proxy_upstream_up{") and f'service="{service}"' in line
+    ]
+    return [float(sample) for sample in samples] == [value]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tests.e2e.chaos_support --target HOST:PORT [--port N] [--delay-ms MS]`: a forwarder for the
+    drills by hand (docs/ops/chaos.md), until Ctrl+C. Stopping it is the cut; starting it again the restore."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.e2e.chaos_support", description=main.__doc__)
+    parser.add_argument("--target", required=True, help="HOST:PORT of the server (PostgreSQL, Redis)")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on, 127.0.0.1 (default: a free one)")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="delay of every chunk from the server")
+    args = parser.parse_args(argv)
+    host, _, port = args.target.rpartition(":")
+    forwarder = TcpForwarder.start(host or "127.0.0.1", int(port), args.port or None)
+    forwarder.delay_s = args.delay_ms / 1000
+    print(f"forwarding 127.0.0.1:{forwarder.port} -> {args.target}, +{args.delay_ms:g} ms per chunk; Ctrl+C stops")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        forwarder.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ import signal
 import aiohttp
 import pytest
 from auth_support import PASSWORD, Org, call
-from chaos_support import timed, wait_for
+from chaos_support import in_rotation, timed, wait_for
 from core_support import SESSION_KEK, StartService, role_tokens, start_core
 from test_proxy import start_proxy
 
@@ -56,24 +56,12 @@ async def test_core_killed_the_proxy_answers_fast_and_routes_to_it_again_when_it
     status, body, _ = await call(http, "GET", f"{proxy.url}/health")
     assert status == 200, body
     # The active health checks took core out of rotation (and only core).
-    await wait_for(lambda: _in_rotation(http, proxy.url, "core", "0"), BACK_WITHIN_S, "core out of rotation")
-    assert await _in_rotation(http, proxy.url, "auth", "1")
+    await wait_for(lambda: in_rotation(http, proxy.url, "core", 0), BACK_WITHIN_S, "core out of rotation")
+    assert await in_rotation(http, proxy.url, "auth", 1)
 
     # Core again, on the address the proxy knows: routed to within the bound, the answers are core's own.
     start_service("core", {"AUTH_URL": stack.auth.url, "APGMS_KEK": SESSION_KEK, "PORT": str(stack.core.port)})
     await wait_for(lines_answered, BACK_WITHIN_S, "the proxy routing to core again")
-    assert await _in_rotation(http, proxy.url, "core", "1")
+    assert await in_rotation(http, proxy.url, "core", 1)
     status, page, _ = await call(http, "GET", lines, token=finance)
     assert status == 200 and page["items"] == [], page
-
-
-async def _in_rotation(http: aiohttp.ClientSession, proxy_url: str, service: str, value: str) -> bool:
-    """The proxy's apgms_proxy_upstream_up for `service`'s one instance is `value` ("1" in rotation, "0" out)."""
-    async with http.get(f"{proxy_url}/metrics") as response:
-        text = await response.text()
-    samples = [
-        line.rsplit(" ", 1)[1]
-        for line in text.splitlines()
-        if line.startswith("apgms_proxy_upstream_up{") and f'service="{service}"' in line
-    ]
-    return [float(sample) for sample in samples] == [float(value)]
