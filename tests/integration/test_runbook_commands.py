@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import typer
+from markdown_it import MarkdownIt
 from starlette.routing import BaseRoute, Match
 from typer.core import TyperGroup
 from typer.testing import CliRunner
@@ -85,7 +86,6 @@ _CAPTURE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=\$\((?P<inner>.*)\)$")
 _VARIABLE = re.compile(r"\$\{?(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}?")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _REDIRECT = re.compile(r"^\d?>(&\d|.*)$")
-_FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>\S*)\s*$")
 
 
 @dataclass(frozen=True)
@@ -101,32 +101,32 @@ class DocCommand:
 
 
 def commands_of(doc: str) -> Iterator[DocCommand]:
-    """Each command of the doc's ```sh blocks, continuation lines joined, with its trailing marker if any."""
-    lines = (ROOT / doc).read_text().splitlines()
-    in_sh = False
-    pending: list[str] = []
-    start = 0
-    for number, raw in enumerate(lines, start=1):
-        fence = _FENCE.match(raw)
-        if fence:
-            in_sh = not in_sh and fence["lang"] == "sh"
+    """Each command of the doc's ```sh blocks as a CommonMark renderer (GitHub's) sees them (markdown-it, so a
+    fence that renders as text, e.g. over-indented in a list, is not taken for one), continuation lines joined,
+    with its trailing marker if any."""
+    tokens = MarkdownIt("commonmark").parse((ROOT / doc).read_text())
+    for token in tokens:
+        if token.type != "fence" or token.info.strip() != "sh" or token.map is None:
             continue
-        if not in_sh:
-            continue
-        stripped = raw.strip()
-        if not pending and (not stripped or stripped.startswith("#")):
-            continue
-        if not pending:
-            start = number
-        if stripped.endswith("\\"):
-            pending.append(stripped[:-1].strip())
-            continue
-        pending.append(stripped)
-        text = " ".join(pending)
-        pending = []
-        found = _MARKER.search(text)
-        marker = found["marker"] if found and found["marker"].startswith(("needs:", "foreground")) else None
-        yield DocCommand(doc, start, text, marker)
+        pending: list[str] = []
+        start = 0
+        for offset, raw in enumerate(token.content.splitlines()):
+            number = token.map[0] + 2 + offset
+            stripped = raw.strip()
+            if not pending and (not stripped or stripped.startswith("#")):
+                continue
+            if not pending:
+                start = number
+            if stripped.endswith("\\"):
+                pending.append(stripped[:-1].strip())
+                continue
+            pending.append(stripped)
+            text = " ".join(pending)
+            pending = []
+            found = _MARKER.search(text)
+            marker = found["marker"] if found and found["marker"].startswith(("needs:", "foreground")) else None
+            yield DocCommand(doc, start, text, marker)
+        assert not pending, f"{doc}:{start}: a command ends with a continuation backslash"
 
 
 def all_commands() -> list[DocCommand]:
@@ -310,9 +310,16 @@ COMMANDS = all_commands()
 
 
 def test_the_docs_have_commands_and_only_known_markers() -> None:
-    """The extraction finds the runbook's commands (a broken fence would hide them all) and every trailing
-    `# needs:` / `# foreground` comment is one of MARKERS."""
+    """The extraction finds the runbook's commands (a broken fence would hide them all), every ```sh line of the
+    docs renders as a fence, and every trailing `# needs:` / `# foreground` comment is one of MARKERS."""
     assert len([command for command in COMMANDS if command.doc == DOCS[0]]) >= 40
+    for doc in DOCS:
+        text = (ROOT / doc).read_text()
+        fences = [token for token in MarkdownIt("commonmark").parse(text) if token.type == "fence"]
+        written = re.findall(r"^\s*```sh\s*$", text, re.MULTILINE)
+        assert len([token for token in fences if token.info.strip() == "sh"]) == len(written), (
+            f"{doc}: a ```sh fence does not render as one (indented too far in a list?), so its commands are unchecked"
+        )
     for command in COMMANDS:
         assert command.marker is None or command.marker in MARKERS, f"{command.id}: unknown marker {command.marker}"
 
