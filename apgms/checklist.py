@@ -13,8 +13,8 @@ directory that is removed afterwards. Secrets may come from the environment inst
 (APGMS_SMOKE_PASSWORD, APGMS_SMOKE_TOTP_SECRET, APGMS_REGULATOR_ACCESS_CODE), which other users of the host can read
 in the process list.
 
-apgms.smoke registers the command (`smoke_app`) at its end, importing this module, which imports apgms.smoke's
-helpers: import apgms.smoke (or apgms.cli), not this module, first.
+The command registers itself on apgms.smoke's `smoke_app` (at the end of this module); apgms.smoke imports this
+module at its own end, so `apgms smoke checklist` exists whichever of the two is imported first.
 """
 
 from __future__ import annotations
@@ -45,7 +45,15 @@ from apgms.http_fetch import (
 )
 from apgms.load import run_load, targets_for
 from apgms.load_rules import Thresholds, plan_load, verdict
-from apgms.smoke import DEFAULT_BASE_URL, SMOKE_CALL_TIMEOUT_S, SmokeFailure, _Api, parsed, run_regulator_smoke
+from apgms.smoke import (
+    DEFAULT_BASE_URL,
+    SMOKE_CALL_TIMEOUT_S,
+    SmokeFailure,
+    _Api,
+    parsed,
+    run_regulator_smoke,
+    smoke_app,
+)
 from services.compliance.evidence import PackPage
 
 __all__ = ["CHECKLIST_LOAD_DURATION_S", "CHECKLIST_LOAD_RATE", "SKIPPED", "checklist", "run_checklist"]
@@ -246,3 +254,6 @@ def checklist(
         raise typer.Exit(1) from None
     skipped = len(SKIPPED)
     console.print(f"[ok] every checklist item passed but {skipped} skipped (covered by the tests named)", markup=False)
+
+
+smoke_app.command("checklist")(checklist)

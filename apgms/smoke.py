@@ -242,6 +242,4 @@ def regulator(
 
 
 smoke_app.command("load")(load)
-from apgms.checklist import checklist  # noqa: E402 (apgms.checklist imports this module's helpers)
-
-smoke_app.command("checklist")(checklist)
+import apgms.checklist  # noqa: E402,F401  (registers `apgms smoke checklist` on smoke_app; it uses this module)
