@@ -35,21 +35,14 @@ from apgms.backup import evidence_pack
 from apgms.common import console
 from apgms.evidence_cli import KEYS_PATH, evidence_verify
 from apgms.http_fetch import (
-    MAX_DOCUMENT_BYTES,
-    TRANSPORT_ERRORS,
-    FetchError,
     client_session,
-    deadline,
-    read_bounded,
-    transport_failure,
 )
 from apgms.load import run_load, targets_for
 from apgms.load_rules import Thresholds, plan_load, verdict
 from apgms.smoke import (
     DEFAULT_BASE_URL,
-    SMOKE_CALL_TIMEOUT_S,
+    Api,
     SmokeFailure,
-    _Api,
     parsed,
     run_regulator_smoke,
     smoke_app,
@@ -92,23 +85,12 @@ class Problem(BaseModel):
     code: str
 
 
-async def _text(api: _Api, step: str, path: str) -> str:
+async def _text(api: Api, step: str, path: str) -> str:
     """A GET whose answer is not JSON (`/metrics`): its text, or SmokeFailure."""
-    url = f"{api.base_url}{path}"
-    try:
-        async with api.http.get(url, timeout=deadline(SMOKE_CALL_TIMEOUT_S)) as response:
-            body = await read_bounded(response, MAX_DOCUMENT_BYTES, url)
-            status = response.status
-    except FetchError as error:
-        raise SmokeFailure(step, str(error)) from None
-    except TRANSPORT_ERRORS as error:
-        raise SmokeFailure(step, str(transport_failure(url, error))) from None
-    if status != 200:
-        raise SmokeFailure(step, f"GET {path} answered {status}")
-    return body.decode("utf-8", "replace")
+    return (await api.raw(step, "GET", path)).decode("utf-8", "replace")
 
 
-async def _step_up(api: _Api, totp_secret: str) -> str:
+async def _step_up(api: Api, totp_secret: str) -> str:
     """A stepped-up token from the current TOTP code. A code is accepted once: if this step's was used already
     (by the user, or an earlier run), the next step's is tried once it is current."""
     totp = pyotp.TOTP(totp_secret)
@@ -125,7 +107,7 @@ async def _stack_items(
 ) -> str:
     """The items up to the MFA refusal; the user's (not stepped-up) token."""
     async with client_session() as http:
-        api = _Api(http, base_url)
+        api = Api(http, base_url)
         await api.call("make run boots", "GET", "/health")
         say("make run boots", "GET /health 200")
         await api.call("/ready", "GET", "/ready")
@@ -169,7 +151,7 @@ async def _load_item(base_url: str, token: str, say: Callable[[str, str], None])
 
 async def _evidence_item(base_url: str, token: str, say: Callable[[str, str], None]) -> None:
     async with client_session() as http:
-        api = _Api(http, base_url)
+        api = Api(http, base_url)
         api.token = token
         created = parsed(
             "evidence", CreatedPack, await api.call("evidence", "POST", "/compliance/evidence", expect=201)
@@ -182,7 +164,7 @@ async def _evidence_item(base_url: str, token: str, say: Callable[[str, str], No
 
 async def _stepped_up(base_url: str, token: str, totp_secret: str) -> str:
     async with client_session() as http:
-        api = _Api(http, base_url)
+        api = Api(http, base_url)
         api.token = token
         return await _step_up(api, totp_secret)
 

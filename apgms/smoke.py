@@ -113,13 +113,44 @@ def evidence_line(page: PackPage, newest: PackItem | None) -> str:
     return f"{count}, newest verified"
 
 
-class _Api:
+class Api:
     """Calls of one smoke run: JSON in and out, a deadline and a size bound each, failures as SmokeFailure."""
 
     def __init__(self, http: Any, base_url: str) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.token: str | None = None
+
+    async def raw(
+        self,
+        step: str,
+        method: str,
+        path: str,
+        *,
+        expect: int = 200,
+        json: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """The body of one call answered `expect`; SmokeFailure naming the step otherwise."""
+        url = f"{self.base_url}{path}"
+        headers = {"accept": "application/json"}
+        if self.token is not None:
+            headers["authorization"] = f"Bearer {self.token}"
+        try:
+            async with self.http.request(
+                method, url, headers=headers, json=json, params=params, timeout=deadline(SMOKE_CALL_TIMEOUT_S)
+            ) as response:
+                body: bytes = await read_bounded(response, MAX_DOCUMENT_BYTES, url)
+                status = response.status
+        except FetchError as error:
+            raise SmokeFailure(step, str(error)) from None
+        except TRANSPORT_ERRORS as error:
+            raise SmokeFailure(step, str(transport_failure(url, error))) from None
+        if status != expect:
+            code, detail = problem_detail(body)
+            said = ": ".join(part for part in (code, detail) if part)
+            raise SmokeFailure(step, f"{method} {path} answered {status}" + (f" ({said})" if said else ""))
+        return body
 
     async def call(
         self,
@@ -131,24 +162,8 @@ class _Api:
         json: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> Any:
-        url = f"{self.base_url}{path}"
-        headers = {"accept": "application/json"}
-        if self.token is not None:
-            headers["authorization"] = f"Bearer {self.token}"
-        try:
-            async with self.http.request(
-                method, url, headers=headers, json=json, params=params, timeout=deadline(SMOKE_CALL_TIMEOUT_S)
-            ) as response:
-                body = await read_bounded(response, MAX_DOCUMENT_BYTES, url)
-                status = response.status
-        except FetchError as error:
-            raise SmokeFailure(step, str(error)) from None
-        except TRANSPORT_ERRORS as error:
-            raise SmokeFailure(step, str(transport_failure(url, error))) from None
-        if status != expect:
-            code, detail = problem_detail(body)
-            said = ": ".join(part for part in (code, detail) if part)
-            raise SmokeFailure(step, f"{method} {path} answered {status}" + (f" ({said})" if said else ""))
+        """`raw`, its body parsed as JSON (None for an empty one)."""
+        body = await self.raw(step, method, path, expect=expect, json=json, params=params)
         if not body:
             return None
         try:
@@ -169,7 +184,7 @@ def parsed(step: str, model: type[M], document: Any) -> M:
         raise SmokeFailure(step, f"the answer is not a {model.__name__} ({where}: {first['msg']})") from None
 
 
-async def _reads(api: _Api, say: Callable[[str, str], None]) -> None:
+async def _reads(api: Api, say: Callable[[str, str], None]) -> None:
     say("report", report_line(await api.read("report", "/regulator/compliance/report", Report)))
     alerts = await api.read("alerts", "/regulator/alerts", AlertPage, {"status": "open", "limit": str(ALERT_PAGE)})
     say("alerts", alerts_line(alerts))
@@ -192,7 +207,7 @@ async def run_regulator_smoke(
     """The regulator smoke run; `say(step, figure)` for each step that passed, SmokeFailure at the first that did
     not (the session, once opened, is ended either way)."""
     async with client_session() as http:
-        api = _Api(http, base_url)
+        api = Api(http, base_url)
         await api.call("health", "GET", "/regulator/health")
         say("health", "session guard and login throttle pass")
         login = parsed(
