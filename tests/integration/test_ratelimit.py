@@ -11,7 +11,16 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from shared.anomaly import AnomalyDetector
-from shared.ratelimit import Decision, LoginGuard, RateLimiter, RedisBackend, account_digest, make_backend
+from shared.ratelimit import (
+    Decision,
+    FallbackBackend,
+    LoginGuard,
+    MemoryBackend,
+    RateLimiter,
+    RedisBackend,
+    account_digest,
+    make_backend,
+)
 
 EMAIL = "Ann.Smith@Example.com"
 
@@ -66,7 +75,11 @@ async def test_retry_after_follows_the_window_left(redis_client: aioredis.Redis)
 
 
 async def test_factory_uses_redis_when_given_a_client(redis_client: aioredis.Redis) -> None:
-    assert isinstance(make_backend(redis_client), RedisBackend)
+    """Redis first, with this process's memory for any call Redis cannot answer (`FallbackBackend`)."""
+    backend = make_backend(redis_client)
+    assert isinstance(backend, FallbackBackend)
+    assert isinstance(backend.primary, RedisBackend)
+    assert isinstance(backend.fallback, MemoryBackend)
 
 
 async def test_two_replicas_on_separate_clients_share_counts(connect: Connect) -> None:
