@@ -157,7 +157,8 @@ def build_runtime(settings: Settings) -> Runtime:
             return await ping_redis(client, timeout_s)
 
         checks["redis"] = redis_check
-    health = Health(settings.service, checks, settings.ready_timeout_s)
+    # Redis down degrades a service (limits fall back to its memory) but does not stop it serving.
+    health = Health(settings.service, checks, settings.ready_timeout_s, degradable=frozenset({"redis"}))
     fetch_jwks, close_jwks = http_jwks_fetcher(settings.auth_url)
     revocations = Revocations(redis)
     service_client = (

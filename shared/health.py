@@ -1,4 +1,11 @@
-"""`/health` (liveness, no I/O) and `/ready` (dependencies answer, not draining), as application/health+json."""
+"""`/health` (liveness, no I/O) and `/ready` (dependencies answer, not draining), as application/health+json.
+
+A check is critical unless named in `Health(degradable=...)`: a failing critical check makes `/ready` 503 (the
+process cannot serve: balancers and the proxy move away), a failing degradable one makes it 200 with
+`"status": "warn"` and the check shown as failing (the process serves, with less: Redis, whose limits fall back to
+this process's memory, `shared.ratelimit.FallbackBackend`). Taking every replica out of rotation because a
+shared cache is down would turn a degraded stack into a dead one.
+"""
 
 from __future__ import annotations
 
@@ -45,11 +52,15 @@ class CheckResult:
         return body
 
 
-def readiness_body(service: str, results: list[CheckResult], *, draining: bool) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and body of `/ready` for these check results."""
-    ready = not draining and all(result.ok for result in results)
+def readiness_body(
+    service: str, results: list[CheckResult], *, draining: bool, degradable: frozenset[str] = frozenset()
+) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and body of `/ready` for these check results: 503 `fail` while draining or when a check not
+    in `degradable` fails, 200 `warn` when only degradable ones fail, 200 `pass` otherwise."""
+    ready = not draining and all(result.ok or result.name in degradable for result in results)
+    degraded = ready and not all(result.ok for result in results)
     body: dict[str, Any] = {
-        "status": "pass" if ready else "fail",
+        "status": ("warn" if degraded else "pass") if ready else "fail",
         "ok": ready,
         "ready": ready,
         "service": service,
@@ -78,17 +89,25 @@ def health_json(status: int, body: Mapping[str, Any]) -> Response:
 class Health:
     """Owns the draining flag and the readiness checks of one process."""
 
-    def __init__(self, service: str, checks: Mapping[str, Check], timeout_s: float) -> None:
+    def __init__(
+        self,
+        service: str,
+        checks: Mapping[str, Check],
+        timeout_s: float,
+        *,
+        degradable: frozenset[str] = frozenset(),
+    ) -> None:
         self.service = service
         self.checks = dict(checks)
         self.timeout_s = timeout_s
+        self.degradable = degradable
         self.draining = False
 
     async def readiness(self) -> tuple[int, dict[str, Any]]:
         if self.draining:
             return readiness_body(self.service, [], draining=True)
         results = await asyncio.gather(*(run_check(name, check, self.timeout_s) for name, check in self.checks.items()))
-        status, body = readiness_body(self.service, list(results), draining=False)
+        status, body = readiness_body(self.service, list(results), draining=False, degradable=self.degradable)
         if status != 200:
             record_security_event("readiness.fail", checks=body["checks"])
         return status, body

@@ -37,6 +37,21 @@ def test_one_failing_check_is_503_with_the_reason() -> None:
     assert "draining" not in body
 
 
+def test_a_failing_degradable_check_is_200_warn_with_the_check_shown_failing() -> None:
+    results = [CheckResult("postgres", True, 2.0, None), CheckResult("redis", False, None, "ConnectionError")]
+    status, body = readiness_body("core", results, draining=False, degradable=frozenset({"redis"}))
+    assert status == 200
+    assert (body["status"], body["ok"], body["ready"]) == ("warn", True, True)
+    assert body["checks"]["redis"] == {"status": "fail", "error": "ConnectionError"}
+    # A critical check still fails readiness, degradable ones or not.
+    results[0] = CheckResult("postgres", False, None, "OSError")
+    status, body = readiness_body("core", results, draining=False, degradable=frozenset({"redis"}))
+    assert (status, body["status"], body["ready"]) == (503, "fail", False)
+    # Draining wins over everything.
+    status, body = readiness_body("core", [], draining=True, degradable=frozenset({"redis"}))
+    assert (status, body["status"]) == (503, "fail")
+
+
 def test_draining_is_503_even_when_every_check_passes() -> None:
     status, body = readiness_body("core", [CheckResult("postgres", True, 1.0, None)], draining=True)
     assert status == 503
