@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The suite runs on this many worker processes (pytest-xdist), each with its own PostgreSQL and Redis: most of its
+# time is e2e tests waiting on service processes, so two workers on two cores take about two thirds of the time.
+TEST_WORKERS ?= 2
 
 .PHONY: install run test lint fmt bench bench-proxy bench-proxy-instructions bench-auth bench-bank-lines
 
@@ -26,7 +29,7 @@ run: install
 # `python -m apgms.devservers` installs their binaries when missing and allowed (root + apt-get).
 test: install
 	$(BIN)/python -m apgms.devservers
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff format --check .

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import pytest_asyncio
@@ -106,12 +107,22 @@ def postgres_dsn() -> Iterator[str]:
         yield server.dsn
 
 
+def worker_redis_url(url: str) -> str:
+    """The database of `url` for this pytest-xdist worker: gw0 keeps it, gwN adds N, so parallel workers sharing one
+    external Redis never flush each other's keys (`clean_redis_url` empties its database before each test)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    offset = int(worker.removeprefix("gw") or 0)
+    parts = urlsplit(url)
+    base = int(parts.path.lstrip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{base + offset}"))
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """URL of the session's Redis (database 0); shared by every test."""
     external = os.environ.get("TEST_REDIS_URL")
     if external:
-        yield external
+        yield worker_redis_url(external)
         return
     with throwaway_dir("apgms-test-redis-") as base, LocalRedis(base, binary=ensure_redis_server()) as server:
         yield server.url
