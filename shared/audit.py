@@ -80,7 +80,7 @@ import orjson
 
 from shared.canonical import canonical_json
 from shared.context import REQUEST_ID_PATTERN, current_request_id
-from shared.errors import AuditFailed
+from shared.errors import AuditFailed, transient
 from shared.validation import nul_paths
 
 if TYPE_CHECKING:
@@ -502,7 +502,9 @@ async def append(
     """Write the org's next record (`next_record`) in the caller's transaction, as its last statement (the module
     docstring says why); `request_id` None means the current request's, `at` None now. Any failure is
     `AuditFailed`, raised from its cause, so the caller's `async with connection.transaction()` rolls the change
-    back with it. READ COMMITTED only: another isolation level is `AuditFailed` (the module docstring says why)."""
+    back with it; a transient one (`shared.errors.transient`: a deadline, a conflict, a lost connection) is raised
+    as it is, and answered 503. READ COMMITTED only: another isolation level is `AuditFailed` (the module docstring
+    says why)."""
     org = str(org_id)
     if not connection.is_in_transaction():
         raise AuditFailed(org, action, actor, "append must run inside the transaction of the change it records")
@@ -533,6 +535,11 @@ async def append(
     except AuditFailed:
         raise
     except Exception as exc:
+        if transient(exc):
+            # The database was slow, busy or gone (a deadline on the org's lock, a conflict, a lost connection): the
+            # transaction rolls back whole like any failure, but it is no fault of the trail, so no `audit_failed`
+            # page for the on-call: the boundary answers 503 with Retry-After.
+            raise
         raise AuditFailed(org, action, actor, f"{type(exc).__name__}: {exc}") from exc
     return record
 

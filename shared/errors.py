@@ -9,8 +9,9 @@
     a transaction PostgreSQL       503 service_unavailable with Retry-After: 1 (a deadlock or serialization failure
     aborted to break a conflict    rolled the whole transaction back, so the same request again is safe); one
                                    `transaction_conflict` warning line
-    TimeoutError                   503 service_unavailable with Retry-After: 1 (a pool connection, another service or
-                                   Redis did not answer within its deadline); one `dependency_timeout` warning line
+    TimeoutError, or a statement   503 service_unavailable with Retry-After: 1 (a pool connection, another service,
+    or lock timeout                Redis or PostgreSQL did not answer within its deadline); one `dependency_timeout`
+                                   warning line
     a dependency unreachable       503 service_unavailable with Retry-After: 1 (a connection refused or dropped, a
                                    PostgreSQL connection error or shutdown); one `dependency_unreachable` warning line
     any other exception            500 internal_error, logged once with the request ID
@@ -62,6 +63,7 @@ __all__ = [
     "problem_body",
     "problem_response",
     "transaction_conflict",
+    "transient",
 ]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -76,6 +78,9 @@ CONFLICT_RETRY_AFTER_S = 1
 # (admin_shutdown, crash_shutdown, cannot_connect_now). The request did not run, or its transaction was lost whole.
 UNREACHABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 UNREACHABLE_SQLSTATE_CLASS = "08"
+# SQLSTATEs of a statement PostgreSQL gave up on because it waited too long: 57014 query_canceled (the
+# statement_timeout) and 55P03 lock_not_available (a lock_timeout). The database is slow or busy, not broken.
+DEADLINE_SQLSTATES = frozenset({"57014", "55P03"})
 
 log = get_logger(__name__)
 
@@ -287,6 +292,19 @@ def dependency_unreachable(exc: BaseException) -> bool:
     )
 
 
+def transient(exc: BaseException) -> bool:
+    """True for a failure that says "not now" rather than "wrong": a deadline passed (TimeoutError, a statement or
+    lock timeout), a transaction conflict, or an unreachable dependency. The boundary answers each with 503 and
+    Retry-After; code that wraps errors (the audit trail's `append`) lets these through unwrapped."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return (
+        isinstance(exc, TimeoutError)
+        or sqlstate in DEADLINE_SQLSTATES
+        or sqlstate in TRANSACTION_CONFLICT_SQLSTATES
+        or dependency_unreachable(exc)
+    )
+
+
 def transaction_conflict(scope: Scope, exc: Exception) -> None:
     """Log a transaction PostgreSQL aborted to break a conflict (a deadlock, a serialization failure): one
     warning line, no traceback; the client is answered 503 with Retry-After."""
@@ -363,6 +381,21 @@ class ErrorBoundaryMiddleware:
                 retry = {"retry-after": str(CONFLICT_RETRY_AFTER_S)}
                 await respond(scope, "service_unavailable", detail, retry)(scope, receive, send)
         except Exception as exc:
+            if getattr(exc, "sqlstate", None) in DEADLINE_SQLSTATES:
+                # A statement or lock timeout: the database is slow or busy (a queue on an org's audit lock), the
+                # transaction was rolled back whole, and the same request later is safe.
+                log.warning(
+                    "dependency_timeout",
+                    path=scope.get("path"),
+                    method=scope.get("method"),
+                    sqlstate=getattr(exc, "sqlstate", None),
+                    at=_raised_at(exc),
+                )
+                if not exchange.started:
+                    detail = "The database did not answer in time; nothing was changed, try again shortly"
+                    retry = {"retry-after": str(CONFLICT_RETRY_AFTER_S)}
+                    await respond(scope, "service_unavailable", detail, retry)(scope, receive, send)
+                return
             if dependency_unreachable(exc):
                 # PostgreSQL (or another dependency) is down: a refused connection fails at once, so without this
                 # every request during an outage would be a 500 and an alert for a bug that is not there.

@@ -169,14 +169,6 @@ async def alert_fired(
 CONCURRENT_READS = 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect found by this drill (/tmp/apgms/requests-chaos.md): a page read waits for the org's audit lock "
-        "(shared.audit.append, pg_advisory_xact_lock) and, past the 5 s command timeout, answers 500 audit_failed "
-        "with an audit_failed security event instead of a 503 service_unavailable"
-    ),
-)
 async def test_concurrent_page_reads_under_database_latency_answer_200_or_503_never_500(
     start_service: StartService, database_url: str, db_forwarder: TcpForwarder, org: Org, http: aiohttp.ClientSession
 ) -> None:

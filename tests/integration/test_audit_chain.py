@@ -177,6 +177,24 @@ async def test_a_database_error_in_the_insert_is_audit_failed_and_the_change_rol
     assert await conn.fetchval("SELECT count(*) FROM audit.records") == 0
 
 
+async def test_a_deadline_on_the_orgs_lock_is_raised_as_it_is_not_as_audit_failed(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    """A writer queued behind the org's lock past its statement timeout: the database was busy, the trail is fine.
+    The timeout goes through unwrapped (the boundary answers 503 with Retry-After), with no audit_failed page."""
+    holder = await asyncpg.connect(database_url)
+    try:
+        async with holder.transaction():
+            await append(holder, org_id=ORG, actor=ADMIN, action="user.create", target="user:1", detail={})
+            with pytest.raises(asyncpg.QueryCanceledError):
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL statement_timeout = 200")
+                    await append(conn, org_id=ORG, actor=ADMIN, action="user.update", target="user:1", detail={})
+    finally:
+        await holder.close()
+    assert [record.seq for record in await stored(conn)] == [1]
+
+
 async def test_a_record_that_cannot_be_written_is_audit_failed(conn: asyncpg.Connection) -> None:
     with pytest.raises(AuditFailed, match="actor") as raised:
         async with conn.transaction():

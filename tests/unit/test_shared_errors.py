@@ -344,6 +344,28 @@ async def test_a_dependency_deadline_is_a_503_to_retry_not_a_500(request_id: str
     assert logs[0]["at"].endswith("in starved")
 
 
+async def test_a_statement_or_lock_timeout_is_a_503_to_retry_not_a_500(request_id: str) -> None:
+    async def slow_database(_: Scope, __: Receive, ___: Send) -> None:
+        raise asyncpg.QueryCanceledError("canceling statement due to statement timeout")
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/bank-lines", "headers": []}
+    with capture_logs() as logs:
+        await ErrorBoundaryMiddleware(slow_database)(scope, receive, send)
+    assert sent[0]["status"] == 503
+    assert (b"retry-after", b"1") in sent[0]["headers"]
+    body = orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert (body["code"], body["request_id"]) == ("service_unavailable", request_id)
+    assert [(e["event"], e["sqlstate"]) for e in logs] == [("dependency_timeout", "57014")]
+
+
 async def test_any_other_database_error_is_still_a_500_unhandled_error(request_id: str) -> None:
     async def broken(_: Scope, __: Receive, ___: Send) -> None:
         raise asyncpg.UniqueViolationError("duplicate key")
