@@ -1,5 +1,5 @@
-"""Every command of the operations docs runs as written: each line of every ```sh block of docs/ops/runbook.md,
-docs/ops/logging.md and docs/ops/regulator-portal.md is classified and checked, one test per command.
+"""Every command of the operations docs runs as written: each line of every ```sh block of every docs/ops/*.md and of
+README.md is classified and checked, one test per command.
 
 A command is one logical line (a trailing backslash continues it); comment-only lines are not commands. A command
 may set variables first (`A=x cmd`), capture another command (`TOKEN=$(curl ... | jq -r .access_token)`: the inner
@@ -20,18 +20,23 @@ How each kind is checked (the split between running and parsing):
   `create_app`) must have a route matching path and method. A service port (127.0.0.1:3001-3004) checks that
   service's table directly;
 - `make TARGET`: `make -n TARGET` exits 0; `python -m MODULE`: the module has a `__main__`;
+- `promtool check|test rules FILES` (after `cd DIR &&`): run for real in DIR (promtool comes with Debian's
+  `prometheus`, which the test set-up installs); `cd DIR && A && B`: DIR exists and each part is checked;
+- `.venv/bin/apgms` and `.venv/bin/python` are `apgms` and `python`;
 - `.venv/bin/pytest FILE...`: every file exists;
 - `grep PATTERN FILE` as a command of its own: FILE is written by an earlier `| tee FILE` of the same doc.
 
 A trailing marker says a command cannot run here: `# needs: production` (production hosts or secrets; a curl is
-still route-checked), `# needs: docker` (must be a `docker compose` command), `# needs: k6` (must be `k6 run`
-of an existing script), `# foreground` (runs until Ctrl+C: checked as above without being run). An unknown
+still route-checked), `# needs: docker` (a `docker compose` command, or a curl to compose's Prometheus or Grafana
+on 127.0.0.1:9090/3030, whose query, if any, must be one of the expressions the PromQL evaluation test runs), `#
+needs: k6` (must be `k6 run` of an existing script), `# needs: stack` (acts on a running `make run` stack's
+processes: `kill -STOP|-CONT` of its PostgreSQL, whose pid file path is checked), `# foreground` (runs until Ctrl+C:
+checked as above without being run). An unknown
 marker, or a command of no kind above, fails its test: nothing is skipped silently.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shlex
@@ -62,8 +67,10 @@ from services.regulator.config import load_regulator_settings
 from shared.config import PROXY_PORT, SERVICE_PORTS, new_master_key
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ("docs/ops/runbook.md", "docs/ops/logging.md", "docs/ops/regulator-portal.md")
-MARKERS = ("needs: production", "needs: docker", "needs: k6", "foreground")
+DOCS = (*sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "ops").glob("*.md")), "README.md")
+MARKERS = ("needs: production", "needs: docker", "needs: k6", "needs: stack", "foreground")
+# Ports compose publishes on loopback besides the proxy: Prometheus and Grafana.
+COMPOSE_MONITORING_PORTS = (9090, 3030)
 FILTERS = ("jq", "grep", "head", "tee", "sed")
 RUN_FOR_REAL_CLI = (("db", "status"), ("db", "migrate"))
 SAMPLE_ORG = "0b4f7c3e-1d2a-4e5f-8a9b-0c1d2e3f4a5b"
@@ -80,6 +87,9 @@ SAMPLES = {
     "APGMS_REGULATOR_ACCESS_CODE": "rgc.3f9a0c1d2e4b5a69.Zk3secret",
     "NAME": "asic.team-1",
     "METRICS_BEARER_TOKEN": "scrape-credential",
+    "ACCESS_TOKEN": "eyJhbGciOiJFZERTQSJ9.e30.c2ln",
+    "PACK_ID": "6d0c3c9e-4b1a-4f7e-9c2d-8a1b3c5d7e9f",
+    "DEMO_REGULATOR_CODE": "rgc.3f9a0c1d2e4b5a69.Zk3secret",
 }
 _MARKER = re.compile(r"\s#\s*(?P<marker>[a-z][a-z0-9 :]*?)\s*$")
 _CAPTURE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=\$\((?P<inner>.*)\)$")
@@ -269,15 +279,42 @@ def teed_files(doc: str) -> set[str]:
     return files
 
 
+def check_monitoring_curl(argv: list[str]) -> None:
+    """A curl to compose's Prometheus or Grafana: the port is one compose publishes, and a Prometheus query is one of
+    the expressions tests/e2e/test_promql_evaluated.py evaluates."""
+    from promql_sources import all_expressions
+
+    urls = [token for token in argv if token.startswith(("http://", "https://"))]
+    assert len(urls) == 1, f"a curl command must name one URL: {argv}"
+    assert urlsplit(urls[0]).port in COMPOSE_MONITORING_PORTS, f"not compose's Prometheus or Grafana: {urls[0]}"
+    queries = [token.removeprefix("query=") for token in argv if token.startswith("query=")]
+    known = {" ".join(expression.expr.split()) for expression in all_expressions()}
+    for query in queries:
+        assert " ".join(query.split()) in known or re.fullmatch(r"[a-z_:][a-z0-9_:]*(\{[^}]*\})?", query), (
+            f"the query {query!r} is neither a recorded series nor an expression the evaluation test runs"
+        )
+
+
 def check_argv(argv: list[str], command: DocCommand, database_url: str | None, piped: bool) -> None:
+    if argv[0] in (".venv/bin/apgms", ".venv/bin/python"):
+        argv = [argv[0].removeprefix(".venv/bin/"), *argv[1:]]
     name = argv[0]
     if piped:
         assert name in FILTERS, f"{name} is not a known filter ({', '.join(FILTERS)})"
         assert shutil.which(name), f"{name} is not installed"
         return
     if command.marker == "needs: docker":
-        assert argv[:2] == ["docker", "compose"], "only docker compose commands may need docker"
+        if name == "curl":
+            check_monitoring_curl(argv)
+            return
+        assert argv[:2] == ["docker", "compose"], (
+            "only docker compose commands and compose's monitoring may need docker"
+        )
         assert (ROOT / "docker-compose.yml").exists()
+        return
+    if command.marker == "needs: stack":
+        assert argv[:1] == ["kill"] and argv[1] in ("-STOP", "-CONT"), "only kill -STOP/-CONT may need a stack"
+        assert ".devdb/pg/postmaster.pid" in command.text, "the pid must be make run's PostgreSQL's"
         return
     if command.marker == "needs: k6":
         assert argv[:2] == ["k6", "run"], "only k6 run may need k6"
@@ -295,8 +332,23 @@ def check_argv(argv: list[str], command: DocCommand, database_url: str | None, p
     elif name == "make":
         ran = subprocess.run(["make", "-n", *argv[1:]], cwd=ROOT, capture_output=True, text=True, check=False)
         assert ran.returncode == 0, ran.stderr
+    elif name == "promtool":
+        assert argv[1:3] in (["check", "rules"], ["test", "rules"]), f"unknown promtool use {argv}"
+        assert shutil.which("promtool"), "promtool is not installed (Debian's prometheus package)"
+        cwd = ROOT / command_dir(command.text)
+        files = sorted(str(p.relative_to(cwd)) for pattern in argv[3:] for p in cwd.glob(pattern))
+        assert files, f"{argv[3:]} match no file in {cwd}"
+        ran = subprocess.run([*argv[:3], *files], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
     elif argv[:2] == ["python", "-m"]:
-        assert importlib.util.find_spec(f"{argv[2]}.__main__") is not None, f"{argv[2]} has no __main__"
+        # Found as `python -m` finds it: from the checkout's root (a module of tests/ too), in a process of its own.
+        probe = (
+            "import importlib.util, sys; spec = importlib.util.find_spec(sys.argv[1]); "
+            "sys.exit(0 if spec and (spec.submodule_search_locations is None "
+            "or importlib.util.find_spec(sys.argv[1] + '.__main__')) else 1)"
+        )
+        found = subprocess.run([sys.executable, "-c", probe, argv[2]], cwd=ROOT, capture_output=True, timeout=30)
+        assert found.returncode == 0, f"`python -m {argv[2]}` finds nothing to run"
     elif name == ".venv/bin/pytest":
         for path in argv[1:]:
             assert (ROOT / path).exists(), f"no test file {path}"
@@ -312,7 +364,7 @@ COMMANDS = all_commands()
 def test_the_docs_have_commands_and_only_known_markers() -> None:
     """The extraction finds the runbook's commands (a broken fence would hide them all), every ```sh line of the
     docs renders as a fence, and every trailing `# needs:` / `# foreground` comment is one of MARKERS."""
-    assert len([command for command in COMMANDS if command.doc == DOCS[0]]) >= 40
+    assert len([command for command in COMMANDS if command.doc == "docs/ops/runbook.md"]) >= 40
     for doc in DOCS:
         text = (ROOT / doc).read_text()
         fences = [token for token in MarkdownIt("commonmark").parse(text) if token.type == "fence"]
@@ -333,11 +385,27 @@ def test_command_runs_as_written(command: DocCommand, request: pytest.FixtureReq
     needs_database = any(word in text for word in ("pg_isready", "apgms db "))
     database_url = request.getfixturevalue("database_url") if needs_database else None
     samples = {**SAMPLES, "DATABASE_URL": database_url or "postgresql://unused"}
-    pipeline = segments(with_samples(text, samples))
-    assert pipeline and pipeline[0], f"{command.id}: no command in {command.text!r}"
-    for index, argv in enumerate(pipeline):
-        assert argv, f"{command.id}: an empty pipeline stage in {command.text!r}"
-        check_argv(argv, command, database_url, piped=index > 0)
+    for part in command_parts(text):
+        pipeline = segments(with_samples(part, samples))
+        assert pipeline and pipeline[0], f"{command.id}: no command in {command.text!r}"
+        for index, argv in enumerate(pipeline):
+            assert argv, f"{command.id}: an empty pipeline stage in {command.text!r}"
+            check_argv(argv, command, database_url, piped=index > 0)
+
+
+def command_dir(text: str) -> str:
+    """The directory a `cd DIR && ...` command works in ("." without one); DIR must exist in the checkout."""
+    found = re.match(r"^cd\s+(\S+)\s*&&", text)
+    directory = found[1] if found else "."
+    assert (ROOT / directory).is_dir(), f"no directory {directory}"
+    return directory
+
+
+def command_parts(text: str) -> list[str]:
+    """The commands of a `cd DIR && A && B` line, without the cd (checked by command_dir); the line itself else."""
+    command_dir(text)
+    body = re.sub(r"^cd\s+\S+\s*&&\s*", "", re.sub(r"\s+#.*$", "", text))
+    return [part.strip() for part in body.split("&&")]
 
 
 def test_a_command_of_no_known_kind_fails() -> None:
