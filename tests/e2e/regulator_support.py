@@ -87,6 +87,19 @@ def start_regulator(
     )
 
 
+def start_proxy_for(start_service: StartService, stack: RegulatorStack, **env: str) -> Any:
+    """The proxy (test_proxy.start_proxy: fast health checks) in front of the stack's four services."""
+    from test_proxy import start_proxy
+
+    upstreams = {
+        "auth": [stack.auth.url],
+        "core": [stack.core.url],
+        "compliance": [stack.compliance.url],
+        "regulator": [stack.url],
+    }
+    return start_proxy(start_service, upstreams, **env)
+
+
 async def create_credential(
     database_url: str,
     org_ids: Sequence[uuid.UUID],

@@ -23,8 +23,7 @@ import pytest_asyncio
 from aiohttp import web
 from auth_support import Org
 from core_support import new_line, post_line, role_tokens
-from regulator_support import start_regulator
-from test_proxy import start_proxy
+from regulator_support import start_proxy_for, start_regulator
 
 from apgms.devservers import free_port
 
@@ -65,15 +64,7 @@ async def test_the_smoke_passes_through_the_proxy_with_a_token(
     start_service: Any, database_url: str, org: Org, http: aiohttp.ClientSession
 ) -> None:
     stack = start_regulator(start_service, database_url)
-    proxy = start_proxy(
-        start_service,
-        {
-            "auth": [stack.auth.url],
-            "core": [stack.core.url],
-            "compliance": [stack.compliance.url],
-            "regulator": [stack.url],
-        },
-    )
+    proxy = start_proxy_for(start_service, stack)
     tokens = await role_tokens(http, stack.core_stack, org)
     status, body, _ = await post_line(http, stack.core_stack, tokens["finance"], new_line())
     assert status == 201, body

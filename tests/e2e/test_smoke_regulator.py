@@ -18,9 +18,8 @@ import pytest
 from auth_support import Org, call
 from core2_support import insert_alert
 from core_support import connect, new_line, post_line, role_tokens
-from regulator_support import create_credential, start_regulator
+from regulator_support import create_credential, start_proxy_for, start_regulator
 from test_compliance_internal import make_pack
-from test_proxy import start_proxy
 
 from apgms.devservers import free_port
 
@@ -46,15 +45,7 @@ async def test_the_smoke_passes_with_a_code_and_fails_at_login_without_one(
     start_service: Any, database_url: str, org: Org, http: aiohttp.ClientSession
 ) -> None:
     stack = start_regulator(start_service, database_url)
-    proxy = start_proxy(
-        start_service,
-        {
-            "auth": [stack.auth.url],
-            "core": [stack.core.url],
-            "compliance": [stack.compliance.url],
-            "regulator": [stack.url],
-        },
-    )
+    proxy = start_proxy_for(start_service, stack)
     tokens = await role_tokens(http, stack.core_stack, org)
     today = datetime.now(UTC).date().isoformat()
     for _ in range(3):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 import orjson
@@ -289,6 +290,23 @@ async def test_an_upload_the_client_abandons_is_one_info_line_and_a_499_not_a_50
     assert REQUESTS.values[("POST", "unmatched", "499")] == before + 1
 
 
+async def boundary_answer(app: ASGIApp, method: str = "GET") -> tuple[list[Message], list[dict[str, Any]]]:
+    """The messages ErrorBoundaryMiddleware sends for `app` on a bodiless request, and the log lines it wrote."""
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": "/x", "headers": []}
+    with capture_logs() as logs:
+        await ErrorBoundaryMiddleware(app)(scope, receive, send)
+    return sent, logs
+
+
 @pytest.mark.parametrize(
     ("error", "sqlstate"),
     [(asyncpg.DeadlockDetectedError, "40P01"), (asyncpg.SerializationError, "40001")],
@@ -299,17 +317,7 @@ async def test_a_deadlock_or_serialization_failure_is_a_503_to_retry_not_a_500(
     async def conflicted(_: Scope, __: Receive, ___: Send) -> None:
         raise error("deadlock detected: Process 1 waits for ShareLock on transaction 2")
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": "/x", "headers": []}
-    with capture_logs() as logs:
-        await ErrorBoundaryMiddleware(conflicted)(scope, receive, send)
+    sent, logs = await boundary_answer(conflicted, method="POST")
     assert sent[0]["status"] == 503
     assert (b"retry-after", b"1") in sent[0]["headers"]
     body = orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
@@ -325,17 +333,7 @@ async def test_a_dependency_deadline_is_a_503_to_retry_not_a_500(request_id: str
         async with asyncio.timeout(0):
             await asyncio.sleep(1)  # stands in for pool.acquire(timeout=...) finding no connection in time
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
-    with capture_logs() as logs:
-        await ErrorBoundaryMiddleware(starved)(scope, receive, send)
+    sent, logs = await boundary_answer(starved)
     assert sent[0]["status"] == 503
     assert (b"retry-after", b"1") in sent[0]["headers"]
     body = orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
@@ -348,17 +346,7 @@ async def test_a_statement_or_lock_timeout_is_a_503_to_retry_not_a_500(request_i
     async def slow_database(_: Scope, __: Receive, ___: Send) -> None:
         raise asyncpg.QueryCanceledError("canceling statement due to statement timeout")
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "GET", "path": "/bank-lines", "headers": []}
-    with capture_logs() as logs:
-        await ErrorBoundaryMiddleware(slow_database)(scope, receive, send)
+    sent, logs = await boundary_answer(slow_database)
     assert sent[0]["status"] == 503
     assert (b"retry-after", b"1") in sent[0]["headers"]
     body = orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
