@@ -1,7 +1,8 @@
 """Dev and throwaway PostgreSQL servers from the machine's own binaries (no Docker), and the helpers that
 find or install PostgreSQL and Redis binaries, the Chromium and chromedriver the regulator portal's browser tests
-drive, Prometheus with promtool (the rule tests of deploy/prometheus/) and docker-compose (`docker-compose config`
-validates docker-compose.yml; it needs no container engine).
+drive, Prometheus with promtool (the rule tests of deploy/prometheus/), docker-compose (`docker-compose config`
+validates docker-compose.yml; it needs no container engine) and kubectl (`kubectl kustomize` renders the Kubernetes
+overlays of deploy/k8s/; it needs no cluster).
 
 PostgreSQL runs from `initdb`/`pg_ctl` in a directory of ours on a free loopback port; as root it runs as the
 `postgres` system user (initdb refuses root). The Redis server class is in `apgms.localredis`.
@@ -77,6 +78,11 @@ DOCKER_COMPOSE_MISSING = (
     "docker-compose was not found (the tests validate docker-compose.yml with `docker-compose config`, which needs "
     "no container engine). Install it with `sudo apt-get install docker-compose` (Debian/Ubuntu) or point "
     "APGMS_DOCKER_COMPOSE at a docker-compose binary."
+)
+KUBECTL_MISSING = (
+    "kubectl was not found (the tests render the Kubernetes manifests of deploy/k8s/ with `kubectl kustomize`, which "
+    "needs no cluster). Install it with `sudo apt-get install kubernetes-client` (Debian/Ubuntu) or point "
+    "APGMS_KUBECTL at a kubectl binary."
 )
 REDIS_MISSING = (
     "redis-server was not found. Install it with `sudo apt-get install redis-server` (Debian/Ubuntu) or "
@@ -365,6 +371,24 @@ def ensure_docker_compose(*, install: bool = True) -> Path:
     return binary
 
 
+def find_kubectl() -> Path | None:
+    """kubectl (APGMS_KUBECTL, else on PATH), or None."""
+    return _binary("APGMS_KUBECTL", ("kubectl",))
+
+
+def ensure_kubectl(*, install: bool = True) -> Path:
+    """`find_kubectl`, installing Debian's `kubernetes-client` package first when missing and allowed. Only its
+    `kustomize` command is used (it renders an overlay without a cluster); the manifests are written for the
+    kustomize inside Debian's kubectl (v2.0.3) and every newer one."""
+    binary = find_kubectl()
+    if binary is None and install and can_apt_install():
+        apt_install("kubernetes-client")
+        binary = find_kubectl()
+    if binary is None:
+        raise DevServerError(KUBECTL_MISSING)
+    return binary
+
+
 # --- databases -------------------------------------------------------------------------------------------------
 
 
@@ -551,7 +575,7 @@ class LocalPostgres:
 
 def ensure_test_binaries(environ: Mapping[str, str]) -> None:
     """Install what the test session starts itself: PostgreSQL unless TEST_DATABASE_URL, Redis unless TEST_REDIS_URL,
-    the browser of the portal's tests, Prometheus with promtool, and docker-compose."""
+    the browser of the portal's tests, Prometheus with promtool, docker-compose and kubectl."""
     if not environ.get("TEST_DATABASE_URL"):
         print(f"PostgreSQL binaries: {ensure_pg_bindir()}")
     if not environ.get("TEST_REDIS_URL"):
@@ -561,6 +585,7 @@ def ensure_test_binaries(environ: Mapping[str, str]) -> None:
     prometheus = ensure_prometheus()
     print(f"prometheus: {prometheus.prometheus}, promtool: {prometheus.promtool}")
     print(f"docker-compose: {ensure_docker_compose()}")
+    print(f"kubectl: {ensure_kubectl()}")
 
 
 if __name__ == "__main__":
