@@ -11,11 +11,13 @@
   services and only the services and the migration Job reach PostgreSQL and Redis; no Secret is rendered, and each
   Secret read is named in the docs;
 - every variable docker-compose.yml gives a process is given to the same process here (compared with the compose
-  file's own environment keys, so a variable added there and forgotten here fails).
+  file's own environment keys, so a variable added there and forgotten here fails), and each process's real settings
+  loader accepts the environment the overlay gives it (Secrets filled with values of the right shape).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,10 +27,14 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import typer
 import yaml
+from test_compose_config import LOADERS, MIGRATE_COMMAND
 
+from apgms import common, devstack
 from apgms.devservers import DevServerError, ensure_kubectl
-from shared.config import GRACEFUL_TIMEOUT_S, SHUTDOWN_DELAY_S
+from shared.config import GRACEFUL_TIMEOUT_S, SHUTDOWN_DELAY_S, new_master_key, new_service_client_secret
+from shared.kek import new_kek
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -378,3 +384,56 @@ def test_every_variable_compose_gives_a_process_is_given_here(overlay: tuple[str
         workload, given = by_command[command]
         missing = variables - given
         assert not missing, f"overlays/{name} {workload}: compose gives {sorted(missing)}, the manifests do not"
+
+
+def secret_samples() -> dict[tuple[str, str], str]:
+    """A value of the right shape for each Secret key docs/ops/kubernetes.md names, from the project's generators."""
+    return {
+        ("apgms-database", "url"): "postgresql://apgms:password@db.internal:5432/apgms",
+        ("apgms-redis", "url"): "redis://:password@redis.internal:6379/0",
+        ("apgms-master-key", "master-key"): new_master_key(),
+        ("apgms-kek", "kek"): new_kek(),
+        ("apgms-service-clients", "core"): new_service_client_secret(),
+        ("apgms-service-clients", "compliance"): new_service_client_secret(),
+        ("apgms-service-clients", "regulator"): new_service_client_secret(),
+        ("apgms-metrics", "bearer-token"): new_service_client_secret(),
+    }
+
+
+def test_each_process_s_settings_loader_accepts_the_environment_given_here(
+    overlay: tuple[str, list[Obj]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, objects = overlay
+    # The loaders read `.env` of the working directory outside production: none here, as in the container.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(devstack, "PROJECT_ROOT", tmp_path)
+    config_maps = of_kind(objects, "ConfigMap")
+    samples = secret_samples()
+    for workload, template in pod_templates(objects).items():
+        environ: dict[str, str] = {}
+        for var, entry in env_of(template).items():
+            source = entry.get("valueFrom", {})
+            if "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                environ[var] = samples[(ref["name"], ref["key"])]
+            elif "configMapKeyRef" in source:
+                ref = source["configMapKeyRef"]
+                environ[var] = config_maps[ref["name"]]["data"][ref["key"]]
+            else:
+                environ[var] = entry["value"]
+        assert environ["APGMS_ENV"] == name
+        (container,) = template["spec"]["containers"]
+        command = tuple(container["command"])
+        if command == MIGRATE_COMMAND:
+            with monkeypatch.context() as patch:
+                for variable in list(os.environ):
+                    patch.delenv(variable)
+                for variable, value in environ.items():
+                    patch.setenv(variable, value)
+                try:
+                    assert common.database_url() == environ["DATABASE_URL"]
+                except typer.Exit:
+                    pytest.fail(f"overlays/{name}: apgms db migrate refuses the Job's environment")
+            continue
+        settings = LOADERS[command](environ)
+        assert settings.port == int(environ["PORT"]), f"overlays/{name} {workload}"
