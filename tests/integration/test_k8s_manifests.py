@@ -437,3 +437,40 @@ def test_each_process_s_settings_loader_accepts_the_environment_given_here(
             continue
         settings = LOADERS[command](environ)
         assert settings.port == int(environ["PORT"]), f"overlays/{name} {workload}"
+
+
+def test_the_documented_apply_order_puts_the_migration_first(overlay: tuple[str, list[Obj]]) -> None:
+    """docs/ops/kubernetes.md applies what has no `apgms.io/tier` label, then `-l apgms.io/tier=migrate` and waits
+    for it, then the rest: the middle step must select the Job alone, and what the Job reads must come in the first."""
+    name, objects = overlay
+    docs = DOCS.read_text()
+    assert "kubectl apply -l '!apgms.io/tier' -f -" in docs and "kubectl apply -l apgms.io/tier=migrate -f -" in docs
+    tier = "apgms.io/tier"
+    migrate = [o for o in objects if o["metadata"].get("labels", {}).get(tier) == "migrate"]
+    assert [(o["kind"], o["metadata"]["name"]) for o in migrate] == [("Job", "apgms-migrate")], f"overlays/{name}"
+    first = {(o["kind"], o["metadata"]["name"]) for o in objects if tier not in o["metadata"].get("labels", {})}
+    job_spec = migrate[0]["spec"]["template"]["spec"]
+    assert ("ServiceAccount", job_spec["serviceAccountName"]) in first
+    for entry in env_of(migrate[0]["spec"]["template"]).values():
+        ref = entry.get("valueFrom", {}).get("configMapKeyRef")
+        if ref:
+            assert ("ConfigMap", ref["name"]) in first, f"overlays/{name}: the Job reads {ref['name']}"
+    assert not {("Deployment", n) for n in DEPLOYMENT_NAMES} & first, "the Deployments must wait for the last step"
+
+
+def test_limits_are_at_least_the_requests(overlay: tuple[str, list[Obj]]) -> None:
+    name, objects = overlay
+    units = {"m": 0.001, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+    def quantity(text: str) -> float:
+        for suffix, factor in units.items():
+            if text.endswith(suffix):
+                return float(text.removesuffix(suffix)) * factor
+        return float(text)
+
+    for workload, template in pod_templates(objects).items():
+        (container,) = template["spec"]["containers"]
+        resources = container["resources"]
+        for resource in ("cpu", "memory"):
+            request, limit = resources["requests"][resource], resources["limits"][resource]
+            assert quantity(limit) >= quantity(request), f"overlays/{name} {workload} {resource}: {request} > {limit}"
