@@ -31,7 +31,9 @@ still route-checked), `# needs: docker` (a `docker compose` command, or a curl t
 on 127.0.0.1:9090/3030, whose query, if any, must be one of the expressions the PromQL evaluation test runs), `#
 needs: k6` (must be `k6 run` of an existing script), `# needs: stack` (acts on a running `make run` stack's
 processes: `kill -STOP|-CONT` of its PostgreSQL, whose pid file path is checked), `# foreground` (runs until Ctrl+C:
-checked as above without being run). An unknown
+checked as above without being run), `# needs: cluster` (a kubectl command against a Kubernetes cluster: every
+`deploy/k8s/...` path it names exists, a `kubectl kustomize` in it renders for real, a `create secret generic NAME`
+names a Secret the rendered manifests read, and a piped `kubectl apply` is allowed as a filter). An unknown
 marker, or a command of no kind above, fails its test: nothing is skipped silently.
 """
 
@@ -68,7 +70,7 @@ from shared.config import PROXY_PORT, SERVICE_PORTS, new_master_key
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = (*sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "ops").glob("*.md")), "README.md")
-MARKERS = ("needs: production", "needs: docker", "needs: k6", "needs: stack", "foreground")
+MARKERS = ("needs: production", "needs: docker", "needs: k6", "needs: stack", "needs: cluster", "foreground")
 # Ports compose publishes on loopback besides the proxy: Prometheus and Grafana.
 COMPOSE_MONITORING_PORTS = (9090, 3030)
 FILTERS = ("jq", "grep", "head", "tee", "sed")
@@ -90,6 +92,12 @@ SAMPLES = {
     "ACCESS_TOKEN": "eyJhbGciOiJFZERTQSJ9.e30.c2ln",
     "PACK_ID": "6d0c3c9e-4b1a-4f7e-9c2d-8a1b3c5d7e9f",
     "DEMO_REGULATOR_CODE": "rgc.3f9a0c1d2e4b5a69.Zk3secret",
+    "MASTER_KEY": "YXBnbXMtc2FtcGxlLW1hc3Rlci1rZXktMDAwMDAwMDA=",
+    "KEK": "YXBnbXMtc2FtcGxlLXBpaS1rZWstMDAwMDAwMDAwMDA=",
+    "CORE_SECRET": "s" * 43,
+    "COMPLIANCE_SECRET": "s" * 43,
+    "REGULATOR_SECRET": "s" * 43,
+    "METRICS_TOKEN": "m" * 32,
 }
 _MARKER = re.compile(r"\s#\s*(?P<marker>[a-z][a-z0-9 :]*?)\s*$")
 _CAPTURE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=\$\((?P<inner>.*)\)$")
@@ -295,10 +303,37 @@ def check_monitoring_curl(argv: list[str]) -> None:
         )
 
 
+@cache
+def secrets_the_manifests_read() -> frozenset[str]:
+    """The Secret names the production overlay's objects refer to (secretKeyRef, secret volumes, TLS)."""
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", "deploy/k8s/overlays/production"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    names = re.findall(r"(?:secretName|name):\s*(apgms-[a-z0-9-]+)", rendered)
+    return frozenset(name for name in names if f"name: {name}" in rendered)
+
+
+def check_kubectl(argv: list[str], piped: bool) -> None:
+    assert argv[0] == "kubectl", "only kubectl commands may need a cluster"
+    for token in argv:
+        if token.startswith("deploy/k8s"):
+            assert (ROOT / token).exists(), f"no {token}"
+    if "create" in argv:
+        at = argv.index("create")
+        if argv[at : at + 3] == ["create", "secret", "generic"]:
+            assert argv[at + 3] in secrets_the_manifests_read(), f"no manifest reads a Secret {argv[at + 3]}"
+    if argv[1] == "kustomize" and not piped:
+        ran = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        assert ran.returncode == 0, ran.stderr
+
+
 def check_argv(argv: list[str], command: DocCommand, database_url: str | None, piped: bool) -> None:
     if argv[0] in (".venv/bin/apgms", ".venv/bin/python"):
         argv = [argv[0].removeprefix(".venv/bin/"), *argv[1:]]
     name = argv[0]
+    if command.marker == "needs: cluster":
+        check_kubectl(argv, piped)
+        return
     if piped:
         assert name in FILTERS, f"{name} is not a known filter ({', '.join(FILTERS)})"
         assert shutil.which(name), f"{name} is not installed"
