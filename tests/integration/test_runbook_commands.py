@@ -55,6 +55,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import typer
+import yaml
 from markdown_it import MarkdownIt
 from starlette.routing import BaseRoute, Match
 from typer.core import TyperGroup
@@ -305,12 +306,28 @@ def check_monitoring_curl(argv: list[str]) -> None:
 
 @cache
 def secrets_the_manifests_read() -> frozenset[str]:
-    """The Secret names the production overlay's objects refer to (secretKeyRef, secret volumes, TLS)."""
+    """The Secret names the production overlay's objects refer to: secretKeyRef names and secretName fields."""
     rendered = subprocess.run(
         ["kubectl", "kustomize", "deploy/k8s/overlays/production"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    names = re.findall(r"(?:secretName|name):\s*(apgms-[a-z0-9-]+)", rendered)
-    return frozenset(name for name in names if f"name: {name}" in rendered)
+    names: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "secretKeyRef" and isinstance(value, dict):
+                    names.add(str(value["name"]))
+                elif key == "secretName":
+                    names.add(str(value))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    for document in yaml.safe_load_all(rendered):
+        walk(document)
+    return frozenset(names)
 
 
 def check_kubectl(argv: list[str], piped: bool) -> None:
