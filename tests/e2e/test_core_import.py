@@ -192,6 +192,7 @@ async def test_a_file_refused_as_a_whole_names_the_column(
     url, token = stack.core.url, tokens["finance"]
     missing = b"date,amount,payee\n2025-01-01,1.00,ATO\n"
     status, problem, _ = await post_import(http, url, token, missing)
+    assert status == 422, problem
     assert (status, problem["errors"]) == (
         422,
         [{"row": 0, "field": "description", "code": "missing_column", "message": problem["errors"][0]["message"]}],
