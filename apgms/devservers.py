@@ -26,11 +26,11 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -308,6 +308,21 @@ def _binary(variable: str, names: Iterable[str]) -> Path | None:
     return None
 
 
+T = TypeVar("T")
+
+
+def _found_or_installed(find: Callable[[], T | None], packages: Sequence[str], missing: str, *, install: bool) -> T:
+    """What `find` finds, installing Debian's `packages` first when it finds nothing and installing is allowed;
+    DevServerError(`missing`) when it is still missing."""
+    found = find()
+    if found is None and install and can_apt_install():
+        apt_install(*packages)
+        found = find()
+    if found is None:
+        raise DevServerError(missing)
+    return found
+
+
 def find_browser() -> Browser | None:
     """Chromium and chromedriver (APGMS_CHROMIUM / APGMS_CHROMEDRIVER, else on PATH), or None when either is
     missing."""
@@ -318,13 +333,7 @@ def find_browser() -> Browser | None:
 
 def ensure_browser(*, install: bool = True) -> Browser:
     """`find_browser`, installing Debian's `chromium` and `chromium-driver` first when missing and allowed."""
-    browser = find_browser()
-    if browser is None and install and can_apt_install():
-        apt_install("chromium", "chromium-driver")
-        browser = find_browser()
-    if browser is None:
-        raise DevServerError(CHROMIUM_MISSING)
-    return browser
+    return _found_or_installed(find_browser, ("chromium", "chromium-driver"), CHROMIUM_MISSING, install=install)
 
 
 @dataclass(frozen=True)
@@ -345,13 +354,7 @@ def find_prometheus() -> PrometheusBinaries | None:
 def ensure_prometheus(*, install: bool = True) -> PrometheusBinaries:
     """`find_prometheus`, installing Debian's `prometheus` package (server and promtool) first when missing and
     allowed. The package's systemd unit is not started by us: the tests run their own server on a free port."""
-    binaries = find_prometheus()
-    if binaries is None and install and can_apt_install():
-        apt_install("prometheus")
-        binaries = find_prometheus()
-    if binaries is None:
-        raise DevServerError(PROMETHEUS_MISSING)
-    return binaries
+    return _found_or_installed(find_prometheus, ("prometheus",), PROMETHEUS_MISSING, install=install)
 
 
 def find_docker_compose() -> Path | None:
@@ -362,13 +365,7 @@ def find_docker_compose() -> Path | None:
 def ensure_docker_compose(*, install: bool = True) -> Path:
     """`find_docker_compose`, installing Debian's `docker-compose` package first when missing and allowed. Only its
     `config` command is used (it reads and resolves the file without a container engine)."""
-    binary = find_docker_compose()
-    if binary is None and install and can_apt_install():
-        apt_install("docker-compose")
-        binary = find_docker_compose()
-    if binary is None:
-        raise DevServerError(DOCKER_COMPOSE_MISSING)
-    return binary
+    return _found_or_installed(find_docker_compose, ("docker-compose",), DOCKER_COMPOSE_MISSING, install=install)
 
 
 def find_kubectl() -> Path | None:
@@ -380,13 +377,7 @@ def ensure_kubectl(*, install: bool = True) -> Path:
     """`find_kubectl`, installing Debian's `kubernetes-client` package first when missing and allowed. Only its
     `kustomize` command is used (it renders an overlay without a cluster); the manifests are written for the
     kustomize inside Debian's kubectl (v2.0.3) and every newer one."""
-    binary = find_kubectl()
-    if binary is None and install and can_apt_install():
-        apt_install("kubernetes-client")
-        binary = find_kubectl()
-    if binary is None:
-        raise DevServerError(KUBECTL_MISSING)
-    return binary
+    return _found_or_installed(find_kubectl, ("kubernetes-client",), KUBECTL_MISSING, install=install)
 
 
 # --- databases -------------------------------------------------------------------------------------------------
