@@ -25,12 +25,10 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from apgms.devservers import free_port
+from apgms.replicas import BackgroundLoop, pipe
 
 _T = TypeVar("_T")
 
-CHUNK_BYTES = 64 * 1024
-# What a call into the forwarder's thread may take (start or stop listening, drop connections).
-CONTROL_TIMEOUT_S = 5.0
 # How long a drill polls for a state (readiness, a route that comes back) before it fails.
 POLL_INTERVAL_S = 0.1
 
@@ -52,8 +50,7 @@ class TcpForwarder:
         self.connections_accepted = 0
         # Chunks the server sent, each one reply of a round trip or part of one: what `delay_s` is paid for.
         self.server_chunks = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"forwarder-{port}", daemon=True)
+        self._background: BackgroundLoop | None = None
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._stalled = False
@@ -62,7 +59,7 @@ class TcpForwarder:
     def start(cls, target_host: str, target_port: int, port: int | None = None) -> TcpForwarder:
         """Listening on `port` (a free one when None), in a thread of its own."""
         forwarder = cls(target_host, target_port, port or free_port())
-        forwarder._thread.start()
+        forwarder._background = BackgroundLoop(f"forwarder-{forwarder.port}")
         forwarder._call(forwarder._listen)
         return forwarder
 
@@ -92,16 +89,12 @@ class TcpForwarder:
 
     def close(self) -> None:
         self._call(self._cut)
-        self._call(self._cancel_tasks)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(CONTROL_TIMEOUT_S)
-        self._loop.close()
+        assert self._background is not None
+        self._background.close()
 
     def _call(self, make: Callable[[], Awaitable[_T]]) -> _T:
-        async def run() -> _T:
-            return await make()
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(CONTROL_TIMEOUT_S)
+        assert self._background is not None, "TcpForwarder.start makes the forwarder"
+        return self._background.call(make)
 
     async def _listen(self) -> None:
         if self._server is None:
@@ -127,14 +120,6 @@ class TcpForwarder:
             writer.transport.abort()
         self._writers.clear()
 
-    async def _cancel_tasks(self) -> None:
-        """Every connection's tasks ended (after `_cut` aborted their sockets), so none is left pending."""
-        current = asyncio.current_task()
-        tasks = [task for task in asyncio.all_tasks() if task is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.connections_accepted += 1
         if self._stalled:
@@ -152,8 +137,14 @@ class TcpForwarder:
         self._writers |= pair
         try:
             await asyncio.gather(
-                self._pipe(client_reader, server_writer, lambda: 0.0),
-                self._pipe(server_reader, client_writer, lambda: self.delay_s, from_server=True),
+                pipe(client_reader, server_writer, before_write=self._until_flowing),
+                pipe(
+                    server_reader,
+                    client_writer,
+                    delay=lambda: self.delay_s,
+                    before_write=self._until_flowing,
+                    on_chunk=self._count_server_chunk,
+                ),
                 return_exceptions=True,
             )
         except asyncio.CancelledError:
@@ -163,39 +154,8 @@ class TcpForwarder:
                 writer.transport.abort()
             self._writers -= pair
 
-    async def _pipe(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        delay: Callable[[], float],
-        *,
-        from_server: bool = False,
-    ) -> None:
-        due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        async def send() -> None:
-            while True:
-                at, chunk = await due.get()
-                if not chunk:
-                    writer.transport.abort()
-                    return
-                wait = at - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                await self._until_flowing()
-                writer.write(chunk)
-                await writer.drain()
-
-        sender = asyncio.ensure_future(send())
-        try:
-            while chunk := await reader.read(CHUNK_BYTES):
-                if from_server:
-                    self.server_chunks += 1
-                due.put_nowait((time.monotonic() + delay(), chunk))
-            due.put_nowait((time.monotonic() + delay(), b""))
-            await sender
-        finally:
-            sender.cancel()
+    def _count_server_chunk(self) -> None:
+        self.server_chunks += 1
 
 
 async def timed(call: Awaitable[_T]) -> tuple[_T, float]:
