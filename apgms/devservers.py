@@ -1,8 +1,9 @@
 """Dev and throwaway PostgreSQL servers from the machine's own binaries (no Docker), and the helpers that
 find or install PostgreSQL and Redis binaries, the Chromium and chromedriver the regulator portal's browser tests
 drive, Prometheus with promtool (the rule tests of deploy/prometheus/), docker-compose (`docker-compose config`
-validates docker-compose.yml; it needs no container engine) and kubectl (`kubectl kustomize` renders the Kubernetes
-overlays of deploy/k8s/; it needs no cluster).
+validates docker-compose.yml; it needs no container engine), kubectl (`kubectl kustomize` renders the Kubernetes
+overlays of deploy/k8s/; it needs no cluster) and checkov (security checks of the rendered overlays; a pinned
+version in a virtualenv of its own).
 
 PostgreSQL runs from `initdb`/`pg_ctl` in a directory of ours on a free loopback port; as root it runs as the
 `postgres` system user (initdb refuses root). The Redis server class is in `apgms.localredis`.
@@ -83,6 +84,18 @@ KUBECTL_MISSING = (
     "kubectl was not found (the tests render the Kubernetes manifests of deploy/k8s/ with `kubectl kustomize`, which "
     "needs no cluster). Install it with `sudo apt-get install kubernetes-client` (Debian/Ubuntu) or point "
     "APGMS_KUBECTL at a kubectl binary."
+)
+# checkov's pinned version, in a virtualenv of its own under the project's .venv (ignored by git and by docker
+# builds): its dependencies conflict with constraints.txt (it requires packaging<24), so it cannot be one of the
+# project's. A new pin installs into a new directory. The stamp is written once pip has finished, so a half-done
+# install is redone rather than used.
+CHECKOV_VERSION = "3.3.30"
+CHECKOV_VENV = Path(__file__).resolve().parents[1] / ".venv" / "tools" / f"checkov-{CHECKOV_VERSION}"
+CHECKOV_STAMP = ".installed"
+CHECKOV_MISSING = (
+    f"checkov {CHECKOV_VERSION} was not found in {CHECKOV_VENV} (the tests run it over the rendered Kubernetes "
+    "overlays of deploy/k8s/). Install it with `.venv/bin/python -m apgms.devservers` (make test does), or point "
+    "APGMS_CHECKOV at a checkov binary."
 )
 REDIS_MISSING = (
     "redis-server was not found. Install it with `sudo apt-get install redis-server` (Debian/Ubuntu) or "
@@ -380,6 +393,40 @@ def ensure_kubectl(*, install: bool = True) -> Path:
     return _found_or_installed(find_kubectl, ("kubernetes-client",), KUBECTL_MISSING, install=install)
 
 
+def find_checkov() -> Path | None:
+    """checkov (APGMS_CHECKOV, else the pinned version in CHECKOV_VENV once its install has finished), or None."""
+    override = os.environ.get("APGMS_CHECKOV")
+    if override:
+        return Path(override) if Path(override).exists() else None
+    binary = CHECKOV_VENV / "bin" / "checkov"
+    return binary if binary.exists() and (CHECKOV_VENV / CHECKOV_STAMP).exists() else None
+
+
+def install_checkov() -> None:
+    """A fresh virtualenv in CHECKOV_VENV with checkov==CHECKOV_VERSION from PyPI, progress on stderr. Needs no
+    root: the virtualenv is in the project's own directory (about 290 MB; 23 s measured with PyPI reachable)."""
+    print(f"Installing checkov {CHECKOV_VERSION} into {CHECKOV_VENV} (one-time set-up)...", file=sys.stderr, flush=True)
+    shutil.rmtree(CHECKOV_VENV, ignore_errors=True)
+    python = CHECKOV_VENV / "bin" / "python"
+    pip_install = ["install", "--quiet", "--disable-pip-version-check", f"checkov=={CHECKOV_VERSION}"]
+    for argv in ([sys.executable, "-m", "venv", str(CHECKOV_VENV)], [str(python), "-m", "pip", *pip_install]):
+        result = subprocess.run(argv, stdout=sys.stderr, check=False)
+        if result.returncode != 0:
+            raise DevServerError(f"`{' '.join(argv)}` failed with exit code {result.returncode}")
+    (CHECKOV_VENV / CHECKOV_STAMP).touch()
+
+
+def ensure_checkov(*, install: bool = True) -> Path:
+    """`find_checkov`, installing the pinned checkov into its own virtualenv first when missing and allowed."""
+    found = find_checkov()
+    if found is None and install:
+        install_checkov()
+        found = find_checkov()
+    if found is None:
+        raise DevServerError(CHECKOV_MISSING)
+    return found
+
+
 # --- databases -------------------------------------------------------------------------------------------------
 
 
@@ -566,7 +613,7 @@ class LocalPostgres:
 
 def ensure_test_binaries(environ: Mapping[str, str]) -> None:
     """Install what the test session starts itself: PostgreSQL unless TEST_DATABASE_URL, Redis unless TEST_REDIS_URL,
-    the browser of the portal's tests, Prometheus with promtool, docker-compose and kubectl."""
+    the browser of the portal's tests, Prometheus with promtool, docker-compose, kubectl and checkov."""
     if not environ.get("TEST_DATABASE_URL"):
         print(f"PostgreSQL binaries: {ensure_pg_bindir()}")
     if not environ.get("TEST_REDIS_URL"):
@@ -577,6 +624,7 @@ def ensure_test_binaries(environ: Mapping[str, str]) -> None:
     print(f"prometheus: {prometheus.prometheus}, promtool: {prometheus.promtool}")
     print(f"docker-compose: {ensure_docker_compose()}")
     print(f"kubectl: {ensure_kubectl()}")
+    print(f"checkov: {ensure_checkov()}")
 
 
 if __name__ == "__main__":
