@@ -8,8 +8,9 @@
   SHUTDOWN_DELAY_S, a grace period above the whole shutdown, resources and a locked-down security context, and a
   Service, PodDisruptionBudget and HorizontalPodAutoscaler selecting it; only the proxy has an Ingress; the
   NetworkPolicies, evaluated here as a cluster would, let only the proxy (and the services themselves) reach the
-  services and only the services and the migration Job reach PostgreSQL and Redis; no Secret is rendered, and each
-  Secret read is named in the docs;
+  services, only the services and the migration Job reach PostgreSQL and Redis, and an in-cluster Prometheus reaches
+  each Deployment's metrics port and nothing else; no Secret is rendered, and each Secret read is named in the docs;
+  production pins its image by digest;
 - every variable docker-compose.yml gives a process is given to the same process here (compared with the compose
   file's own environment keys, so a variable added there and forgotten here fails), and each process's real settings
   loader accepts the environment the overlay gives it (Secrets filled with values of the right shape).
@@ -18,9 +19,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,9 @@ DEPLOYMENT_NAMES = (*SERVICE_NAMES, "proxy")
 DATASTORE_PORTS = frozenset({5432, 6379})
 # Somewhere outside the cluster that no policy names (the datastores are managed, outside it).
 EXTERNAL = "external"
+# An in-cluster Prometheus as kube-prometheus runs it: the Prometheus Operator's pod label, in the namespace monitoring.
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
+PROMETHEUS_NAMESPACE = "monitoring"
 
 Obj = dict[str, Any]
 
@@ -61,10 +66,8 @@ def kubectl() -> Path:
         pytest.fail(str(error))
 
 
-@pytest.fixture(scope="module", params=OVERLAYS)
-def overlay(request: pytest.FixtureRequest, kubectl: Path) -> tuple[str, list[Obj]]:
-    """The overlay's name and its rendered objects."""
-    name: str = request.param
+def render(kubectl: Path, name: str) -> str:
+    """The overlay `name` as `kubectl kustomize` renders it: what a cluster would receive, as YAML text."""
     result = subprocess.run(
         [str(kubectl), "kustomize", str(K8S / "overlays" / name)],
         capture_output=True,
@@ -73,7 +76,18 @@ def overlay(request: pytest.FixtureRequest, kubectl: Path) -> tuple[str, list[Ob
         check=False,
     )
     assert result.returncode == 0, f"kubectl kustomize overlays/{name} failed:\n{result.stderr}"
-    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return result.stdout
+
+
+def objects_of(rendered: str) -> list[Obj]:
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest, kubectl: Path) -> tuple[str, list[Obj]]:
+    """The overlay's name and its rendered objects."""
+    name: str = request.param
+    objects = objects_of(render(kubectl, name))
     assert objects, f"overlays/{name} rendered nothing"
     return name, objects
 
@@ -108,6 +122,12 @@ def pod_templates(objects: list[Obj]) -> dict[str, Obj]:
 def env_of(template: Obj) -> dict[str, Obj]:
     (container,) = template["spec"]["containers"]
     return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+def named_ports(template: Obj) -> dict[str, int]:
+    """The pod's container ports by name (a NetworkPolicy may name a port instead of numbering it)."""
+    (container,) = template["spec"]["containers"]
+    return {port["name"]: port["containerPort"] for port in container.get("ports", []) if "name" in port}
 
 
 def test_overlays_render_and_every_object_validates(overlay: tuple[str, list[Obj]]) -> None:
@@ -150,6 +170,9 @@ def test_every_deployment_probes_drains_and_is_locked_down(overlay: tuple[str, l
         for bound in ("requests", "limits"):
             assert set(container["resources"][bound]) == {"cpu", "memory"}, f"{where}: {bound}"
         assert ":" in container["image"], f"{where}: the overlay pins the image tag"
+        if name == "production":
+            # By digest: a tag can be moved to another image (and checkov's CKV_K8S_43 and CKV_K8S_15 ask for it).
+            assert re.fullmatch(r"[^@]+@sha256:[0-9a-f]{64}", container["image"]), f"{where}: {container['image']}"
 
     for deployment_name, deployment in deployments.items():
         where = f"overlays/{name} {deployment_name}"
@@ -253,11 +276,12 @@ def test_only_the_proxy_has_an_ingress_and_no_secret_is_rendered(overlay: tuple[
 
 @dataclass(frozen=True)
 class Peer:
-    """A pod of ours (its labels), a pod in another namespace, or an address outside the cluster."""
+    """A pod of ours (its labels and named ports), a pod in another namespace, or an address outside the cluster."""
 
     labels: Mapping[str, str]
     namespace: str
     address: str | None = None
+    ports: Mapping[str, int] = field(default_factory=dict)
 
 
 def peer_matches(rule_peer: Obj, peer: Peer, own_namespace: str) -> bool:
@@ -273,11 +297,15 @@ def peer_matches(rule_peer: Obj, peer: Peer, own_namespace: str) -> bool:
     return in_namespace and selects(rule_peer.get("podSelector", {}), peer.labels)
 
 
-def rule_allows(rule: Obj, direction: str, peer: Peer, port: int, own_namespace: str) -> bool:
+def rule_allows(rule: Obj, direction: str, peer: Peer, target: Peer, port: int, own_namespace: str) -> bool:
+    """Whether one rule admits `peer` (the other end) to `port` of `target`; a named port in the rule is the
+    target's port of that name, in ingress and egress rules alike."""
     peers = rule.get(direction)
     peer_ok = peers is None or any(peer_matches(p, peer, own_namespace) for p in peers)
     ports = rule.get("ports")
-    port_ok = ports is None or any(p.get("port") in (None, port) for p in ports)
+    port_ok = ports is None or any(
+        p.get("port") in (None, port) or target.ports.get(str(p["port"])) == port for p in ports
+    )
     return peer_ok and port_ok
 
 
@@ -296,10 +324,20 @@ def allowed(policies: list[Obj], namespace: str, source: Peer, target: Peer, por
             return True
         key = "ingress" if policy_type == "Ingress" else "egress"
         return any(
-            rule_allows(rule, direction, other, port, namespace) for p in relevant for rule in p["spec"].get(key, [])
+            rule_allows(rule, direction, other, target, port, namespace)
+            for p in relevant
+            for rule in p["spec"].get(key, [])
         )
 
     return side(source, "Egress", "to", target) and side(target, "Ingress", "from", source)
+
+
+def our_pods(objects: list[Obj]) -> dict[str, Peer]:
+    """A pod of each workload (Deployments and the Job), by workload name, as the policies see it."""
+    namespace = objects[0]["metadata"]["namespace"]
+    return {
+        n: Peer(t["metadata"]["labels"], namespace, ports=named_ports(t)) for n, t in pod_templates(objects).items()
+    }
 
 
 def test_network_policies_let_only_the_proxy_reach_services_and_only_services_reach_datastores(
@@ -308,7 +346,7 @@ def test_network_policies_let_only_the_proxy_reach_services_and_only_services_re
     name, objects = overlay
     policies = list(of_kind(objects, "NetworkPolicy").values())
     namespace = objects[0]["metadata"]["namespace"]
-    pods = {n: Peer(t["metadata"]["labels"], namespace) for n, t in pod_templates(objects).items()}
+    pods = our_pods(objects)
     assert set(pods) == {*DEPLOYMENT_NAMES, "apgms-migrate"}
     stranger = Peer({"app": "something-else"}, namespace)
     other_namespace = Peer({}, "default")
@@ -355,6 +393,47 @@ def test_network_policies_let_only_the_proxy_reach_services_and_only_services_re
     # Nothing of ours reaches anywhere else outside.
     for pod in pods.values():
         assert not allowed(policies, namespace, pod, Peer({}, EXTERNAL, address="203.0.113.7/32"), 443)
+
+
+def test_prometheus_in_the_monitoring_namespace_reaches_each_pod_s_metrics_port_and_nothing_else(
+    overlay: tuple[str, list[Obj]],
+) -> None:
+    """Prometheus (its pod label AND its namespace) reaches each Deployment's pods on the port named http, where
+    /metrics is served, and no other port of ours; the same label in another namespace, another pod of its namespace
+    and any other namespace reach nothing through that policy. Where Prometheus may go outside our namespace (the
+    datastores: managed, or the namespace apgms-data in dev) is decided by the policies there, not by these."""
+    name, objects = overlay
+    policies = list(of_kind(objects, "NetworkPolicy").values())
+    namespace = objects[0]["metadata"]["namespace"]
+    pods = our_pods(objects)
+    prometheus = Peer(PROMETHEUS, PROMETHEUS_NAMESPACE)
+    # Every port any of our pods listens on, the datastores' ports and Prometheus's own (9090).
+    candidate_ports = {port for pod in pods.values() for port in pod.ports.values()} | DATASTORE_PORTS | {9090}
+    for workload, pod in pods.items():
+        metrics_port = pod.ports.get("http") if workload in DEPLOYMENT_NAMES else None
+        assert workload == "apgms-migrate" or metrics_port is not None, f"{name}: {workload} has no port named http"
+        for port in candidate_ports:
+            reaches = allowed(policies, namespace, prometheus, pod, port)
+            assert reaches == (port == metrics_port), f"overlays/{name}: Prometheus -> {workload}:{port} is {reaches}"
+
+    not_prometheus = (
+        Peer(PROMETHEUS, "default"),  # the label, in another namespace
+        Peer({"app.kubernetes.io/name": "grafana"}, PROMETHEUS_NAMESPACE),  # another pod of Prometheus's namespace
+        Peer({}, PROMETHEUS_NAMESPACE),
+        Peer({}, "default"),
+        Peer(PROMETHEUS, namespace),  # a pod of our namespace wearing the label
+    )
+    for outsider in not_prometheus:
+        for workload, pod in pods.items():
+            for port in pod.ports.values():
+                assert not allowed(policies, namespace, outsider, pod, port), (
+                    f"overlays/{name}: {outsider} -> {workload}"
+                )
+
+    docs = DOCS.read_text()
+    assert (
+        f"kubernetes.io/metadata.name: {PROMETHEUS_NAMESPACE}" in docs and "app.kubernetes.io/name: prometheus" in docs
+    )
 
 
 # --- the same variables as docker-compose.yml -------------------------------------------------------------------
