@@ -72,6 +72,8 @@ STOP_TIMEOUT_S = 30.0
 ROTATION_TIMEOUT_S = 15.0
 POLL_INTERVAL_S = 0.05
 HTTP_TIMEOUT_S = 1.0
+# How a process's JSON log marks a request served (shared.log's access line).
+REQUEST_LOG_MARK = b'"event":"request"'
 
 
 # --- pure parts ------------------------------------------------------------------------------------------------
@@ -327,6 +329,10 @@ class ReplicaPlan:
 
     proxies: int = 2
     replicas: int = 2
+    # False: each proxy lists every replica (UPSTREAM_<SERVICE>_URLS, the proxy balances requests and ejects).
+    # True: each proxy is given the service's balancer alone, as in Kubernetes where UPSTREAM_<SERVICE>_URLS names
+    # the Service (docs/ops/kubernetes.md): connections are balanced, not requests.
+    proxies_through_balancers: bool = False
     shutdown_delay_s: float = 2.0
     proxy_health_interval_s: float = 0.5
     probe_interval_s: float = PROBE_INTERVAL_S
@@ -423,6 +429,14 @@ class Replica:
 
     def exit_code(self) -> int | None:
         return self._popen.poll() if self._popen is not None else None
+
+    def requests_served(self) -> int:
+        """How many requests its log records (one `request` line each), over every run of it so far."""
+        try:
+            with self.log_path.open("rb") as log:
+                return sum(1 for line in log if REQUEST_LOG_MARK in line)
+        except OSError:
+            return 0
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -524,7 +538,10 @@ class ReplicaStack:
                     for index, port in enumerate(ports[name])
                 ]
             upstreams = {
-                f"UPSTREAM_{name.upper()}_URLS": ",".join(r.url for r in stack.replicas[name]) for name in SERVICES
+                f"UPSTREAM_{name.upper()}_URLS": stack.balancers[name].url
+                if plan.proxies_through_balancers
+                else ",".join(r.url for r in stack.replicas[name])
+                for name in SERVICES
             }
             proxy_extra = {
                 "SHUTDOWN_DELAY_S": f"{plan.shutdown_delay_s:g}",
@@ -572,22 +589,15 @@ class ReplicaStack:
         return self.balancers[name].url
 
     def in_rotation(self, replica: Replica) -> bool:
-        """Whether every proxy's /metrics has `replica` in rotation and its balancer finds it ready."""
+        """Whether its balancer finds `replica` ready and (when the proxies list replicas) every proxy's /metrics
+        has it in rotation."""
         if not self.balancers[replica.name].is_ready(replica.port):
             return False
+        if self.plan.proxies_through_balancers:
+            return True
         for proxy in self.proxies:
             text = http_text(proxy.port, "/metrics")
             if text is None or not proxy_rotation(text, replica.name, replica.instance):
-                return False
-        return True
-
-    def out_of_rotation(self, replica: Replica) -> bool:
-        """Whether no proxy and not its balancer would send it anything new."""
-        if self.balancers[replica.name].is_ready(replica.port):
-            return False
-        for proxy in self.proxies:
-            text = http_text(proxy.port, "/metrics")
-            if text is None or proxy_rotation(text, replica.name, replica.instance) is not False:
                 return False
         return True
 
