@@ -237,6 +237,8 @@ async def probe_ready(port: int, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
 
 @dataclass
 class Backend:
+    """One replica behind a balancer: its port, its readiness, and how many connections went to it."""
+
     port: int
     readiness: Readiness = field(default_factory=Readiness)
     connections: int = 0
