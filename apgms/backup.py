@@ -58,8 +58,8 @@ from apgms.http_fetch import (
     read_bounded,
     transport_failure,
 )
-from services.compliance.signing import Export
 from shared.context import REQUEST_ID_HEADER
+from shared.contracts.compliance import Export
 
 __all__ = ["BACKUP_TAG", "DEFAULT_OUT_DIR", "MAX_EXPORT_BYTES", "backup_app"]
 

@@ -1,6 +1,6 @@
 """The files `apgms evidence verify` reads and `apgms backup evidence-pack` writes, pure: no I/O here.
 
-    export file   `GET /compliance/evidence/{id}` saved as it is (`signing.Export`, format EXPORT_FORMAT)
+    export file   `GET /compliance/evidence/{id}` saved as it is (`shared.contracts.compliance.Export`)
     backup file   one `apgms backup evidence-pack` run (format BACKUP_FORMAT):
                   {"format", "org_id", "taken_at", "base_url", "export": <core's admin export>,
                    "report": <the compliance report>, "evidence": <an export>, "evidence_keys": <the JWKS>}
@@ -20,7 +20,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from services.compliance.signing import EXPORT_FORMAT, Export
+from shared.contracts.compliance import EXPORT_FORMAT, Export
 
 __all__ = [
     "BACKUP_FORMAT",

@@ -36,11 +36,9 @@ from apgms.http_fetch import (
 )
 from apgms.load import load
 from services.compliance.evidence import PackPage
-from services.compliance.internal import PackItem
-from services.compliance.pack import Report
-from services.compliance.snapshots import SnapshotPage
-from services.core.alerts import AlertPage
 from services.regulator.sessions import LoginResponse
+from shared.contracts.compliance import PackItem, Report, SnapshotPage
+from shared.contracts.core import AlertPage
 
 __all__ = [
     "SMOKE_CALL_TIMEOUT_S",

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "PageQuery",
     "QueryInt",
+    "bad_cursor",
     "decode_cursor",
     "encode_cursor",
     "page_of",
@@ -58,6 +59,16 @@ def _query_int(value: Any) -> int:
 
 
 QueryInt = Annotated[int, BeforeValidator(_query_int)]
+
+
+def bad_cursor() -> ApiError:
+    """The answer to a cursor this API did not make for this listing, these filters and this org, on every
+    listing alike: 400 `invalid_query` naming `cursor` (deliberately saying no more)."""
+    return ApiError(
+        "invalid_query",
+        "The cursor is not one this API gave for these filters",
+        errors=[FieldError("cursor", "not a cursor from this API for these filters")],
+    )
 
 
 class PageQuery(BaseModel):

@@ -27,6 +27,7 @@ __all__ = [
     "nul_paths",
     "parse_body",
     "parse_query",
+    "path_org",
     "path_uuid",
     "paths_where",
     "read_body",
@@ -185,4 +186,14 @@ def path_uuid(request: Request, name: str) -> uuid.UUID:
     text = request.path_params[name]
     if not isinstance(text, str) or _CANONICAL_UUID.fullmatch(text) is None:
         raise ApiError("not_found")
+    return uuid.UUID(text)
+
+
+def path_org(request: Request) -> uuid.UUID:
+    """The org id of an internal route's path (`/internal/orgs/{org_id}/...`, core's and compliance's), canonical
+    as `path_uuid` takes it; anything else is 400 `bad_request` naming `org_id`: the caller is one of our services,
+    which scoped the org itself, so a malformed one is its bug to see, not a resource that does not exist."""
+    text = request.path_params["org_id"]
+    if not isinstance(text, str) or _CANONICAL_UUID.fullmatch(text) is None:
+        raise ApiError("bad_request", "The org id is not a UUID", errors=[FieldError("org_id", "not a UUID")])
     return uuid.UUID(text)

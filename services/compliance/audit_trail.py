@@ -36,7 +36,6 @@ from services.compliance.seq_cursor import decode_seq_cursor, encode_seq_cursor
 from services.compliance.store.audit import AuditFilters, page_records
 from services.compliance.store.checkpoints import org_checkpoints, org_key_ids
 from services.compliance.store.packs import signed_packs
-from services.core.models import view_of
 from shared import audit
 from shared.authz import guard
 from shared.canonical import canonical_json
@@ -46,6 +45,7 @@ from shared.pagination import PageQuery, page_of
 from shared.roles import Role
 from shared.tokens import Principal
 from shared.validation import parse_query
+from shared.views import view_of
 
 __all__ = ["AUDIT_READERS", "AuditPage", "AuditQuery", "ChainVerdict", "list_records", "org_anchors", "verify_chain"]
 

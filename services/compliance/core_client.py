@@ -1,4 +1,5 @@
-"""Compliance's reads of core's internal API (services/core/internal.py), typed with core's own answer models.
+"""Compliance's reads of core's internal API (services/core/internal.py), typed with the contract's models
+(`shared.contracts.core`).
 
 Every call goes through `shared.upstream.read_model`: the runtime's service client (a `core:read` token; the
 caller's request ID and trace context go along, so one request can be followed into core's log), bounded by
@@ -17,8 +18,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 
 from services.compliance.deps import compliance_deps
-from services.core.alerts import AlertPage
-from services.core.internal import ReportInputs
+from shared.contracts.core import AlertPage, ReportInputs
 from shared.upstream import read_model
 
 __all__ = ["CORE_CALL_DEADLINE_S", "PACK_ALERTS", "newest_alerts", "report_inputs"]

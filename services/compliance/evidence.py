@@ -3,7 +3,7 @@
     POST /compliance/evidence                        admin, finance, auditor; Idempotency-Key optional; no body,
                                                      `{}` or `{"tag": "..."}` (1-100 characters, no controls)
     GET  /compliance/evidence                        any role: the org's packs, newest first, paged, no payload
-    GET  /compliance/evidence/{id}                   any role: the export envelope (`signing.Export`), or with
+    GET  /compliance/evidence/{id}                   any role: the export envelope (`contracts.Export`), or with
                                                      `Accept: application/json` named, the payload bytes themselves
     GET  /compliance/evidence/{id}/verify            any role: re-hash and re-verify; names the first failed check
     GET  /compliance/.well-known/evidence-keys.json  no login: every evidence key ever used, as a JWKS
@@ -46,12 +46,13 @@ from services.compliance.pack import (
     payload_bytes,
 )
 from services.compliance.report import build_report
-from services.compliance.signing import Export, Verification, digest_of, pack_fields, verify
+from services.compliance.signing import Verification, digest_of, pack_fields, verify
 from services.compliance.store import packs
 from services.compliance.store.audit import AuditFilters, page_records
 from services.compliance.store.snapshots import newest_snapshots
 from shared import audit
 from shared.authz import guard
+from shared.contracts.compliance import CheckView, Export, PackView, Verdict, VerifiedPackPage, VerifiedPackView
 from shared.errors import ApiError
 from shared.idempotency import idempotent
 from shared.metrics import timed_job
@@ -61,18 +62,14 @@ from shared.pagination import PageQuery, decode_cursor, encode_cursor, page_of
 from shared.roles import ROLES, Role
 from shared.tokens import Principal
 from shared.validation import parse_query, path_uuid
+from shared.views import view_of
 
 __all__ = [
     "EVIDENCE_KEYS_MAX_AGE_S",
     "MAKERS",
     "MAX_BODY_BYTES",
     "PACK_JOB",
-    "CheckView",
     "PackPage",
-    "PackView",
-    "Verdict",
-    "VerifiedPackPage",
-    "VerifiedPackView",
     "create_pack",
     "evidence_keys",
     "export_of",
@@ -81,6 +78,7 @@ __all__ = [
     "new_pack_body",
     "org_pack",
     "pack_page",
+    "pack_view",
     "verdict_of",
     "verified_pack_page",
     "verify_pack",
@@ -99,56 +97,13 @@ SIGNATURE_HEADER = "x-evidence-signature"
 KEY_ID_HEADER = "x-evidence-key-id"
 
 
-class PackView(BaseModel):
-    """A pack without its payload: the answer to its creation and an item of the listing."""
-
-    id: uuid.UUID
-    org_id: uuid.UUID
-    created_at: datetime
-    created_by: str
-    tag: str | None
-    sha256: str
-    key_id: str
-
-    @classmethod
-    def of(cls, pack: packs.PackSummary) -> PackView:
-        return cls(**{name: getattr(pack, name) for name in cls.model_fields})
-
-
 class PackPage(BaseModel):
     items: list[PackView]
     next_cursor: str | None
 
 
-class VerifiedPackView(PackView):
-    """A listed pack with what `/verify` says of it now: `verified` when every check holds, else `failed_check`
-    names the first that did not (the listing of compliance's internal API, which the regulator shows)."""
-
-    verified: bool
-    failed_check: str | None
-
-
-class VerifiedPackPage(BaseModel):
-    items: list[VerifiedPackView]
-    next_cursor: str | None
-
-
-class CheckView(BaseModel):
-    name: str
-    ok: bool
-    reason: str | None
-
-
-class Verdict(BaseModel):
-    """`/verify`: `valid` when every check holds; else `failed` names the first that did not, `reason` says why."""
-
-    id: uuid.UUID
-    valid: bool
-    failed: str | None
-    reason: str | None
-    sha256: str
-    key_id: str
-    checks: list[CheckView]
+def pack_view(pack: packs.PackSummary) -> PackView:
+    return view_of(PackView, pack)
 
 
 async def new_pack_body(request: Request) -> NewPack:
@@ -214,7 +169,7 @@ async def create_pack(request: Request, principal: Principal) -> Response:
                     detail={"id": str(pack.id), "sha256": pack.sha256, "key_id": pack.key_id},
                 )
                 return Response(
-                    PackView.of(pack).model_dump_json(),
+                    pack_view(pack).model_dump_json(),
                     status_code=201,
                     media_type=JSON_MEDIA_TYPE,
                     headers={"location": f"/compliance/evidence/{pack.id}"},
@@ -236,7 +191,7 @@ async def pack_page(request: Request, org_id: uuid.UUID, query: PageQuery) -> Pa
     async with request.app.state.runtime.db.pool.acquire() as conn:
         rows = await packs.page_packs(conn, org_id, after, query.limit + 1)
     page, next_cursor = page_of(rows, query.limit, _pack_cursor)
-    return PackPage(items=[PackView.of(row) for row in page], next_cursor=next_cursor)
+    return PackPage(items=[pack_view(row) for row in page], next_cursor=next_cursor)
 
 
 async def verified_pack_page(request: Request, org_id: uuid.UUID, query: PageQuery) -> VerifiedPackPage:
@@ -252,9 +207,7 @@ async def verified_pack_page(request: Request, org_id: uuid.UUID, query: PageQue
     for pack in page:
         failed = _verification(pack, keys).failed
         items.append(
-            VerifiedPackView(
-                **PackView.of(pack).model_dump(), verified=failed is None, failed_check=failed.name if failed else None
-            )
+            view_of(VerifiedPackView, pack, verified=failed is None, failed_check=failed.name if failed else None)
         )
     return VerifiedPackPage(items=items, next_cursor=next_cursor)
 
@@ -286,7 +239,7 @@ def wants_payload(accept: str | None) -> bool:
 def export_of(pack: packs.Pack) -> Export:
     """The pack's export envelope: its fields, signature and payload bytes in base64."""
     return Export(
-        **PackView.of(pack).model_dump(),
+        **pack_view(pack).model_dump(),
         signature=pack.signature,
         payload_base64=base64.b64encode(pack.payload).decode(),
     )

@@ -10,14 +10,14 @@ answer what an org's own users see on compliance's routes, for the org in the pa
 
 Each uses the function the org's own route uses (no second reading of the same rows); the evidence listing adds to
 each pack what `/verify` says of it, so the regulator shows a page of packs with their status from one call. The
-report, a listing and a
-verdict hold no PII, and whoever shows them to a person (the regulator) audits that read in its own chain, so these
-reads write no audit row, like core's internal reads.
+bodies are the contract's (`shared.contracts.compliance`). The report, a listing and a verdict hold no PII, and
+whoever shows them to a person (the regulator) audits that read in its own chain, so these reads write no audit
+row, like core's internal reads.
 
 A user token or an org API client's is for another audience: 401 `invalid_token`. A service token without
-`compliance:read` (core's, compliance's own) is 403 `forbidden`. A malformed org id is 400 `bad_request` (core's
-`path_org` rule); another org's pack, an unknown or a malformed pack id 404 `not_found`. The answer is JSON, or
-msgpack for `Accept: application/msgpack` (`shared.negotiation`; 406 `not_acceptable` for neither).
+`compliance:read` (core's, compliance's own) is 403 `forbidden`. A malformed org id is 400 `bad_request`
+(`shared.validation.path_org`); another org's pack, an unknown or a malformed pack id 404 `not_found`. The answer
+is JSON, or msgpack for `Accept: application/msgpack` (`shared.negotiation`; 406 `not_acceptable` for neither).
 """
 
 from __future__ import annotations
@@ -29,21 +29,19 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.compliance.evidence import Verdict, VerifiedPackPage, export_of, org_pack, verdict_of, verified_pack_page
-from services.compliance.pack import Report
+from services.compliance.evidence import export_of, org_pack, verdict_of, verified_pack_page
 from services.compliance.report import REPORT_JOB, build_report
-from services.compliance.signing import Export
-from services.compliance.snapshots import SnapshotPage, snapshot_page
-from services.core.internal import path_org
+from services.compliance.snapshots import snapshot_page
 from shared.authz import guard
+from shared.contracts.compliance import PackItem, Report, SnapshotPage, VerifiedPackPage
 from shared.metrics import timed_job
 from shared.negotiation import encoded_response, response_media_type
 from shared.openapi import documented
 from shared.pagination import PageQuery
 from shared.tokens import SERVICE_AUDIENCE, Principal
-from shared.validation import parse_query
+from shared.validation import parse_query, path_org
 
-__all__ = ["COMPLIANCE_READ_SCOPE", "PackItem", "org_evidence", "org_pack_item", "org_report", "org_snapshots"]
+__all__ = ["COMPLIANCE_READ_SCOPE", "org_evidence", "org_pack_item", "org_report", "org_snapshots"]
 
 COMPLIANCE_READ_SCOPE = "compliance:read"
 
@@ -51,15 +49,8 @@ COMPLIANCE_READ_SCOPE = "compliance:read"
 Lister = Callable[[Request, uuid.UUID, PageQuery], Awaitable[BaseModel]]
 
 
-class PackItem(BaseModel):
-    """One pack for another service: the export envelope (`signing.Export`) and what `/verify` says of it."""
-
-    export: Export
-    verification: Verdict
-
-
 async def _org_page(request: Request, page: Lister) -> Response:
-    org_id = path_org(request.path_params["org_id"])
+    org_id = path_org(request)
     query = parse_query(request.query_params, PageQuery)
     media_type = response_media_type(request)
     return encoded_response(await page(request, org_id, query), media_type)
@@ -68,7 +59,7 @@ async def _org_page(request: Request, page: Lister) -> Response:
 @documented("An org's compliance report; JSON or msgpack", response=Report, tags=["internal"])
 @guard(audience=SERVICE_AUDIENCE, scopes=(COMPLIANCE_READ_SCOPE,))
 async def org_report(request: Request, principal: Principal) -> Response:
-    org_id = path_org(request.path_params["org_id"])
+    org_id = path_org(request)
     media_type = response_media_type(request)
     with timed_job(REPORT_JOB):
         report, _ = await build_report(request, org_id)
@@ -100,7 +91,7 @@ async def org_evidence(request: Request, principal: Principal) -> Response:
 )
 @guard(audience=SERVICE_AUDIENCE, scopes=(COMPLIANCE_READ_SCOPE,))
 async def org_pack_item(request: Request, principal: Principal) -> Response:
-    org_id = path_org(request.path_params["org_id"])
+    org_id = path_org(request)
     media_type = response_media_type(request)
     pack = await org_pack(request, org_id)
     item = PackItem(export=export_of(pack), verification=await verdict_of(request, pack))

@@ -16,21 +16,19 @@ from __future__ import annotations
 import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from services.compliance.signing import PACK_FORMAT
 from services.compliance.store.snapshots import SnapshotRow
-from services.core.accounts import DesignatedTotals
-from services.core.alerts import AlertView
-from services.core.internal import AlertSummary, ReportCycle, ReportInputs, ReportObligations, ReportPlan
 from shared.audit import GENESIS_HASH, AuditRecord
 from shared.canonical import canonical_json, utc_text
+from shared.contracts.compliance import BAS_HISTORY_CYCLES, Report
+from shared.contracts.core import AlertView, ReportInputs, ReportObligations
 
 __all__ = [
-    "BAS_HISTORY_CYCLES",
     "PACK_AUDIT_RECORDS",
     "PACK_SNAPSHOTS",
     "TAG_MAX_CHARS",
@@ -39,7 +37,6 @@ __all__ = [
     "PackAuditRecord",
     "PackPayload",
     "PackSnapshot",
-    "Report",
     "audit_head",
     "chain_time",
     "pack_audit_record",
@@ -48,26 +45,9 @@ __all__ = [
     "report_of",
 ]
 
-BAS_HISTORY_CYCLES = 8
 PACK_AUDIT_RECORDS = 25
 PACK_SNAPSHOTS = 5
 TAG_MAX_CHARS = 100
-
-
-class Report(BaseModel):
-    """An org's compliance report: where its BAS cycles stand, its payment plans, alerts, obligations and the
-    balances of its designated accounts, as core reported them at `generated_at`. Money is 2-place strings."""
-
-    org_id: uuid.UUID
-    generated_at: datetime
-    bas_history: list[ReportCycle] = Field(
-        description=f"The current BAS cycle and earlier ones, newest first, at most {BAS_HISTORY_CYCLES}"
-    )
-    payment_plans: list[ReportPlan]
-    alerts: AlertSummary
-    obligations: ReportObligations
-    next_bas_due: date
-    designated_totals: DesignatedTotals
 
 
 def report_of(inputs: ReportInputs, now: datetime) -> Report:

@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.compliance import core_client
-from services.compliance.pack import Report, report_of
-from services.core.internal import ReportInputs
+from services.compliance.pack import report_of
 from shared.authz import guard
+from shared.contracts.compliance import Report
+from shared.contracts.core import ReportInputs
 from shared.metrics import timed_job
 from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented

@@ -3,7 +3,7 @@
 A cursor is unpadded base64url of the canonical JSON `{"before": <seq>, "filters": <digest>}`: the page after it
 holds the rows below that seq, and `filters` is the first 16 hex digits of sha256 of the canonical text of the
 filters it was made for, so a cursor replayed with other filters is refused (400 `invalid_query` naming `cursor`,
-`services.core.cursor.bad_cursor`) rather than paging a listing it was not made for. It needs no MAC: the query is
+`shared.pagination.bad_cursor`) rather than paging a listing it was not made for. It needs no MAC: the query is
 always scoped to the caller's org, and a forged seq only moves where the caller's own listing starts.
 """
 
@@ -15,9 +15,9 @@ import hashlib
 
 import orjson
 
-from services.core.cursor import bad_cursor
 from shared.audit import MAX_SEQ
 from shared.canonical import canonical_json
+from shared.pagination import bad_cursor
 
 __all__ = ["decode_seq_cursor", "encode_seq_cursor"]
 

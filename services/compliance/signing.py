@@ -14,8 +14,9 @@ A verifier in a few lines of Python, with `cryptography` only:
     assert digest.hex() == sha256
     Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"])).verify(base64.b64decode(signature), digest)
 
-An export (`GET /compliance/evidence/{id}`, the file `apgms evidence verify` reads) is `Export`: the fields above
-plus the pack's id, org, creation time, author and tag, with the payload in standard base64. Only the payload is
+An export (`GET /compliance/evidence/{id}`, the file `apgms evidence verify` reads) is
+`shared.contracts.compliance.Export`: the fields above plus the pack's id, org, creation time, author and tag, with
+the payload in standard base64. Only the payload is
 signed; a row or envelope shows those fields beside it, so a verifier checks each against the payload's own
 (`pack_fields`, `verify(expect=...)`): a payload moved onto another pack's row, or a tag, author or time edited in
 the row or the file after signing, fails the `payload` check naming the field.
@@ -36,17 +37,13 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from pydantic import BaseModel, ConfigDict
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "EXPORT_FORMAT",
     "JWK_ALGORITHM",
     "PACK_FORMAT",
-    "SIGNATURE_ALGORITHM",
     "Check",
     "Expected",
-    "Export",
     "InvalidKey",
     "Signed",
     "Verification",
@@ -62,8 +59,6 @@ __all__ = [
 
 PACK_FORMAT = "apgms.evidence-pack/1"
 CHECKPOINT_FORMAT = "apgms.audit-checkpoint/1"
-EXPORT_FORMAT = "apgms.evidence-export/1"
-SIGNATURE_ALGORITHM = "Ed25519"
 JWK_ALGORITHM = "EdDSA"
 ED25519_PUBLIC_KEY_BYTES = 32
 
@@ -173,28 +168,6 @@ def pack_fields(pack: PackFields) -> dict[str, Expected]:
         "created_by": pack.created_by,
         "tag": pack.tag,
     }
-
-
-class Export(BaseModel):
-    """A signed pack as it leaves the service: everything needed to verify it offline."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    format: str = EXPORT_FORMAT
-    id: uuid.UUID
-    org_id: uuid.UUID
-    created_at: datetime
-    created_by: str
-    tag: str | None
-    sha256: str
-    signature: str
-    key_id: str
-    algorithm: str = SIGNATURE_ALGORITHM
-    payload_base64: str
-
-    def payload(self) -> bytes:
-        """The payload bytes; `binascii.Error` when payload_base64 is not base64."""
-        return base64.b64decode(self.payload_base64, validate=True)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import asyncio
 import uuid
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -42,12 +42,19 @@ from services.compliance.config import ComplianceSettings
 from services.compliance.deps import compliance_deps
 from services.compliance.store import samples
 from services.compliance.store.snapshots import SnapshotRow, insert_snapshot, page_snapshots
-from services.compliance.traffic import Reading, Sampled, ServiceReading, Traffic, parse_reading, summarise
-from services.core.accounts import DesignatedTotals
-from services.core.internal import OpenAlertCounts, ReportInputs
+from services.compliance.traffic import Reading, Sampled, ServiceReading, parse_reading, summarise
 from shared import audit
 from shared.app import Runtime
 from shared.authz import guard
+from shared.contracts.compliance import (
+    SnapshotAlerts,
+    SnapshotBas,
+    SnapshotBody,
+    SnapshotPage,
+    SnapshotView,
+    Traffic,
+)
+from shared.contracts.core import ReportInputs
 from shared.db import Database
 from shared.idempotency import idempotent
 from shared.log import get_logger
@@ -69,11 +76,6 @@ __all__ = [
     "MetricsReader",
     "NewSnapshot",
     "Scrape",
-    "SnapshotAlerts",
-    "SnapshotBas",
-    "SnapshotBody",
-    "SnapshotPage",
-    "SnapshotView",
     "create_snapshot",
     "list_snapshots",
     "run_sampler",
@@ -81,6 +83,7 @@ __all__ = [
     "schedule_sampling",
     "snapshot_body",
     "snapshot_page",
+    "snapshot_view",
 ]
 
 SNAPSHOT_JOB = "snapshot"
@@ -233,44 +236,10 @@ class NewSnapshot(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SnapshotAlerts(BaseModel):
-    open_total: int
-    open_by_severity: OpenAlertCounts
-    open_high: int
-
-
-class SnapshotBas(BaseModel):
-    """The current BAS period as core sees it now."""
-
-    cycle_id: uuid.UUID
-    period: str
-    status: str
-    blockers: list[str]
-    total_shortfall: str
-    next_bas_due: date
-
-
-class SnapshotBody(BaseModel):
-    alerts: SnapshotAlerts
-    designated_totals: DesignatedTotals
-    bas: SnapshotBas
-    traffic: Traffic
-
-
-class SnapshotView(BaseModel):
-    id: uuid.UUID
-    taken_at: datetime
-    taken_by: str
-    body: SnapshotBody
-
-    @classmethod
-    def of(cls, row: SnapshotRow) -> SnapshotView:
-        return cls(id=row.id, taken_at=row.taken_at, taken_by=row.taken_by, body=SnapshotBody.model_validate(row.body))
-
-
-class SnapshotPage(BaseModel):
-    items: list[SnapshotView]
-    next_cursor: str | None
+def snapshot_view(row: SnapshotRow) -> SnapshotView:
+    return SnapshotView(
+        id=row.id, taken_at=row.taken_at, taken_by=row.taken_by, body=SnapshotBody.model_validate(row.body)
+    )
 
 
 def snapshot_body(inputs: ReportInputs, traffic: Traffic) -> SnapshotBody:
@@ -373,4 +342,4 @@ async def snapshot_page(request: Request, org_id: uuid.UUID, query: PageQuery) -
     async with request.app.state.runtime.db.pool.acquire() as conn:
         rows = await page_snapshots(conn, org_id, after, query.limit + 1)
     page, next_cursor = page_of(rows, query.limit, lambda snapshot: encode_cursor(snapshot.taken_at, snapshot.id))
-    return SnapshotPage(items=[SnapshotView.of(row) for row in page], next_cursor=next_cursor)
+    return SnapshotPage(items=[snapshot_view(row) for row in page], next_cursor=next_cursor)

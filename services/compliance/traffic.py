@@ -24,11 +24,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Literal
 
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel
 
+from shared.contracts.compliance import ServiceStatus, ServiceTraffic, Traffic, TrafficTotal
 from shared.metrics import PROBE_ROUTES, REQUESTS
 
 __all__ = [
@@ -38,10 +37,6 @@ __all__ = [
     "Reading",
     "Sampled",
     "ServiceReading",
-    "ServiceStatus",
-    "ServiceTraffic",
-    "Traffic",
-    "TrafficTotal",
     "error_ratio",
     "increase",
     "parse_reading",
@@ -57,8 +52,6 @@ _RATE_QUANTUM = Decimal(1).scaleb(-RATE_PLACES)
 _RATIO_QUANTUM = Decimal(1).scaleb(-RATIO_PLACES)
 _MICROSECONDS = timedelta(microseconds=1)
 _SERIES_PREFIXES = (f"{REQUESTS_SERIES}{{", f"{REQUESTS_SERIES} ")
-
-ServiceStatus = Literal["ok", "unreachable", "no_baseline"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,38 +135,6 @@ def error_ratio(used: Reading) -> str:
     if used.requests == 0:
         return str(Decimal(0).quantize(_RATIO_QUANTUM))
     return str((Decimal(used.errors_5xx) / Decimal(used.requests)).quantize(_RATIO_QUANTUM, ROUND_HALF_EVEN))
-
-
-class ServiceTraffic(BaseModel):
-    """One service over its own window (now against its baseline sample). `ok`: every figure is set;
-    `unreachable`: its /metrics could not be read now; `no_baseline`: read now, but there is no earlier sample to
-    compare with yet. The figures are null unless `ok`."""
-
-    service: str
-    status: ServiceStatus
-    window_seconds: int | None
-    requests: int | None
-    errors_5xx: int | None
-    requests_per_second: str | None
-    error_ratio_5xx: str | None
-
-
-class TrafficTotal(BaseModel):
-    """The sum over the `ok` services: requests per second is the sum of their rates."""
-
-    services_ok: int
-    requests: int
-    errors_5xx: int
-    requests_per_second: str
-    error_ratio_5xx: str
-
-
-class Traffic(BaseModel):
-    """`window_seconds`: the longest window of an `ok` service (each service's own is in its entry), else 0."""
-
-    window_seconds: int
-    services: list[ServiceTraffic]
-    total: TrafficTotal
 
 
 def _without_figures(service: str, status: ServiceStatus) -> ServiceTraffic:

@@ -39,7 +39,7 @@ from typing import Annotated, Any
 
 import asyncpg
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -60,12 +60,12 @@ from services.core.designated import (
     tax_of,
 )
 from services.core.evaluation import reevaluate, shortfall_threshold
-from services.core.models import view_of
 from services.core.store import accounts as store
 from services.core.store.alerts import DESIGNATED_WITHDRAWAL_ATTEMPT, raise_alert
 from services.core.store.orgs import hold_org
 from shared import audit
 from shared.authz import guard
+from shared.contracts.core import DesignatedTotals, Total
 from shared.errors import ApiError, problem_response
 from shared.idempotency import idempotent
 from shared.money import Money, format_money, format_total
@@ -75,6 +75,7 @@ from shared.pii import KeyDestroyed, PiiCipher
 from shared.roles import Role
 from shared.tokens import Principal
 from shared.validation import MAX_JSON_BODY_BYTES, parse_body, path_uuid, read_body
+from shared.views import view_of
 
 __all__ = [
     "READERS",
@@ -93,9 +94,6 @@ SOURCE_EDITORS: tuple[Role, ...] = ("admin",)
 REFUSED = "designated_withdrawal_refused"
 # What a source's tag is made for (shared.pii: a tag differs per purpose).
 SOURCE_TAG_PURPOSE = "designated_source"
-
-# A sum of transfers may pass twelve integer digits: written with format_total, never refused.
-Total = Annotated[Decimal, PlainSerializer(format_total, return_type=str)]
 
 
 class Strict(BaseModel):
@@ -143,11 +141,6 @@ class DesignatedAccount(BaseModel):
     tax: Tax
     balance: Total
     transfers: list[TransferView] = Field(description="The newest transfers, newest first")
-
-
-class DesignatedTotals(BaseModel):
-    paygw: Total
-    gst: Total
 
 
 class DesignatedAccounts(BaseModel):

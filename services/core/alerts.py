@@ -15,75 +15,47 @@ the audit chain outlives the org's deletion, when everything the note could iden
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.core.cursor import InvalidCursor, bad_cursor, decode_alert_cursor, encode_alert_cursor
+from services.core.cursor import InvalidCursor, decode_alert_cursor, encode_alert_cursor
 from services.core.deps import core_deps
-from services.core.models import non_blank, view_of
+from services.core.models import non_blank
 from services.core.store import alerts as store
 from services.core.store.orgs import hold_org
 from shared import audit
 from shared.authz import guard
 from shared.canonical import canonical_json
+from shared.contracts.core import AlertPage, AlertQuery, AlertView
 from shared.errors import ApiError
 from shared.idempotency import idempotent
 from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
-from shared.pagination import PageQuery
+from shared.pagination import bad_cursor
 from shared.roles import ROLES, Role
 from shared.tokens import Principal
 from shared.validation import parse_body, parse_query, path_uuid
+from shared.views import view_of
 
-__all__ = ["NOTE_MAX_CHARS", "READERS", "RESOLVERS", "list_alerts", "resolve_alert"]
+__all__ = ["NOTE_MAX_CHARS", "READERS", "RESOLVERS", "alert_filters", "alert_view", "list_alerts", "resolve_alert"]
 
 READERS: tuple[Role, ...] = ROLES
 RESOLVERS: tuple[Role, ...] = ("admin", "finance")
 NOTE_MAX_CHARS = 1000
 
 
-class AlertQuery(PageQuery):
-    """`GET /alerts?status=&severity=&cursor=&limit=`; unknown parameters are refused."""
-
-    status: Literal["open", "resolved"] | None = None
-    severity: store.Severity | None = None
-
-    def filters(self) -> store.AlertFilters:
-        resolved = None if self.status is None else self.status == "resolved"
-        return store.AlertFilters(resolved=resolved, severity=self.severity)
-
-    def filter_detail(self) -> dict[str, str]:
-        """The filters as given: what a cursor is bound to (canonically) and the audit record names."""
-        named = {"status": self.status, "severity": self.severity}
-        return {name: value for name, value in named.items() if value is not None}
+def alert_filters(query: AlertQuery) -> store.AlertFilters:
+    """The store's filters for the listing's query."""
+    resolved = None if query.status is None else query.status == "resolved"
+    return store.AlertFilters(resolved=resolved, severity=query.severity)
 
 
-class AlertView(BaseModel):
-    id: uuid.UUID
-    type: str
-    severity: store.Severity
-    message: str
-    detail: dict[str, Any]
-    status: Literal["open", "resolved"]
-    created_at: datetime
-    created_by: str
-    resolved_at: datetime | None
-    resolved_by: str | None
-    resolution_note: str | None
-
-    @classmethod
-    def of(cls, alert: store.Alert) -> AlertView:
-        # The table's CHECK holds severity to Severity.
-        return view_of(cls, alert, status="open" if alert.resolved_at is None else "resolved")
-
-
-class AlertPage(BaseModel):
-    items: list[AlertView]
-    next_cursor: str | None
+def alert_view(alert: store.Alert) -> AlertView:
+    # The table's CHECK holds severity to Severity.
+    return view_of(AlertView, alert, status="open" if alert.resolved_at is None else "resolved")
 
 
 Note = Annotated[str, non_blank(NOTE_MAX_CHARS)]
@@ -110,7 +82,7 @@ async def list_alerts(request: Request, principal: Principal) -> Response:
             after = decode_alert_cursor(key, org_id, bound_to, query.cursor) if query.cursor is not None else None
         except InvalidCursor:
             raise bad_cursor() from None
-        rows = await store.page_alerts(conn, org_id, query.filters(), after, query.limit + 1)
+        rows = await store.page_alerts(conn, org_id, alert_filters(query), after, query.limit + 1)
         page, more = rows[: query.limit], len(rows) > query.limit
         await audit.append(
             conn,
@@ -122,7 +94,7 @@ async def list_alerts(request: Request, principal: Principal) -> Response:
         )
     last = page[-1] if more else None
     body = AlertPage(
-        items=[AlertView.of(alert) for alert in page],
+        items=[alert_view(alert) for alert in page],
         next_cursor=encode_alert_cursor(key, org_id, bound_to, store.AlertKey(last.created_at, last.id))
         if last
         else None,
@@ -165,6 +137,6 @@ async def resolve_alert(request: Request, principal: Principal) -> Response:
                     "note_chars": len(body.note),
                 },
             )
-            return Response(AlertView.of(alert).model_dump_json(), media_type=JSON_MEDIA_TYPE)
+            return Response(alert_view(alert).model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
         return await idempotent(request, conn, resolve, org_id=org_id, actor=actor, body=body)

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.core import store
-from services.core.cursor import InvalidCursor, bad_cursor, decode_cursor, encode_cursor
+from services.core.cursor import InvalidCursor, decode_cursor, encode_cursor
 from services.core.deps import core_deps
 from services.core.evaluation import reevaluate, shortfall_threshold
 from services.core.models import BankLine, BankLinePage, BankLineQuery, FilterText, NewBankLine
@@ -39,6 +39,7 @@ from shared.idempotency import idempotent
 from shared.money import format_money
 from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
+from shared.pagination import bad_cursor
 from shared.pii import KeyDestroyed, PiiCipher, sealed_key_id
 from shared.roles import Role
 from shared.tokens import Principal

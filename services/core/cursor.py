@@ -33,7 +33,6 @@ from datetime import UTC, date, datetime, timedelta
 
 from services.core.store import LineKey
 from services.core.store.alerts import AlertKey
-from shared.errors import ApiError, FieldError
 
 __all__ = [
     "ALERT_CURSOR_CHARS",
@@ -41,7 +40,6 @@ __all__ = [
     "CURSOR_KEY_BYTES",
     "CURSOR_VERSION",
     "InvalidCursor",
-    "bad_cursor",
     "decode_alert_cursor",
     "decode_cursor",
     "encode_alert_cursor",
@@ -59,15 +57,6 @@ MICROSECOND = timedelta(microseconds=1)
 
 class InvalidCursor(ValueError):
     """Not a cursor this API made for this org and these filters; deliberately says no more."""
-
-
-def bad_cursor() -> ApiError:
-    """The answer to an `InvalidCursor`, on every listing alike: 400 `invalid_query` naming `cursor`."""
-    return ApiError(
-        "invalid_query",
-        "The cursor is not one this API gave for these filters",
-        errors=[FieldError("cursor", "not a cursor from this API for these filters")],
-    )
 
 
 @dataclass(frozen=True)

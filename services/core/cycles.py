@@ -38,7 +38,7 @@ from services.core import bas
 from services.core.deps import core_deps
 from services.core.evaluation import compute, current_cycle, cycle_to_lodge_next
 from services.core.lodgement import LODGE_TIMEOUT_S, LodgementRequest
-from services.core.models import IsoDate, parse_iso_date
+from services.core.models import IsoDate
 from services.core.obligations import (
     LedgerCycle,
     Obligations,
@@ -55,6 +55,7 @@ from services.core.store.cycles import CycleRow
 from services.core.store.orgs import hold_org
 from shared import audit
 from shared.authz import guard
+from shared.contracts.core import TaxView, parse_iso_date
 from shared.errors import ApiError
 from shared.idempotency import idempotent
 from shared.money import format_total
@@ -71,11 +72,11 @@ __all__ = [
     "CurrentCycle",
     "CycleView",
     "LodgeRequest",
-    "TaxView",
     "current_obligations",
     "lodge",
     "preview",
     "read_current_cycle",
+    "tax_view",
 ]
 
 PREVIEWERS: tuple[Role, ...] = ("admin", "finance")
@@ -83,20 +84,13 @@ LODGERS: tuple[Role, ...] = ("admin", "finance")
 LODGED = "LODGED"
 
 
-class TaxView(BaseModel):
-    required: str
-    secured: str
-    shortfall: str
-    status: str
-
-    @classmethod
-    def of(cls, tax: TaxObligation) -> TaxView:
-        return cls(
-            required=format_total(tax.required),
-            secured=format_total(tax.secured),
-            shortfall=format_total(tax.shortfall),
-            status=tax.status,
-        )
+def tax_view(tax: TaxObligation) -> TaxView:
+    return TaxView(
+        required=format_total(tax.required),
+        secured=format_total(tax.secured),
+        shortfall=format_total(tax.shortfall),
+        status=tax.status,
+    )
 
 
 class CycleView(BaseModel):
@@ -236,8 +230,8 @@ async def current_obligations(request: Request, principal: Principal) -> Respons
     current = await _read_current(request, principal, "org.obligations.read")
     body = CurrentObligations(
         cycle=current.view,
-        paygw=TaxView.of(current.obligations.paygw),
-        gst=TaxView.of(current.obligations.gst),
+        paygw=tax_view(current.obligations.paygw),
+        gst=tax_view(current.obligations.gst),
         next_bas_due=bas.next_bas_due(bas.business_date(datetime.now(UTC))),
     )
     return Response(body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
@@ -248,8 +242,8 @@ def _preview(
 ) -> BasPreview:
     return BasPreview(
         cycle=current.view,
-        paygw=TaxView.of(current.obligations.paygw),
-        gst=TaxView.of(current.obligations.gst),
+        paygw=tax_view(current.obligations.paygw),
+        gst=tax_view(current.obligations.gst),
         total_shortfall=format_total(current.obligations.total_shortfall),
         status=current.status,
         blockers=current.blockers,

@@ -31,9 +31,10 @@ SPEC audits state changes and PII reads, and a caller that shows these figures t
 audits its own call. Core keeps no org table, so an org it has no lines for, or one that does not exist, answers zeros.
 
 A user token or an org API client's is for another audience: 401 `invalid_token`. A service token without
-`core:read` (core's own) is 403 `forbidden`. A malformed org id is 400 `bad_request`, bad dates or `from` after
-`to` 400 `invalid_query`, each naming the field. The answer is JSON, or msgpack for `Accept: application/msgpack`
-(`shared.negotiation`; 406 `not_acceptable` for neither).
+`core:read` (core's own) is 403 `forbidden`. A malformed org id is 400 `bad_request` (`shared.validation.path_org`);
+bad dates or `from` after `to` are 400 `invalid_query`, each naming the field.
+The answer is JSON, or msgpack for `Accept: application/msgpack` (`shared.negotiation`; 406 `not_acceptable` for
+neither). The bodies are the contract's (`shared.contracts.core`): compliance and the regulator read them from there.
 """
 
 from __future__ import annotations
@@ -49,43 +50,47 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.core import bas, store
-from services.core.accounts import DesignatedTotals
-from services.core.alerts import AlertPage, AlertQuery, AlertView
-from services.core.cursor import InvalidCursor, bad_cursor, decode_alert_cursor, encode_alert_cursor
-from services.core.cycles import LODGED, CurrentCycle, TaxView, read_current_cycle
+from services.core.alerts import alert_filters, alert_view
+from services.core.cursor import InvalidCursor, decode_alert_cursor, encode_alert_cursor
+from services.core.cycles import LODGED, CurrentCycle, read_current_cycle, tax_view
 from services.core.deps import core_deps
-from services.core.models import LineDate
 from services.core.obligations import TaxAmounts
 from services.core.store import alerts as alert_store
 from services.core.store import cycles as cycle_store
 from services.core.store import plans as plan_store
 from shared.authz import guard
 from shared.canonical import canonical_json
-from shared.errors import ApiError, FieldError
+from shared.contracts.core import (
+    REPORT_CYCLES,
+    REPORT_OPEN_HIGH,
+    REPORT_PLANS,
+    AlertPage,
+    AlertQuery,
+    AlertSummary,
+    AlertView,
+    BankLineSummary,
+    DesignatedTotals,
+    LineDate,
+    MonthSummary,
+    OpenAlertCounts,
+    ReportCycle,
+    ReportInputs,
+    ReportObligations,
+    ReportPlan,
+)
 from shared.money import format_money, format_total
 from shared.negotiation import encoded_response, response_media_type
 from shared.openapi import documented
+from shared.pagination import bad_cursor
 from shared.tokens import SERVICE_AUDIENCE, Principal
-from shared.validation import parse_query
+from shared.validation import parse_query, path_org
 
 __all__ = [
     "CORE_READ_SCOPE",
-    "REPORT_CYCLES",
-    "REPORT_OPEN_HIGH",
-    "REPORT_PLANS",
-    "AlertSummary",
-    "BankLineSummary",
-    "MonthSummary",
-    "OpenAlertCounts",
-    "ReportCycle",
-    "ReportInputs",
-    "ReportObligations",
-    "ReportPlan",
     "SummaryQuery",
     "bank_line_summary",
     "month_spans",
     "org_alerts",
-    "path_org",
     "period_label",
     "report_cycles",
     "report_inputs",
@@ -94,10 +99,6 @@ __all__ = [
 
 CORE_READ_SCOPE = "core:read"
 ZERO = Decimal("0.00")
-# How much history the report inputs carry: two years of quarters, and lists a report shows in full.
-REPORT_CYCLES = 8
-REPORT_PLANS = 20
-REPORT_OPEN_HIGH = 20
 QUARTER_MONTHS = ("Jan-Mar", "Apr-Jun", "Jul-Sep", "Oct-Dec")
 MONTHS_PER_QUARTER = 3
 
@@ -116,41 +117,6 @@ class SummaryQuery(BaseModel):
         if start is not None and end < start:
             raise ValueError("'to' must be on or after 'from'")
         return end
-
-
-class Totals(BaseModel):
-    model_config = ConfigDict(frozen=True, serialize_by_alias=True, populate_by_name=True)
-
-    start: date = Field(validation_alias="from", serialization_alias="from")
-    end: date = Field(validation_alias="to", serialization_alias="to")
-    count: int
-    amount: str
-    gst_amount: str
-    paygw_amount: str
-
-
-class MonthSummary(Totals):
-    """One calendar month of the range (`YYYY-MM`), clipped to the range's dates."""
-
-    month: str
-
-
-class BankLineSummary(Totals):
-    """The whole range; `months` only for `group=month`, else null."""
-
-    org_id: str
-    months: list[MonthSummary] | None
-
-
-def path_org(text: str) -> uuid.UUID:
-    """The org id of the path in its canonical form; 400 `bad_request` naming `org_id` for anything else."""
-    try:
-        org_id = uuid.UUID(text)
-    except ValueError:
-        org_id = None
-    if org_id is None or str(org_id) != text.lower():
-        raise ApiError("bad_request", "The org id is not a UUID", errors=[FieldError("org_id", "not a UUID")])
-    return org_id
 
 
 def month_spans(start: date, end: date) -> Iterator[tuple[date, date, date]]:
@@ -214,7 +180,7 @@ def summarise(
 )
 @guard(audience=SERVICE_AUDIENCE, scopes=(CORE_READ_SCOPE,))
 async def bank_line_summary(request: Request, principal: Principal) -> Response:
-    org_id = path_org(request.path_params["org_id"])
+    org_id = path_org(request)
     query = parse_query(request.query_params, SummaryQuery)
     media_type = response_media_type(request)
     async with request.app.state.runtime.db.pool.acquire() as conn:
@@ -231,7 +197,7 @@ WITHHELD_ALERT_DETAIL = ("source",)
 def shared_alert_view(alert: alert_store.Alert) -> AlertView:
     """The alert as compliance and the regulator see it: no resolution note, no WITHHELD_ALERT_DETAIL keys."""
     detail = {key: value for key, value in alert.detail.items() if key not in WITHHELD_ALERT_DETAIL}
-    return AlertView.of(alert).model_copy(update={"resolution_note": None, "detail": detail})
+    return alert_view(alert).model_copy(update={"resolution_note": None, "detail": detail})
 
 
 @documented(
@@ -241,7 +207,7 @@ def shared_alert_view(alert: alert_store.Alert) -> AlertView:
 )
 @guard(audience=SERVICE_AUDIENCE, scopes=(CORE_READ_SCOPE,))
 async def org_alerts(request: Request, principal: Principal) -> Response:
-    org_id = path_org(request.path_params["org_id"])
+    org_id = path_org(request)
     query = parse_query(request.query_params, AlertQuery)
     media_type = response_media_type(request)
     bound_to = canonical_json(query.filter_detail())
@@ -251,7 +217,7 @@ async def org_alerts(request: Request, principal: Principal) -> Response:
             after = decode_alert_cursor(key, org_id, bound_to, query.cursor) if query.cursor is not None else None
         except InvalidCursor:
             raise bad_cursor() from None
-        rows = await alert_store.page_alerts(conn, org_id, query.filters(), after, query.limit + 1)
+        rows = await alert_store.page_alerts(conn, org_id, alert_filters(query), after, query.limit + 1)
     page, more = rows[: query.limit], len(rows) > query.limit
     last = page[-1] if more else None
     body = AlertPage(
@@ -268,71 +234,6 @@ def period_label(period_start: date) -> str:
     reads the same to someone counting financial years (where Jul-Sep is Q1)."""
     quarter = (period_start.month - 1) // MONTHS_PER_QUARTER
     return f"{period_start.year}-Q{quarter + 1} ({QUARTER_MONTHS[quarter]})"
-
-
-class ReportCycle(BaseModel):
-    id: uuid.UUID
-    period: str
-    period_start: date
-    period_end: date
-    due_date: date
-    status: str  # the current cycle's live READY/BLOCKED or LODGED; an earlier one's as its row recorded it
-    current: bool
-    lodged_at: datetime | None
-    lodged_on_time: bool | None  # lodged on or before its due date (in Australia); None while not lodged
-    lodgement_reference: str | None
-
-
-class ReportPlan(BaseModel):
-    """A payment plan without its free text (reason, notes, decision note: written by people for the org)."""
-
-    id: uuid.UUID
-    cycle_id: uuid.UUID
-    status: str
-    weekly_amount: str
-    start_date: date
-    requested_at: datetime
-    decided_at: datetime | None
-
-
-class OpenAlertCounts(BaseModel):
-    """The org's open alerts of each severity (core's severities: alert_store.SEVERITIES)."""
-
-    HIGH: int
-    MEDIUM: int
-    LOW: int
-
-
-class AlertSummary(BaseModel):
-    open_high_count: int
-    open_total: int
-    open_by_severity: OpenAlertCounts
-    open_high: list[AlertView] = Field(description=f"The newest {REPORT_OPEN_HIGH} open HIGH alerts")
-    resolved_this_quarter: int
-    quarter_start: date
-
-
-class ReportObligations(BaseModel):
-    cycle_id: uuid.UUID
-    period: str
-    paygw: TaxView
-    gst: TaxView
-    total_shortfall: str
-    status: str
-    blockers: list[str]
-    next_bas_due: date
-
-
-class ReportInputs(BaseModel):
-    org_id: str
-    generated_at: datetime
-    cycles: list[ReportCycle] = Field(
-        description=f"The current cycle and earlier ones, newest first, at most {REPORT_CYCLES}"
-    )
-    payment_plans: list[ReportPlan] = Field(description=f"The newest {REPORT_PLANS}, newest first")
-    alerts: AlertSummary
-    obligations: ReportObligations
-    designated_totals: DesignatedTotals
 
 
 def _lodged_on_time(lodged_at: datetime | None, due_date: date) -> bool | None:
@@ -403,7 +304,7 @@ def _quarter_began(current: CurrentCycle) -> datetime:
 )
 @guard(audience=SERVICE_AUDIENCE, scopes=(CORE_READ_SCOPE,))
 async def report_inputs(request: Request, principal: Principal) -> Response:
-    org_id = path_org(request.path_params["org_id"])
+    org_id = path_org(request)
     media_type = response_media_type(request)
     now = datetime.now(UTC)
     async with (
@@ -436,8 +337,8 @@ async def report_inputs(request: Request, principal: Principal) -> Response:
         obligations=ReportObligations(
             cycle_id=current.view.id,
             period=period_label(current.cycle.period_start),
-            paygw=TaxView.of(figures.paygw),
-            gst=TaxView.of(figures.gst),
+            paygw=tax_view(figures.paygw),
+            gst=tax_view(figures.gst),
             total_shortfall=format_total(figures.total_shortfall),
             status=current.status,
             blockers=current.blockers,

@@ -1,15 +1,14 @@
 """Request and response bodies of the bank-lines API, and the field rules a line obeys however it arrives (the
 single-line POST here, the bulk import in services/core/imports.py): import them, never restate them.
 
-    LineDate        "YYYY-MM-DD" only, a real day, 1900-01-01 .. Dec 31 of next year (UTC)
+    LineDate        "YYYY-MM-DD" only, a real day, 1900-01-01 .. Dec 31 of next year (UTC): shared.contracts.core,
+                    since other services send such dates to core's internal routes
     Payee           1..PAYEE_MAX_CHARS characters, not all whitespace
 The building blocks of those rules serve core's other bodies too (payment plans, alerts), so that a date or a text
 field means the same everywhere:
 
-    parse_iso_date(value)   the day a "YYYY-MM-DD" string spells (TypeError / ValueError saying which rule broke)
     IsoDate                 a date written "YYYY-MM-DD" in a response
     non_blank(max_chars)    the constraint of a text of 1..max_chars characters, not all whitespace
-    view_of(Model, row)     a response model filled from a stored row's fields of the same names
     Description     0..DESCRIPTION_MAX_CHARS characters
     component_errors(amount, gst_amount, paygw_amount)    the components' rules, as field errors (pure)
 
@@ -21,106 +20,51 @@ owed to the ATO, so it is never negative, and at most the size of the line it wa
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PlainSerializer,
-    PlainValidator,
     StringConstraints,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from services.core.store import PageFilters, SealedLine
 from shared.canonical import canonical_json
+from shared.contracts.core import LineDate
 from shared.money import Money, format_money
 from shared.pagination import PageQuery
+from shared.views import view_of
 
 __all__ = [
     "DESCRIPTION_MAX_CHARS",
-    "EARLIEST_LINE_DATE",
     "PAYEE_MAX_CHARS",
     "BankLine",
     "BankLinePage",
     "BankLineQuery",
     "Description",
     "IsoDate",
-    "LineDate",
     "NewBankLine",
     "Payee",
     "component_errors",
-    "latest_line_date",
     "non_blank",
-    "parse_iso_date",
-    "parse_line_date",
-    "view_of",
 ]
 
 # A payee is a name as a bank feed shows it (rarely past 100 characters); a description a memo line. Past these a
 # value is not a bank line's, and a 10 KB payee is refused before anything is encrypted or stored.
 PAYEE_MAX_CHARS = 200
 DESCRIPTION_MAX_CHARS = 500
-EARLIEST_LINE_DATE = date(1900, 1, 1)
 ZERO = Decimal("0.00")
-_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
-View = TypeVar("View", bound=BaseModel)
 
 
-def latest_line_date(today: date) -> date:
-    """The last date a line may carry: Dec 31 of the year after `today` (scheduled payments, not typos)."""
-    return date(today.year + 1, 12, 31)
-
-
-def parse_iso_date(value: object) -> date:
-    """The day `value` spells as `YYYY-MM-DD` (nothing else `date.fromisoformat` takes); `ValueError` (a
-    `TypeError` for a value that is not a string) saying which rule it broke."""
-    if not isinstance(value, str):
-        raise TypeError("a date must be a string like 2025-07-01")
-    if _ISO_DATE.fullmatch(value) is None:
-        raise ValueError("a date must be written YYYY-MM-DD")
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ValueError("not a day of the calendar") from None
-
-
-def parse_line_date(value: object, today: date) -> date:
-    """The date `value` spells as `YYYY-MM-DD` (`parse_iso_date`), within EARLIEST_LINE_DATE..
-    latest_line_date(today); `ValueError` (a `TypeError` for a value that is not a string) saying which rule it
-    broke."""
-    day = parse_iso_date(value)
-    if day < EARLIEST_LINE_DATE:
-        raise ValueError(f"a date must be on or after {EARLIEST_LINE_DATE.isoformat()}")
-    if day > (latest := latest_line_date(today)):
-        raise ValueError(f"a date must be on or before {latest.isoformat()}")
-    return day
-
-
-def _validate_line_date(value: Any) -> date:
-    try:
-        return parse_line_date(value, datetime.now(UTC).date())
-    except TypeError as exc:
-        raise PydanticCustomError("date_type", str(exc)) from None
-    except ValueError as exc:
-        raise PydanticCustomError("date", str(exc)) from None
-
-
-LineDate = Annotated[
-    date,
-    PlainValidator(_validate_line_date),
-    PlainSerializer(date.isoformat, return_type=str),
-    WithJsonSchema({"type": "string", "format": "date", "examples": ["2025-07-01"]}),
-]
 IsoDate = Annotated[date, PlainSerializer(date.isoformat, return_type=str)]
 
 
@@ -146,15 +90,6 @@ def component_errors(amount: Decimal, gst_amount: Decimal, paygw_amount: Decimal
     elif paygw_amount > abs(amount):
         errors.append(("paygw_amount", "PAYG withheld cannot be larger than the amount"))
     return errors
-
-
-def view_of(model: type[View], row: object, **values: Any) -> View:
-    """`model` with each field taken from `values` or else from `row`'s attribute of the same name (a frozen row
-    from the store). Not validated: stored values are valid by construction, and Money validates strings only."""
-    fields: dict[str, Any] = {
-        name: values[name] if name in values else getattr(row, name) for name in model.model_fields
-    }
-    return model.model_construct(**fields)
 
 
 class Strict(BaseModel):

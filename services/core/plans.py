@@ -44,13 +44,14 @@ from starlette.responses import Response
 
 from services.core import bas, plan_rules
 from services.core.evaluation import current_cycle, cycle_to_lodge_next
-from services.core.models import IsoDate, non_blank, parse_iso_date, view_of
+from services.core.models import IsoDate, non_blank
 from services.core.obligations import LedgerCycle, allocate
 from services.core.store import cycles
 from services.core.store import plans as store
 from services.core.store.orgs import hold_org
 from shared import audit
 from shared.authz import guard
+from shared.contracts.core import parse_iso_date
 from shared.errors import ApiError
 from shared.idempotency import idempotent
 from shared.money import Money, format_money
@@ -60,6 +61,7 @@ from shared.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, QueryInt
 from shared.roles import Role
 from shared.tokens import Principal
 from shared.validation import parse_body, parse_query, path_uuid
+from shared.views import view_of
 
 __all__ = ["DECIDERS", "REQUESTERS", "approve_plan", "create_plan", "list_plans", "reject_plan"]
 

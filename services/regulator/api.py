@@ -20,15 +20,11 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.compliance.evidence import VerifiedPackPage
-from services.compliance.internal import PackItem
-from services.compliance.pack import Report
-from services.compliance.snapshots import SnapshotPage
-from services.core.alerts import AlertPage, AlertQuery
-from services.core.internal import BankLineSummary
 from services.regulator import reads
 from services.regulator.models import RegulatorSession
 from services.regulator.sessions import regulator_guard
+from shared.contracts.compliance import PackItem, Report, SnapshotPage, VerifiedPackPage
+from shared.contracts.core import AlertPage, AlertQuery, BankLineSummary
 from shared.negotiation import JSON_MEDIA_TYPE
 from shared.openapi import documented
 from shared.pagination import PageQuery

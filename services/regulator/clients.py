@@ -1,6 +1,6 @@
 """The regulator's reads of compliance's and core's internal APIs (services/compliance/internal.py,
-services/core/internal.py), typed with their own answer models, for the session's org only (the caller passes
-`session.org_id`; nothing here takes an org from a request).
+services/core/internal.py), typed with the contract's models (`shared.contracts`), for the session's org only (the
+caller passes `session.org_id`; nothing here takes an org from a request).
 
 Every call goes through `shared.upstream.read_model`: the runtime's service client (the regulator's token, with
 `core:read compliance:read`; the caller's request ID goes along), bounded by UPSTREAM_CALL_DEADLINE_S, the token
@@ -19,13 +19,9 @@ from typing import TypeVar
 from pydantic import BaseModel
 from starlette.requests import Request
 
-from services.compliance.evidence import VerifiedPackPage
-from services.compliance.internal import PackItem
-from services.compliance.pack import Report
-from services.compliance.snapshots import SnapshotPage
-from services.core.alerts import AlertPage, AlertQuery
-from services.core.internal import BankLineSummary
 from services.regulator.config import RegulatorSettings
+from shared.contracts.compliance import PackItem, Report, SnapshotPage, VerifiedPackPage
+from shared.contracts.core import AlertPage, AlertQuery, BankLineSummary
 from shared.errors import ApiError, FieldError
 from shared.pagination import PageQuery
 from shared.upstream import read_model

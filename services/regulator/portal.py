@@ -45,11 +45,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import Message
 
-from services.core.alerts import AlertQuery
 from services.regulator import codes, csrf, reads, sessions
 from services.regulator.deps import regulator_deps
 from services.regulator.models import RegulatorSession
 from shared.context import current_request_id
+from shared.contracts.core import AlertQuery
 from shared.errors import ERRORS, ApiError, ErrorBoundaryMiddleware
 from shared.pagination import PageQuery
 from shared.types import ASGIApp, Receive, Scope, Send

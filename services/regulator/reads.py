@@ -29,17 +29,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
-from services.compliance.evidence import VerifiedPackPage
-from services.compliance.internal import PackItem
-from services.compliance.pack import Report
-from services.compliance.snapshots import SnapshotPage
-from services.core.alerts import AlertPage, AlertQuery
-from services.core.internal import BankLineSummary
-from services.core.models import LineDate
 from services.regulator import clients
 from services.regulator.deps import POOL_ACQUIRE_TIMEOUT_S
 from services.regulator.models import RegulatorSession
 from shared import audit
+from shared.contracts.compliance import PackItem, Report, SnapshotPage, VerifiedPackPage
+from shared.contracts.core import AlertPage, AlertQuery, BankLineSummary, LineDate
 from shared.errors import ApiError, FieldError
 from shared.pagination import PageQuery
 

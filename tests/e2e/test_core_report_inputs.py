@@ -22,9 +22,10 @@ from test_core_internal import get, line, service_token
 from services.core import bas
 from services.core.designated import account_id
 from services.core.evaluation import current_cycle
-from services.core.internal import REPORT_CYCLES, period_label
+from services.core.internal import period_label
 from services.core.obligations import ZERO, TaxAmounts, evaluate, totals_by_quarter
 from services.core.store import accounts, cycles, insert_line, plans
+from shared.contracts.core import REPORT_CYCLES
 
 pytestmark = pytest.mark.e2e
 

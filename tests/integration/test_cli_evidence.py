@@ -22,9 +22,10 @@ from typer.testing import CliRunner
 from apgms.cli import app
 from apgms.devservers import free_port
 from apgms.evidence_files import BACKUP_FORMAT
-from services.compliance.signing import EXPORT_FORMAT, PACK_FORMAT, public_jwk, sign
+from services.compliance.signing import PACK_FORMAT, public_jwk, sign
 from shared.canonical import canonical_json
 from shared.config import new_master_key
+from shared.contracts.compliance import EXPORT_FORMAT
 
 pytestmark = pytest.mark.usefixtures("no_project_dotenv")
 

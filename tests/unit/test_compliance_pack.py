@@ -13,7 +13,6 @@ import orjson
 import pytest
 
 from services.compliance.pack import (
-    BAS_HISTORY_CYCLES,
     NewPack,
     PackPayload,
     PackSnapshot,
@@ -24,9 +23,10 @@ from services.compliance.pack import (
     report_of,
 )
 from services.compliance.signing import PACK_FORMAT
-from services.core.internal import ReportInputs
 from shared.audit import GENESIS_HASH, AuditRecord, next_record
 from shared.canonical import canonical_json
+from shared.contracts.compliance import BAS_HISTORY_CYCLES
+from shared.contracts.core import ReportInputs
 from shared.errors import ApiError
 from shared.validation import validate
 

@@ -15,9 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from services.compliance.signing import (
-    EXPORT_FORMAT,
     Check,
-    Export,
     InvalidKey,
     b64url_decode,
     b64url_encode,
@@ -28,6 +26,7 @@ from services.compliance.signing import (
     verify,
 )
 from shared.canonical import canonical_json
+from shared.contracts.compliance import EXPORT_FORMAT, Export
 
 PACK_ID = str(uuid.uuid4())
 ORG_ID = str(uuid.uuid4())

@@ -19,10 +19,9 @@ from services.core.models import (
     FilterText,
     NewBankLine,
     component_errors,
-    latest_line_date,
-    parse_line_date,
 )
 from services.core.store import LineKey, PageFilters, page_query
+from shared.contracts.core import latest_line_date, parse_line_date
 from shared.errors import ApiError
 from shared.validation import validate
 

@@ -9,7 +9,7 @@ import pytest
 
 import shared
 
-MODULES = sorted(info.name for info in pkgutil.iter_modules(shared.__path__))
+MODULES = sorted(info.name.removeprefix("shared.") for info in pkgutil.walk_packages(shared.__path__, "shared."))
 
 
 def test_the_package_has_modules() -> None:
@@ -20,6 +20,6 @@ def test_the_package_has_modules() -> None:
 def test_each_shared_module_declares_what_it_exports(name: str) -> None:
     module = importlib.import_module(f"shared.{name}")
     exported = getattr(module, "__all__", None)
-    assert exported, f"shared/{name}.py has no __all__"
+    assert exported, f"shared.{name} has no __all__"
     assert len(set(exported)) == len(exported)
     assert [n for n in exported if not hasattr(module, n)] == []

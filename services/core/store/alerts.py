@@ -14,10 +14,12 @@ import enum
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 import orjson
+
+from shared.contracts.core import SEVERITIES, Severity
 
 __all__ = [
     "BAS_AMENDMENT_NEEDED",
@@ -37,8 +39,6 @@ __all__ = [
     "resolve_alert",
 ]
 
-Severity = Literal["LOW", "MEDIUM", "HIGH"]
-SEVERITIES: tuple[Severity, ...] = ("LOW", "MEDIUM", "HIGH")
 SUSPICIOUS_TAX_GAP = "SUSPICIOUS_TAX_GAP"
 DESIGNATED_WITHDRAWAL_ATTEMPT = "DESIGNATED_WITHDRAWAL_ATTEMPT"
 BAS_AMENDMENT_NEEDED = "BAS_AMENDMENT_NEEDED"
