@@ -19,7 +19,8 @@ Failures, each an RFC 9457 problem with the request ID:
                               grows past it
     429 rate_limited          the client address already has `max_per_client` requests in flight
     499 (logged, not sent)    the client closed the connection before its declared Content-Length arrived
-    502 upstream_unavailable  connection to the instance failed (idempotent methods were retried elsewhere)
+    502 upstream_unavailable  connection to the instance failed (retried elsewhere first: any method when it never
+                              connected, idempotent ones also when the connection broke before an answer)
     503 service_unavailable   no healthy instance
     503 regulator_busy        the regulator route is at its concurrency limit (Retry-After: 1)
     503 service_unavailable   buffering the body would take the process past `buffer_total_bytes`; the
@@ -385,11 +386,15 @@ class Forwarder:
                     return None
                 # A handshake that never completed is a connection failure (retry, eject), not a slow upstream.
                 UPSTREAM_REQUESTS.inc((route.service, "connect_error"))
-                if connect_timeout or isinstance(exc, aiohttp.ClientConnectorError):
+                # No connection, so not a byte of the request reached the instance: another may take any method
+                # (nginx's proxy_next_upstream `error`, Envoy's connect-failure retry). A replica that crashed
+                # refuses connections until two failures eject it; a POST then must not be a 502.
+                never_sent = connect_timeout or isinstance(exc, aiohttp.ClientConnectorError)
+                if never_sent:
                     instance.record_connect_failure(self.policy)
                 error = "connect timeout" if connect_timeout else type(exc).__name__
                 log.warning("upstream_error", upstream=route.service, instance=instance.label, error=error)
-                if method in IDEMPOTENT_METHODS and (stream is None or not stream.started):
+                if (never_sent or method in IDEMPOTENT_METHODS) and (stream is None or not stream.started):
                     continue
                 await problem_response("upstream_unavailable", f"{route.service} is unreachable")(scope, receive, send)
                 return None
