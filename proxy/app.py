@@ -43,10 +43,10 @@ def upstream_check(upstream: Upstream) -> Check:
     return check
 
 
-def new_session(pool_size: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=pool_size, keepalive_timeout=KEEPALIVE_TIMEOUT_S, ttl_dns_cache=DNS_CACHE_TTL_S
-    )
+def new_session(pool_size: int, *, fresh_connections: bool = False) -> aiohttp.ClientSession:
+    """A pooled client session; with `fresh_connections`, each request opens its own connection and closes it."""
+    keep_alive = {"force_close": True} if fresh_connections else {"keepalive_timeout": KEEPALIVE_TIMEOUT_S}
+    connector = aiohttp.TCPConnector(limit=pool_size, ttl_dns_cache=DNS_CACHE_TTL_S, **keep_alive)
     return aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,
@@ -66,7 +66,12 @@ def create_app(settings: ProxySettings) -> ProxyDispatch:
     async def start(_: Runtime) -> None:
         for service in upstreams:
             sessions[service] = new_session(settings.pool_size)
-        sessions["_health"] = new_session(len(upstreams) * HEALTH_CONNECTIONS_PER_UPSTREAM + HEALTH_SPARE_CONNECTIONS)
+        # Each check on a new connection: behind a Kubernetes Service (one URL, kube-proxy spreading connections
+        # over the ready pods) a kept-alive check would stay on one pod, and that pod draining (/ready 503 for
+        # SHUTDOWN_DELAY_S) would eject the whole service while its other pods are ready. A new connection reaches
+        # only a ready pod, so the check asks "does this URL have a ready instance", which is what routing needs.
+        health_pool = len(upstreams) * HEALTH_CONNECTIONS_PER_UPSTREAM + HEALTH_SPARE_CONNECTIONS
+        sessions["_health"] = new_session(health_pool, fresh_connections=True)
         tasks.append(asyncio.create_task(run_health_checks(sessions["_health"], upstreams, settings.health)))
 
     async def stop(_: Runtime) -> None:
