@@ -20,7 +20,8 @@ URL each (AUTH_URL, CORE_URL, COMPLIANCE_URL, REGULATOR_URL); here each is a `Co
 balancer in this process that does what a Kubernetes Service does through kube-proxy (docs/ops/kubernetes.md):
 each NEW connection goes to the next ready replica, round-robin, and its bytes pass through untouched; readiness
 is a probe of /ready every PROBE_INTERVAL_S, out after PROBE_FAILURES_OUT failures in a row, in after one pass.
-A pooled keep-alive connection stays on the replica it was opened to, as it would in a cluster.
+A pooled keep-alive connection stays on the replica it was opened to, as it would in a cluster. `restart` replaces
+a replica as Kubernetes replaces a Pod: out of its balancer first, a preStop wait, then SIGTERM.
 
 The balancers run their own event loop in a daemon thread (`BackgroundLoop`), so a caller blocking its own loop
 never stalls the connections of the processes behind them; tests/e2e/chaos_support.py's forwarder uses the same
@@ -237,11 +238,17 @@ async def probe_ready(port: int, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
 
 @dataclass
 class Backend:
-    """One replica behind a balancer: its port, its readiness, and how many connections went to it."""
+    """One replica behind a balancer: its port, its readiness, whether it was withdrawn (a Pod being deleted: its
+    endpoint left the Service whatever its probe says), and how many connections went to it."""
 
     port: int
     readiness: Readiness = field(default_factory=Readiness)
+    withdrawn: bool = False
     connections: int = 0
+
+    @property
+    def in_service(self) -> bool:
+        return self.readiness.ready and not self.withdrawn
 
 
 class ConnectionBalancer:
@@ -272,7 +279,23 @@ class ConnectionBalancer:
         return f"http://{HOST}:{self.port}"
 
     def is_ready(self, backend_port: int) -> bool:
-        return any(b.readiness.ready for b in self.backends if b.port == backend_port)
+        return any(b.in_service for b in self.backends if b.port == backend_port)
+
+    def withdraw(self, backend_port: int) -> None:
+        """No new connection goes to this backend from now on (connections already open stay), as when its Pod is
+        deleted; `replace` puts a new one in its place."""
+        self._background.call(lambda: self._set_withdrawn(backend_port, True))
+
+    def replace(self, backend_port: int) -> None:
+        """A new replica on the port of a withdrawn one: out until its first passing probe, as a new Pod."""
+        self._background.call(lambda: self._set_withdrawn(backend_port, False))
+
+    async def _set_withdrawn(self, backend_port: int, withdrawn: bool) -> None:
+        for backend in self.backends:
+            if backend.port == backend_port:
+                backend.withdrawn = withdrawn
+                if not withdrawn:
+                    backend.readiness = Readiness()  # a new Pod: out until its first passing probe
 
     def close(self) -> None:
         self._background.call(self._close)
@@ -300,7 +323,7 @@ class ConnectionBalancer:
             await self._probe_once()
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        index = next_backend([b.readiness.ready for b in self.backends], self._turn)
+        index = next_backend([b.in_service for b in self.backends], self._turn)
         self._turn += 1
         if index is None:
             self.connections_refused += 1
@@ -614,14 +637,23 @@ class ReplicaStack:
         raise RuntimeError(f"{what}: not within {timeout_s} s")
 
     async def restart(self, replica: Replica, timeout_s: float = ROTATION_TIMEOUT_S) -> RestartTimes:
-        """SIGTERM and wait for the exit (it must be 0, a clean drain), spawn again on the same port (from the
+        """As Kubernetes replaces a Pod: the replica leaves its balancer (its endpoint leaves the Service at once)
+        and, when the proxies reach it through that balancer, waits a preStop of SHUTDOWN_DELAY_S (deploy/k8s);
+        then SIGTERM and wait for the exit (it must be 0, a clean drain), spawn again on the same port (from the
         calling thread, the loop's, which outlives the stack), wait until it is healthy and back in every proxy's
-        and its balancer's rotation. The seconds each step took."""
+        and its balancer's rotation. The seconds each step took (the preStop counted in the stop)."""
         started = time.monotonic()
+        balancer = self.balancers.get(replica.name)
+        if balancer is not None:
+            balancer.withdraw(replica.port)
+            if self.plan.proxies_through_balancers:
+                await asyncio.sleep(self.plan.shutdown_delay_s)
         code = await asyncio.to_thread(replica.terminate)
         stopped = time.monotonic()
         if code != 0:
             raise RuntimeError(f"{replica.name}-{replica.index} exited {code} on SIGTERM\n{replica.log_tail()}")
+        if balancer is not None:
+            balancer.replace(replica.port)
         replica.spawn()
         await asyncio.to_thread(replica.wait_healthy)
         healthy = time.monotonic()
