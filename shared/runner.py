@@ -52,6 +52,11 @@ FINAL_GRACE_S = 0.5
 # How long hypercorn keeps an idle keep-alive connection: above the 60 s idle timeout of common load balancers
 # (AWS ALB), so the balancer, not us, closes an idle connection and never sends on one we just closed.
 HYPERCORN_KEEP_ALIVE_S = 75
+# A connection is closed after this many requests (hypercorn's default is 1,000), so that a client pooling
+# connections through a Kubernetes Service, which balances connections and not requests, spreads again over pods
+# that restarted or were added: the proxy's pool sits on the pods that stayed up through a rolling restart. One new
+# connection per 100 requests costs a loopback or in-cluster handshake (well under a millisecond) per 100.
+HYPERCORN_MAX_REQUESTS_PER_CONNECTION = 100
 GRANIAN_BACKLOG = 1024
 # granian's constructor applies its logging config: its default would give `_granian` a plain-text handler of its
 # own and close ours. Incremental and empty, it only sets that logger's level (no handlers), so its records
@@ -76,6 +81,7 @@ def hypercorn_config(settings: Settings) -> Config:
     # Its own "Running on" lines would bypass our JSON logging; we log `listening` instead.
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = HYPERCORN_KEEP_ALIVE_S
+    config.keep_alive_max_requests = HYPERCORN_MAX_REQUESTS_PER_CONNECTION
     config.include_server_header = False
     return config
 

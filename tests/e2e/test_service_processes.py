@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from http.client import HTTPConnection
 from pathlib import Path
 
 import aiohttp
@@ -22,6 +23,7 @@ from multidict import CIMultiDict
 
 from apgms.devservers import LocalPostgres, free_port, read_pid_file
 from shared.migrations import migrate
+from shared.runner import HYPERCORN_MAX_REQUESTS_PER_CONNECTION
 
 pytestmark = pytest.mark.e2e
 
@@ -276,3 +278,24 @@ def test_bad_configuration_exits_2_with_one_line_naming_the_variable(overrides, 
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stderr
     assert "apgms-dev-only@" not in result.stderr
+
+
+def test_a_connection_is_closed_after_its_hundredth_request(start_service) -> None:
+    """So pooled clients (the proxy behind a Kubernetes Service) spread again over replicas that restarted:
+    shared.runner.HYPERCORN_MAX_REQUESTS_PER_CONNECTION."""
+    core = start_service("core")
+    connection = HTTPConnection("127.0.0.1", core.port, timeout=5)
+    try:
+        connection.connect()
+        first_socket = connection.sock
+        answers = []
+        for _ in range(HYPERCORN_MAX_REQUESTS_PER_CONNECTION):
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            response.read()
+            answers.append((response.status, response.getheader("connection")))
+        assert connection.sock is first_socket or connection.sock is None  # never reconnected on the way
+        assert answers[:-1] == [(200, None)] * (HYPERCORN_MAX_REQUESTS_PER_CONNECTION - 1)
+        assert answers[-1] == (200, "close")
+    finally:
+        connection.close()
