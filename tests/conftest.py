@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from http.client import HTTPConnection
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -39,6 +38,7 @@ from apgms.devservers import (
     free_port,
 )
 from apgms.localredis import LocalRedis
+from apgms.replicas import http_status
 from shared.config import (
     CALLING_SERVICES,
     SERVICE_CLIENT_SECRET_VARIABLE,
@@ -292,20 +292,6 @@ class ServiceProcess:
             reader.join(5)
             if stream is not None and not reader.is_alive():
                 stream.close()
-
-
-def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
-    """Status of GET `path` on 127.0.0.1:`port`, None when nothing answers."""
-    connection = HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    except OSError:
-        return None
-    finally:
-        connection.close()
 
 
 StartService = Callable[..., ServiceProcess]
