@@ -73,8 +73,9 @@ MASTER_KEY_FILE = "master.key"
 # The checkout's own PII key-encryption key (APGMS_KEK_FILE unless it or APGMS_KEK is set), beside it, mode 0600.
 KEK_FILE = "pii.kek"
 KEK_VARIABLES = ("APGMS_KEK_FILE", "APGMS_KEK")
-# The processes that hold PII and so get the KEK; the others are not given it.
-KEK_SERVICES = ("core", "compliance")
+# The processes that hold PII and so get the KEK; the others are not given it. Compliance reads core's internal
+# views, which carry no PII (services/core/internal.py), so only core.
+KEK_SERVICES = ("core",)
 # Domain separation for the dev service client secrets derived from the master key (HMAC-SHA256).
 SERVICE_CLIENT_SECRET_LABEL = b"apgms dev service client secret:"
 HOST = "127.0.0.1"

@@ -89,11 +89,11 @@ def test_child_env_without_redis_drops_any_inherited_redis_url() -> None:
 
 
 def test_only_the_services_holding_pii_are_given_the_kek() -> None:
-    assert KEK_SERVICES == ("core", "compliance")
+    assert KEK_SERVICES == ("core",)
     for kek in ({"APGMS_KEK_FILE": "/checkout/.devdb/pii.kek"}, {"APGMS_KEK": new_kek()}):
         envs = {spec.name: child_env(kek, spec, "postgresql://h/db", None) for spec in DEV_PROCESSES}
         given = {name for name, env in envs.items() if env.items() >= kek.items()}
-        assert given == {"core", "compliance"}
+        assert given == {"core"}
         assert not any("APGMS_KEK" in env or "APGMS_KEK_FILE" in env for name, env in envs.items() if name not in given)
 
 
