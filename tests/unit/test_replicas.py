@@ -4,7 +4,7 @@ connection, its readiness rule, reading a proxy's rotation from /metrics, and a 
 from __future__ import annotations
 
 from apgms.devstack import ProcessSpec
-from apgms.replicas import Readiness, next_backend, proxy_rotation, replica_env
+from apgms.replicas import Backend, Readiness, next_backend, proxy_rotation, replica_env
 
 
 def test_new_connections_go_round_robin_over_the_ready_replicas_only() -> None:
@@ -32,6 +32,15 @@ def test_readiness_is_lost_after_two_failures_in_a_row_and_regained_after_one_pa
     assert not readiness.ready
     readiness.record(True)
     assert readiness.ready
+
+
+def test_a_withdrawn_replica_takes_no_new_connection_whatever_its_probe_says() -> None:
+    backend = Backend(4001)
+    backend.readiness.record(True)
+    assert backend.in_service
+    backend.withdrawn = True  # its Pod is being deleted: the endpoint leaves the Service before the probe fails
+    assert not backend.in_service
+    assert next_backend([b.in_service for b in (backend, Backend(4002))], 0) is None
 
 
 METRICS = """\
