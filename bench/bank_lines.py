@@ -154,6 +154,10 @@ class Request:
     headers: Callable[[int], dict[str, str]]
     body: Callable[[int], dict[str, Any] | None] = lambda i: None
 
+    def target(self, i: int) -> str:
+        """The URL request i goes to: `url` here; bench/replicas.py spreads requests over several proxies."""
+        return self.url
+
 
 @dataclass(frozen=True)
 class Search:
@@ -354,33 +358,67 @@ class Client:
             await session.close()
 
 
+TIMED_OUT = -1  # what `send` answers for a request not answered within REQUEST_TIMEOUT_S
+FAILED = 0  # ... and for one whose connection failed
+
+
+async def send(client: Client, request: Request, i: int) -> int:
+    """Send request i and read its whole body: its status, or TIMED_OUT / FAILED when none came."""
+    try:
+        async with client.session(i).request(
+            request.method, request.target(i), headers=request.headers(i), json=request.body(i)
+        ) as response:
+            await response.read()
+            return response.status
+    except TimeoutError:
+        return TIMED_OUT
+    except aiohttp.ClientError:
+        return FAILED
+
+
+@dataclass
+class Tally:
+    """What the requests of one run came back with: latencies (ms, from each one's start) of the expected status,
+    and the rest counted."""
+
+    expected: int
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    timeouts: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    def add(self, status: int, started: float) -> None:
+        """Count one answer; `started` is its scheduled (or actual) start on the perf_counter clock."""
+        if status == TIMED_OUT:
+            self.timeouts += 1
+        elif status == FAILED:
+            self.errors += 1
+        elif status == self.expected:
+            self.latencies_ms.append(1000 * (time.perf_counter() - started))
+        else:
+            self.errors += 1
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    def run(self, rate: float, sent: int, cpu_ms: tuple[tuple[str, float], ...] = ()) -> Run:
+        return Run(
+            rate,
+            sent,
+            tuple(self.latencies_ms),
+            self.errors,
+            self.timeouts,
+            tuple(sorted(self.statuses.items())),
+            cpu_ms,
+        )
+
+
 async def open_load(client: Client, request: Request, rate: float, duration_s: float) -> Run:
     """Send `rate * duration_s` requests on schedule; latency from each one's scheduled time (perf_counter: uvloop's
     clock has millisecond resolution)."""
     count = max(1, int(rate * duration_s))
-    latencies: list[float] = []
-    errors = timeouts = 0
-    statuses: dict[int, int] = {}
+    tally = Tally(request.expected)
 
     async def one(i: int, scheduled: float) -> None:
-        nonlocal errors, timeouts
-        try:
-            async with client.session(i).request(
-                request.method, request.url, headers=request.headers(i), json=request.body(i)
-            ) as response:
-                await response.read()
-                status = response.status
-        except TimeoutError:
-            timeouts += 1
-            return
-        except aiohttp.ClientError:
-            errors += 1
-            return
-        if status == request.expected:
-            latencies.append(1000 * (time.perf_counter() - scheduled))
-        else:
-            errors += 1
-            statuses[status] = statuses.get(status, 0) + 1
+        tally.add(await send(client, request, i), scheduled)
 
     cpu_before = {name: process_cpu_s(pid) for name, pid in client.watched.items()}
     client_cpu_before = time.process_time()
@@ -396,7 +434,7 @@ async def open_load(client: Client, request: Request, rate: float, duration_s: f
     cpu = {name: process_cpu_s(pid) - cpu_before[name] for name, pid in client.watched.items()}
     cpu["client"] = time.process_time() - client_cpu_before
     per_request = tuple((name, 1000 * seconds / count) for name, seconds in cpu.items())
-    return Run(rate, count, tuple(latencies), errors, timeouts, tuple(sorted(statuses.items())), per_request)
+    return tally.run(rate, count, per_request)
 
 
 async def warm_up(client: Client, request: Request) -> float:
@@ -406,7 +444,7 @@ async def warm_up(client: Client, request: Request) -> float:
     for i in range(WARM_UP_REQUESTS):
         started = time.perf_counter()
         async with client.session(i).request(
-            request.method, request.url, headers=request.headers(i), json=request.body(i)
+            request.method, request.target(i), headers=request.headers(i), json=request.body(i)
         ) as response:
             body = await response.read()
             if response.status != request.expected:
@@ -423,7 +461,7 @@ async def settle(client: Client, request: Request, baseline_ms: float) -> None:
     while time.perf_counter() < deadline:
         started = time.perf_counter()
         async with client.session(0).request(
-            request.method, request.url, headers=request.headers(-1), json=request.body(-1)
+            request.method, request.target(-1), headers=request.headers(-1), json=request.body(-1)
         ) as response:
             await response.read()
         if 1000 * (time.perf_counter() - started) <= SETTLED_FACTOR * baseline_ms:
@@ -477,6 +515,17 @@ def quarter_a_year_back(today: date) -> tuple[date, date]:
     return first, after - timedelta(days=1)
 
 
+def new_line_body(i: int) -> dict[str, Any]:
+    """The body of the i-th `POST /bank-lines`: a purchase dated today, its amount varying with i."""
+    return {
+        "date": date.today().isoformat(),
+        "amount": f"-{1 + i % 900}.{i % 100:02d}",
+        "payee": "Bench Supplies Pty Ltd",
+        "description": f"Bench purchase {i}",
+        "gst_amount": "0.00",
+    }
+
+
 async def login(proxy_url: str) -> str:
     async with (
         aiohttp.ClientSession() as http,
@@ -525,7 +574,6 @@ async def drive(
     results.filtered_items = await count_items(filtered_url, token)
     results.filters = f"from={first}&to={last}&min_amount={FILTER_MIN_AMOUNT}"
     assert await count_items(lines_url, token) == PAGE_LIMIT
-    today = date.today().isoformat()
     workloads = [
         Request("core /health direct (reference)", "GET", f"{core_url}/health", 200, lambda i: {}),
         Request("proxy /health (reference)", "GET", f"{proxy_url}/health", 200, lambda i: {}),
@@ -539,13 +587,7 @@ async def drive(
         f"{proxy_url}/bank-lines",
         201,
         lambda i: {**auth, "idempotency-key": str(uuid.uuid4())},
-        lambda i: {
-            "date": today,
-            "amount": f"-{1 + i % 900}.{i % 100:02d}",
-            "payee": "Bench Supplies Pty Ltd",
-            "description": f"Bench purchase {i}",
-            "gst_amount": "0.00",
-        },
+        new_line_body,
     )
     client = Client(watched)
     try:
