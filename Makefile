@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # time is e2e tests waiting on service processes, so two workers on two cores take about two thirds of the time.
 TEST_WORKERS ?= 2
 
-.PHONY: install run test lint fmt bench bench-proxy bench-proxy-instructions bench-auth bench-bank-lines
+.PHONY: install run test lint fmt bench bench-proxy bench-proxy-instructions bench-auth bench-bank-lines bench-replicas
 
 install: $(STAMP)
 
@@ -41,7 +41,7 @@ fmt: install
 	$(BIN)/ruff check --fix .
 
 # Benchmarks print ratios against references measured in the same run; see docs/benchmarks.md.
-bench: bench-proxy bench-auth bench-bank-lines
+bench: bench-proxy bench-auth bench-bank-lines bench-replicas
 
 bench-proxy: install
 	$(BIN)/python bench/proxy.py
@@ -54,3 +54,6 @@ bench-auth: install
 
 bench-bank-lines: install
 	$(BIN)/python bench/bank_lines.py
+
+bench-replicas: install
+	$(BIN)/python bench/replicas.py
