@@ -5,12 +5,12 @@ what the per-org locks cost under many clients of one org; how many PostgreSQL c
     .venv/bin/python bench/replicas.py --quick      (seconds of load; the suite's smoke test; numbers not meaningful)
 
 Set-up, bench/bank_lines.py's own: a throwaway PostgreSQL and Redis under /tmp, migrated; `--orgs` orgs ("Bench
-Org" and "Seed Org 1".."N-1") of `--lines` lines each through `apgms.seed.seed_bank_lines`, each with a finance
-user; then as real processes as shipped: auth, two core replicas (`core-1`, `core-2`) and four proxies: `proxy-1`
-and `proxy-1b` in front of core-1 alone, `proxy-2` and `proxy-2b` in front of both cores (UPSTREAM_CORE_URLS, which
-the proxy balances round robin). Each service's DATABASE_URL carries `application_name` (`auth`, `core-1`,
-`core-2`) so `pg_stat_activity` tells their connections apart. Processes a topology does not use stay up, idle
-but for the proxies' health checks.
+Org" and "Seed Org 1".."N-1"; at least the most clients of a lock step, and one more for the bystander) of
+`--lines` lines each through `apgms.seed.seed_bank_lines`, each with a finance user; then as real processes as
+shipped: auth, two core replicas (`core-1`, `core-2`) and four proxies: `proxy-1` and `proxy-1b` in front of
+core-1 alone, `proxy-2` and `proxy-2b` in front of both cores (UPSTREAM_CORE_URLS, which the proxy balances round
+robin). Each service's DATABASE_URL carries `application_name` (`auth`, `core-1`, `core-2`) so `pg_stat_activity`
+tells their connections apart. Processes a topology does not use stay up, idle but for the proxies' health checks.
 
 Topologies: 1 proxy + 1 core (the reference), 1 proxy + 2 cores, 2 proxies + 1 core, 2 proxies + 2 cores (the
 client sends request i to proxy i mod 2, as a load balancer in front of them would).
