@@ -175,7 +175,7 @@ def test_only_the_services_holding_pii_get_the_kek() -> None:
         for name, service in services.items()
         if "APGMS_KEK" in (service.get("environment") or {})
     }
-    assert list(holders) == ["core", "compliance"]
+    assert list(holders) == ["core"]
     assert {REQUIRED_VARIABLE.fullmatch(value).group(1) for value in holders.values()} == {"APGMS_COMPOSE_KEK"}
     assert not any("APGMS_KEK_FILE" in (service.get("environment") or {}) for service in services.values())
 

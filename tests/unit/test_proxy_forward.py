@@ -518,11 +518,33 @@ async def test_idempotent_requests_are_retried_on_another_instance(upstreams: Up
     assert [s.target for s in upstreams.seen] == [f"/bank-lines?n={n}" for n in range(4)]
 
 
-async def test_non_idempotent_requests_are_not_retried(upstreams: Upstreams) -> None:
+async def test_a_request_refused_a_connection_goes_to_another_instance_whatever_its_method(
+    upstreams: Upstreams,
+) -> None:
+    """Not a byte reached the instance that refused the connection, so even a POST is safe to send elsewhere."""
     dead = f"http://127.0.0.1:{closed_port()}"
     env = {**upstreams.env(), "UPSTREAM_CORE_URLS": f"{dead},{upstreams.url('core')}"}
     async with proxy(env) as client:
-        response = await client.post("/bank-lines", json={"amount": "1.00"})
+        responses = [await client.post("/bank-lines", json={"n": n}) for n in range(2)]
+    assert [r.status_code for r in responses] == [200, 200]
+    assert [(s.method, s.target) for s in upstreams.seen] == [("POST", "/bank-lines")] * 2
+
+
+async def test_a_post_whose_connection_broke_after_it_was_sent_is_not_retried(upstreams: Upstreams) -> None:
+    """The instance may have done the work: a POST is answered 502 rather than sent again."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the request arrived
+        writer.transport.abort()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env = {**upstreams.env(), "UPSTREAM_CORE_URLS": f"http://127.0.0.1:{port},{upstreams.url('core')}"}
+    try:
+        async with proxy(env) as client:
+            response = await client.post("/bank-lines", json={"amount": "1.00"})
+    finally:
+        server.close()
     assert_problem(response, 502, "upstream_unavailable")
     assert upstreams.seen == []
 
