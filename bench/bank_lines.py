@@ -454,9 +454,10 @@ async def warm_up(client: Client, request: Request) -> float:
 
 
 async def settle(client: Client, request: Request, baseline_ms: float) -> None:
-    """Until one request at a time answers within SETTLED_FACTOR of its unloaded latency (at most SETTLE_MAX_S):
-    after an overloaded run, requests the proxy gave up on may still be running in core, and the next step must
-    not inherit them."""
+    """Until one request at a time gets its expected answer within SETTLED_FACTOR of its unloaded latency (at most
+    SETTLE_MAX_S): after an overloaded run, requests the proxy gave up on may still be running in core, or the proxy
+    may have taken core out of rotation (its /ready too slow twice: a quick 503 is not settled), and the next step
+    must not inherit either."""
     deadline = time.perf_counter() + SETTLE_MAX_S
     while time.perf_counter() < deadline:
         started = time.perf_counter()
@@ -464,7 +465,8 @@ async def settle(client: Client, request: Request, baseline_ms: float) -> None:
             request.method, request.target(-1), headers=request.headers(-1), json=request.body(-1)
         ) as response:
             await response.read()
-        if 1000 * (time.perf_counter() - started) <= SETTLED_FACTOR * baseline_ms:
+        quick = 1000 * (time.perf_counter() - started) <= SETTLED_FACTOR * baseline_ms
+        if response.status == request.expected and quick:
             return
         await asyncio.sleep(PAUSE_BETWEEN_RUNS_S)
 

@@ -71,9 +71,7 @@ from bench.bank_lines import (  # noqa: E402
     FINANCE_EMAIL,
     PAGE_LIMIT,
     PASSWORD,
-    PAUSE_BETWEEN_RUNS_S,
     SEARCH_LADDER,
-    SETTLE_MAX_S,
     SLO_P95_MS,
     Client,
     Request,
@@ -427,20 +425,9 @@ class Results:
     locks: list[LockStep] = field(default_factory=list)
 
 
-async def back_in_rotation(client: Client, request: Request) -> None:
-    """Until `request` gets its expected answer again (at most SETTLE_MAX_S): an overloaded step can make the proxy
-    take core out of rotation (its /ready too slow twice), and bank_lines.settle counts a quick 503 as settled."""
-    deadline = time.perf_counter() + SETTLE_MAX_S
-    for _ in itertools.count():
-        if await send(client, request, -1) == request.expected or time.perf_counter() >= deadline:
-            return
-        await asyncio.sleep(PAUSE_BETWEEN_RUNS_S)
-
-
 async def recover(args: argparse.Namespace, client: Client, request: Request, baseline_ms: float) -> None:
-    """Before a measured run: core back in rotation, and drained (bank_lines.settle); not in quick mode."""
+    """Before a measured run: core back in rotation and drained (bank_lines.settle); not in quick mode."""
     if args.settle:
-        await back_in_rotation(client, request)
         await settle(client, request, baseline_ms)
 
 
