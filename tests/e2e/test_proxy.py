@@ -212,7 +212,8 @@ async def test_a_post_refused_a_connection_goes_to_another_instance_once(start_s
     """Nothing reached an instance that refused the connection (a crashed replica, until ejected), so a POST is
     sent to another one, exactly once, rather than answered 502."""
     live = start_echo(start_service, "core")
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead_port = free_port()
+    dead = f"http://127.0.0.1:{dead_port}"
     # A slow health check keeps the dead instance in rotation: only real traffic's connection failures eject it.
     proxy = start_proxy(start_service, {"core": [dead, live.url]}, PROXY_HEALTH_INTERVAL_S="60")
     answers = []
@@ -220,7 +221,8 @@ async def test_a_post_refused_a_connection_goes_to_another_instance_once(start_s
         status, echo, _ = await echo_of(http, f"{proxy.url}/bank-lines", method="POST", json={"n": n})
         answers.append((status, echo["instance"], echo["method"]))
     assert answers == [(200, str(live.port), "POST")] * 4
-    refused = [r for r in proxy.log_lines() if r.get("event") == "upstream_error" and r.get("instance", "") in dead]
+    dead_label = f"127.0.0.1:{dead_port}"
+    refused = [r for r in proxy.log_lines() if r.get("event") == "upstream_error" and r.get("instance") == dead_label]
     assert refused, "no POST was sent to the refusing instance first: the retry was not exercised"
     await wait_until(lambda: len(_posts_logged(live)) >= 4, 5, "the live instance's access lines")
     assert len(_posts_logged(live)) == 4  # each POST arrived once
