@@ -216,7 +216,7 @@ class ReportPlan(BaseModel):
 
 
 class OpenAlertCounts(BaseModel):
-    """The org's open alerts of each severity (SEVERITIES)."""
+    """The org's open alerts of each severity (HIGH, MEDIUM, LOW)."""
 
     HIGH: int
     MEDIUM: int
