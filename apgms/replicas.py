@@ -471,32 +471,29 @@ class Replica:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def http_status(port: int, path: str, timeout: float = HTTP_TIMEOUT_S) -> int | None:
-    """Status of GET `path` on 127.0.0.1:`port`, None when nothing answers."""
+def http_get(port: int, path: str, timeout: float = HTTP_TIMEOUT_S) -> tuple[int, bytes] | None:
+    """Status and body of GET `path` on 127.0.0.1:`port`, None when nothing answers."""
     connection = HTTPConnection(HOST, port, timeout=timeout)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
-        response.read()
-        return response.status
+        return response.status, response.read()
     except OSError:
         return None
     finally:
         connection.close()
+
+
+def http_status(port: int, path: str, timeout: float = HTTP_TIMEOUT_S) -> int | None:
+    """Status of GET `path` on 127.0.0.1:`port`, None when nothing answers."""
+    answer = http_get(port, path, timeout)
+    return answer[0] if answer is not None else None
 
 
 def http_text(port: int, path: str, timeout: float = HTTP_TIMEOUT_S) -> str | None:
     """The body of GET `path` on 127.0.0.1:`port` when it answers 200, else None."""
-    connection = HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        body = response.read()
-        return body.decode(errors="replace") if response.status == 200 else None
-    except OSError:
-        return None
-    finally:
-        connection.close()
+    answer = http_get(port, path, timeout)
+    return answer[1].decode(errors="replace") if answer is not None and answer[0] == 200 else None
 
 
 def replica_env(
