@@ -165,15 +165,18 @@ async def timed(call: Awaitable[_T]) -> tuple[_T, float]:
     return result, time.monotonic() - started
 
 
-async def wait_for(check: Callable[[], Awaitable[Any]], within_s: float, what: str) -> float:
-    """Poll `check` until it returns something true; the seconds it took. Fails the test after `within_s`."""
+async def wait_for(
+    check: Callable[[], Awaitable[Any]], within_s: float, what: str, interval_s: float = POLL_INTERVAL_S
+) -> float:
+    """Poll `check` every `interval_s` until it returns something true; the seconds it took. Fails the test after
+    `within_s`."""
     started = time.monotonic()
     last: Any = None
     while time.monotonic() - started < within_s:
         last = await check()
         if last:
             return time.monotonic() - started
-        await asyncio.sleep(POLL_INTERVAL_S)
+        await asyncio.sleep(interval_s)
     raise AssertionError(f"{what}: not within {within_s} s (last: {last!r})")
 
 
