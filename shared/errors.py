@@ -52,6 +52,7 @@ __all__ = [
     "ErrorBoundaryMiddleware",
     "ErrorKind",
     "FieldError",
+    "NotNow",
     "ProblemItem",
     "Responder",
     "audit_failed",
@@ -60,9 +61,9 @@ __all__ = [
     "dependency_unreachable",
     "handle_api_error",
     "handle_http_exception",
+    "not_now",
     "problem_body",
     "problem_response",
-    "transaction_conflict",
     "transient",
 ]
 
@@ -292,29 +293,43 @@ def dependency_unreachable(exc: BaseException) -> bool:
     )
 
 
-def transient(exc: BaseException) -> bool:
-    """True for a failure that says "not now" rather than "wrong": a deadline passed (TimeoutError, a statement or
-    lock timeout), a transaction conflict, or an unreachable dependency. The boundary answers each with 503 and
-    Retry-After; code that wraps errors (the audit trail's `append`) lets these through unwrapped."""
+@dataclass(frozen=True)
+class NotNow:
+    """A failure that says "not now" rather than "wrong", as the boundary answers it: 503 `service_unavailable` with
+    Retry-After, `detail` for the client and one warning line named `event`."""
+
+    event: str
+    detail: str
+
+
+def not_now(exc: BaseException) -> NotNow | None:
+    """What a deadline that passed (TimeoutError, a statement or lock timeout), an unreachable dependency or a
+    transaction conflict is answered; None for any other failure."""
     sqlstate = getattr(exc, "sqlstate", None)
-    return (
-        isinstance(exc, TimeoutError)
-        or sqlstate in DEADLINE_SQLSTATES
-        or sqlstate in TRANSACTION_CONFLICT_SQLSTATES
-        or dependency_unreachable(exc)
-    )
+    if isinstance(exc, TimeoutError):
+        # A pool connection, another service or Redis did not answer in time: short of something, not broken.
+        return NotNow("dependency_timeout", "Something this request needs did not answer in time; try again shortly")
+    if sqlstate in DEADLINE_SQLSTATES:
+        # The database is slow or busy (a queue on an org's audit lock); the transaction was rolled back whole.
+        return NotNow(
+            "dependency_timeout", "The database did not answer in time; nothing was changed, try again shortly"
+        )
+    if dependency_unreachable(exc):
+        # PostgreSQL (or another dependency) is down: a refused connection fails at once, so without this every
+        # request during an outage would be a 500 and an alert for a bug that is not there.
+        return NotNow("dependency_unreachable", "Something this request needs cannot be reached; try again shortly")
+    if sqlstate in TRANSACTION_CONFLICT_SQLSTATES:
+        # A deadlock or serialization failure rolled the whole transaction back: the same request again is safe.
+        return NotNow(
+            "transaction_conflict", "The request conflicted with another one and changed nothing; send it again"
+        )
+    return None
 
 
-def transaction_conflict(scope: Scope, exc: Exception) -> None:
-    """Log a transaction PostgreSQL aborted to break a conflict (a deadlock, a serialization failure): one
-    warning line, no traceback; the client is answered 503 with Retry-After."""
-    log.warning(
-        "transaction_conflict",
-        sqlstate=getattr(exc, "sqlstate", None),
-        error=type(exc).__name__,
-        path=scope.get("path"),
-        method=scope.get("method"),
-    )
+def transient(exc: BaseException) -> bool:
+    """True for a failure `not_now` answers with 503: code that wraps errors (the audit trail's `append`) lets these
+    through unwrapped."""
+    return not_now(exc) is not None
 
 
 # How the boundary answers: (scope, code, detail, headers) → the response; a problem document unless a sub-app
@@ -328,7 +343,7 @@ def _problem_answer(_: Scope, code: str, detail: str | None, headers: Mapping[st
 
 class ErrorBoundaryMiddleware:
     """Turns an unexpected exception into one logged line and a 500 `internal_error` problem, a deadlock or
-    serialization failure into a 503 `service_unavailable` with Retry-After (see `transaction_conflict`), a request
+    serialization failure into a 503 `service_unavailable` with Retry-After (see `not_now`), a request
     cancelled because the shutdown grace period ran out into a 503 `service_unavailable` (the client may retry
     elsewhere; it is not a server error), and a body the client abandoned into a 499 (see `client_closed_request`).
 
@@ -367,56 +382,19 @@ class ErrorBoundaryMiddleware:
             audit_failed(scope, exc)
             if not exchange.started:
                 await respond(scope, "audit_failed", None, {})(scope, receive, send)
-        except TimeoutError as exc:
-            # A dependency did not answer within its deadline (a pool connection, another service, Redis): the
-            # service is short of something for now, not broken, so the client is told to come back, not 500.
-            log.warning(
-                "dependency_timeout",
-                path=scope.get("path"),
-                method=scope.get("method"),
-                at=_raised_at(exc),
-            )
-            if not exchange.started:
-                detail = "Something this request needs did not answer in time; try again shortly"
-                retry = {"retry-after": str(CONFLICT_RETRY_AFTER_S)}
-                await respond(scope, "service_unavailable", detail, retry)(scope, receive, send)
         except Exception as exc:
-            if getattr(exc, "sqlstate", None) in DEADLINE_SQLSTATES:
-                # A statement or lock timeout: the database is slow or busy (a queue on an org's audit lock), the
-                # transaction was rolled back whole, and the same request later is safe.
+            if (answer := not_now(exc)) is not None:
                 log.warning(
-                    "dependency_timeout",
+                    answer.event,
                     path=scope.get("path"),
                     method=scope.get("method"),
+                    error=type(exc).__name__,
                     sqlstate=getattr(exc, "sqlstate", None),
                     at=_raised_at(exc),
                 )
                 if not exchange.started:
-                    detail = "The database did not answer in time; nothing was changed, try again shortly"
                     retry = {"retry-after": str(CONFLICT_RETRY_AFTER_S)}
-                    await respond(scope, "service_unavailable", detail, retry)(scope, receive, send)
-                return
-            if dependency_unreachable(exc):
-                # PostgreSQL (or another dependency) is down: a refused connection fails at once, so without this
-                # every request during an outage would be a 500 and an alert for a bug that is not there.
-                log.warning(
-                    "dependency_unreachable",
-                    path=scope.get("path"),
-                    method=scope.get("method"),
-                    error=type(exc).__name__,
-                    at=_raised_at(exc),
-                )
-                if not exchange.started:
-                    detail = "Something this request needs cannot be reached; try again shortly"
-                    retry = {"retry-after": str(CONFLICT_RETRY_AFTER_S)}
-                    await respond(scope, "service_unavailable", detail, retry)(scope, receive, send)
-                return
-            if getattr(exc, "sqlstate", None) in TRANSACTION_CONFLICT_SQLSTATES:
-                transaction_conflict(scope, exc)
-                if not exchange.started:
-                    detail = "The request conflicted with another one and changed nothing; send it again"
-                    retry = {"retry-after": str(CONFLICT_RETRY_AFTER_S)}
-                    await respond(scope, "service_unavailable", detail, retry)(scope, receive, send)
+                    await respond(scope, "service_unavailable", answer.detail, retry)(scope, receive, send)
                 return
             log.exception("unhandled_error", path=scope.get("path"), method=scope.get("method"))
             if not exchange.started:
