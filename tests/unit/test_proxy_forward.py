@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 from starlette.types import ASGIApp, Message
 
+from apgms.replicas import ConnectionBalancer
 from proxy.app import create_app
 from proxy.config import load_proxy_settings
 from proxy.forward import Forwarder
@@ -556,6 +557,34 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], within_s: float, wh
             return time.monotonic() - started
         await asyncio.sleep(0.02)
     pytest.fail(f"{what} did not happen within {within_s}s")
+
+
+async def test_one_unready_pod_behind_a_service_does_not_eject_the_service(upstreams: Upstreams) -> None:
+    """Given one Service URL (a balancer of connections, here apgms.replicas's), the proxy's checks open a new
+    connection each time: a kept-alive check would stay on the first pod it reached, and that pod failing /ready
+    (while the Service still lists it) would eject the whole service though the other pod is ready."""
+    unready, ready = upstreams.ports["compliance"], upstreams.ports["core"]  # two pods of one service
+    # Both ready at its first probe (from another thread: the pods are served by this loop, which must keep running).
+    balancer = await asyncio.to_thread(ConnectionBalancer.start, "core", [unready, ready], 60)
+    upstreams.ready_status["compliance"] = 503  # the first pod a connection reaches now fails /ready
+    env = {
+        **upstreams.env(),
+        "UPSTREAM_CORE_URLS": balancer.url,
+        "PROXY_HEALTH_INTERVAL_S": "0.05",
+        "PROXY_UNHEALTHY_THRESHOLD": "2",
+    }
+    labels = {"service": "core", "instance": f"127.0.0.1:{balancer.port}"}
+    try:
+        async with proxy(env) as client:
+            await asyncio.sleep(1.0)  # 20 checks
+            up = REGISTRY.get_sample_value("apgms_proxy_upstream_up", labels)
+            response = await client.get("/bank-lines")
+    finally:
+        await asyncio.to_thread(balancer.close)
+    assert up == 1.0
+    assert response.status_code == 200
+    assert sum(backend.connections for backend in balancer.backends) >= 10  # the checks reached both pods
+    assert all(backend.connections > 0 for backend in balancer.backends)
 
 
 async def test_active_checks_eject_and_readmit_an_instance(upstreams: Upstreams) -> None:
