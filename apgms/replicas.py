@@ -138,11 +138,13 @@ class BackgroundLoop:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
 
     def close(self) -> None:
-        """Every task still running there cancelled, then the loop stopped and closed."""
+        """Every task still running there cancelled, then the loop stopped and closed (left to the daemon thread,
+        which ends with the process, when it does not stop in time: closing a running loop raises)."""
         self.call(self._cancel_tasks)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(CONTROL_TIMEOUT_S)
-        self.loop.close()
+        if not self._thread.is_alive():
+            self.loop.close()
 
     @staticmethod
     async def _cancel_tasks() -> None:
